@@ -1,0 +1,107 @@
+"""The gated combined reward of LLaMA 2 (Eq. 4) and its whitening.
+
+R_c = R_s if is_safety(prompt) or R_s < threshold else R_h   (on the sigmoid scale)
+R~  = whiten(logit(R_c))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+
+@dataclass
+class GateConfig:
+    """YAML section `gate`."""
+    threshold: float = field(default=0.15, metadata={"min": 0.0, "max": 1.0})
+    whiten: bool = True
+    # "batch": whiten over the scored batch; "running": running mean/std across batches (PPO).
+    whiten_stats: Literal["batch", "running"] = "batch"
+    eps: float = field(default=1e-6, metadata={"min": 0.0, "max": 0.1})
+
+
+def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) with the population variance: a batch of one or equal values gives 0, never NaN."""
+    mean = x.mean()
+    var = x.var(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=x.dtype, device=x.device)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+class RunningWhitener:
+    """Running mean/variance (Chan et al. parallel update) for whitening PPO rewards across batches.
+
+    `update(x)` folds a batch into the statistics; `__call__(x)` updates, then whitens x with the running values.
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        self.eps = eps
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations
+
+    @property
+    def var(self) -> float:
+        return self.m2 / self.count if self.count else 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        n = x.numel()
+        if n == 0:
+            return
+        b_mean = x.mean().item()
+        b_m2 = ((x - b_mean) ** 2).sum().item()
+        delta = b_mean - self.mean
+        total = self.count + n
+        self.mean += delta * n / total
+        self.m2 += b_m2 + delta ** 2 * self.count * n / total
+        self.count = total
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.update(x)
+        return (x - self.mean) / (self.var + self.eps) ** 0.5
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
+
+
+def gated_reward(
+    safety_logits,
+    helpfulness_logits,
+    is_safety,
+    threshold: float = 0.15,
+    whiten: bool | RunningWhitener = True,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaMA 2 Eq. 4. Returns (reward, used_safety).
+
+    reward: whiten(logit(R_c)) per sample (float32); un-whitened logit(R_c) when whiten=False; with a
+        RunningWhitener it is whitened by running statistics (which this call updates).
+    used_safety: bool per sample, True where the safety branch was taken (safety prompt or sigma(R_s) < threshold).
+    sigma is clamped to [eps, 1 - eps] so logit stays finite for scores far in the tails.
+    """
+    s = torch.as_tensor(safety_logits, dtype=torch.float32).flatten()
+    h = torch.as_tensor(helpfulness_logits, dtype=torch.float32).flatten()
+    if s.shape != h.shape:
+        raise ValueError(f"gated_reward: {s.numel()} safety scores but {h.numel()} helpfulness scores")
+    flags = torch.as_tensor(is_safety, dtype=torch.bool).flatten()
+    if flags.numel() == 1:
+        flags = flags.expand_as(s)
+    elif flags.shape != s.shape:
+        raise ValueError(f"gated_reward: {flags.numel()} is_safety flags for {s.numel()} samples")
+    p_s = torch.sigmoid(s).clamp(eps, 1 - eps)
+    p_h = torch.sigmoid(h).clamp(eps, 1 - eps)
+    used_safety = flags | (p_s < threshold)
+    p_c = torch.where(used_safety, p_s, p_h)
+    logit_c = torch.log(p_c) - torch.log1p(-p_c)
+    if isinstance(whiten, RunningWhitener):
+        return whiten(logit_c), used_safety
+    if whiten:
+        return _whiten(logit_c), used_safety
+    return logit_c, used_safety
+
+
+_whiten = whiten  # the module-level function, reachable inside gated_reward where `whiten` is the argument
