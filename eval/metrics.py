@@ -1,0 +1,112 @@
+"""Safety and helpfulness metrics (pure functions; LLaMA 2 Sec. 4.4, Fig. 17-19).
+
+Every rate is a fraction in [0, 1]; reports multiply by 100 for display.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from typing import Iterable, Sequence
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def rate(hits: int, n: int) -> float:
+    return hits / n if n else 0.0
+
+
+def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when n == 0."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate_with_ci(hits: int, n: int) -> dict:
+    lo, hi = wilson_interval(hits, n)
+    return {"rate": rate(hits, n), "n": n, "count": hits, "ci95": [lo, hi]}
+
+
+def violation_rate(violations: Sequence[bool]) -> dict:
+    """Share of unsafe prompts answered with a violation (LLaMA 2 Fig. 17: rating 1-2 of 5)."""
+    return rate_with_ci(sum(bool(v) for v in violations), len(violations))
+
+
+def false_refusal_rate(refusals: Sequence[bool]) -> dict:
+    """Share of benign (borderline or helpful) prompts the model refused (LLaMA 2 Fig. 19)."""
+    return rate_with_ci(sum(bool(r) for r in refusals), len(refusals))
+
+
+def by_category(categories: Sequence[str | None], flags: Sequence[bool]) -> dict[str, dict]:
+    """rate_with_ci of ``flags`` within each category (None -> "uncategorised"), sorted by name."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for c, f in zip(categories, flags, strict=True):
+        groups[c or "uncategorised"].append(bool(f))
+    return {c: rate_with_ci(sum(v), len(v)) for c, v in sorted(groups.items())}
+
+
+def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> dict:
+    """Pairwise win rate of A over B on the same prompts by RM score; ties count half."""
+    if len(scores_a) != len(scores_b):
+        raise ValueError(f"win_rate: {len(scores_a)} scores against {len(scores_b)}; pair them by prompt")
+    wins = sum(1 for a, b in zip(scores_a, scores_b) if a > b)
+    ties = sum(1 for a, b in zip(scores_a, scores_b) if a == b)
+    n = len(scores_a)
+    return {"rate": (wins + 0.5 * ties) / n if n else 0.5, "wins": wins, "ties": ties,
+            "losses": n - wins - ties, "n": n}
+
+
+def mean(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Unigram-overlap F1 (SQuAD-style, ROUGE-1 F) between a response and a reference answer."""
+    p, r = Counter(tokens(prediction)), Counter(tokens(reference))
+    if not p or not r:
+        return float(not p and not r)
+    common = sum((p & r).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / sum(p.values()), common / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_of_k_curve(scores_per_prompt: Sequence[Sequence[float]]) -> list[dict]:
+    """Expected max reward among the first k samples, k = 1..K (LLaMA 2 Fig. 7: max vs median over K)."""
+    if not scores_per_prompt:
+        return []
+    K = min(len(s) for s in scores_per_prompt)
+    out = []
+    for k in range(1, K + 1):
+        maxima = [max(s[:k]) for s in scores_per_prompt]
+        medians = [sorted(s[:k])[(k - 1) // 2] for s in scores_per_prompt]
+        out.append({"k": k, "max": mean(maxima), "median": mean(medians)})
+    return out
+
+
+def rm_accuracy_by_rating(rows: Sequence[dict]) -> dict[str, dict]:
+    """Accuracy of an RM on preference pairs per rating level (LLaMA 2 Table 8).
+
+    rows: {"rating": str|None, "chosen_score": float, "rejected_score": float}; correct when chosen > rejected."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for r in rows:
+        groups[r.get("rating") or "unrated"].append(r["chosen_score"] > r["rejected_score"])
+    return {k: rate_with_ci(sum(v), len(v)) for k, v in sorted(groups.items())}
