@@ -1,0 +1,301 @@
+"""The workspace's one config file, `saferounds.yaml`, as typed dataclasses validated on load.
+
+Each section's dataclass lives beside the code that uses it (TRL style: a config next to its
+trainer); this module owns the model, data, supervised-training and round-plan sections, composes
+the rest, and validates everything with one generic checker. Unknown keys, wrong types and values
+out of range are errors that name the key path and what is allowed; the CLI exits 2 on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from eval.config import EvalConfig
+from eval.judges import JudgeConfig
+from pipeline.ppo import PPOConfig
+from reward_models.gating import GateConfig
+from reward_models.records import InputError
+from reward_models.training import RewardModelConfig
+from sampling.config import RejectionSamplingConfig
+
+CONFIG_NAME = "saferounds.yaml"
+STAGES = ("rm", "label", "rs", "ppo", "eval")
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = False
+    r: int = field(default=16, metadata={"min": 1})
+    alpha: int = field(default=32, metadata={"min": 1})
+    dropout: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class ModelConfig:
+    """`policy` and `reward_model`: `tiny` (built locally), a local path or a hub id."""
+    policy: str = "tiny"
+    reward_model: str = "tiny"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Input files, relative to the workspace (or absolute, or `hub:NAME[:SPLIT]`)."""
+    pretrain_text: list[str] = field(default_factory=list)
+    sft: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    helpfulness_preferences: list[str] = field(default_factory=list)
+    safety_preferences: list[str] = field(default_factory=list)
+    rankings: list[str] = field(default_factory=list)
+    heldout_prompts: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    """A supervised stage on transformers.Trainer (pretrain, SFT, the rejection-sampling fine-tune)."""
+    epochs: float = field(default=2.0, metadata={"min": 0.0})
+    learning_rate: float = field(default=2e-5, metadata={"min": 0.0})
+    batch_size: int = field(default=8, metadata={"min": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={"min": 1})
+    max_length: int = field(default=512, metadata={"min": 8})
+    warmup_ratio: float = field(default=0.03, metadata={"min": 0.0, "max": 1.0})
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    save_steps: int = field(default=200, metadata={"min": 1})
+    logging_steps: int = field(default=10, metadata={"min": 1})
+
+
+@dataclass
+class RoundPlanEntry:
+    """Which stages the versions in `versions` run: "1", "1-3" or "4+"."""
+    versions: str = "1+"
+    stages: list[Literal["rm", "label", "rs", "ppo", "eval"]] = field(
+        default_factory=lambda: ["rm", "rs", "eval"])
+
+
+@dataclass
+class RoundsConfig:
+    plan: list[RoundPlanEntry] = field(default_factory=lambda: [
+        RoundPlanEntry("1-3", ["rm", "rs", "eval"]), RoundPlanEntry("4+", ["rm", "rs", "ppo", "eval"])])
+    max_version: int = field(default=5, metadata={"min": 1})
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0))
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    reward_models: RewardModelConfig = field(default_factory=RewardModelConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    rejection_sampling: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+
+    def stages_for(self, version: int) -> list[str]:
+        """The planned stages of version N (the last matching plan entry wins)."""
+        stages = None
+        for entry in self.rounds.plan:
+            if version_in_spec(version, entry.versions):
+                stages = list(entry.stages)
+        if stages is None:
+            raise InputError(f"rounds.plan: no entry covers version v{version}")
+        return stages
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def version_in_spec(version: int, spec: str) -> bool:
+    spec = spec.strip().lstrip("v")
+    if spec.endswith("+"):
+        return version >= int(spec[:-1])
+    if "-" in spec:
+        lo, hi = spec.split("-", 1)
+        return int(lo) <= version <= int(hi.lstrip("v"))
+    return version == int(spec)
+
+
+def _check_version_spec(spec: str) -> str | None:
+    try:
+        version_in_spec(1, spec)
+    except ValueError:
+        return f"expected a version spec like '2', '1-3' or '4+', got {spec!r}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic validation: dataclass fields and their type hints are the schema.
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value: Any, tp, key: str, errors: list[str]):
+    """Check one value against a type hint; return the converted value (errors appended)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            trial: list[str] = []
+            out = _convert(value, arg, key, trial)
+            if not trial:
+                return out
+        errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            return []
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key, errors)
+    if tp is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(f"{key}: expected a number, got {value!r}")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            errors.append(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    errors.append(f"{key}: unsupported schema type {tp!r} (a bug in saferounds)")
+    return value
+
+
+def build(cls, data: Any, prefix: str = "", errors: list[str] | None = None):
+    """Make dataclass `cls` from a mapping, validating every key; errors collect in `errors`."""
+    own = errors is None
+    errors = [] if own else errors
+    where = prefix or "(top level)"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{where}: expected a mapping of keys, got {data!r}")
+        data = {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            errors.append(f"{prefix + '.' if prefix else ''}{key}: unknown key; allowed here: {allowed}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _convert(data[name], hints[name], key, errors)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if lo is not None and value < lo or hi is not None and value > hi:
+                rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                errors.append(f"{key}: {value!r} is out of range; allowed {rng}")
+        kwargs[name] = value
+    if cls is RoundPlanEntry and "versions" in kwargs and isinstance(kwargs["versions"], str):
+        problem = _check_version_spec(kwargs["versions"])
+        if problem:
+            errors.append(f"{prefix}.versions: {problem}")
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a section's own __post_init__ check
+        errors.append(f"{where}: {e}")
+        obj = None
+    if own and errors:
+        raise InputError("\n".join(errors))
+    return obj
+
+
+def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
+    errors: list[str] = []
+    cfg = build(Config, data, "", errors)
+    if cfg is not None and not errors:
+        if cfg.model.load_in_4bit and cfg.model.load_in_8bit:
+            errors.append("model.load_in_4bit, model.load_in_8bit: choose at most one")
+    if errors:
+        raise InputError("\n".join(f"{source}: {e}" for e in errors))
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no config file; run `saferounds init` to create one")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not valid UTF-8") from None
+    return parse_config(data or {}, str(path))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`key.path=value` overrides (values parsed as YAML), as on torchtune's command line."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def dump_config(cfg: Config | dict) -> str:
+    data = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,349 @@
+"""Users' data: prompts, SFT examples, preference pairs, K-way rankings and raw text.
+
+Accepted shapes follow Hugging Face / TRL so existing files work unchanged:
+  prompts      `messages` (chat turns ending with a user turn) or `prompt` (a string or turns);
+               optional `id`, `is_safety`, `category`, `reference`
+  sft          `prompt`/`messages` + `completion`, or `messages` ending with an assistant turn
+  preferences  `prompt` + `chosen` + `rejected` (strings or turns; TRL's implicit-prompt form, where
+               chosen/rejected are whole conversations, works too), optional `rating`, `margin`,
+               `safety_label`, `source`
+  rankings     `prompt` + `responses` (K strings) + `ranking` (indices, best first)
+Anthropic HH-RLHF transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") are detected and converted.
+
+Every loader validates every row first and raises one InputError listing `file:line: field: reason`
+for each bad row (capped), so nothing downstream ever starts on bad data.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from reward_models.records import InputError, RowErrors, read_rows
+
+RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better", "unsure")
+SAFETY_LABELS = ("chosen_safe_rejected_unsafe", "both_safe", "both_unsafe")
+ROLES = ("system", "user", "assistant")
+SOURCES = ("helpfulness", "safety")
+MAX_TEXT_CHARS = 100_000  # longer texts are almost always a broken export; fail loudly
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+log = logging.getLogger(__name__)
+
+
+def _text(row, field, line, errors, required=True):
+    value = row.get(field)
+    if value is None or (isinstance(value, float) and value != value):  # missing or NaN (CSV/parquet)
+        if required:
+            errors.add(line, field, "missing")
+        return None
+    if not isinstance(value, str):
+        errors.add(line, field, f"expected a string, got {type(value).__name__}")
+        return None
+    if not value.strip():
+        errors.add(line, field, "empty text")
+        return None
+    if len(value) > MAX_TEXT_CHARS:
+        errors.add(line, field, f"text of {len(value)} characters is over the {MAX_TEXT_CHARS} limit")
+        return None
+    return value
+
+
+def _turns(value, field, line, errors):
+    """Validate a list of {role, content} chat turns."""
+    if not isinstance(value, list) or not value:
+        errors.add(line, field, "expected a non-empty list of {role, content} turns")
+        return None
+    out = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            errors.add(line, f"{field}[{i}]", "expected an object with role and content")
+            return None
+        role = turn.get("role")
+        if role not in ROLES:
+            errors.add(line, f"{field}[{i}].role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+            return None
+        content = _text(turn, "content", line, _Prefixed(errors, f"{field}[{i}]."))
+        if content is None:
+            return None
+        out.append({"role": role, "content": content})
+    return out
+
+
+class _Prefixed:
+    """Adds a field prefix to errors reported by the helpers above."""
+
+    def __init__(self, errors, prefix):
+        self.errors, self.prefix = errors, prefix
+
+    def add(self, line, field, reason):
+        self.errors.add(line, self.prefix + field, reason)
+
+
+def _prompt_turns(row, line, errors, field=None):
+    """The prompt as chat turns ending with a user turn, from `messages` or `prompt`."""
+    field = field or ("messages" if "messages" in row else "prompt")
+    value = row.get(field)
+    if isinstance(value, str) or value is None:
+        text = _text(row, field, line, errors)
+        return None if text is None else [{"role": "user", "content": text}]
+    turns = _turns(value, field, line, errors)
+    if turns is not None and turns[-1]["role"] != "user":
+        errors.add(line, field, "the last turn of a prompt must be a user turn")
+        return None
+    return turns
+
+
+def _bool(row, field, line, errors, default=False):
+    value = row.get(field, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if value is None:
+        return default
+    errors.add(line, field, f"expected true/false, got {value!r}")
+    return default
+
+
+def _choice(row, field, allowed, line, errors):
+    value = row.get(field)
+    if value is None or value == "":
+        return None
+    if value not in allowed:
+        errors.add(line, field, f"expected one of {', '.join(allowed)}, got {value!r}")
+        return None
+    return value
+
+
+def load_prompts(path) -> list[dict]:
+    errors, out, seen = RowErrors(path), [], {}
+    stem = Path(str(path)).stem.split(".")[0]
+    for line, row in read_rows(path):
+        messages = _prompt_turns(row, line, errors)
+        pid = row.get("id", f"{stem}-{line}")
+        if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+            errors.add(line, "id", f"expected a string or integer, got {pid!r}")
+        pid = str(pid)
+        if pid in seen:
+            errors.add(line, "id", f"duplicate id {pid!r} (first on line {seen[pid]})")
+        seen[pid] = line
+        is_safety = _bool(row, "is_safety", line, errors)
+        category = row.get("category") or None
+        if category is not None and not isinstance(category, str):
+            errors.add(line, "category", f"expected a string, got {category!r}")
+        reference = _text(row, "reference", line, errors, required=False)
+        if messages is not None:
+            out.append({"id": pid, "messages": messages, "is_safety": is_safety,
+                        "category": category, "reference": reference})
+    errors.raise_if_any()
+    return _nonempty(out, path)
+
+
+def load_sft(path) -> list[dict]:
+    errors, out = RowErrors(path), []
+    for line, row in read_rows(path):
+        if "completion" in row:
+            messages = _prompt_turns(row, line, errors)
+            completion = _text(row, "completion", line, errors)
+        elif isinstance(row.get("messages"), list):
+            turns = _turns(row["messages"], "messages", line, errors)
+            messages = completion = None
+            if turns is not None:
+                if turns[-1]["role"] != "assistant" or len(turns) < 2:
+                    errors.add(line, "messages", "an SFT conversation must end with an assistant turn")
+                else:
+                    messages, completion = turns[:-1], turns[-1]["content"]
+        else:
+            errors.add(line, "completion", "missing (give prompt/messages + completion, or messages "
+                                           "ending with an assistant turn)")
+            continue
+        if messages is not None and completion is not None:
+            out.append({"messages": messages, "completion": completion})
+    errors.raise_if_any()
+    return _nonempty(out, path)
+
+
+def _split_hh(transcript: str):
+    """'\\n\\nHuman: a\\n\\nAssistant: b ...' -> (prompt turns, final assistant reply)."""
+    parts = _HH_TURN.split(transcript)
+    if len(parts) < 3 or parts[0].strip():
+        return None, None
+    turns = [{"role": "user" if speaker == "Human" else "assistant", "content": text.strip()}
+             for speaker, text in zip(parts[1::2], parts[2::2])]
+    if turns[-1]["role"] != "assistant":
+        return None, None
+    return turns[:-1], turns[-1]["content"]
+
+
+def _is_hh(row) -> bool:
+    return "prompt" not in row and isinstance(row.get("chosen"), str) and row["chosen"].startswith("\n\nHuman:")
+
+
+def _response(value, field, line, errors):
+    """A response given as a string, or as turns whose last (assistant) turn is the response."""
+    if isinstance(value, list):
+        turns = _turns(value, field, line, errors)
+        if turns is None:
+            return None, None
+        if turns[-1]["role"] != "assistant":
+            errors.add(line, field, "the last turn must be the assistant's response")
+            return None, None
+        return turns[:-1], turns[-1]["content"]
+    return None, _text({field: value}, field, line, errors)
+
+
+def load_preferences(path, source: str | None = None) -> list[dict]:
+    """Preference pairs; HH-RLHF transcripts and TRL implicit-prompt pairs are converted."""
+    rows = read_rows(path)
+    if rows and _is_hh(rows[0][1]):  # a whole HH-RLHF file: its few unusable rows are dropped
+        pairs, counts = hh_pairs(path, source)
+        if counts["kept"] < counts["rows"]:
+            log.warning("%s: kept %d of %d HH-RLHF rows (%d identical, %d empty, %d malformed)", path,
+                        counts["kept"], counts["rows"], counts["identical"], counts["empty"],
+                        counts["malformed"])
+        return _nonempty(pairs, path)
+    errors, out = RowErrors(path), []
+    for line, row in rows:
+        if _is_hh(row):
+            prompt, chosen = _split_hh(row["chosen"])
+            prompt_r, rejected = _split_hh(row.get("rejected") or "")
+            if prompt is None or prompt_r is None:
+                errors.add(line, "chosen" if prompt is None else "rejected",
+                           "not an HH transcript ('\\n\\nHuman: ...\\n\\nAssistant: ...')")
+                continue
+            if prompt != prompt_r:
+                errors.add(line, "rejected", "chosen and rejected transcripts have different prompts")
+                continue
+            if not prompt or not chosen or not rejected:
+                errors.add(line, "chosen" if not chosen else "rejected", "empty text")
+                continue
+        else:
+            prompt_c, chosen = _response(row.get("chosen"), "chosen", line, errors)
+            prompt_r, rejected = _response(row.get("rejected"), "rejected", line, errors)
+            if "prompt" in row or "messages" in row:
+                prompt = _prompt_turns(row, line, errors)
+            elif prompt_c:  # TRL implicit prompt: the shared turns before the responses
+                prompt = prompt_c
+            else:
+                errors.add(line, "prompt", "missing")
+                prompt = None
+        if chosen is not None and chosen == rejected:
+            errors.add(line, "rejected", "identical to chosen (a pair needs two different responses)")
+            continue
+        rating = _choice(row, "rating", RATINGS, line, errors)
+        safety_label = _choice(row, "safety_label", SAFETY_LABELS, line, errors)
+        src = _choice(row, "source", SOURCES, line, errors) or source or \
+            ("safety" if safety_label else "helpfulness")
+        margin = row.get("margin")
+        if margin in ("", None) or (isinstance(margin, float) and margin != margin):
+            margin = None
+        else:
+            try:
+                margin = float(margin)
+                if isinstance(row.get("margin"), bool):
+                    raise ValueError
+            except (TypeError, ValueError):
+                errors.add(line, "margin", f"expected a number, got {row.get('margin')!r}")
+                margin = None
+        if None in (prompt, chosen, rejected):
+            continue
+        record = {k: v for k, v in row.items() if k not in ("messages",)}
+        record.update(prompt=prompt, chosen=chosen, rejected=rejected, rating=rating, margin=margin,
+                      safety_label=safety_label, source=src)
+        out.append(record)
+    errors.raise_if_any()
+    return _nonempty(out, path)
+
+
+def hh_pairs(path, source: str | None = None) -> tuple[list[dict], dict]:
+    """Anthropic HH-RLHF transcripts -> preference pairs, dropping unusable rows.
+
+    The public test splits have a few rows with chosen == rejected or an empty final turn; those
+    are dropped (and counted) rather than failing the whole file. Returns (pairs, counts).
+    """
+    source = source or ("safety" if "harmless" in str(path) else "helpfulness")
+    pairs, counts = [], {"rows": 0, "kept": 0, "identical": 0, "empty": 0, "malformed": 0}
+    for line, row in read_rows(path):
+        counts["rows"] += 1
+        prompt, chosen = _split_hh(row.get("chosen") or "")
+        prompt_r, rejected = _split_hh(row.get("rejected") or "")
+        if prompt is None or prompt_r is None or prompt != prompt_r:
+            counts["malformed"] += 1
+        elif not prompt or not chosen or not rejected:
+            counts["empty"] += 1
+        elif chosen == rejected:
+            counts["identical"] += 1
+        else:
+            counts["kept"] += 1
+            pairs.append({"id": f"{Path(str(path)).parent.name}-{line}", "prompt": prompt,
+                          "chosen": chosen, "rejected": rejected, "rating": None, "margin": None,
+                          "safety_label": None, "source": source})
+    return pairs, counts
+
+
+def load_rankings(path, source: str | None = None) -> list[dict]:
+    errors, out = RowErrors(path), []
+    for line, row in read_rows(path):
+        prompt = _prompt_turns(row, line, errors)
+        responses = row.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2:
+            errors.add(line, "responses", "expected a list of at least 2 responses")
+            continue
+        texts = [_text({"responses": r}, "responses", line, _Prefixed(errors, f"[{i}]"))
+                 for i, r in enumerate(responses)]
+        ranking = row.get("ranking")
+        if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))) \
+                or any(isinstance(r, bool) for r in ranking):
+            errors.add(line, "ranking", f"expected a permutation of 0..{len(responses) - 1} "
+                                        f"(response indices, best first), got {ranking!r}")
+            continue
+        src = _choice(row, "source", SOURCES, line, errors) or source or "helpfulness"
+        if prompt is not None and None not in texts:
+            out.append({"prompt": prompt, "responses": texts, "ranking": ranking, "source": src})
+    errors.raise_if_any()
+    return _nonempty(out, path)
+
+
+def load_text(path) -> list[str]:
+    """Raw text for domain pretraining: a .txt file (blank-line separated documents) or records
+    with a `text` field."""
+    p = Path(str(path))
+    if p.suffix == ".txt":
+        if not p.exists():
+            raise InputError(f"{p}: file not found")
+        try:
+            raw = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[: e.start].count(b"\n") + 1
+            raise InputError(f"{p}:{line}: text: not valid UTF-8") from None
+        docs = [d.strip() for d in raw.split("\n\n") if d.strip()]
+        return _nonempty(docs, path)
+    errors, docs = RowErrors(path), []
+    for line, row in read_rows(path):
+        text = _text(row, "text", line, errors)
+        if text is not None:
+            docs.append(text)
+    errors.raise_if_any()
+    return _nonempty(docs, path)
+
+
+def _nonempty(records: list, path) -> list:
+    if not records:
+        raise InputError(f"{path}: no records (the file is empty)")
+    return records
+
+
+LOADERS = {"prompts": load_prompts, "sft": load_sft, "preferences": load_preferences,
+           "rankings": load_rankings, "text": load_text}
+
+
+def validate_file(path, kind: str) -> int:
+    """Load a file as `kind` and return how many records it holds (InputError when bad)."""
+    if kind not in LOADERS:
+        raise InputError(f"--kind: expected one of {', '.join(LOADERS)}, got {kind!r}")
+    return len(LOADERS[kind](path))

@@ -1,0 +1,105 @@
+"""Loading the policy (any Hugging Face causal LM) with the options every stage shares:
+dtype, LoRA (peft), 4/8-bit loading (bitsandbytes), gradient checkpointing.
+
+Weights are safetensors only and nothing runs remote code unless the config says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from reward_models.records import InputError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto` is bf16 on a GPU that supports it, else fp32 (CPU training in fp32)."""
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPES[name]
+
+
+def quantization_config(model_cfg):
+    if not (model_cfg.load_in_4bit or model_cfg.load_in_8bit):
+        return None
+    if not torch.cuda.is_available():
+        raise InputError("model.load_in_4bit / model.load_in_8bit: bitsandbytes quantisation needs a "
+                         "CUDA GPU; set both to false on a CPU machine")
+    from transformers import BitsAndBytesConfig
+
+    if model_cfg.load_in_4bit:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=resolve_dtype(model_cfg.dtype))
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def lora_config(model_cfg, task_type: str):
+    from peft import LoraConfig
+
+    lora = model_cfg.lora
+    targets = lora.target_modules
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
+                      target_modules="all-linear" if targets == ["all-linear"] else targets)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def load_tokenizer(path_or_id: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:  # many causal LMs ship without one
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        raise InputError(f"{path_or_id}: the tokenizer has no chat template; use a chat/instruct "
+                         "model or add a chat_template to its tokenizer_config.json")
+    return tok
+
+
+def load_policy(path_or_id: str | Path, model_cfg, for_training: bool = False):
+    """Return (model, tokenizer). A directory holding a peft adapter loads its base plus the adapter.
+
+    With LoRA enabled and for_training, a fresh adapter is added to a full model; an adapter
+    directory stays trainable. The tokenizer pads on the left for generation.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path_or_id = str(path_or_id)
+    trust = model_cfg.trust_remote_code
+    kwargs = dict(dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=trust, use_safetensors=True,
+                  quantization_config=quantization_config(model_cfg))
+    try:
+        if is_adapter_dir(path_or_id):
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path_or_id, is_trainable=for_training, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+    except OSError as e:
+        raise InputError(f"model.policy: cannot load '{path_or_id}' ({str(e).splitlines()[0][:300]})") from None
+    tokenizer = load_tokenizer(path_or_id, trust)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if for_training:
+        if model_cfg.load_in_4bit or model_cfg.load_in_8bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+        elif model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if model_cfg.lora.enabled and not is_adapter_dir(path_or_id):
+            from peft import get_peft_model
+
+            model = get_peft_model(model, lora_config(model_cfg, "CAUSAL_LM"))
+    else:
+        model.eval()
+    return model, tokenizer

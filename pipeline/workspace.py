@@ -1,0 +1,294 @@
+"""The workspace on disk: numbered versions, their manifests, reward-model versions, and the lock.
+
+    WORKSPACE/saferounds.yaml
+    WORKSPACE/versions/vN/            a finished version (never modified again)
+    WORKSPACE/versions/.vN.partial/   a version under construction, or one that failed
+    WORKSPACE/reward_models/{helpfulness,safety}/vN/
+
+A version is built under its temporary name and renamed when complete, so a crash never leaves a
+half-written `vN`. Manifests are replaced atomically (temporary file + os.replace). An advisory
+`fcntl` lock keeps a second process out; the kernel drops it when its holder dies (kill -9
+included), and the next process takes the stale lock over and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.config import CONFIG_NAME, Config, load_config
+from reward_models.records import InputError
+
+RM_KINDS = ("helpfulness", "safety")
+LOCK_NAME = ".saferounds.lock"
+_VERSION_RE = re.compile(r"^v(\d+)$")
+_PARTIAL_RE = re.compile(r"^\.v(\d+)\.partial$")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("saferounds", "torch", "transformers", "accelerate", "datasets", "peft"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def parse_version(text: str) -> int:
+    m = re.fullmatch(r"v?(\d+)", str(text).strip())
+    if not m:
+        raise InputError(f"version: expected a version like v2, got {text!r}")
+    return int(m.group(1))
+
+
+class WorkspaceLock:
+    """Advisory exclusive lock on WORKSPACE/.saferounds.lock; `held_by` says who holds it."""
+
+    def __init__(self, root: Path):
+        self.path = root / LOCK_NAME
+        self.fd: int | None = None
+        self.stale_from: str | None = None
+
+    def acquire(self) -> "WorkspaceLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise InputError(f"{self.path.parent}: the workspace is in use by {holder}; wait for it to "
+                             "finish (the lock frees itself when that process exits)") from None
+        previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if previous:  # the holder died without releasing: the kernel freed the flock, the note stayed
+            self.stale_from = previous
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class Workspace:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.config_path = self.root / CONFIG_NAME
+        self.versions_dir = self.root / "versions"
+        self._config: Config | None = None
+
+    # -- config -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            if not self.exists():
+                raise InputError(f"{self.root}: not a saferounds workspace (no {CONFIG_NAME}); "
+                                 "run `saferounds init` first or pass -w DIR")
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def resolve(self, path: str) -> str | Path:
+        """Config paths are relative to the workspace; hub ids and `tiny` pass through."""
+        if path.startswith("hub:"):
+            return path
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+    def lock(self) -> WorkspaceLock:
+        return WorkspaceLock(self.root)
+
+    # -- versions ---------------------------------------------------------------------------
+    def version_dir(self, n: int) -> Path:
+        return self.versions_dir / f"v{n}"
+
+    def partial_dir(self, n: int) -> Path:
+        return self.versions_dir / f".v{n}.partial"
+
+    def finished_versions(self) -> list[int]:
+        if not self.versions_dir.exists():
+            return []
+        found = (_VERSION_RE.match(p.name) for p in self.versions_dir.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def partial_versions(self) -> list[int]:
+        if not self.versions_dir.exists():
+            return []
+        found = (_PARTIAL_RE.match(p.name) for p in self.versions_dir.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def latest(self) -> int | None:
+        done = self.finished_versions()
+        return done[-1] if done else None
+
+    def require_finished(self, n: int) -> Path:
+        d = self.version_dir(n)
+        if not d.is_dir():
+            have = ", ".join(f"v{v}" for v in self.finished_versions()) or "none"
+            raise InputError(f"v{n}: no such finished version in {self.versions_dir} (finished: {have})")
+        return d
+
+    def dir_of(self, n: int) -> Path:
+        """The finished directory of vN, or its partial one while it is being built."""
+        return self.version_dir(n) if self.version_dir(n).is_dir() else self.partial_dir(n)
+
+    def manifest(self, n: int) -> dict:
+        path = self.dir_of(n) / "manifest.json"
+        if not path.exists():
+            raise InputError(f"v{n}: no such version in {self.versions_dir}")
+        return read_json(path)
+
+    def policy_path(self, n: int) -> Path:
+        return self.require_finished(n) / "policy"
+
+    def begin_version(self, n: int, parent: int | None, stages: list[str], inputs: list[str | Path]) -> Path:
+        """Create (or reopen, to resume) the partial directory of version n."""
+        if self.version_dir(n).exists():
+            raise InputError(f"v{n}: already finished; a finished version is never modified")
+        d = self.partial_dir(n)
+        manifest_path = d / "manifest.json"
+        if manifest_path.exists():
+            return d
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        write_json(manifest_path, {
+            "version": f"v{n}", "number": n, "parent": None if parent is None else f"v{parent}",
+            "status": "running", "created": now(), "finished": None,
+            "stages": {s: {"status": "pending"} for s in stages},
+            "config_hash": cfg.hash(), "config": cfg.to_dict(),
+            "inputs": self.hash_inputs(inputs), "reward_models": {}, "metrics": {}, "timings": {},
+            "packages": package_versions(),
+        })
+        return d
+
+    def hash_inputs(self, inputs: list[str | Path]) -> dict[str, str]:
+        out = {}
+        for item in inputs:
+            p = self.resolve(str(item))
+            if isinstance(p, Path) and p.is_file():
+                out[str(item)] = sha256_file(p)
+        return out
+
+    def update_manifest(self, n: int, **changes) -> dict:
+        """Merge `changes` into the partial version's manifest (dict values merge one level)."""
+        d = self.partial_dir(n)
+        if not d.is_dir():
+            raise InputError(f"v{n}: not under construction; finished versions are never modified")
+        manifest = read_json(d / "manifest.json")
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key].update(value)
+            else:
+                manifest[key] = value
+        write_json(d / "manifest.json", manifest)
+        return manifest
+
+    def set_stage(self, n: int, stage: str, **fields) -> None:
+        manifest = read_json(self.partial_dir(n) / "manifest.json")
+        manifest["stages"].setdefault(stage, {}).update(fields)
+        write_json(self.partial_dir(n) / "manifest.json", manifest)
+
+    def finish_version(self, n: int) -> Path:
+        """Mark complete and rename the partial directory into place (atomic on one filesystem)."""
+        self.update_manifest(n, status="complete", finished=now())
+        work = self.partial_dir(n) / "work"
+        if work.exists():  # checkpoints kept for resuming are not part of a finished version
+            shutil.rmtree(work)
+        os.replace(self.partial_dir(n), self.version_dir(n))
+        return self.version_dir(n)
+
+    def discard(self, n: int) -> None:
+        """Remove an unfinished version, or the newest finished one."""
+        if self.partial_dir(n).exists():
+            shutil.rmtree(self.partial_dir(n))
+            return
+        done = self.finished_versions()
+        if n not in done:
+            raise InputError(f"v{n}: no such version")
+        if n != done[-1] or any(p > n for p in self.partial_versions()):
+            raise InputError(f"v{n}: only the newest version can be discarded (newest: v{done[-1]})")
+        trash = self.versions_dir / f".v{n}.discarded"
+        os.replace(self.version_dir(n), trash)  # disappear atomically, then delete
+        shutil.rmtree(trash)
+
+    # -- reward models ----------------------------------------------------------------------
+    def rm_dir(self, kind: str, n: int) -> Path:
+        return self.root / "reward_models" / kind / f"v{n}"
+
+    def rm_partial_dir(self, kind: str, n: int) -> Path:
+        return self.root / "reward_models" / kind / f".v{n}.partial"
+
+    def rm_versions(self, kind: str) -> list[int]:
+        base = self.root / "reward_models" / kind
+        if not base.exists():
+            return []
+        found = (_VERSION_RE.match(p.name) for p in base.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def latest_rm(self, kind: str, at_most: int | None = None) -> int | None:
+        vs = [v for v in self.rm_versions(kind) if at_most is None or v <= at_most]
+        return vs[-1] if vs else None
+
+    def finish_rm(self, kind: str, n: int) -> Path:
+        os.replace(self.rm_partial_dir(kind, n), self.rm_dir(kind, n))
+        return self.rm_dir(kind, n)

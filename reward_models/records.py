@@ -1,0 +1,161 @@
+"""Reading users' record files with positions, and the error every layer raises on bad input.
+
+This is the lowest layer of the package graph (pipeline -> sampling -> reward_models), so the
+pipeline, sampling and eval all read user files through it. Every problem is reported as
+``FILE:LINE: FIELD: reason`` so a user can jump straight to it; the CLI maps `InputError` to
+exit code 2.
+
+Supported: ``.jsonl`` (one object per line), ``.json`` (a list of objects), ``.csv`` (header row;
+row N of data is line N+1), ``.parquet`` (row index + 1), each optionally ``.gz``-compressed, and a
+Hugging Face ``datasets`` hub id ``hub:NAME[:SPLIT]`` (read from the local cache only when offline).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from pathlib import Path
+
+MAX_LISTED_ERRORS = 20
+
+
+class InputError(Exception):
+    """Bad user input: a file, a row, a field or a config key. The CLI exits 2 on it."""
+
+
+class RowErrors:
+    """Collects every bad row of one file, then raises them together (listing at most 20)."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self.problems: list[str] = []
+
+    def add(self, line: int | None, field: str, reason: str) -> None:
+        where = f"{self.path}:{line}" if line is not None else self.path
+        self.problems.append(f"{where}: {field}: {reason}")
+
+    def __bool__(self) -> bool:
+        return bool(self.problems)
+
+    def raise_if_any(self) -> None:
+        if not self.problems:
+            return
+        shown = self.problems[:MAX_LISTED_ERRORS]
+        more = len(self.problems) - len(shown)
+        tail = [f"... and {more} more problem(s) in {self.path}"] if more > 0 else []
+        raise InputError("\n".join(shown + tail))
+
+
+def _open_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except OSError as e:
+            raise InputError(f"{path}: not a valid gzip file ({e})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: text: not valid UTF-8 (byte 0x{raw[e.start]:02x}); "
+                         "save the file as UTF-8") from None
+
+
+def _base_suffix(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    return suffixes[-1].lower() if suffixes else ""
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows, errors = [], RowErrors(path)
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.add(n, "json", f"not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(obj, dict):
+            errors.add(n, "json", f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        rows.append((n, obj))
+    errors.raise_if_any()
+    return rows
+
+
+def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: json: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict):  # {"data": [...]} or a single object
+        data = data.get("data", [data])
+    if not isinstance(data, list):
+        raise InputError(f"{path}: json: expected a list of objects")
+    errors = RowErrors(path)
+    for i, obj in enumerate(data, start=1):
+        if not isinstance(obj, dict):
+            errors.add(i, "json", f"item {i} is a {type(obj).__name__}, expected an object")
+    errors.raise_if_any()
+    return list(enumerate(data, start=1))
+
+
+def _read_csv(path: Path, text: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames:
+        raise InputError(f"{path}:1: header: the CSV file has no header row")
+    rows, errors = [], RowErrors(path)
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            errors.add(line, "csv", "more values than header columns")
+            continue
+        rows.append((line, {k: v for k, v in row.items() if k is not None}))
+    errors.raise_if_any()
+    return rows
+
+
+def _read_parquet(path: Path) -> list[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise InputError(f"{path}: parquet: cannot read ({e})") from None
+    return list(enumerate(table.to_pylist(), start=1))
+
+
+def _read_hub(spec: str) -> list[tuple[int, dict]]:
+    name, _, split = spec[len("hub:"):].partition(":")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:
+        raise InputError(
+            f"{spec}: cannot load the hub dataset '{name}' ({type(e).__name__}: {str(e)[:200]}). "
+            "Offline machines need it in the local datasets cache, or download it to a file first."
+        ) from None
+    return list(enumerate((dict(r) for r in ds), start=1))
+
+
+def read_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """Rows of a record file as (line or row number, dict), in file order."""
+    if isinstance(path, str) and path.startswith("hub:"):
+        return _read_hub(path)
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a .jsonl, .json, .csv or .parquet file")
+    kind = _base_suffix(path)
+    if kind == ".parquet":
+        return _read_parquet(path)
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
+    if kind not in readers:
+        raise InputError(f"{path}: unsupported file type '{kind or path.name}'; "
+                         "use .jsonl, .json, .csv or .parquet (optionally .gz)")
+    return readers[kind](path, _open_text(path))
