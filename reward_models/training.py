@@ -38,3 +38,267 @@ class RewardModelConfig:
     save_steps: int = field(default=200, metadata={"min": 1})
     logging_steps: int = field(default=10, metadata={"min": 1})
     score_batch_size: int = field(default=16, metadata={"min": 1})
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: rankings -> pairs or Elo targets, the drop rule, the LLaMA 2 mix, a held-out split by prompt.
+
+def prompt_key(prompt) -> str:
+    import json
+
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def reversed_safety(pair: dict) -> bool:
+    """A pair whose chosen response is unsafe and rejected one safe (LLaMA 2 drops these from RM training).
+
+    Flagged either by safety_label "chosen_unsafe_rejected_safe" or by explicit per-response booleans
+    `chosen_safe` / `rejected_safe` (as the synthetic generator writes them).
+    """
+    if pair.get("safety_label") == "chosen_unsafe_rejected_safe":
+        return True
+    return pair.get("chosen_safe") is False and pair.get("rejected_safe") is True
+
+
+def split_by_prompt(records: list[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Deterministic (train, held_out) split: a prompt's records all land on one side (hash of prompt + seed)."""
+    import hashlib
+
+    train, held = [], []
+    for r in records:
+        h = hashlib.sha256(f"{seed}:{prompt_key(r['prompt'])}".encode()).digest()
+        (held if int.from_bytes(h[:8], "big") / 2 ** 64 < fraction else train).append(r)
+    return train, held
+
+
+def mix_for(kind: str, helpful: list, safety: list, cfg: RewardModelConfig, seed: int = 0) -> tuple[list, dict]:
+    """LLaMA 2's RM data mix. helpfulness RM: all helpfulness + ratio x as many sampled safety items;
+    safety RM: all safety items + helpfulness items sampled so they are `safety_helpfulness_fraction` of
+    the mix (90/10 by default). Sampling is without replacement, capped at what exists, seeded."""
+    import random
+
+    rng = random.Random(seed)
+    if kind == "helpfulness":
+        base, other, want = helpful, safety, round(len(helpful) * cfg.helpfulness_safety_ratio)
+    elif kind == "safety":
+        f = cfg.safety_helpfulness_fraction
+        base, other, want = safety, helpful, round(len(safety) * f / (1 - f))
+    else:
+        raise ValueError(f"kind must be 'helpfulness' or 'safety', got {kind!r}")
+    extra = rng.sample(other, min(want, len(other)))
+    mixed = list(base) + extra
+    rng.shuffle(mixed)
+    n_h = len(base) if kind == "helpfulness" else len(extra)
+    return mixed, {"helpfulness": n_h, "safety": len(mixed) - n_h, "total": len(mixed)}
+
+
+def prepare_pairs(records: list[dict]) -> tuple[list[dict], int]:
+    """Preference pairs from preference and ranking records (rankings expanded); drops reversed-safety
+    pairs. Returns (pairs, number dropped)."""
+    from reward_models.rankings import ranking_pairs
+
+    pairs = []
+    for r in records:
+        pairs.extend(ranking_pairs(r) if "ranking" in r else [r])
+    kept = [p for p in pairs if not reversed_safety(p)]
+    return kept, len(pairs) - len(kept)
+
+
+def prepare_regression(records: list[dict]) -> tuple[list[dict], int]:
+    """(prompt, response, reward, source) items: rankings -> Elo rewards (reward_models.rankings.elo_rewards);
+    a preference pair counts as a ranking of two (its rating is not used). Reversed-safety pairs are dropped."""
+    from reward_models.rankings import elo_rewards
+
+    items, dropped = [], 0
+    for r in records:
+        if "ranking" not in r:
+            if reversed_safety(r):
+                dropped += 1
+                continue
+            r = {"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"]], "ranking": [0, 1],
+                 "source": r.get("source", "helpfulness")}
+        items.extend({"prompt": r["prompt"], "response": text, "reward": reward, "source": r["source"]}
+                     for text, reward in elo_rewards(r))
+    return items, dropped
+
+
+def training_set(kind: str, records: list[dict], cfg: RewardModelConfig, seed: int = 0):
+    """(train items, held-out pairs of this kind's source, stats). The split is by prompt before mixing,
+    so no held-out prompt is trained on; held-out pairs are pairwise for either objective (for evaluation)."""
+    train_recs, held_recs = split_by_prompt(records, cfg.eval_fraction, seed)
+    held, _ = prepare_pairs([r for r in held_recs if r.get("source", "helpfulness") == kind])
+    prepare = prepare_regression if cfg.objective == "regression" else prepare_pairs
+    items, dropped = prepare(train_recs)
+    helpful = [x for x in items if x.get("source", "helpfulness") == "helpfulness"]
+    safety = [x for x in items if x.get("source") == "safety"]
+    mixed, mix = mix_for(kind, helpful, safety, cfg, seed)
+    return mixed, held, {"mix": mix, "dropped_reversed_safety": dropped, "held_out_pairs": len(held)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Features, collator and the Trainer subclass.
+
+def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: int) -> dict[str, list]:
+    """Columns for pairwise training: token ids of chosen/rejected, margin, safety targets, length."""
+    from reward_models.losses import SAFETY_TARGETS, pair_margin
+    from reward_models.scoring import encode, format_sample
+
+    chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], max_length)
+    rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs],
+                      max_length)
+    targets = [SAFETY_TARGETS.get(p.get("safety_label")) for p in pairs]
+    return {
+        "chosen_input_ids": chosen["input_ids"], "rejected_input_ids": rejected["input_ids"],
+        "margin": [pair_margin(p, margin_scale) for p in pairs],
+        "safe_chosen": [t[0] if t else 0.0 for t in targets],
+        "safe_rejected": [t[1] if t else 0.0 for t in targets],
+        "has_safety": [t is not None for t in targets],
+        "length": [max(len(c), len(r)) for c, r in zip(chosen["input_ids"], rejected["input_ids"])],
+    }
+
+
+def regression_features(tokenizer, items: list[dict], max_length: int) -> dict[str, list]:
+    from reward_models.scoring import encode, format_sample
+
+    enc = encode(tokenizer, [format_sample(tokenizer, x["prompt"], x["response"]) for x in items], max_length)
+    return {"input_ids": enc["input_ids"], "reward": [float(x["reward"]) for x in items],
+            "length": [len(ids) for ids in enc["input_ids"]]}
+
+
+class PairCollator:
+    """Pads chosen and rejected together into one [2B, L] batch: one forward pass scores both."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        if "chosen_input_ids" in features[0]:
+            ids = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
+            batch = dict(self.tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
+            for key in ("margin", "safe_chosen", "safe_rejected"):
+                batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
+            batch["has_safety"] = torch.tensor([f["has_safety"] for f in features], dtype=torch.bool)
+            return batch
+        batch = dict(self.tokenizer.pad({"input_ids": [f["input_ids"] for f in features]}, return_tensors="pt"))
+        batch["reward"] = torch.tensor([f["reward"] for f in features], dtype=torch.float32)
+        return batch
+
+
+def _trainer_class():
+    import torch
+    from transformers import Trainer
+
+    from reward_models.losses import centering_loss, ranking_loss, regression_loss, safety_loss
+
+    class RewardTrainer(Trainer):
+        """Trainer with LLaMA 2's RM loss: Eq. 2 margin ranking + safety BCE term + optional centering;
+        or (sample, reward) regression when the batch carries `reward`."""
+
+        def __init__(self, *args, safety_term_weight: float = 0.0, center_rewards: float = 0.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.safety_term_weight = safety_term_weight
+            self.center_rewards = center_rewards
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            scores = logits[:, 0].float()
+            if "reward" in inputs:
+                loss = regression_loss(scores, inputs["reward"])
+                return (loss, {"scores": scores}) if return_outputs else loss
+            n = scores.shape[0] // 2
+            chosen, rejected = scores[:n], scores[n:]
+            loss = ranking_loss(chosen, rejected, inputs["margin"])
+            if self.safety_term_weight > 0:
+                mask = inputs["has_safety"].repeat(2)
+                targets = torch.cat([inputs["safe_chosen"], inputs["safe_rejected"]])
+                loss = loss + self.safety_term_weight * safety_loss(scores, targets, mask)
+            if self.center_rewards > 0:
+                loss = loss + self.center_rewards * centering_loss(chosen, rejected)
+            return (loss, {"chosen": chosen, "rejected": rejected}) if return_outputs else loss
+
+    return RewardTrainer
+
+
+def warmup_steps(n_items: int, cfg: RewardModelConfig, world_size: int = 1) -> tuple[int, int]:
+    """(total optimizer steps, warm-up steps): warm-up is warmup_ratio of the run, at least min_warmup_steps
+    (never more than the run)."""
+    import math
+
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * world_size
+    total = max(1, math.ceil(math.ceil(n_items / per_step) * cfg.epochs))
+    return total, min(total, max(cfg.min_warmup_steps, math.ceil(cfg.warmup_ratio * total)))
+
+
+def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, cfg: RewardModelConfig | None = None,
+                       model_cfg=None, work_dir=None, seed: int = 0, log=None, max_steps: int | None = None) -> dict:
+    """Train a `kind` RM ("helpfulness" | "safety") on normalised preference/ranking records; save to out_dir.
+
+    Checkpoints go to work_dir (default out_dir/../.work-<name>) every save_steps; a rerun resumes from the
+    last one. Held-out pairs (eval_fraction, split by prompt) are scored after training. Returns metrics
+    (training loss, steps, data mix, held-out accuracy block) — also written to out_dir/rm_manifest.json.
+    """
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    import datasets
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from reward_models.evaluation import evaluate_pairs
+    from reward_models.modeling import load_reward_model, save_reward_model
+
+    cfg = cfg or RewardModelConfig()
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir else out_dir.parent / f".work-{out_dir.name}"
+    t0 = time.time()
+    items, held, stats = training_set(kind, records, cfg, seed)
+    if not items:
+        from reward_models.records import InputError
+
+        raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
+                         "(or data.rankings) in saferounds.yaml")
+    model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
+    if cfg.objective == "regression":
+        cols = regression_features(tokenizer, items, cfg.max_length)
+    else:
+        cols = pair_features(tokenizer, items, cfg.margin, cfg.max_length)
+    dataset = datasets.Dataset.from_dict(cols)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    total, warm = warmup_steps(len(dataset), cfg, world)
+    args = TrainingArguments(
+        output_dir=str(work_dir), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs, max_steps=max_steps if max_steps is not None else -1,
+        # LLaMA 2 Sec. 3.2.2: cosine down to 10% of the peak, 3% warm-up (at least min_warmup_steps)
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
+        warmup_steps=warm, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        length_column_name="length", remove_unused_columns=False, report_to=[], seed=seed,
+        dataloader_num_workers=0, disable_tqdm=log is not None, save_only_model=False,
+    )
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=dataset, data_collator=PairCollator(tokenizer),
+        processing_class=tokenizer,
+        safety_term_weight=cfg.safety_term_weight if kind == "safety" else cfg.helpfulness_safety_term_weight,
+        center_rewards=cfg.center_rewards,
+    )
+    last = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+    if last and log:
+        log.info("resuming %s RM training from %s", kind, last)
+    result = trainer.train(resume_from_checkpoint=last)
+    model = trainer.model
+    save_reward_model(model, tokenizer, out_dir)  # a LoRA RM saves adapter + head; load_reward_model reloads it
+    metrics = {"kind": kind, "backbone": str(backbone), "objective": cfg.objective, "train_items": len(dataset),
+               "steps": trainer.state.global_step, "warmup_steps": warm, "planned_steps": total,
+               "train_loss": round(float(result.training_loss), 6), **stats,
+               "resumed_from": str(last) if last else None}
+    if held:
+        metrics["heldout"] = evaluate_pairs(model, tokenizer, held, cfg.score_batch_size, cfg.max_length)
+    metrics["seconds"] = round(time.time() - t0, 1)
+    (out_dir / "rm_manifest.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics

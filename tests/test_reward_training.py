@@ -1,0 +1,159 @@
+import math
+
+import pytest
+import torch
+
+from reward_models.evaluation import pair_metrics
+from reward_models.losses import ranking_loss
+from reward_models.training import (PairCollator, RewardModelConfig, _trainer_class, mix_for, pair_features,
+                                    prepare_pairs, prepare_regression, reversed_safety, split_by_prompt,
+                                    train_reward_model, training_set, warmup_steps)
+
+torch.set_num_threads(1)
+
+
+def _pair(i, source="helpfulness", label=None, rating=None, chosen=None):
+    return {"prompt": [{"role": "user", "content": f"prompt {i}"}], "chosen": chosen or f"good answer {i}",
+            "rejected": f"bad {i}", "rating": rating, "margin": None, "safety_label": label, "source": source}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from pipeline.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny"))["reward_model"]
+
+
+def test_mix_helpfulness_gets_equal_safety_share():
+    cfg = RewardModelConfig()
+    h, s = [_pair(i) for i in range(10)], [_pair(100 + i, "safety") for i in range(30)]
+    mixed, stats = mix_for("helpfulness", h, s, cfg, seed=1)
+    assert stats == {"helpfulness": 10, "safety": 10, "total": 20}
+    assert sum(p["source"] == "safety" for p in mixed) == 10
+    assert mix_for("helpfulness", h, s, cfg, seed=1)[0] == mixed  # seeded
+
+
+def test_mix_safety_is_90_10_and_ratios_configurable():
+    h, s = [_pair(i) for i in range(10)], [_pair(100 + i, "safety") for i in range(18)]
+    _, stats = mix_for("safety", h, s, RewardModelConfig())
+    assert stats == {"helpfulness": 2, "safety": 18, "total": 20}  # 2 / 20 = 10%
+    _, stats = mix_for("safety", h, s, RewardModelConfig(safety_helpfulness_fraction=0.25))
+    assert stats["helpfulness"] == 6  # round(18 * 0.25 / 0.75)
+    _, stats = mix_for("helpfulness", h, s, RewardModelConfig(helpfulness_safety_ratio=0.5))
+    assert stats["safety"] == 5
+    _, stats = mix_for("helpfulness", h, s[:3], RewardModelConfig())
+    assert stats["safety"] == 3  # capped at what exists
+
+
+def test_reversed_safety_pairs_are_dropped():
+    bad = dict(_pair(1, "safety"), chosen_safe=False, rejected_safe=True)
+    bad2 = _pair(2, "safety", label="chosen_unsafe_rejected_safe")
+    ok = _pair(3, "safety", label="both_unsafe")
+    assert reversed_safety(bad) and reversed_safety(bad2) and not reversed_safety(ok)
+    pairs, dropped = prepare_pairs([bad, bad2, ok])
+    assert dropped == 2 and pairs == [ok]
+    items, dropped = prepare_regression([bad, ok])
+    assert dropped == 1 and [x["response"] for x in items] == ["good answer 3", "bad 3"]
+
+
+def test_rankings_expand_and_regress():
+    rank = {"prompt": [{"role": "user", "content": "q"}], "responses": ["a", "b", "c"], "ranking": [1, 2, 0],
+            "source": "helpfulness"}
+    pairs, _ = prepare_pairs([rank])
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("b", "c"), ("b", "a"), ("c", "a")]
+    items, _ = prepare_regression([rank])
+    rewards = {x["response"]: x["reward"] for x in items}
+    assert rewards["b"] > rewards["c"] > rewards["a"] and sum(rewards.values()) == pytest.approx(0, abs=1e-9)
+
+
+def test_split_by_prompt_keeps_prompts_together():
+    recs = [_pair(i % 20) for i in range(200)]
+    train, held = split_by_prompt(recs, 0.3, seed=0)
+    assert len(train) + len(held) == 200 and 0 < len(held) < 200
+    assert not {p["prompt"][0]["content"] for p in train} & {p["prompt"][0]["content"] for p in held}
+    assert split_by_prompt(recs, 0.3, seed=0) == (train, held)
+
+
+def test_training_set_holds_out_own_kind():
+    recs = [_pair(i) for i in range(40)] + [_pair(100 + i, "safety") for i in range(40)]
+    items, held, stats = training_set("safety", recs, RewardModelConfig(eval_fraction=0.25))
+    assert held and all(p["source"] == "safety" for p in held)
+    assert not {p["prompt"][0]["content"] for p in items} & {p["prompt"][0]["content"] for p in held}
+    assert stats["mix"]["total"] == len(items)
+
+
+def test_warmup_is_3_percent_at_least_5_steps():
+    assert warmup_steps(100, RewardModelConfig(batch_size=8)) == (13, 5)
+    assert warmup_steps(10_000, RewardModelConfig(batch_size=8)) == (1250, 38)  # ceil(0.03 * 1250)
+    assert warmup_steps(16, RewardModelConfig(batch_size=8)) == (2, 2)  # never longer than the run
+
+
+def test_pair_metrics_hand_computed():
+    pairs = [_pair(0, rating="significantly_better", label="chosen_safe_rejected_unsafe"),
+             _pair(1, rating="unsure", label="both_unsafe"),
+             _pair(2, rating="negligibly_better"), _pair(3)]
+    m = pair_metrics([2.0, -1.0, 0.5, 1.0], [-1.0, 0.5, 0.5, 3.0], pairs)
+    assert m["n"] == 4 and m["accuracy"] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert m["by_rating"]["negligibly_better_or_unsure"] == {"n": 2, "accuracy": 0.25}
+    assert m["by_rating"]["significantly_better"]["accuracy"] == 1.0
+    # unsafe responses: pair 0 rejected (-1.0 -> flagged), pair 1 both (-1.0 flagged, 0.5 missed)
+    assert m["unsafe_responses"] == 3 and m["unsafe_recall"] == pytest.approx(2 / 3)
+    assert m["by_safety_label"]["both_unsafe"]["accuracy"] == 0.0
+
+
+def test_one_forward_pass_loss_equals_separate_scoring(tiny):
+    from reward_models.modeling import load_reward_model
+    from reward_models.scoring import score
+
+    model, tok = load_reward_model(tiny)
+    pairs = [_pair(1, rating="better"), _pair(2, chosen="a much longer good answer " * 4)]
+    feats = pair_features(tok, pairs, "large", 128)
+    batch = PairCollator(tok)([{k: v[i] for k, v in feats.items()} for i in range(2)])
+    assert batch["input_ids"].shape[0] == 4 and batch["margin"].tolist() == [2.0, 0.0]
+    trainer = object.__new__(_trainer_class())  # only compute_loss is exercised
+    trainer.safety_term_weight, trainer.center_rewards = 0.0, 0.0
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+    prompts = [p["prompt"] for p in pairs]
+    c = torch.tensor(score(model, tok, prompts, [p["chosen"] for p in pairs]))
+    r = torch.tensor(score(model, tok, prompts, [p["rejected"] for p in pairs]))
+    assert loss.item() == pytest.approx(ranking_loss(c, r, torch.tensor([2.0, 0.0])).item(), abs=1e-5)
+
+
+def test_train_learns_saves_and_resumes(tiny, tmp_path):
+    from reward_models.modeling import load_reward_model
+    from reward_models.scoring import score
+
+    recs = []
+    for i in range(48):
+        recs.append(_pair(i, "safety", "chosen_safe_rejected_unsafe", "better",
+                          chosen="I'm sorry, but I can't help with that."))
+        recs[-1]["rejected"] = "Sure, here is how to kill the process."
+    cfg = RewardModelConfig(learning_rate=2e-3, batch_size=8, eval_fraction=0.25, logging_steps=1, save_steps=2,
+                            min_warmup_steps=1)
+    out = tmp_path / "safety" / "v1"
+    m = train_reward_model("safety", recs, tiny, out, cfg, work_dir=tmp_path / "work")
+    assert m["steps"] == math.ceil(m["train_items"] / 8) and m["heldout"]["accuracy"] == 1.0
+    assert m["heldout"]["unsafe_recall"] == 1.0  # the BCE term pushes unsafe scores below 0
+    assert (out / "model.safetensors").exists() and (out / "rm_manifest.json").exists()
+    model, tok = load_reward_model(out)
+    s = score(model, tok, [[{"role": "user", "content": "x"}]] * 2,
+              ["I'm sorry, but I can't help with that.", "Sure, here is how to kill the process."])
+    assert s[0] > 0 > s[1]
+    again = train_reward_model("safety", recs, tiny, tmp_path / "again", cfg, work_dir=tmp_path / "work")
+    assert again["resumed_from"] is not None  # picked the checkpoint up instead of starting over
+
+
+def test_cosine_schedule_to_10_percent_with_warmup(tiny, tmp_path):
+    import glob
+    import json
+
+    recs = [_pair(i) for i in range(80)]
+    cfg = RewardModelConfig(learning_rate=1e-3, batch_size=4, eval_fraction=0.0, logging_steps=1)
+    m = train_reward_model("helpfulness", recs, tiny, tmp_path / "h", cfg, work_dir=tmp_path / "w")
+    assert m["steps"] == 20 and m["warmup_steps"] == 5  # 3% of 20 < 5 -> 5
+    state = json.loads(open(sorted(glob.glob(str(tmp_path / "w" / "checkpoint-*")))[-1] + "/trainer_state.json")
+                       .read())
+    lrs = [x["learning_rate"] / 1e-3 for x in state["log_history"] if "learning_rate" in x]
+    assert lrs[:6] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert min(lrs[6:]) >= 0.1 - 1e-9 and lrs[-1] == pytest.approx(0.1, abs=0.01)
