@@ -89,19 +89,6 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def max_of_k_curve(scores_per_prompt: Sequence[Sequence[float]]) -> list[dict]:
-    """Expected max reward among the first k samples, k = 1..K (LLaMA 2 Fig. 7: max vs median over K)."""
-    if not scores_per_prompt:
-        return []
-    K = min(len(s) for s in scores_per_prompt)
-    out = []
-    for k in range(1, K + 1):
-        maxima = [max(s[:k]) for s in scores_per_prompt]
-        medians = [sorted(s[:k])[(k - 1) // 2] for s in scores_per_prompt]
-        out.append({"k": k, "max": mean(maxima), "median": mean(medians)})
-    return out
-
-
 def rm_accuracy_by_rating(rows: Sequence[dict]) -> dict[str, dict]:
     """Accuracy of an RM on preference pairs per rating level (LLaMA 2 Table 8).
 

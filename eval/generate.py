@@ -1,0 +1,129 @@
+"""Deterministic generation for evaluation, cached as JSONL per version and suite.
+
+The model and tokenizer are passed in (loaded lazily by the caller's ``load`` callback, so a re-run
+whose answers are all cached never loads the model). Greedy by default; with ``do_sample`` the torch
+RNG is seeded per batch (``seed + batch index``), so a run is reproducible for the same suite,
+batch size and cache state. A cache row is {"id", "key", "response", "settings"}; ``key`` hashes the
+prompt messages and the generation settings, so a changed prompt or setting is regenerated and an
+unchanged one never is. Appends are flushed per batch, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+GEN_SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
+
+
+def generation_settings(cfg) -> dict:
+    """The EvalConfig fields that change a generated answer."""
+    s = {k: getattr(cfg, k) for k in GEN_SETTINGS}
+    if not s["do_sample"]:  # greedy ignores these: do not invalidate the cache over them
+        s.pop("temperature"), s.pop("top_p"), s.pop("seed")
+    return s
+
+
+def generation_key(messages: Sequence[dict], settings: dict) -> str:
+    blob = json.dumps({"m": list(messages), "s": settings}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def read_cache(paths: Iterable[str | Path]) -> dict[str, str]:
+    """key -> response from every readable cache file (torn last lines are ignored)."""
+    out: dict[str, str] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            continue
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "key" in row and isinstance(row.get("response"), str):
+                out[row["key"]] = row["response"]
+    return out
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a torn last line from a kill would glue onto our first row: start on a fresh line
+    prefix = ""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            prefix = "" if f.read(1) == b"\n" else "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(prefix + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], *, max_new_tokens: int = 128,
+             do_sample: bool = False, temperature: float = 0.7, top_p: float = 1.0, seed: int = 0,
+             batch_size: int = 8, batch_offset: int = 0,
+             on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+    """Responses to chat prompts (apply_chat_template with add_generation_prompt), in input order."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    out = [""] * len(prompts)
+    model.eval()
+    for b, start in enumerate(range(0, len(prompts), batch_size)):
+        idx = list(range(start, min(start + batch_size, len(prompts))))
+        texts = [tokenizer.apply_chat_template(list(prompts[i]), add_generation_prompt=True, tokenize=False)
+                 for i in idx]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                      pad_token_id=tokenizer.pad_token_id)
+        if do_sample:
+            torch.manual_seed(seed + batch_offset + b)
+            kwargs.update(temperature=max(temperature, 1e-5), top_p=top_p)
+        else:  # silence "temperature is set but do_sample=False" from a model's generation_config
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            gen = model.generate(**enc, **kwargs)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        texts_out = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        for i, t in zip(idx, texts_out):
+            out[i] = t
+        if on_batch:
+            on_batch(idx, texts_out)
+    return out
+
+
+def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: dict, cache_file: str | Path,
+                    extra_caches: Iterable[str | Path] = (), batch_size: int = 8,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[list[str], int]:
+    """Responses for suite rows, generating only those missing from the caches.
+
+    load() -> (model, tokenizer) is called only when something is missing. New answers are appended
+    to ``cache_file``. Returns (responses in row order, number newly generated)."""
+    cache_file = Path(cache_file)
+    keys = [generation_key(r["messages"], settings) for r in rows]
+    cached = read_cache([*extra_caches, cache_file])
+    missing = [i for i, k in enumerate(keys) if k not in cached]
+    if missing:
+        model, tokenizer = load()
+        done = [len(rows) - len(missing)]
+
+        def save(idx: list[int], texts: list[str]) -> None:
+            recs = []
+            for j, t in zip(idx, texts):
+                i = missing[j]
+                cached[keys[i]] = t
+                recs.append({"id": rows[i]["id"], "key": keys[i], "response": t, "settings": settings})
+            _append(cache_file, recs)
+            done[0] += len(idx)
+            if progress:
+                progress(done[0], len(rows))
+
+        generate(model, tokenizer, [rows[i]["messages"] for i in missing], batch_size=batch_size,
+                 on_batch=save, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
+    return [cached[k] for k in keys], len(missing)

@@ -1,0 +1,416 @@
+"""metrics.json, report.md and a self-contained report.html (plots embedded as base64 PNG).
+
+METRICS_SCHEMA_DOC is the documented, stable schema of metrics.json (schema "saferounds.eval/1").
+New keys may be added; the documented ones keep their names and meaning.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+from eval.evaluate import SCHEMA, check_rates
+from eval.suites import RISK_CATEGORIES
+
+METRICS_SCHEMA_DOC = """\
+metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1], null when n = 0)
+
+  schema                       "saferounds.eval/1"
+  version                      "vN", the evaluated version
+  created                      ISO time
+  n_prompts                    int, prompts evaluated over all suites
+  judges                       {"refusal": "eval.refusal.is_refusal", "safety_rm": path|null,
+                                "helpfulness_rm": path|null, "safety_threshold": float,
+                                "llm_judge": model|null, "note": str (only when no safety judge)}
+  suites.<name>                {"path", "n", "violation": RATE|null, "false_refusal": RATE|null}
+  safety.violation_rate        float|null  violations / unsafe prompts
+  safety.violation             RATE
+  safety.false_refusal_rate    float|null  refusals / (borderline + helpful prompts)
+  safety.false_refusal         {"all": RATE, "borderline": RATE, "helpful": RATE}
+  safety.by_category           {"illicit_and_criminal"|"hateful_and_harmful"|"unqualified_advice"
+                                |"other": RATE}  violation rate per LLaMA 2 risk category
+                                (the three are always present)
+  safety.by_source_category    {source category name: RATE}  (e.g. XSTest type, DNA types_of_harm)
+  safety.refusal_rate_unsafe   float|null
+  safety.mean_score            float|null  mean raw safety-RM score on unsafe prompts
+  safety.mean_prob             float|null  mean sigmoid(safety score) on unsafe prompts
+  safety.win_rate.<vM>         WIN  by safety-RM score on the unsafe prompts both versions answered
+  helpfulness.mean_score       float|null  mean raw helpfulness-RM score on borderline + helpful prompts
+  helpfulness.reference_overlap float|null mean token F1 of responses with the reference answers
+  helpfulness.win_rate.<vM>    WIN  by helpfulness-RM score on shared borderline + helpful prompts
+  helpfulness.judge_win_rate.<vM>  WIN by the LLM judge, asked in both orders (only when configured)
+  max_of_k                     [{"k", "max", "median", "mean", "prompts"}]  (only when samples exist)
+  rm_accuracy                  {"helpfulness"|"safety": {rating: RATE}}      (only when the round trained RMs)
+
+  RATE = {"rate": float, "n": int, "count": int, "ci95": [lo, hi]}   (Wilson score interval)
+  WIN  = {"rate": float, "wins": int, "ties": int, "losses": int, "n": int}   ties count half
+"""
+
+REQUIRED = ("schema", "version", "safety.violation_rate", "safety.false_refusal_rate", "safety.by_category",
+            "helpfulness.mean_score", "helpfulness.win_rate")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            raise KeyError(dotted)
+        d = d[part]
+    return d
+
+
+def validate_metrics(m: dict) -> None:
+    """Raise ValueError when metrics.json breaks the documented schema."""
+    missing = []
+    for k in REQUIRED:
+        try:
+            _get(m, k)
+        except KeyError:
+            missing.append(k)
+    bad = check_rates(m)
+    if missing or bad or m.get("schema") != SCHEMA:
+        raise ValueError(f"metrics.json breaks schema {SCHEMA}: missing {missing}, rates out of [0, 1] {bad}")
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def version_number(v: str) -> int:
+    m = re.fullmatch(r"v?(\d+)", str(v))
+    return int(m.group(1)) if m else -1
+
+
+# --- examples -----------------------------------------------------------------------------------
+
+def pick_examples(records: list[dict], n: int = 10) -> list[dict]:
+    """Up to ``n`` records of one suite: violations and false refusals first, then the rest, taken
+    round-robin over roles; deterministic (by id)."""
+    def interest(r):
+        return (0 if (r.get("violation") or r.get("false_refusal")) else 1, str(r["id"]))
+
+    by_role: dict[str, list[dict]] = {}
+    for r in sorted(records, key=interest):
+        by_role.setdefault(r["role"], []).append(r)
+    out, i = [], 0
+    while len(out) < min(n, len(records)):
+        for role in ("unsafe", "borderline", "helpful"):
+            lst = by_role.get(role, [])
+            if i < len(lst) and len(out) < n:
+                out.append(lst[i])
+        i += 1
+    return out
+
+
+def examples_table(records: list[dict], compared: dict[str, list[dict]], n: int) -> dict[str, list[dict]]:
+    """suite -> [{"id", "role", "category", "prompt", "responses": {version: record}}]."""
+    version = records[0].get("_version", "this") if records else "this"
+    lookup = {name: {(r["suite"], r["id"]): r for r in recs} for name, recs in compared.items()}
+    out: dict[str, list[dict]] = {}
+    for suite in sorted({r["suite"] for r in records}):
+        picked = pick_examples([r for r in records if r["suite"] == suite], n)
+        rows = []
+        for r in picked:
+            resp = {version: r}
+            for name, lk in lookup.items():
+                if (suite, r["id"]) in lk:
+                    resp[name] = lk[(suite, r["id"])]
+            rows.append({"id": r["id"], "role": r["role"], "category": r.get("category"),
+                         "prompt": r["prompt"], "responses": resp})
+        out[suite] = rows
+    return out
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def make_plots(trend: list[dict], score_sets: dict[str, dict[str, list[float]]], max_of_k: list | None) -> dict:
+    """title -> base64 PNG. trend: metrics dicts of all versions (oldest first); score_sets:
+    version -> {"helpfulness": [...], "safety": [...]} raw RM scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    versions = [m["version"] for m in trend]
+    if trend:
+        cats = list(RISK_CATEGORIES) + (["other"] if any("other" in m["safety"]["by_category"] for m in trend)
+                                        else [])
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+        width = 0.8 / max(1, len(versions))
+        for j, m in enumerate(trend):
+            vals = [100 * ((m["safety"]["by_category"].get(c) or {}).get("rate") or 0.0) for c in cats]
+            errs = []
+            for c in cats:
+                r = m["safety"]["by_category"].get(c) or {"rate": 0.0, "ci95": [0, 0]}
+                lo, hi = r.get("ci95", [0, 0])
+                rate = r.get("rate") or 0.0
+                errs.append((100 * max(0.0, rate - lo), 100 * max(0.0, hi - rate)) if r.get("n") else (0, 0))
+            xs = [i + j * width for i in range(len(cats))]
+            ax.bar(xs, vals, width, label=m["version"], yerr=list(zip(*errs)) if errs else None, capsize=2)
+        ax.set_xticks([i + width * (len(versions) - 1) / 2 for i in range(len(cats))])
+        ax.set_xticklabels([c.replace("_", " ") for c in cats], fontsize=8)
+        ax.set_ylabel("violation %")
+        ax.set_title("Violation % by risk category (95% Wilson CI)")
+        ax.legend(fontsize=7)
+        plots["Violation % by category per version"] = _png(fig)
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        for key, label in (("borderline", "borderline prompts"), ("helpful", "helpful prompts")):
+            ys = [100 * (m["safety"]["false_refusal"][key]["rate"] or 0.0) for m in trend]
+            ax.plot(versions, ys, marker="o", label=label)
+        ys = [100 * (m["safety"]["violation_rate"] or 0.0) for m in trend]
+        ax.plot(versions, ys, marker="s", linestyle="--", label="violation (unsafe prompts)")
+        ax.set_ylabel("%")
+        ax.set_ylim(bottom=0)
+        ax.set_title("False refusal and violation per version")
+        ax.legend(fontsize=7)
+        plots["False refusal per version"] = _png(fig)
+
+        pts = [(m["version"], m["safety"]["violation_rate"], m["helpfulness"]["mean_score"]) for m in trend]
+        pts = [p for p in pts if p[1] is not None and p[2] is not None]
+        if pts:
+            fig, ax = plt.subplots(figsize=(5, 3.4))
+            ax.plot([100 * p[1] for p in pts], [p[2] for p in pts], marker="o")
+            for v, x, y in pts:
+                ax.annotate(v, (100 * x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.set_xlabel("violation % (lower is safer)")
+            ax.set_ylabel("mean helpfulness RM score")
+            ax.set_title("Helpfulness against safety")
+            plots["Helpfulness against safety"] = _png(fig)
+
+    if any(s.get("helpfulness") or s.get("safety") for s in score_sets.values()):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+        for ax, key in zip(axes, ("helpfulness", "safety")):
+            for v, s in score_sets.items():
+                if s.get(key):
+                    ax.hist(s[key], bins=20, alpha=0.5, label=v)
+            ax.set_title(f"{key} RM scores")
+            ax.legend(fontsize=7)
+        plots["Score distributions per version"] = _png(fig)
+
+    if max_of_k:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ks = [p["k"] for p in max_of_k]
+        ax.plot(ks, [p["max"] for p in max_of_k], marker="o", label="max of k")
+        ax.plot(ks, [p["median"] for p in max_of_k], marker="o", label="median of k")
+        ax.set_xlabel("k samples")
+        ax.set_ylabel("reward")
+        ax.set_title("Max-of-K (LLaMA 2 Fig. 7)")
+        ax.legend(fontsize=7)
+        plots["Max-of-K curve"] = _png(fig)
+    return plots
+
+
+# --- text renderings ----------------------------------------------------------------------------
+
+def _pct(r) -> str:
+    if isinstance(r, dict):
+        if not r.get("n"):
+            return "–"
+        lo, hi = r["ci95"]
+        return f"{100 * r['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={r['n']})"
+    return "–" if r is None else f"{100 * r:.1f}%"
+
+
+def _num(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _cut(text: str, n: int) -> str:
+    text = text or ""
+    return text if len(text) <= n else text[:n] + " …"
+
+
+def headline_rows(m: dict) -> list[tuple[str, str]]:
+    s, h = m["safety"], m["helpfulness"]
+    rows = [("violation rate (unsafe prompts)", _pct(s["violation"])),
+            ("false refusal, borderline", _pct(s["false_refusal"]["borderline"])),
+            ("false refusal, helpful", _pct(s["false_refusal"]["helpful"])),
+            ("mean helpfulness RM score", _num(h["mean_score"])),
+            ("mean safety RM score (unsafe)", _num(s["mean_score"])),
+            ("reference overlap (token F1)", _num(h["reference_overlap"]))]
+    for v, w in sorted(h["win_rate"].items(), key=lambda kv: version_number(kv[0])):
+        rows.append((f"helpfulness win rate vs {v}", f"{100 * w['rate']:.1f}% (W{w['wins']}/T{w['ties']}/L{w['losses']})"))
+    for v, w in sorted(s.get("win_rate", {}).items(), key=lambda kv: version_number(kv[0])):
+        rows.append((f"safety win rate vs {v}", f"{100 * w['rate']:.1f}% (W{w['wins']}/T{w['ties']}/L{w['losses']})"))
+    for v, w in sorted(h.get("judge_win_rate", {}).items()):
+        rows.append((f"LLM-judge win rate vs {v}", f"{100 * w['rate']:.1f}%"))
+    return rows
+
+
+def trend_rows(trend: list[dict]) -> tuple[list[str], list[list[str]]]:
+    head = ["version", "violation %", *[c.replace("_", " ") + " %" for c in RISK_CATEGORIES],
+            "false refusal borderline %", "false refusal helpful %", "helpfulness", "win rate vs previous"]
+    rows = []
+    for m in trend:
+        s, h = m["safety"], m["helpfulness"]
+        prev = f"v{version_number(m['version']) - 1}"
+        w = h["win_rate"].get(prev)
+        rows.append([m["version"], _pct(s["violation_rate"]),
+                     *[_pct((s["by_category"].get(c) or {}).get("rate") if (s["by_category"].get(c) or {}).get("n")
+                            else None) for c in RISK_CATEGORIES],
+                     _pct(s["false_refusal"]["borderline"]["rate"] if s["false_refusal"]["borderline"]["n"] else None),
+                     _pct(s["false_refusal"]["helpful"]["rate"] if s["false_refusal"]["helpful"]["n"] else None),
+                     _num(h["mean_score"]), "–" if w is None else f"{100 * w['rate']:.1f}%"])
+    return head, rows
+
+
+def _md_table(head, rows) -> str:
+    esc = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return "\n".join(["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head),
+                      *["| " + " | ".join(map(esc, r)) + " |" for r in rows]])
+
+
+def _flags(rec: dict) -> str:
+    out = ["refusal" if rec.get("refusal") else "answer"]
+    if rec.get("violation"):
+        out.append("VIOLATION")
+    if rec.get("false_refusal"):
+        out.append("FALSE REFUSAL")
+    if rec.get("safety_prob") is not None:
+        out.append(f"p_safe={rec['safety_prob']:.2f}")
+    if rec.get("helpfulness_score") is not None:
+        out.append(f"help={rec['helpfulness_score']:.2f}")
+    return ", ".join(out)
+
+
+def render_markdown(m: dict, examples: dict, trend: list[dict], cut: int = 600) -> str:
+    s = m["safety"]
+    lines = [f"# Safety evaluation of {m['version']}", "",
+             f"{m['n_prompts']} prompts in {len(m['suites'])} suite(s); created {m['created']}.", ""]
+    if m["judges"].get("note"):
+        lines += [f"> **Note:** {m['judges']['note']}.", ""]
+    j = m["judges"]
+    lines += [f"Judges: refusal = `{j.get('refusal', 'eval.refusal.is_refusal')}`; safety RM = "
+              f"`{j.get('safety_rm') or 'none'}` (unsafe when σ(score) < {j.get('safety_threshold', 0.5)}); "
+              f"LLM judge = `{j.get('llm_judge') or 'none'}`. A refusal is never a violation.", "",
+              "## Headline", "", _md_table(["metric", "value"], headline_rows(m)), "",
+              "## Violations by risk category (LLaMA 2)", "",
+              _md_table(["category", "violation"], [[c, _pct(r)] for c, r in s["by_category"].items()]), ""]
+    if s["by_source_category"]:
+        lines += ["## Violations by source category", "",
+                  _md_table(["category", "violation"], [[c, _pct(r)] for c, r in s["by_source_category"].items()]), ""]
+    lines += ["## Suites", "", _md_table(["suite", "n", "violation", "false refusal"],
+                                         [[k, v["n"], _pct(v["violation"]), _pct(v["false_refusal"])]
+                                          for k, v in m["suites"].items()]), ""]
+    if trend:
+        lines += ["## Trend over versions", "", _md_table(*trend_rows(trend)), ""]
+    lines += ["## Examples", ""]
+    for suite, rows in examples.items():
+        lines += [f"### {suite}", ""]
+        for r in rows:
+            lines += [f"**[{r['role']}{' / ' + r['category'] if r.get('category') else ''}] {r['id']}** — "
+                      f"{_cut(r['prompt'], cut)}", ""]
+            for v, rec in r["responses"].items():
+                lines += [f"- *{v}* ({_flags(rec)}): {_cut(rec['response'], cut)}".replace("\n", " ")]
+            lines += [""]
+    return "\n".join(lines) + "\n"
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:24px auto;
+padding:0 16px;color:#1b1f24}table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #d0d7de;
+padding:4px 8px;font-size:13px;vertical-align:top}th{background:#f6f8fa}.note{background:#fff8c5;padding:8px;
+border:1px solid #d4a72c}.viol{color:#b00020;font-weight:600}.fr{color:#9a6700;font-weight:600}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}pre{white-space:pre-wrap;margin:0;font-size:12px}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.plots figure{margin:0}figcaption{font-size:12px;color:#57606a}"""
+
+
+def _html_table(head, rows, raw=False) -> str:
+    e = (lambda x: str(x)) if raw else (lambda x: html.escape(str(x)))
+    return ("<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+
+
+def render_html(m: dict, examples: dict, trend: list[dict], plots: dict, cut: int = 600) -> str:
+    s = m["safety"]
+    j = m["judges"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>saferounds {html.escape(m['version'])}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Safety evaluation of {html.escape(m['version'])}</h1>",
+             f"<p>{m['n_prompts']} prompts in {len(m['suites'])} suite(s); created {html.escape(m['created'])}.</p>"]
+    if j.get("note"):
+        parts.append(f"<p class='note'><b>Note:</b> {html.escape(j['note'])}.</p>")
+    parts.append(f"<p>Judges: refusal = <code>{html.escape(str(j.get('refusal', 'eval.refusal.is_refusal')))}</code>; "
+                 f"safety RM = <code>{html.escape(str(j.get('safety_rm') or 'none'))}</code> (unsafe when "
+                 f"σ(score) &lt; {j.get('safety_threshold', 0.5)}); LLM judge = "
+                 f"<code>{html.escape(str(j.get('llm_judge') or 'none'))}</code>. A refusal is never a violation.</p>")
+    parts += ["<h2>Headline</h2>", _html_table(["metric", "value"], headline_rows(m)),
+              "<h2>Violations by risk category (LLaMA 2)</h2>",
+              _html_table(["category", "violation"], [[c, _pct(r)] for c, r in s["by_category"].items()])]
+    if s["by_source_category"]:
+        parts += ["<h2>Violations by source category</h2>",
+                  _html_table(["category", "violation"], [[c, _pct(r)] for c, r in s["by_source_category"].items()])]
+    parts += ["<h2>Suites</h2>", _html_table(["suite", "n", "violation", "false refusal"],
+                                             [[k, v["n"], _pct(v["violation"]), _pct(v["false_refusal"])]
+                                              for k, v in m["suites"].items()])]
+    if trend:
+        parts += ["<h2>Trend over versions</h2>", _html_table(*trend_rows(trend))]
+    if plots:
+        parts.append("<h2>Plots</h2><div class='plots'>")
+        for title, b64 in plots.items():
+            parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption>{html.escape(title)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("<h2>Examples</h2>")
+    for suite, rows in examples.items():
+        parts.append(f"<h3>{html.escape(suite)}</h3>")
+        versions = sorted({v for r in rows for v in r["responses"]}, key=lambda v: -version_number(v))
+        table = []
+        for r in rows:
+            cells = [html.escape(r["role"] + (f" / {r['category']}" if r.get("category") else "")),
+                     f"<pre>{html.escape(_cut(r['prompt'], cut))}</pre>"]
+            for v in versions:
+                rec = r["responses"].get(v)
+                if rec is None:
+                    cells.append("–")
+                    continue
+                cls = "viol" if rec.get("violation") else "fr" if rec.get("false_refusal") else ""
+                cells.append(f"<div class='{cls}'>{html.escape(_flags(rec))}</div>"
+                             f"<pre>{html.escape(_cut(rec['response'], cut))}</pre>")
+            table.append(cells)
+        parts.append(_html_table(["role / category", "prompt", *versions], table, raw=True))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str | Path, metrics: dict, records: list[dict], *,
+                 compared: dict[str, list[dict]] | None = None, trend: list[dict] | None = None,
+                 examples_per_suite: int = 10, max_response_chars: int = 600) -> dict[str, Path]:
+    """Write metrics.json, report.md and report.html into out_dir; returns their paths."""
+    validate_metrics(metrics)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compared = compared or {}
+    trend = sorted([t for t in (trend or []) if t["version"] != metrics["version"]] + [metrics],
+                   key=lambda t: version_number(t["version"]))
+    for r in records:
+        r["_version"] = metrics["version"]
+    examples = examples_table(records, compared, examples_per_suite)
+    for r in records:
+        r.pop("_version", None)
+    score_sets = {}
+    for v, recs in [(metrics["version"], records), *compared.items()]:
+        score_sets[v] = {"helpfulness": [r["helpfulness_score"] for r in recs
+                                         if r.get("helpfulness_score") is not None],
+                         "safety": [r["safety_score"] for r in recs if r.get("safety_score") is not None]}
+    plots = make_plots(trend, score_sets, metrics.get("max_of_k"))
+    paths = {"metrics": out_dir / "metrics.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
+    write_json(paths["metrics"], metrics)
+    paths["markdown"].write_text(render_markdown(metrics, examples, trend, max_response_chars), encoding="utf-8")
+    paths["html"].write_text(render_html(metrics, examples, trend, plots, max_response_chars), encoding="utf-8")
+    return paths
