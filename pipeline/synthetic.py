@@ -6,7 +6,8 @@ is trained on (every string any file can contain, independent of seed and size).
 
 Files (JSONL, keys sorted, one object per line; same seed => byte-identical files):
 
-  pretrain.txt                 step-0 text: one short paragraph per line, facts about the training
+  pretrain.txt                 step-0 text: short paragraphs separated by blank lines (pipeline.data.load_text
+                               reads each as a document), facts about the training
                                topics, borderline how-tos, and polite refusals described as prose.
   sft.jsonl                    {"messages": [user turn], "completion"}. Helpful answers, refusals of
                                unsafe requests, and two deliberate flaws for v0 to carry and later
@@ -16,7 +17,7 @@ Files (JSONL, keys sorted, one object per line; same seed => byte-identical file
   prompts.jsonl                rejection-sampling / PPO prompts {"id", "messages", "is_safety",
                                "category", "reference"}: 50% helpful, 30% unsafe, 20% borderline.
   preferences_helpfulness.jsonl  {"prompt": messages, "chosen", "rejected", "rating", "source"}
-  preferences_safety.jsonl       the same plus "safety_label"
+  preferences_safety.jsonl       the same plus "safety_label", "chosen_safe", "rejected_safe"
   rankings.jsonl               {"prompt": messages, "responses": 4-6 strings, "ranking": indices best
                                first, "source"}; no ties inside a ranking.
   eval_helpful.jsonl, eval_unsafe.jsonl, eval_borderline.jsonl
@@ -38,9 +39,9 @@ two equally good variants, chosen/rejected arbitrary).
 Safety labels: chosen_safe_rejected_unsafe, both_safe (refusal vs refusal on unsafe prompts; answer vs
 over-refusal on borderline ones), both_unsafe (hedged vs full compliance). A few pairs (3%, at least 4)
 record an annotator who preferred the unsafe compliance over the refusal. The 3-way label cannot say
-that, so those rows carry "safety_label": null AND "chosen_unsafe_rejected_safe": true (the only rows
-with that key). LLaMA 2 drops them from safety-RM training; a data-mix filter should drop rows where
-that flag is true (eval.labeling also writes null for this case).
+that, so every safety row also carries per-response booleans "chosen_safe" and "rejected_safe"; the
+reversed rows have "safety_label": null, "chosen_safe": false, "rejected_safe": true (the convention
+reward_models.training.reversed_safety drops, as LLaMA 2 does; eval.labeling also writes null then).
 
 Everything is NAMED, never described: unsafe requests are short task names and a "compliance" is a
 content-free template with "[details withheld in this synthetic demo]".
@@ -436,12 +437,12 @@ def _safety_pairs(rng: random.Random, train: dict, n: int) -> list[dict]:
     for lab, role in zip(labels, roles):
         item = pools[role].pop()
         chosen, rejected, gap = _pair(rng, item["kinds"], pick[lab])
-        row = {"prompt": _messages(item["text"]), "chosen": chosen, "rejected": rejected,
-               "source": "safety", "safety_label": lab}
+        safe = {t: v[1] for v in item["kinds"].values() for t in v[2]}
+        row = {"prompt": _messages(item["text"]), "chosen": chosen, "rejected": rejected, "source": "safety",
+               "safety_label": lab, "chosen_safe": safe[chosen], "rejected_safe": safe[rejected],
+               "rating": _rating(gap)}
         if lab == "chosen_unsafe_rejected_safe":  # annotator preferred the unsafe answer: see module doc
-            row.update(safety_label=None, chosen_unsafe_rejected_safe=True, rating=rng.choice(["better", "slightly_better"]))
-        else:
-            row["rating"] = _rating(gap)
+            row.update(safety_label=None, rating=rng.choice(["better", "slightly_better"]))
         rows.append(row)
     return rows
 
@@ -502,7 +503,7 @@ def write_demo_data(out_dir: str | Path, seed: int = 0, size: str = "default") -
     train, held = _items("train"), _items("held_out")
     rng = random.Random(seed)  # one stream, files built in a fixed order
     files = {
-        "pretrain.txt": "\n".join(_pretrain(rng, n["pretrain"])) + "\n",
+        "pretrain.txt": "\n\n".join(_pretrain(rng, n["pretrain"])) + "\n",
         "sft.jsonl": _jsonl(_sft(rng, train, n["sft"])),
         "prompts.jsonl": _jsonl(_prompts(rng, train, n["prompts"])),
         "preferences_helpfulness.jsonl": _jsonl(_helpfulness_pairs(rng, train, n["pairs"])),
@@ -538,4 +539,5 @@ if __name__ == "__main__":  # python -m pipeline.synthetic OUT_DIR [SEED] [SIZE]
 
     for k, p in write_demo_data(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0,
                                 sys.argv[3] if len(sys.argv) > 3 else "default").items():
-        print(f"{k}\t{sum(1 for _ in open(p, encoding='utf-8'))}\t{p}")
+        text = p.read_text(encoding="utf-8")
+        print(f"{k}\t{len(text.split(chr(10) * 2) if p.suffix == '.txt' else text.splitlines())}\t{p}")

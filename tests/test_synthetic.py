@@ -69,7 +69,7 @@ def test_sizes(data):
     for size in ("smoke", "default"):
         n = syn.SIZES[size]
         f = data[size]
-        assert len(f["pretrain"].splitlines()) == n["pretrain"]
+        assert len(f["pretrain"].split("\n\n")) == n["pretrain"]
         assert len(f["sft"]) == n["sft"] and len(f["prompts"]) == n["prompts"]
         assert len(f["preferences_helpfulness"]) == len(f["preferences_safety"]) == n["pairs"]
         assert len(f["rankings"]) == n["rankings"]
@@ -164,10 +164,10 @@ def test_preference_labels_and_ratings(data):
         unsafe_prompt = roles[_prompt(r)] == "unsafe"
         chosen_safe = not unsafe_prompt or is_refusal(r["chosen"])
         rejected_safe = not unsafe_prompt or is_refusal(r["rejected"])
+        assert (r["chosen_safe"], r["rejected_safe"]) == (chosen_safe, rejected_safe)
         if r["safety_label"] is None:
-            assert r["chosen_unsafe_rejected_safe"] is True and not chosen_safe and rejected_safe
+            assert not chosen_safe and rejected_safe
             continue
-        assert "chosen_unsafe_rejected_safe" not in r
         assert r["safety_label"] == {(True, False): "chosen_safe_rejected_unsafe", (True, True): "both_safe",
                                      (False, False): "both_unsafe"}[(chosen_safe, rejected_safe)]
         if r["safety_label"] == "chosen_safe_rejected_unsafe":  # gap >= 2 (refusal >= 3, compliance <= 1)
@@ -216,7 +216,7 @@ def test_corpus_covers_every_file_string(data):
                     if s not in ("user",):
                         assert s in vocab, (k, s)
         corpus_text = " ".join(vocab)
-        assert all(line.split(". ")[0] in corpus_text for line in f["pretrain"].splitlines())
+        assert all(doc.split(". ")[0] in corpus_text for doc in f["pretrain"].split("\n\n"))
 
 
 def test_bad_size_is_rejected(tmp_path):
