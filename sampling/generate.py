@@ -1,0 +1,216 @@
+"""K samples per prompt from a policy (LLaMA 2 Sec. 3.2.3, rejection sampling), batched and resumable.
+
+- One `generate` call per batch of prompts with num_return_sequences=K, left padding, prompts grouped
+  by token length so little padding is computed, EOS stop, max_new_tokens.
+- Deterministic per prompt: each sample draws its randomness from a counter-based hash of
+  (seed, prompt id, sample index, step) through the Gumbel-max trick, so a sample does not depend on
+  which other prompts share its batch, on the batch size, or on anything sampled before it.
+- samples.jsonl is appended once per batch (one write, flush, fsync). On start the file is read back,
+  a torn last line is cut off, and batches whose prompts all have their K samples are skipped: a run
+  killed with SIGKILL resumes with no sample duplicated or lost, and ends equal to an uninterrupted run.
+The model's dtype comes from pipeline.models.load_policy (bf16 on GPUs that have it).
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from sampling.jsonl import append_jsonl, recover_jsonl
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+SETTINGS = ("temperature", "top_p", "max_new_tokens", "seed")
+
+
+def _i64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The SplitMix64 finaliser on int64 tensors (wrapping arithmetic): a counter-based RNG."""
+    x = x + _i64(_GOLDEN)
+    x = (x ^ _shr(x, 30)) * _i64(_MIX1)
+    x = (x ^ _shr(x, 27)) * _i64(_MIX2)
+    return x ^ _shr(x, 31)
+
+
+def row_seed(seed: int, prompt_id: str, sample_index: int) -> int:
+    """The seed of one sample: a hash of (seed, prompt id, sample index) as a signed int64."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt_id}\x1f{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little", signed=True)
+
+
+def gumbel_noise(row_seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Standard Gumbel noise [rows, vocab], a pure function of (row seed, step, token id)."""
+    base = splitmix64(row_seeds ^ _i64((step + 1) * _GOLDEN % (1 << 64)))
+    z = splitmix64(base[:, None] + torch.arange(vocab, device=row_seeds.device)[None, :] * _i64(_MIX1))
+    u = (_shr(z, 40).to(torch.float32) + 0.5) / float(1 << 24)  # 24 random bits -> (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+class GumbelMaxSampler(LogitsProcessor):
+    """Temperature + top-p sampling by the Gumbel-max trick with per-row noise: argmax(logits/T + G)
+    is a draw from softmax(logits/T). Returns one-hot logits (0 at the chosen token, -inf elsewhere),
+    so generate's own multinomial step picks that token with probability 1."""
+
+    def __init__(self, row_seeds: torch.Tensor, temperature: float, top_p: float, prompt_length: int):
+        self.row_seeds, self.temperature, self.top_p = row_seeds, temperature, top_p
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        if self.temperature > 0:
+            logits = scores / self.temperature
+            if self.top_p < 1.0:  # nucleus: keep the smallest prefix whose mass reaches top_p
+                sorted_logits, order = logits.sort(dim=-1, descending=True)
+                probs = sorted_logits.softmax(-1)
+                drop_sorted = probs.cumsum(-1) - probs > self.top_p
+                drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+                logits = logits.masked_fill(drop, float("-inf"))
+            step = input_ids.shape[1] - self.prompt_length
+            logits = logits + gumbel_noise(self.row_seeds, step, logits.shape[-1])
+        else:
+            logits = scores  # temperature 0: greedy
+        choice = logits.argmax(-1, keepdim=True)
+        return torch.full_like(scores, float("-inf")).scatter(-1, choice, 0.0)
+
+
+def format_prompt(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped by token length (stable sort, then chunks of batch_size)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _check_settings(rows: list[dict], settings: dict, known: set[str], path: Path) -> None:
+    for i, r in enumerate(rows, 1):
+        if str(r["prompt_id"]) not in known:
+            raise ValueError(f"{path}:{i}: prompt_id {r['prompt_id']!r} is not among this run's prompts; "
+                             "the prompts changed since this file was written: delete it to sample again")
+        for key in SETTINGS:
+            if r.get(key) != settings[key]:
+                raise ValueError(f"{path}:{i}: {key}={r.get(key)!r} but this run uses {settings[key]!r}; "
+                                 "delete the file to sample again with the new settings")
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature: float, top_p: float,
+                   max_new_tokens: int, seed: int, eos_ids: list[int]) -> list[dict]:
+    """K samples for each prompt of one batch, as records (prompt-major, sample_index 0..K-1)."""
+    device = next(model.parameters()).device
+    texts = [format_prompt(tokenizer, p["messages"]) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = side
+    seeds = torch.tensor([row_seed(seed, p["id"], j) for p in prompts for j in range(k)],
+                         dtype=torch.long, device=device)
+    prompt_length = enc["input_ids"].shape[1]
+    sampler = GumbelMaxSampler(seeds, temperature, top_p, prompt_length)
+    out = model.generate(
+        **enc, do_sample=True, num_return_sequences=k, max_new_tokens=max_new_tokens,
+        logits_processor=LogitsProcessorList([sampler]), temperature=1.0, top_p=1.0, top_k=None,
+        eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id,
+    )
+    new = out[:, prompt_length:].tolist()
+    eos = set(eos_ids)
+    records = []
+    for row, tokens in enumerate(new):
+        p, j = prompts[row // k], row % k
+        end = next((t for t, tok in enumerate(tokens) if tok in eos), None)
+        body = tokens if end is None else tokens[:end]
+        records.append({
+            "prompt_id": str(p["id"]), "sample_index": j, "messages": p["messages"],
+            "is_safety": bool(p.get("is_safety", False)), "category": p.get("category"),
+            "response": tokenizer.decode(body, skip_special_tokens=True),
+            "num_tokens": len(tokens) if end is None else end + 1,
+            "finish_reason": "length" if end is None else "eos",
+            "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
+        })
+    return records
+
+
+def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperature: float,
+                     top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0,
+                     out_path: Optional[Path] = None, origin_version: Optional[int] = None,
+                     show_progress: bool = False, on_batch: Optional[Callable[[int, int], None]] = None,
+                     stats: Optional[dict] = None) -> list[dict]:
+    """K samples for every prompt ({"id", "messages", "is_safety"?, "category"?}), in prompt order.
+
+    With out_path, samples are appended to it batch by batch and an existing file is resumed (see the
+    module docstring). origin_version, when given, is stored on every sample. `stats` (a dict) receives
+    generate_s, new_tokens and new_samples for this call.
+    """
+    from tqdm.auto import tqdm
+
+    ids = [str(p["id"]) for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise ValueError("generate_samples: prompt ids must be unique")
+    settings = {"temperature": float(temperature), "top_p": float(top_p),
+                "max_new_tokens": int(max_new_tokens), "seed": int(seed)}
+    done: dict[tuple[str, int], dict] = {}
+    if out_path is not None:
+        existing = recover_jsonl(Path(out_path))
+        _check_settings(existing, settings, set(ids), Path(out_path))
+        done = {(str(r["prompt_id"]), int(r["sample_index"])): r for r in existing}
+
+    def complete(pid: str) -> bool:
+        return all((pid, j) in done for j in range(k))
+
+    lengths = [len(tokenizer(format_prompt(tokenizer, p["messages"]), add_special_tokens=False)["input_ids"])
+               for p in prompts]
+    eos_ids = _eos_ids(model, tokenizer)
+    n_done = sum(complete(pid) for pid in ids)
+    t0, new_tokens, new_samples = time.perf_counter(), 0, 0
+    with tqdm(total=len(prompts), initial=n_done, disable=not show_progress, desc="sampling",
+              unit="prompt") as bar:
+        for batch in plan_batches(lengths, batch_size):
+            todo = sum(not complete(ids[i]) for i in batch)
+            if todo == 0:
+                continue
+            # The whole batch is regenerated even if a torn write left part of it on disk, so the
+            # samples equal those of an uninterrupted run bit for bit; only the missing ones are written.
+            records = generate_batch(model, tokenizer, [prompts[i] for i in batch], k=k,
+                                     temperature=settings["temperature"], top_p=settings["top_p"],
+                                     max_new_tokens=settings["max_new_tokens"], seed=settings["seed"],
+                                     eos_ids=eos_ids)
+            fresh = [r for r in records if (r["prompt_id"], r["sample_index"]) not in done]
+            if origin_version is not None:
+                for r in fresh:
+                    r["origin_version"] = int(origin_version)
+            if out_path is not None:
+                append_jsonl(Path(out_path), fresh)
+            for r in fresh:
+                done[(r["prompt_id"], r["sample_index"])] = r
+            new_tokens += sum(r["num_tokens"] for r in fresh)
+            new_samples += len(fresh)
+            bar.update(todo)
+            if on_batch is not None:
+                on_batch(sum(complete(pid) for pid in ids), len(prompts))
+    if stats is not None:
+        stats.update(generate_s=time.perf_counter() - t0, new_tokens=new_tokens, new_samples=new_samples)
+    return [done[(pid, j)] for pid in ids for j in range(k)]
