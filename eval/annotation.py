@@ -167,6 +167,7 @@ def annotation_pairs(record: dict) -> list[dict]:
                 pair["rating"] = min(record["ratings"][i:j], key=RATINGS.index)
             if record.get("safety"):
                 c, r = record["safety"][order[i]], record["safety"][order[j]]
+                pair["chosen_safe"], pair["rejected_safe"] = c, r  # the RM drops chosen-unsafe/rejected-safe
                 pair["safety_label"] = ("chosen_safe_rejected_unsafe" if c and not r else "both_safe" if c and r
                                         else "both_unsafe" if not c and not r else None)
             pair["prompt_id"] = record.get("id")

@@ -280,6 +280,8 @@ def label_pair(judge: Judge, prompt: dict, x: str, y: str) -> dict:
         "rating": rating,
         "margin": None,
         "safety_label": safety_label(safe[winner], safe[1 - winner]),
+        "chosen_safe": safe[winner],  # per-response flags: the RM drops chosen-unsafe/rejected-safe pairs
+        "rejected_safe": safe[1 - winner],
         "source": guideline,
         "rationale": f"[order 1]\n{v1.reasoning}\n\n[order 2, responses swapped]\n{v2.reasoning}",
         "prompt_id": prompt.get("id"),

@@ -104,6 +104,7 @@ def test_round_trip_jsonl_with_lists_and_partial_batches(tmp_path):
     pairs = annotation_pairs(records[0])
     assert [p["rating"] for p in pairs] == ["better", "better", "unsure"]
     assert [p["safety_label"] for p in pairs] == ["chosen_safe_rejected_unsafe", "both_safe", None]
+    assert (pairs[2]["chosen_safe"], pairs[2]["rejected_safe"]) == (False, True)
 
 
 def test_bad_imports_name_file_line_and_field(tmp_path):

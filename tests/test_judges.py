@@ -105,7 +105,7 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -174,6 +174,7 @@ def test_safety_prompt_gives_three_way_label():
     assert rec["rating"] == "significantly_better"
     assert rec["safety_label"] == "chosen_safe_rejected_unsafe"
     assert both["safety_label"] == "both_unsafe" and both["rating"] == "slightly_better"
+    assert (rec["chosen_safe"], rec["rejected_safe"], both["chosen_safe"]) == (True, False, False)
     assert "Safety guideline" in srv.requests[0]["body"]["messages"][0]["content"]
 
 

@@ -1,0 +1,171 @@
+"""`saferounds label` (AI feedback from an LLM judge) and `saferounds annotate export|import` (people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, print_json, table
+from reward_models.records import InputError
+
+annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: export K samples per prompt to rank, "
+                                                      "import the rankings back.")
+
+
+class JudgeFailed(click.ClickException):
+    exit_code = 1
+
+
+def register(app: typer.Typer) -> None:
+    app.command("label")(label)
+    app.add_typer(annotate_app, name="annotate")
+
+
+def _judge_config(workspace: Path | None, spec: str | None, overrides: dict):
+    from dataclasses import replace
+
+    from eval.judges import JudgeConfig, parse_judge_spec
+    from pipeline.config import CONFIG_NAME, load_config
+
+    ws = workspace or Path.cwd()
+    cfg = load_config(ws / CONFIG_NAME).judge if (ws / CONFIG_NAME).exists() else JudgeConfig()
+    if spec:
+        try:
+            cfg = parse_judge_spec(spec, cfg)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if not cfg.model:
+        raise InputError("--judge: no judge configured; pass --judge openai:MODEL@URL or hf:MODEL, "
+                         "or set judge.model in saferounds.yaml")
+    return cfg, ws
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    from pipeline.workspace import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def label(
+    input: Annotated[str, typer.Option("--input", "-i", help="Samples: K responses per prompt (samples.jsonl "
+                                                                "rows, or rows with `responses`); .jsonl/.json/.csv/.parquet.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the preference pairs (or scores) go (.jsonl).")],
+    judge: Annotated[Optional[str], typer.Option(help="openai:MODEL[@BASE_URL][#KEY_ENV] or hf:MODEL_ID_OR_PATH; "
+                                                      "default: the workspace's `judge` section.")] = None,
+    mode: Annotated[str, typer.Option(help="pairs: pairwise preferences; scores: the judge's 1-10 score "
+                                           "(as 0..1) per sample.")] = "pairs",
+    guideline: Annotated[Optional[str], typer.Option(help="auto (safety for is_safety prompts) | helpfulness | safety")] = None,
+    max_pairs: Annotated[Optional[int], typer.Option(help="Pairs per prompt from its K samples (0 = all).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Parallel requests.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Judge cache (sqlite); default OUTPUT.judge_cache.sqlite.")] = None,
+    workspace: WorkspaceOpt = None,
+    json: JsonOpt = False,
+):
+    """Label samples with an LLM judge (RLAIF): both orders per pair, disagreement -> unsure; cached and resumable."""
+    from eval.judges import JudgeError, make_judge
+    from eval.labeling import group_samples, judge_scores, label_groups
+    from reward_models.records import read_rows
+
+    if mode not in ("pairs", "scores"):
+        raise InputError(f"--mode: expected pairs or scores, got {mode!r}")
+    if guideline not in (None, "auto", "helpfulness", "safety"):
+        raise InputError(f"--guideline: expected auto, helpfulness or safety, got {guideline!r}")
+    if max_pairs is not None and max_pairs < 0 or concurrency is not None and concurrency < 1:
+        raise InputError("--max-pairs must be >= 0 and --concurrency >= 1")
+    cfg, ws = _judge_config(workspace, judge, {"guideline": guideline, "max_pairs_per_prompt": max_pairs,
+                                               "concurrency": concurrency})
+    groups = group_samples(read_rows(input), where=input)  # bad input fails before any request or write
+    cache_path = cache or (Path(cfg.cache_path) if cfg.cache_path else Path(str(output) + ".judge_cache.sqlite"))
+    if cfg.cache_path and not cache and not cache_path.is_absolute():
+        cache_path = ws / cache_path
+    done = {"n": 0}
+
+    def progress(i: int, total: int) -> None:
+        if i == total or i - done["n"] >= max(1, total // 20):
+            done["n"] = i
+            err_console.print(f"[bold cyan]>>[/] {i}/{total} judged")
+
+    try:
+        with make_judge(cfg, cache_path=cache_path) as j:
+            if mode == "scores":
+                flat = [(g, r) for g in groups for r in g["responses"]]
+                scores = judge_scores(j, [g for g, _ in flat], [r for _, r in flat], progress)
+                rows = [{"prompt_id": g["id"], "messages": g["messages"], "is_safety": g["is_safety"],
+                         "response": r, "judge_score": s} for (g, r), s in zip(flat, scores)]
+                missing = [r for r in rows if r["judge_score"] is None]
+            else:
+                rows, missing = label_groups(j, groups, progress)
+            requests, hits = j.requests, j.cache_hits
+    except JudgeError as e:  # a runtime failure: exit 1 (the cache keeps every verdict already paid for)
+        raise JudgeFailed(str(e)) from None
+    _write_jsonl(output, rows)
+    if mode == "pairs":
+        _write_jsonl(Path(str(output).removesuffix(".jsonl") + ".missing.jsonl"), missing)
+    summary = {"output": str(output), "mode": mode, "records": len(rows), "missing": len(missing),
+               "unsure": sum(r.get("rating") == "unsure" for r in rows), "judge": f"{cfg.backend}:{cfg.model}",
+               "requests": requests, "cache_hits": hits, "cache": str(cache_path)}
+    if json:
+        print_json(summary)
+    else:
+        console.print(table("label", list(summary), [list(summary.values())]))
+
+
+@annotate_app.command("export")
+def annotate_export(
+    input: Annotated[str, typer.Option("--input", "-i", help="Samples with K responses per prompt (e.g. versions/vN/samples.jsonl).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The items to rank (.jsonl); kept as the reference for import.")],
+    csv: Annotated[Optional[Path], typer.Option(help="The same items as CSV for spreadsheets; default OUTPUT with .csv.")] = None,
+    json: JsonOpt = False,
+):
+    """Write K samples per prompt for people to rank (JSONL and CSV)."""
+    from eval.annotation import export_annotation
+    from eval.labeling import group_samples
+    from reward_models.records import read_rows
+
+    groups = group_samples(read_rows(input), where=input)
+    csv_path = csv or output.with_suffix(".csv")
+    n = export_annotation(groups, output, csv_path)
+    info = {"prompts": n, "jsonl": str(output), "csv": str(csv_path)}
+    if json:
+        print_json(info)
+    else:
+        console.print(f"{n} prompts to rank: {output} and {csv_path}\nFill `ranking` (best first, e.g. 2>1>3), "
+                      "optionally `ratings` (K-1 of significantly_better|better|slightly_better|negligibly_better|"
+                      "unsure between neighbours) and `safety` (safe|unsafe per response), then "
+                      "`saferounds annotate import`.")
+
+
+@annotate_app.command("import")
+def annotate_import(
+    input: Annotated[str, typer.Option("--input", "-i", help="The filled file (.jsonl/.csv/.json/.parquet).")],
+    export: Annotated[str, typer.Option(help="The JSONL that `annotate export` wrote.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Ranking records (.jsonl) for data.rankings.")],
+    pairs: Annotated[Optional[Path], typer.Option(help="Also write the rankings as preference pairs (.jsonl).")] = None,
+    scores: Annotated[Optional[Path], typer.Option(help="Also write Elo rewards per response (.jsonl).")] = None,
+    json: JsonOpt = False,
+):
+    """Validate people's rankings, ratings and safety labels; write rankings (and pairs / Elo scores)."""
+    from eval.annotation import annotation_pairs, import_annotation
+    from reward_models.rankings import elo_rewards
+
+    records, unranked = import_annotation(input, export)  # raises InputError (file:line) before any write
+    _write_jsonl(output, records)
+    info = {"rankings": len(records), "unranked": unranked, "output": str(output)}
+    if pairs:
+        rows = [p for r in records for p in annotation_pairs(r)]
+        _write_jsonl(pairs, rows)
+        info.update(pairs=len(rows), pairs_output=str(pairs))
+    if scores:
+        rows = [{"prompt_id": r["id"], "prompt": r["prompt"], "response": resp, "reward": reward, "source": r["source"]}
+                for r in records for resp, reward in elo_rewards(r)]
+        _write_jsonl(scores, rows)
+        info.update(scores=len(rows), scores_output=str(scores))
+    if json:
+        print_json(info)
+    else:
+        console.print(table("annotate import", list(info), [list(info.values())]))
