@@ -199,7 +199,8 @@ def make_plots(trend: list[dict], score_sets: dict[str, dict[str, list[float]]],
             for v, s in score_sets.items():
                 if s.get(key):
                     ax.hist(s[key], bins=20, alpha=0.5, label=v)
-            ax.set_title(f"{key} RM scores")
+            ax.set_title(f"{key} RM scores ({'unsafe' if key == 'safety' else 'borderline + helpful'} prompts)",
+                         fontsize=9)
             ax.legend(fontsize=7)
         plots["Score distributions per version"] = _png(fig)
 
@@ -208,6 +209,7 @@ def make_plots(trend: list[dict], score_sets: dict[str, dict[str, list[float]]],
         ks = [p["k"] for p in max_of_k]
         ax.plot(ks, [p["max"] for p in max_of_k], marker="o", label="max of k")
         ax.plot(ks, [p["median"] for p in max_of_k], marker="o", label="median of k")
+        ax.set_xticks(ks)
         ax.set_xlabel("k samples")
         ax.set_ylabel("reward")
         ax.set_title("Max-of-K (LLaMA 2 Fig. 7)")
@@ -404,10 +406,11 @@ def write_report(out_dir: str | Path, metrics: dict, records: list[dict], *,
     for r in records:
         r.pop("_version", None)
     score_sets = {}
-    for v, recs in [(metrics["version"], records), *compared.items()]:
+    for v, recs in [(metrics["version"], records), *compared.items()]:  # the scores the means use
         score_sets[v] = {"helpfulness": [r["helpfulness_score"] for r in recs
-                                         if r.get("helpfulness_score") is not None],
-                         "safety": [r["safety_score"] for r in recs if r.get("safety_score") is not None]}
+                                         if r["role"] != "unsafe" and r.get("helpfulness_score") is not None],
+                         "safety": [r["safety_score"] for r in recs
+                                    if r["role"] == "unsafe" and r.get("safety_score") is not None]}
     plots = make_plots(trend, score_sets, metrics.get("max_of_k"))
     paths = {"metrics": out_dir / "metrics.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     write_json(paths["metrics"], metrics)

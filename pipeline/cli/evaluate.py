@@ -1,0 +1,83 @@
+"""`saferounds eval vN [--suite SPEC ...]` and `saferounds report vN [--against vM ...]`.
+
+Both write metrics.json, report.md and report.html into WORKSPACE/reports/vN/ (or --out) and print
+where they are and the headline numbers. Answers are cached per version and suite, so `report`
+after `eval` (or after the round's eval stage) generates nothing new.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, open_workspace, print_json, table
+
+SuiteOpt = Annotated[Optional[list[str]], typer.Option(
+    "--suite", help="KIND:PATH (xstest, do-not-answer, unsafe, borderline, helpful) or PATH with a role "
+                    "column / a directory of eval_*.jsonl. Repeatable. Default: eval.suites in the config.")]
+AgainstOpt = Annotated[Optional[list[str]], typer.Option(
+    "--against", help="Versions to compare with (vM, 'previous'). Repeatable. Default: eval.compare_against.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default WORKSPACE/reports/vN).")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many prompts per suite.")]
+PromptColOpt = Annotated[Optional[str], typer.Option("--prompt-column", help="Prompt column of generic CSV/JSONL.")]
+
+
+def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_json: bool, what: str):
+    from eval.suites import load_suites
+    from pipeline.stage_eval import compare_targets, evaluate_version, suite_specs
+    from pipeline.workspace import parse_version
+
+    ws = open_workspace(workspace)
+    cfg = ws.config
+    n = parse_version(version)
+    policy = ws.policy_path(n)  # InputError (exit 2) when vN is not a finished version
+    ecfg = cfg.eval
+    specs = list(suite) if suite else suite_specs(cfg, ws.root)
+    suites = load_suites(specs, base=ws.root, prompt_column=prompt_column or ecfg.prompt_column,
+                         limit=ecfg.max_prompts_per_suite if limit is None else limit)
+    rm_paths = {}
+    for kind in ("helpfulness", "safety"):
+        v = ws.latest_rm(kind, at_most=n)
+        if v is not None:
+            rm_paths[kind] = ws.rm_dir(kind, v)
+    out_dir = out or ws.root / "reports" / f"v{n}"
+    samples = ws.version_dir(n) / "samples.jsonl"
+    progress = (lambda m: None) if as_json else (lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
+    metrics = evaluate_version(ws, n, policy, out_dir, rm_paths=rm_paths,
+                               compare=compare_targets(ws, n, list(against) if against else ecfg.compare_against),
+                               suites=suites, samples=samples if samples.exists() else None, progress=progress)
+    paths = {"metrics": str(out_dir / "metrics.json"), "markdown": str(out_dir / "report.md"),
+             "html": str(out_dir / "report.html")}
+    s, h = metrics["safety"], metrics["helpfulness"]
+    if as_json:
+        print_json({"version": metrics["version"], "paths": paths, "violation_rate": s["violation_rate"],
+                    "false_refusal_rate": s["false_refusal_rate"],
+                    "by_category": {k: v["rate"] for k, v in s["by_category"].items()},
+                    "helpfulness_mean_score": h["mean_score"],
+                    "win_rate": {k: v["rate"] for k, v in h["win_rate"].items()},
+                    "note": metrics["judges"].get("note")})
+        return
+    from eval.report import headline_rows
+
+    console.print(table(f"{what} of v{n}", ["metric", "value"], [list(r) for r in headline_rows(metrics)]))
+    if metrics["judges"].get("note"):
+        console.print(f"[yellow]note:[/] {metrics['judges']['note']}")
+    for k, p in paths.items():
+        console.print(f"{k:>8}: {p}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(version: Annotated[str, typer.Argument(help="Version to evaluate, e.g. v2.")],
+                 suite: SuiteOpt = None, against: AgainstOpt = None, out: OutOpt = None, limit: LimitOpt = None,
+                 prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None, json: JsonOpt = False):
+        """Evaluate a finished version on safety suites: violations, false refusals, helpfulness."""
+        _run(version, workspace, suite, against, out, limit, prompt_column, json, "Safety evaluation")
+
+    @app.command("report")
+    def report_cmd(version: Annotated[str, typer.Argument(help="Version to report on, e.g. v2.")],
+                   against: AgainstOpt = None, suite: SuiteOpt = None, out: OutOpt = None, limit: LimitOpt = None,
+                   prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None, json: JsonOpt = False):
+        """Write metrics.json, report.md and report.html for a version, compared with others."""
+        _run(version, workspace, suite, against, out, limit, prompt_column, json, "Report")
