@@ -1,0 +1,155 @@
+"""The PPO loop on the tiny preset: it raises the gated score on held-out prompts with bounded KL,
+resumes with the same data order, logs every step, and keeps one model with LoRA."""
+import copy
+import json
+
+import pytest
+import torch
+
+from pipeline.ppo import PPOConfig, batch_indices, mean_score, train_ppo
+from pipeline.tiny import build_tiny
+from reward_models.gating import gated_reward
+from reward_models.records import InputError
+
+torch.set_num_threads(1)
+VOWELS = set("aeiou ")
+TOPICS = ["cats", "rain", "maps", "tea", "math", "bikes", "songs", "trees", "boats", "bread", "stars", "clocks"]
+
+
+def prompt(i, topic):
+    return {"id": str(i), "messages": [{"role": "user", "content": f"Tell me about {topic} #{i}"}],
+            "is_safety": i % 3 == 0, "category": None, "reference": None}
+
+
+TRAIN = [prompt(i, TOPICS[i % 8]) for i in range(32)]
+HELDOUT = [prompt(100 + i, TOPICS[8 + i % 4]) for i in range(16)]
+
+
+def gated_score(prompts, texts):
+    """Two deterministic, trivially learnable 'reward models' through the real LLaMA 2 gate:
+    helpfulness likes vowels and spaces, safety likes them too but less steeply."""
+    frac = torch.tensor([sum(c in VOWELS for c in t) / max(len(t), 1) for t in texts])
+    return gated_reward(4 * frac - 1, 8 * frac - 2, [p["is_safety"] for p in prompts], whiten=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    paths = build_tiny(tmp_path_factory.mktemp("tiny"))
+    tok = AutoTokenizer.from_pretrained(paths["policy"])
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(paths["policy"])
+    return paths, tok, load
+
+
+def small_cfg(**kw):
+    base = dict(steps=4, batch_size=8, mini_batch_size=4, rollout_batch_size=8, learning_rate=1e-3,
+                beta=0.05, max_new_tokens=6, save_every=2)
+    return PPOConfig(**{**base, **kw})
+
+
+def test_ppo_raises_heldout_gated_score_with_bounded_kl(tiny, tmp_path):
+    _, tok, load = tiny
+    policy = load()
+    cfg = PPOConfig(steps=20, batch_size=16, mini_batch_size=4, ppo_epochs=2, rollout_batch_size=16,
+                    learning_rate=3e-3, beta=0.05, max_new_tokens=12, save_every=100)
+    torch.manual_seed(0)
+    before = sum(mean_score(policy, tok, HELDOUT, gated_score, cfg, do_sample=True)[0] for _ in range(3)) / 3
+    policy, summary = train_ppo(policy, tok, TRAIN, gated_score, cfg, log_path=tmp_path / "log.jsonl")
+    torch.manual_seed(0)
+    after = sum(mean_score(policy, tok, HELDOUT, gated_score, cfg, do_sample=True)[0] for _ in range(3)) / 3
+    log = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 21))
+    assert after > before + 0.3, (before, after)  # logit(R_c) units; seen: 1.16 -> 1.63
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # step 1 samples from pi_0 itself
+    assert max(r["kl"] for r in log) < 25.0  # nats per 12-token response; seen: 13
+    assert sum(r["score"] for r in log[-5:]) / 5 > sum(r["score"] for r in log[:5]) / 5 + 0.2
+
+
+def test_log_has_every_metric(tiny, tmp_path):
+    _, tok, load = tiny
+    train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=2), log_path=tmp_path / "log.jsonl")
+    rows = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for key in ("score", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "policy_loss",
+                "share_safety_branch", "share_helpfulness_branch", "response_length"):
+        assert key in rows[0], key
+    assert rows[0]["share_safety_branch"] + rows[0]["share_helpfulness_branch"] == pytest.approx(1.0)
+    assert 0 < rows[0]["response_length"] <= 6
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny, tmp_path):
+    _, tok, load = tiny
+    straight, _ = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(), work_dir=tmp_path / "a",
+                            log_path=tmp_path / "a.jsonl")
+    # "interrupt" after step 2 (a checkpoint), then run again with the same work dir
+    train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=2), work_dir=tmp_path / "b",
+              log_path=tmp_path / "b.jsonl")
+    assert (tmp_path / "b" / "latest").read_text() == "step_000002"
+    resumed, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(), work_dir=tmp_path / "b",
+                                 log_path=tmp_path / "b.jsonl")
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), name
+    a = [json.loads(l) for l in (tmp_path / "a.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["score"] for r in a] == [r["score"] for r in b]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["latest", "step_000004"]
+
+
+def test_batch_order_depends_only_on_seed_and_step():
+    first = [batch_indices(10, 4, s, seed=3) for s in range(5)]
+    assert first == [batch_indices(10, 4, s, seed=3) for s in range(5)]
+    flat = sum(first, [])
+    assert sorted(flat[:10]) == list(range(10))  # an epoch covers every prompt once
+    assert first != [batch_indices(10, 4, s, seed=4) for s in range(5)]
+
+
+def test_kl_stop_ends_the_run_early(tiny):
+    _, tok, load = tiny
+    _, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=6, learning_rate=5e-3,
+                                                                     kl_stop=1e-3))
+    assert summary["stopped_early"] and 1 <= summary["steps_done"] < 6
+    assert summary["kl_at_stop"] > 1e-3
+
+
+def test_lora_reference_is_the_disabled_adapter(tiny, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    _, tok, load = tiny
+    policy = get_peft_model(load(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                               task_type="CAUSAL_LM"))
+    real_deepcopy = copy.deepcopy
+
+    def no_model_copies(obj, *a, **k):
+        assert not isinstance(obj, torch.nn.Module), "a second copy of the policy"
+        return real_deepcopy(obj, *a, **k)
+    monkeypatch.setattr(copy, "deepcopy", no_model_copies)
+    trained, summary = train_ppo(policy, tok, TRAIN, gated_score, small_cfg(steps=2, learning_rate=1e-2))
+    assert summary["last"]["kl"] != 0.0  # the adapter moved away from its disabled self
+    base = dict(load().named_parameters())
+    frozen = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+              for n, p in trained.named_parameters() if "lora_" not in n}
+    assert frozen.keys() == base.keys()
+    for name, p in frozen.items():
+        assert torch.equal(p, base[name]), name  # the base weights (= pi_0) never changed
+
+
+def test_separate_critic(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    paths, tok, load = tiny
+    critic = AutoModelForSequenceClassification.from_pretrained(paths["reward_model"], num_labels=1)
+    before = copy.deepcopy(critic.score.weight)
+    _, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=2, value_model="critic"),
+                           critic=critic)
+    assert summary["steps_done"] == 2
+    assert not torch.equal(before, critic.score.weight)  # the critic trains
+
+
+def test_sizes_are_checked(tiny):
+    _, tok, load = tiny
+    with pytest.raises(InputError, match="ppo.mini_batch_size"):
+        train_ppo(load(), tok, TRAIN, gated_score, small_cfg(mini_batch_size=3))
