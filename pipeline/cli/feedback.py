@@ -55,8 +55,9 @@ def label(
     input: Annotated[str, typer.Option("--input", "-i", help="Samples: K responses per prompt (samples.jsonl "
                                                                 "rows, or rows with `responses`); .jsonl/.json/.csv/.parquet.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where the preference pairs (or scores) go (.jsonl).")],
-    judge: Annotated[Optional[str], typer.Option(help="openai:MODEL[@BASE_URL][#KEY_ENV] or hf:MODEL_ID_OR_PATH; "
-                                                      "default: the workspace's `judge` section.")] = None,
+    judge: Annotated[Optional[str], typer.Option(help="openai:MODEL@BASE_URL#KEY_ENV (@BASE_URL and #KEY_ENV "
+                                                      "optional) or hf:MODEL_ID_OR_PATH; default: the workspace's "
+                                                      "`judge` section.")] = None,
     mode: Annotated[str, typer.Option(help="pairs: pairwise preferences; scores: the judge's 1-10 score "
                                            "(as 0..1) per sample.")] = "pairs",
     guideline: Annotated[Optional[str], typer.Option(help="auto (safety for is_safety prompts) | helpfulness | safety")] = None,
