@@ -310,8 +310,7 @@ def load_rankings(path, source: str | None = None) -> list[dict]:
 
 
 def load_text(path) -> list[str]:
-    """Raw text for domain pretraining: a .txt file (blank-line separated documents) or records
-    with a `text` field."""
+    """Raw text for domain pretraining: a .txt file or records with a `text` field."""
     p = Path(str(path))
     if p.suffix == ".txt":
         if not p.exists():
@@ -321,7 +320,9 @@ def load_text(path) -> list[str]:
         except UnicodeDecodeError as e:
             line = p.read_bytes()[: e.start].count(b"\n") + 1
             raise InputError(f"{p}:{line}: text: not valid UTF-8") from None
-        docs = [d.strip() for d in raw.split("\n\n") if d.strip()]
+        # Documents are separated by blank lines; a file without blank lines has one per line.
+        sep = "\n\n" if "\n\n" in raw.strip() else "\n"
+        docs = [d.strip() for d in raw.split(sep) if d.strip()]
         return _nonempty(docs, path)
     errors, docs = RowErrors(path), []
     for line, row in read_rows(path):

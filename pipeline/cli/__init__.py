@@ -1,0 +1,235 @@
+"""`saferounds`: the command line. It only parses, calls library code and prints.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json, table
+from reward_models.records import InputError
+
+app = typer.Typer(name="saferounds", no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="LLaMA-2-style safety alignment rounds: reward models, rejection sampling, PPO, reports.")
+versions_app = typer.Typer(no_args_is_help=True, help="Inspect versions.")
+data_app = typer.Typer(no_args_is_help=True, help="Check data files.")
+round_app = typer.Typer(no_args_is_help=True, help="Run and manage numbered rounds (versions v1, v2, ...).")
+app.add_typer(versions_app, name="versions")
+app.add_typer(data_app, name="data")
+app.add_typer(round_app, name="round")
+
+# Other areas' command modules: each exposes `app` (a sub-command group) or `register(app)`.
+SUBCOMMANDS = {"pipeline.cli.rm": "rm", "pipeline.cli.evaluate": None, "pipeline.cli.ppo": None,
+               "pipeline.cli.feedback": None, "pipeline.cli.demo": None}
+
+
+def _progress(message: str) -> None:
+    err_console.print(f"[bold cyan]>>[/] {message}")
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Workspace directory to create.")] = Path("."),
+         preset: Annotated[str, typer.Option(help="tiny (local tiny models + synthetic demo data) or "
+                                                  "llama2-7b (a real-model template to edit).")] = "tiny",
+         force: Annotated[bool, typer.Option(help="Overwrite an existing saferounds.yaml.")] = False):
+    """Create a workspace with a validated saferounds.yaml."""
+    from pipeline.presets import init_workspace
+
+    path = init_workspace(directory, preset, force=force)
+    console.print(f"created {path}")
+
+
+@app.command()
+def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
+    """Versions in the workspace: stages, status and headline metrics."""
+    from pipeline.rounds import list_versions
+
+    ws = open_workspace(workspace)
+    ws.config  # validates
+    rows = list_versions(ws)
+    if json:
+        print_json({"workspace": str(ws.root), "versions": rows})
+        return
+    console.print(table(f"saferounds workspace {ws.root}",
+                        ["version", "parent", "status", "stages", "violation %", "false refusal %", "helpfulness", "seconds"],
+                        [[r["version"], r["parent"], r["status"],
+                          " ".join(f"{s}:{v}" for s, v in r["stages"].items()),
+                          _pct(r["headline"]["violation_rate"]), _pct(r["headline"]["false_refusal_rate"]),
+                          fmt(r["headline"]["helpfulness"]), r["seconds"]] for r in rows]))
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+@versions_app.command("show")
+def versions_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
+    """A version's manifest."""
+    from pipeline.workspace import parse_version
+
+    ws = open_workspace(workspace)
+    m = ws.manifest(parse_version(version))
+    if json:
+        print_json(m)
+        return
+    rows = [[s, v.get("status"), v.get("seconds"), v.get("error") or ""] for s, v in m["stages"].items()]
+    console.print(table(f"{m['version']} (parent {m.get('parent')}) — {m['status']}",
+                        ["stage", "status", "seconds", "error"], rows))
+    console.print(f"config hash {m['config_hash'][:12]}  reward models {m.get('reward_models')}")
+    for name, digest in m.get("inputs", {}).items():
+        console.print(f"  input {name}  sha256 {digest[:12]}")
+
+
+@data_app.command("validate")
+def data_validate(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.parquet file or hub:NAME.")],
+                  kind: Annotated[str, typer.Option(help="prompts | sft | preferences | rankings | text")] = "preferences",
+                  json: JsonOpt = False):
+    """Validate a data file; every bad row is listed as file:line: field: reason."""
+    from pipeline.data import validate_file
+
+    n = validate_file(file, kind)
+    print_json({"file": file, "kind": kind, "records": n, "ok": True}) if json else \
+        console.print(f"{file}: {n} valid {kind} record(s)")
+
+
+@app.command()
+def pretrain(workspace: WorkspaceOpt = None):
+    """Step 0: domain pretraining on data.pretrain_text (into the unfinished v0)."""
+    from pipeline.v0 import run_pretrain
+
+    ws = open_workspace(workspace)
+    with locked(ws):
+        metrics = run_pretrain(ws)
+    console.print(f"pretrain done: held-out loss {fmt(metrics.get('heldout_loss_before'))} -> "
+                  f"{fmt(metrics.get('heldout_loss_after'))}")
+
+
+@app.command()
+def sft(workspace: WorkspaceOpt = None):
+    """Step 1: supervised fine-tuning on data.sft, producing versions/v0."""
+    from pipeline.v0 import run_sft
+
+    ws = open_workspace(workspace)
+    with locked(ws):
+        metrics = run_sft(ws)
+    console.print(f"v0 done: held-out loss {fmt(metrics.get('heldout_loss_before'))} -> "
+                  f"{fmt(metrics.get('heldout_loss_after'))}")
+
+
+@round_app.command("run")
+def round_run(workspace: WorkspaceOpt = None, json: JsonOpt = False,
+              until: Annotated[Optional[str], typer.Option(help="Stop after this stage.")] = None):
+    """Create the next version from the plan (or resume an unfinished one) and run its stages."""
+    from pipeline.rounds import run_round
+
+    ws = open_workspace(workspace)
+    with locked(ws):
+        result = run_round(ws, progress=_progress, until=until)
+    if json:
+        print_json({k: v for k, v in result.items() if k != "manifest"})
+    else:
+        console.print(f"v{result['version']}: {result['status']}")
+
+
+@round_app.command("list")
+def round_list(workspace: WorkspaceOpt = None, json: JsonOpt = False):
+    """All versions with their status (same as `status`)."""
+    status(workspace, json)
+
+
+@round_app.command("show")
+def round_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
+    """Stages, timings, scores and lineage of a version."""
+    from pipeline.workspace import parse_version
+
+    ws = open_workspace(workspace)
+    n = parse_version(version)
+    versions_show(version, workspace, json)
+    if json:
+        return
+    lineage, m = [], ws.manifest(n)
+    while m is not None:
+        lineage.append(m["version"])
+        parent = m.get("parent")
+        m = ws.manifest(int(parent[1:])) if parent else None
+    console.print("lineage: " + " <- ".join(lineage))
+    for stage, metrics in ws.manifest(n).get("metrics", {}).items():
+        flat = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}
+        console.print(f"  {stage}: " + ", ".join(f"{k}={fmt(v)}" for k, v in list(flat.items())[:12]))
+
+
+@round_app.command("diff")
+def round_diff(a: str, b: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
+    """Config and metric differences between two versions."""
+    from pipeline.rounds import diff_versions
+    from pipeline.workspace import parse_version
+
+    ws = open_workspace(workspace)
+    d = diff_versions(ws, parse_version(a), parse_version(b))
+    if json:
+        print_json(d)
+        return
+    for section, changes in d.items():
+        if changes:
+            console.print(table(f"{section}: {a} vs {b}", ["key", a, b],
+                                [[k, fmt(x), fmt(y)] for k, (x, y) in changes.items()]))
+
+
+@round_app.command("discard")
+def round_discard(version: str, workspace: WorkspaceOpt = None):
+    """Delete an unfinished version, or the newest finished one."""
+    from pipeline.workspace import parse_version
+
+    ws = open_workspace(workspace)
+    with locked(ws):
+        ws.discard(parse_version(version))
+    console.print(f"discarded {version}")
+
+
+def _register_subcommands() -> None:
+    for module_name, group in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:  # that area is not installed in this build
+                continue
+            raise
+        if hasattr(module, "register"):
+            module.register(app)
+        elif hasattr(module, "app"):
+            app.add_typer(module.app, name=group or module_name.rsplit(".", 1)[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("SAFEROUNDS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    _register_subcommands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

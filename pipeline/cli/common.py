@@ -1,0 +1,54 @@
+"""Shared pieces of the command line: the workspace option, output helpers, the workspace lock."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.workspace import Workspace
+
+console = Console()
+err_console = Console(stderr=True)
+
+WorkspaceOpt = Annotated[Path, typer.Option("-w", "--workspace", help="Workspace directory.",
+                                            show_default="current directory")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def open_workspace(path: Path | None) -> Workspace:
+    return Workspace(path or Path.cwd())
+
+
+@contextlib.contextmanager
+def locked(ws: Workspace):
+    """Hold the workspace lock for a command that writes; report a stale lock taken over."""
+    with ws.lock() as lock:
+        if lock.stale_from:
+            err_console.print(f"[yellow]note:[/] took over a stale lock left by {lock.stale_from}")
+        yield ws
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    return t
+
+
+def fmt(value, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return "" if value is None else str(value)

@@ -1,0 +1,178 @@
+"""The round manager: creates version N from the plan in the config and runs its stages in order
+(rm -> label -> rs -> ppo -> eval as planned), recording each in the manifest.
+
+Re-running continues an interrupted version: finished stages are skipped and the stage that was
+running resumes from its own checkpoints. The last policy-producing stage's output (rs_policy or
+ppo_policy) becomes the version's `policy/` before evaluation; the whole directory is renamed
+from `.vN.partial` to `vN` only when every stage is done.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import Config
+from pipeline.workspace import RM_KINDS, Workspace, now
+from reward_models.records import InputError
+
+STAGE_MODULES = {"rm": "pipeline.stage_rm", "label": "pipeline.stage_label", "rs": "pipeline.stage_rs",
+                 "ppo": "pipeline.stage_ppo", "eval": "pipeline.stage_eval"}
+STAGE_ORDER = ("rm", "label", "rs", "ppo", "eval")
+POLICY_OUTPUTS = {"rs": "rs_policy", "ppo": "ppo_policy"}
+log = logging.getLogger("saferounds")
+
+
+@dataclass
+class StageContext:
+    workspace: Workspace
+    config: Config
+    version: int
+    dir: Path
+    parent_policy: Path
+    rm_paths: dict[str, Path]
+    prior_versions: list[Path]
+    progress: Callable[[str], None] = lambda message: None
+    log: logging.Logger = field(default_factory=lambda: log)
+
+    @property
+    def policy(self) -> Path:
+        """The version's policy once its last policy stage is done (what eval evaluates)."""
+        return self.dir / "policy"
+
+
+def check_plan(stages: list[str], version: int) -> list[str]:
+    if not any(s in POLICY_OUTPUTS for s in stages):
+        raise InputError(f"rounds.plan: v{version} runs {stages}, which makes no policy; "
+                         "every version needs rs or ppo")
+    order = [STAGE_ORDER.index(s) for s in stages]
+    if order != sorted(order) or len(set(stages)) != len(stages):
+        raise InputError(f"rounds.plan: v{version} stages {stages} must be unique and in the order "
+                         f"{' -> '.join(STAGE_ORDER)}")
+    return stages
+
+
+def next_version(ws: Workspace) -> tuple[int, bool]:
+    """(N, resuming): an unfinished version is resumed before a new one is started."""
+    partial = ws.partial_versions()
+    partial = [n for n in partial if n > 0]
+    if partial:
+        return partial[0], True
+    latest = ws.latest()
+    if latest is None:
+        raise InputError("no v0 yet: run `saferounds sft` (and optionally `saferounds pretrain`) first")
+    n = latest + 1
+    if n > ws.config.rounds.max_version:
+        raise InputError(f"rounds.max_version: the plan ends at v{ws.config.rounds.max_version}; "
+                         "raise it in saferounds.yaml to run more rounds")
+    return n, False
+
+
+def _rm_paths(ws: Workspace, n: int) -> dict[str, Path]:
+    paths = {}
+    for kind in RM_KINDS:
+        v = ws.latest_rm(kind, at_most=n)
+        if v is not None:
+            paths[kind] = ws.rm_dir(kind, v)
+    return paths
+
+
+def _place_policy(d: Path, stage: str, stages: list[str]) -> None:
+    """After the last policy stage of the plan, its output becomes the version's policy/."""
+    last = [s for s in stages if s in POLICY_OUTPUTS][-1]
+    if stage == last and (d / POLICY_OUTPUTS[stage]).exists() and not (d / "policy").exists():
+        os.replace(d / POLICY_OUTPUTS[stage], d / "policy")
+
+
+def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
+              until: str | None = None) -> dict:
+    """Run (or resume) the next version; `until` stops after that stage (the version stays partial)."""
+    cfg = ws.config
+    n, resuming = next_version(ws)
+    if resuming:
+        manifest = ws.manifest(n)
+        if manifest["config_hash"] != cfg.hash():
+            raise InputError(f"v{n}: saferounds.yaml changed since this version started; restore it, or "
+                             f"`saferounds round discard v{n}` and run the round again")
+        stages = list(manifest["stages"])
+    else:
+        stages = check_plan(cfg.stages_for(n), n)
+    data = cfg.data
+    inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings
+    d = ws.begin_version(n, n - 1, stages, inputs)
+    ws.update_manifest(n, status="running")
+    prior = [ws.version_dir(v) for v in ws.finished_versions() if 0 < v < n]
+    report = progress or (lambda message: None)
+    for stage in stages:
+        state = ws.manifest(n)["stages"].get(stage, {})
+        if state.get("status") == "done":
+            continue
+        ctx = StageContext(workspace=ws, config=cfg, version=n, dir=d, parent_policy=ws.policy_path(n - 1),
+                           rm_paths=_rm_paths(ws, n), prior_versions=prior, progress=report)
+        report(f"v{n}: {stage}")
+        started = time.time()
+        ws.set_stage(n, stage, status="running", started=now(), error=None)
+        try:
+            metrics = importlib.import_module(STAGE_MODULES[stage]).run(ctx) or {}
+        except BaseException as e:
+            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+            ws.set_stage(n, stage, status="failed", error=reason[:2000],
+                         traceback=traceback.format_exc()[-4000:])
+            ws.update_manifest(n, status="failed")
+            raise
+        seconds = round(time.time() - started, 2)
+        if stage in POLICY_OUTPUTS:
+            _place_policy(d, stage, stages)
+        ws.set_stage(n, stage, status="done", finished=now(), seconds=seconds, metrics=metrics)
+        ws.update_manifest(n, metrics={stage: metrics}, timings={stage: seconds},
+                           reward_models={k: p.name for k, p in _rm_paths(ws, n).items()})
+        if until == stage:
+            return {"version": n, "status": "partial", "stopped_after": stage}
+    ws.finish_version(n)
+    return {"version": n, "status": "complete", "manifest": ws.manifest(n)}
+
+
+def list_versions(ws: Workspace) -> list[dict]:
+    rows = []
+    for n in sorted(set(ws.finished_versions()) | set(ws.partial_versions())):
+        m = ws.manifest(n)
+        rows.append({"version": m["version"], "parent": m.get("parent"), "status": m.get("status"),
+                     "stages": {s: v.get("status") for s, v in m.get("stages", {}).items()},
+                     "created": m.get("created"), "finished": m.get("finished"),
+                     "seconds": round(sum(m.get("timings", {}).values()), 1),
+                     "headline": headline(m)})
+    return rows
+
+
+def headline(manifest: dict) -> dict:
+    """The few numbers a status table shows: from the eval stage when it ran."""
+    ev = manifest.get("metrics", {}).get("eval", {}) or {}
+    safety, helpful = ev.get("safety", {}) or {}, ev.get("helpfulness", {}) or {}
+    return {"violation_rate": safety.get("violation_rate"),
+            "false_refusal_rate": safety.get("false_refusal_rate"),
+            "helpfulness": helpful.get("mean_score")}
+
+
+def _flatten(obj, prefix="") -> dict:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def diff_versions(ws: Workspace, a: int, b: int) -> dict:
+    """Config and metric differences between two versions (keys whose values differ)."""
+    ma, mb = ws.manifest(a), ws.manifest(b)
+    out = {}
+    for section in ("config", "metrics", "reward_models", "inputs"):
+        fa, fb = _flatten(ma.get(section, {})), _flatten(mb.get(section, {}))
+        out[section] = {k: [fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+    return out

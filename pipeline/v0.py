@@ -1,0 +1,95 @@
+"""Version 0: the starting policy. Step 0 domain pretraining (optional), then SFT.
+
+Both write into the partial directory of v0; SFT finishes the version, which renames it into
+place. Running `pretrain` or `sft` again after an interruption resumes from the last Trainer
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from pipeline.data import load_sft, load_text
+from pipeline.tiny import build_tiny
+from pipeline.train_sft import finetune, pretrain
+from pipeline.workspace import Workspace, now
+from reward_models.records import InputError
+
+HELDOUT_FRACTION = 0.05
+
+
+def base_models(ws: Workspace) -> dict[str, str]:
+    """Paths or hub ids of the base policy and RM backbone (`tiny` builds them in the workspace)."""
+    cfg = ws.config
+    tiny = None
+    if "tiny" in (cfg.model.policy, cfg.model.reward_model):
+        tiny = build_tiny(ws.root / "models" / "tiny", seed=cfg.seed)
+
+    def pick(name: str, key: str) -> str:
+        if name == "tiny":
+            return str(tiny[key])
+        local = Path(str(ws.resolve(name)))
+        return str(local) if local.exists() else name  # else a hub id
+
+    return {"policy": pick(cfg.model.policy, "policy"), "reward_model": pick(cfg.model.reward_model, "reward_model")}
+
+
+def split_heldout(items: list, seed: int, fraction: float = HELDOUT_FRACTION) -> tuple[list, list]:
+    """A deterministic held-out slice (at least one item when there are two or more)."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, int(len(items) * fraction)) if len(items) > 1 else 0
+    held = set(order[:n_held])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def _files(ws: Workspace, key: str) -> list[str]:
+    files = getattr(ws.config.data, key)
+    if not files:
+        raise InputError(f"{ws.config_path}: data.{key}: no files listed; add at least one")
+    return files
+
+
+def _open_v0(ws: Workspace) -> Path:
+    if ws.version_dir(0).exists():
+        raise InputError("v0: already finished; a finished version is never modified "
+                         "(start a new workspace to redo SFT)")
+    inputs = ws.config.data.pretrain_text + ws.config.data.sft
+    return ws.begin_version(0, None, ["pretrain", "sft"], inputs)
+
+
+def run_pretrain(ws: Workspace) -> dict:
+    cfg = ws.config
+    texts = [t for f in _files(ws, "pretrain_text") for t in load_text(ws.resolve(f))]
+    d = _open_v0(ws)
+    train, held = split_heldout(texts, cfg.seed)
+    started = time.time()
+    ws.set_stage(0, "pretrain", status="running", started=now())
+    metrics = pretrain(base_models(ws)["policy"], train, cfg.pretrain, cfg.model, d / "pretrain",
+                       d / "work" / "pretrain", seed=cfg.seed, heldout_texts=held)
+    ws.set_stage(0, "pretrain", status="done", finished=now(), seconds=round(time.time() - started, 2),
+                 metrics=metrics)
+    return metrics
+
+
+def run_sft(ws: Workspace) -> dict:
+    cfg = ws.config
+    examples = [x for f in _files(ws, "sft") for x in load_sft(ws.resolve(f))]
+    d = _open_v0(ws)
+    manifest = ws.manifest(0)
+    pretrained = manifest["stages"].get("pretrain", {}).get("status") == "done"
+    base = str(d / "pretrain") if pretrained else base_models(ws)["policy"]
+    if not pretrained:
+        ws.set_stage(0, "pretrain", status="skipped")
+    train, held = split_heldout(examples, cfg.seed)
+    started = time.time()
+    ws.set_stage(0, "sft", status="running", started=now())
+    metrics = finetune(base, train, cfg.sft, cfg.model, d / "policy", d / "work" / "sft",
+                       seed=cfg.seed, heldout=held)
+    ws.set_stage(0, "sft", status="done", finished=now(), seconds=round(time.time() - started, 2),
+                 metrics=metrics)
+    ws.update_manifest(0, metrics={"sft": metrics}, timings={"sft": round(time.time() - started, 2)})
+    ws.finish_version(0)
+    return metrics
