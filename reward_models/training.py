@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
+MANIFEST = "manifest.json"  # beside the weights in reward_models/{kind}/vN
+
+
 @dataclass
 class RewardModelConfig:
     """YAML section `reward_models` (the backbone, dtype, LoRA and quantisation come from `model`)."""
@@ -52,12 +55,10 @@ def prompt_key(prompt) -> str:
 def reversed_safety(pair: dict) -> bool:
     """A pair whose chosen response is unsafe and rejected one safe (LLaMA 2 drops these from RM training).
 
-    Flagged either by safety_label "chosen_unsafe_rejected_safe" or by explicit per-response booleans
-    `chosen_safe` / `rejected_safe` (as the synthetic generator writes them).
+    The 3-way safety_label cannot say this, so such rows carry `"chosen_unsafe_rejected_safe": true`
+    (pipeline.synthetic and eval.labeling write it); a safety_label of that name is accepted too.
     """
-    if pair.get("safety_label") == "chosen_unsafe_rejected_safe":
-        return True
-    return pair.get("chosen_safe") is False and pair.get("rejected_safe") is True
+    return pair.get("chosen_unsafe_rejected_safe") is True or pair.get("safety_label") == "chosen_unsafe_rejected_safe"
 
 
 def split_by_prompt(records: list[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -221,6 +222,17 @@ def _trainer_class():
     return RewardTrainer
 
 
+def _log_callback(log, kind: str):
+    """A TrainerCallback that sends the training logs to a logging.Logger."""
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log.info("%s RM step %d/%d: %s", kind, state.global_step, state.max_steps, logs)
+
+    return LogCallback()
+
+
 def warmup_steps(n_items: int, cfg: RewardModelConfig, world_size: int = 1) -> tuple[int, int]:
     """(total optimizer steps, warm-up steps): warm-up is warmup_ratio of the run, at least min_warmup_steps
     (never more than the run)."""
@@ -232,13 +244,16 @@ def warmup_steps(n_items: int, cfg: RewardModelConfig, world_size: int = 1) -> t
 
 
 def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, cfg: RewardModelConfig | None = None,
-                       model_cfg=None, work_dir=None, seed: int = 0, log=None, max_steps: int | None = None) -> dict:
+                       model_cfg=None, work_dir=None, seed: int = 0, log=None, max_steps: int | None = None,
+                       extra: dict | None = None) -> dict:
     """Train a `kind` RM ("helpfulness" | "safety") on normalised preference/ranking records; save to out_dir.
 
     Checkpoints go to work_dir (default out_dir/../.work-<name>) every save_steps; a rerun resumes from the
     last one. Held-out pairs (eval_fraction, split by prompt) are scored after training. Returns metrics
-    (training loss, steps, data mix, held-out accuracy block) — also written to out_dir/rm_manifest.json.
+    (training loss, steps, data mix, held-out accuracy block); they, `extra` and the config are written to
+    out_dir/manifest.json.
     """
+    import dataclasses
     import json
     import os
     import time
@@ -287,6 +302,11 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
         safety_term_weight=cfg.safety_term_weight if kind == "safety" else cfg.helpfulness_safety_term_weight,
         center_rewards=cfg.center_rewards,
     )
+    if log is not None:  # logs go to the logger, not stdout (the CLI's --json owns stdout)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_log_callback(log, kind))
     last = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
     if last and log:
         log.info("resuming %s RM training from %s", kind, last)
@@ -300,5 +320,6 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     if held:
         metrics["heldout"] = evaluate_pairs(model, tokenizer, held, cfg.score_batch_size, cfg.max_length)
     metrics["seconds"] = round(time.time() - t0, 1)
-    (out_dir / "rm_manifest.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    manifest = {**(extra or {}), "metrics": metrics, "reward_models_config": dataclasses.asdict(cfg)}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return metrics

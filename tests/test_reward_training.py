@@ -46,7 +46,7 @@ def test_mix_safety_is_90_10_and_ratios_configurable():
 
 
 def test_reversed_safety_pairs_are_dropped():
-    bad = dict(_pair(1, "safety"), chosen_safe=False, rejected_safe=True)
+    bad = dict(_pair(1, "safety"), chosen_unsafe_rejected_safe=True)
     bad2 = _pair(2, "safety", label="chosen_unsafe_rejected_safe")
     ok = _pair(3, "safety", label="both_unsafe")
     assert reversed_safety(bad) and reversed_safety(bad2) and not reversed_safety(ok)
@@ -135,7 +135,7 @@ def test_train_learns_saves_and_resumes(tiny, tmp_path):
     m = train_reward_model("safety", recs, tiny, out, cfg, work_dir=tmp_path / "work")
     assert m["steps"] == math.ceil(m["train_items"] / 8) and m["heldout"]["accuracy"] == 1.0
     assert m["heldout"]["unsafe_recall"] == 1.0  # the BCE term pushes unsafe scores below 0
-    assert (out / "model.safetensors").exists() and (out / "rm_manifest.json").exists()
+    assert (out / "model.safetensors").exists() and (out / "manifest.json").exists()
     model, tok = load_reward_model(out)
     s = score(model, tok, [[{"role": "user", "content": "x"}]] * 2,
               ["I'm sorry, but I can't help with that.", "Sure, here is how to kill the process."])

@@ -1,0 +1,80 @@
+"""The round's `rm` stage: train the helpfulness and the safety reward model for version N.
+
+Outputs WORKSPACE/reward_models/{kind}/vN (weights + tokenizer + manifest.json), built under
+.vN.partial and renamed when complete; Trainer checkpoints live in the version's work/rm/{kind} so an
+interrupted stage resumes. An RM already finished for vN (e.g. from `saferounds rm train`) is reused.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.data import load_preferences, load_rankings
+from pipeline.workspace import RM_KINDS, Workspace, read_json
+from reward_models.training import MANIFEST, train_reward_model
+
+# Pairs the `label` stage (RLAIF) leaves in a finished version; later rounds train on them like human pairs.
+PRIOR_PAIR_FILES = ("labels.jsonl",)
+
+
+def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[str] | None = None) -> list[dict]:
+    """Preference pairs and rankings from the config's data section (or `files`, as preferences),
+    plus AI-labelled pairs of earlier versions. Bad files raise InputError naming file:line."""
+    data = ws.config.data
+    if files:
+        records = [r for f in files for r in load_preferences(ws.resolve(f))]
+    else:
+        records = [r for f in data.helpfulness_preferences for r in load_preferences(ws.resolve(f), "helpfulness")]
+        records += [r for f in data.safety_preferences for r in load_preferences(ws.resolve(f), "safety")]
+        records += [r for f in data.rankings for r in load_rankings(ws.resolve(f))]
+    for d in prior_versions:
+        for name in PRIOR_PAIR_FILES:
+            if (Path(d) / name).exists():
+                records += load_preferences(Path(d) / name)
+    return records
+
+
+def backbone(ws: Workspace) -> str:
+    from pipeline.v0 import base_models
+
+    return base_models(ws)["reward_model"]
+
+
+def train_kind(ws: Workspace, kind: str, version: int, records: list[dict], work_dir: Path, log=None,
+               objective: str | None = None, max_steps: int | None = None) -> dict:
+    """Train one RM into reward_models/{kind}/v{version} (partial dir, then renamed). Returns its metrics."""
+    import dataclasses
+
+    cfg = ws.config
+    rm_cfg = cfg.reward_models if objective is None else dataclasses.replace(cfg.reward_models, objective=objective)
+    partial = ws.rm_partial_dir(kind, version)
+    metrics = train_reward_model(kind, records, backbone(ws), partial, rm_cfg, cfg.model, work_dir=work_dir,
+                                 seed=cfg.seed, log=log, max_steps=max_steps,
+                                 extra={"kind": kind, "version": f"v{version}", "config_hash": cfg.hash()})
+    ws.finish_rm(kind, version)
+    return metrics
+
+
+def summary(metrics: dict) -> dict:
+    """The few numbers the version manifest keeps per RM (the full block is in the RM's own manifest)."""
+    held = metrics.get("heldout") or {}
+    return {"train_items": metrics.get("train_items"), "steps": metrics.get("steps"),
+            "train_loss": metrics.get("train_loss"), "heldout_accuracy": held.get("accuracy"),
+            "unsafe_recall": held.get("unsafe_recall"), "mix": metrics.get("mix")}
+
+
+def run(ctx) -> dict:
+    ws, n = ctx.workspace, ctx.version
+    records = load_rm_records(ws, ctx.prior_versions)
+    out = {}
+    for kind in RM_KINDS:
+        done = ws.rm_dir(kind, n)
+        if done.exists():  # trained earlier (resume, or `saferounds rm train` before the round)
+            ctx.log.info("reusing %s", done)
+            out[kind] = summary(read_json(done / MANIFEST).get("metrics", {})) if (done / MANIFEST).exists() else {}
+            continue
+        ctx.progress(f"v{n}: training the {kind} reward model")
+        metrics = train_kind(ws, kind, n, records, ctx.dir / "work" / "rm" / kind, ctx.log)
+        ctx.log.info("%s RM v%d: %s", kind, n, json.dumps(summary(metrics)))
+        out[kind] = summary(metrics)
+    return out
