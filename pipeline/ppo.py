@@ -332,7 +332,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
     work_dir: checkpoints (resumed from when present). log_path: the JSONL step log.
     """
     logger = logger or logging.getLogger("saferounds.ppo")
-    accelerator = accelerator or make_accelerator(log_path.parent if log_path else None)
+    accelerator = accelerator or make_accelerator(log_path.parent / "tensorboard" if log_path else None)
     world, rank = accelerator.num_processes, accelerator.process_index
     check_sizes(cfg, world)
     if not prompts:
