@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SAFEROUNDS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     _register_subcommands()
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             e.show()
             return e.exit_code
         raise
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 def entry() -> None:
