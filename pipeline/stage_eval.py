@@ -153,6 +153,10 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
                         suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
                         max_of_k=_max_of_k(samples))
     trend = load_trend(root, exclude=name)
+    have = {t["version"] for t in trend}
+    for v, recs in compared.items():  # a compared version never evaluated on its own: from this run
+        if v not in have:
+            trend.append(summarise(v, recs, judges={**judges, "computed_in": f"report of {name}"}))
     write_report(out_dir, metrics, records[name], compared=compared, trend=trend,
                  examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
     _write_records(out_dir, records[name])
