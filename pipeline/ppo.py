@@ -302,9 +302,13 @@ def make_accelerator(project_dir: Path | None):
     from accelerate import Accelerator
     from accelerate.utils import is_tensorboard_available
 
+    import os
+
+    # Several processes without CUDA (torchrun / `accelerate launch --multi_gpu` on CPUs): gloo DDP.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if project_dir is not None and is_tensorboard_available():
-        return Accelerator(log_with="tensorboard", project_dir=str(project_dir))
-    return Accelerator()
+        return Accelerator(cpu=cpu, log_with="tensorboard", project_dir=str(project_dir))
+    return Accelerator(cpu=cpu)
 
 
 def check_sizes(cfg: PPOConfig, world: int) -> None:
