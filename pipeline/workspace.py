@@ -238,9 +238,7 @@ class Workspace:
 
     def update_manifest(self, n: int, **changes) -> dict:
         """Merge `changes` into the partial version's manifest (dict values merge one level)."""
-        d = self.partial_dir(n)
-        if not d.is_dir():
-            raise InputError(f"v{n}: not under construction; finished versions are never modified")
+        d = self._partial_or_fail(n)
         manifest = read_json(d / "manifest.json")
         for key, value in changes.items():
             if isinstance(value, dict) and isinstance(manifest.get(key), dict):
@@ -251,9 +249,16 @@ class Workspace:
         return manifest
 
     def set_stage(self, n: int, stage: str, **fields) -> None:
-        manifest = read_json(self.partial_dir(n) / "manifest.json")
+        d = self._partial_or_fail(n)
+        manifest = read_json(d / "manifest.json")
         manifest["stages"].setdefault(stage, {}).update(fields)
-        write_json(self.partial_dir(n) / "manifest.json", manifest)
+        write_json(d / "manifest.json", manifest)
+
+    def _partial_or_fail(self, n: int) -> Path:
+        d = self.partial_dir(n)
+        if not d.is_dir():
+            raise InputError(f"v{n}: not under construction; finished versions are never modified")
+        return d
 
     def finish_version(self, n: int) -> Path:
         """Mark complete and rename the partial directory into place (atomic on one filesystem)."""
