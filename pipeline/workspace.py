@@ -277,8 +277,11 @@ class Workspace:
         done = self.finished_versions()
         if n not in done:
             raise InputError(f"v{n}: no such version")
-        if n != done[-1] or any(p > n for p in self.partial_versions()):
+        if n != done[-1]:
             raise InputError(f"v{n}: only the newest version can be discarded (newest: v{done[-1]})")
+        building = [p for p in self.partial_versions() if p > n]
+        if building:
+            raise InputError(f"v{n}: v{building[0]} is being built on it; discard v{building[0]} first")
         trash = self.versions_dir / f".v{n}.discarded"
         os.replace(self.version_dir(n), trash)  # disappear atomically, then delete
         shutil.rmtree(trash)
