@@ -202,7 +202,9 @@ class Workspace:
     def manifest(self, n: int) -> dict:
         path = self.dir_of(n) / "manifest.json"
         if not path.exists():
-            raise InputError(f"v{n}: no such version in {self.versions_dir}")
+            have = ", ".join(f"v{v}" for v in self.finished_versions()) or "none"
+            building = "".join(f", v{v} (unfinished)" for v in self.partial_versions())
+            raise InputError(f"v{n}: no such version in {self.versions_dir} (finished: {have}{building})")
         return read_json(path)
 
     def policy_path(self, n: int) -> Path:
