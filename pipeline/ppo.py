@@ -378,6 +378,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
 
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
+        t_gen = t_score = 0.0
         idx = batch_indices(len(prompts), cfg.batch_size, step, cfg.seed)[rank::world]
         q_all, qm_all = left_pad([encoded[i] for i in idx], pad_id)
 
@@ -385,7 +386,9 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         chunks = []
         for c in range(0, len(idx), cfg.rollout_batch_size):
             q_ids, q_mask = q_all[c: c + cfg.rollout_batch_size].to(device), qm_all[c: c + cfg.rollout_batch_size].to(device)
+            t = time.perf_counter()
             r_ids, r_mask = generate(unwrapped.policy, q_ids, q_mask, cfg, pad_id, eos_id)
+            t_gen += time.perf_counter() - t
             q_ids, q_mask, r_ids, r_mask = trim(q_ids, q_mask, r_ids, r_mask)
             with torch.no_grad():
                 logits, values = forward_response(unwrapped, q_ids, q_mask, r_ids, r_mask, cfg.temperature)
@@ -395,7 +398,9 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
                                               cfg.temperature)
             texts = tokenizer.batch_decode(r_ids.masked_fill(r_mask == 0, pad_id).tolist(),
                                            skip_special_tokens=True)
+            t = time.perf_counter()
             score, used_safety = score_fn([prompts[i] for i in idx[c: c + cfg.rollout_batch_size]], texts)
+            t_score += time.perf_counter() - t
             if used_safety is None:
                 used_safety = torch.zeros(len(texts), dtype=torch.bool)
             chunks.append((q_ids, q_mask, r_ids, r_mask, logp, ref_logp, values,
@@ -462,7 +467,8 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         keys = sorted(local)
         reduced = accelerator.reduce(torch.stack([local[k].float() for k in keys]), reduction="mean")
         metrics = {"step": step + 1, **{k: float(v) for k, v in zip(keys, reduced.tolist())},
-                   "lr": cfg.learning_rate, "rollout_s": t_rollout, "step_s": time.perf_counter() - t0}
+                   "lr": cfg.learning_rate, "rollout_s": t_rollout, "generate_s": t_gen, "score_s": t_score,
+                   "step_s": time.perf_counter() - t0}
         write(metrics)
         if progress:
             progress(f"ppo step {step + 1}/{cfg.steps}: score {metrics['score']:.3f} KL {metrics['kl']:.3f}")

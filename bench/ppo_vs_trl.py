@@ -1,0 +1,193 @@
+"""PPO step time and peak memory: saferounds' loop (pipeline.ppo) against TRL's PPOTrainer.
+
+Same tiny Llama policy, frozen reference copy, reward model and value model (TRL's convention: the
+value model starts from the reward model), same prompts, batch, mini-batch, response length, PPO
+epochs, sampling temperature and optimiser. Each side runs in its own process (one CPU thread) so
+peak RSS is its own. trl goes in its own environment, never the project's:
+
+    python3 -m venv /work/benchenv-ppo
+    /work/benchenv-ppo/bin/pip install torch==2.13.0 && /work/benchenv-ppo/bin/pip install trl==1.12.0
+    /work/benchenv-ppo/bin/python bench/ppo_vs_trl.py            # both sides with that interpreter
+    /work/benchenv-ppo/bin/python bench/ppo_vs_trl.py --profile  # + cProfile top functions per side
+
+Sides: `ours-critic` (separate critic = TRL's layout, the like-for-like row), `ours-head` (our
+default: value head on the policy), `trl`. The first PPO step is warm-up and not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".bench-ppo"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prompts(n: int) -> list[dict]:
+    topics = ["cats", "rain", "maps", "tea", "math", "bikes", "songs", "trees", "boats", "bread", "stars", "clocks"]
+    return [{"id": f"p{i}", "messages": [{"role": "user", "content": f"Tell me something about {topics[i % 12]}, "
+                                                                    f"item {i}."}], "is_safety": False}
+            for i in range(n)]
+
+
+def load_models(paths):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(paths["policy"])
+    tok.padding_side = "left"
+    policy = AutoModelForCausalLM.from_pretrained(paths["policy"])
+    ref = AutoModelForCausalLM.from_pretrained(paths["policy"])
+    rm = AutoModelForSequenceClassification.from_pretrained(paths["reward_model"], num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(paths["reward_model"], num_labels=1)
+    return tok, policy, ref, rm, value
+
+
+def run_ours(a, paths, value_model: str) -> list[float]:
+    from pipeline.ppo import PPOConfig, train_ppo
+    from reward_models.scoring import score
+
+    tok, policy, ref, rm, value = load_models(paths)
+    rm.eval().requires_grad_(False)
+    data = prompts(a.prompts)
+
+    def score_fn(batch, texts):  # the same single RM as TRL's reward_model, on the decoded text
+        import torch
+        return torch.tensor(score(rm, tok, [p["messages"] for p in batch], texts, batch_size=a.batch)), None
+
+    cfg = PPOConfig(steps=a.steps, batch_size=a.batch, mini_batch_size=a.mini_batch, ppo_epochs=a.epochs,
+                    rollout_batch_size=a.batch, learning_rate=a.lr, beta=a.beta, max_new_tokens=a.response_length,
+                    temperature=1.0, value_model=value_model, save_every=10_000, seed=0)
+    stamps: list[float] = []
+    train_ppo(policy, tok, data, score_fn, cfg, ref_policy=ref, critic=value if value_model == "critic" else None,
+              log_path=WORK / f"log-{value_model}.jsonl", progress=lambda _: stamps.append(time.perf_counter()))
+    return stamps
+
+
+def run_trl(a, paths) -> list[float]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tok, policy, ref, rm, value = load_models(paths)
+
+    def enc(p):
+        return tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+    data = prompts(a.prompts)
+    train = Dataset.from_dict({"input_ids": [enc(p) for p in data]})
+    evals = Dataset.from_dict({"input_ids": [enc(p) for p in data[:a.batch]]})
+    args = PPOConfig(
+        output_dir=str(WORK / "trl-out"), per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
+        num_mini_batches=a.batch // a.mini_batch, num_ppo_epochs=a.epochs, response_length=a.response_length,
+        local_rollout_forward_batch_size=a.batch, stop_token="eos", temperature=1.0, kl_coef=a.beta,
+        learning_rate=a.lr, lr_scheduler_type="constant", weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
+        adam_epsilon=1e-5, max_grad_norm=1.0, vf_coef=0.1, cliprange=0.2, cliprange_value=0.2, gamma=1.0,
+        lam=0.95, total_episodes=a.steps * a.batch, num_sample_generations=0, report_to=[], save_strategy="no",
+        logging_steps=1, seed=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True,
+        dataloader_num_workers=0)
+
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, *args, **kwargs):
+            stamps.append(time.perf_counter())
+
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
+                         train_dataset=train, value_model=value, eval_dataset=evals, callbacks=[Stamp()])
+    trainer.train()
+    return stamps
+
+
+def worker(a) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    paths = {"policy": WORK / "tiny" / "policy", "reward_model": WORK / "tiny" / "reward_model"}
+    before = rss_mb()
+    prof = None
+    if a.profile:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+    t0 = time.perf_counter()
+    stamps = run_trl(a, paths) if a.worker == "trl" else run_ours(a, paths, a.worker.split("-")[1])
+    if prof is not None:
+        import io
+        import pstats
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(45)
+        (WORK / f"profile-{a.worker}.txt").write_text(out.getvalue())
+    steps = [b - c for b, c in zip(stamps[1:], stamps[:-1])]  # step 1 (warm-up) excluded
+    print(json.dumps({"side": a.worker, "step_s": steps, "first_step_s": stamps[0] - t0,
+                      "rss_start_mb": before, "peak_rss_mb": peak_rss_mb()}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", choices=["ours-critic", "ours-head", "trl"])
+    p.add_argument("--sides", default="ours-critic,ours-head,trl")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--mini-batch", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--response-length", type=int, default=32)
+    p.add_argument("--prompts", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--python", default=sys.executable, help="interpreter for every side (needs trl for 'trl')")
+    a = p.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if a.worker:
+        return worker(a)
+
+    from pipeline.tiny import build_tiny
+    WORK.mkdir(exist_ok=True)
+    build_tiny(WORK / "tiny")
+    passthrough = [f"--steps={a.steps}", f"--batch={a.batch}", f"--mini-batch={a.mini_batch}",
+                   f"--epochs={a.epochs}", f"--response-length={a.response_length}", f"--prompts={a.prompts}",
+                   f"--lr={a.lr}", f"--beta={a.beta}"] + (["--profile"] if a.profile else [])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    results = {}
+    for side in a.sides.split(","):
+        proc = subprocess.run([a.python, __file__, f"--worker={side}", *passthrough], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
+        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"batch {a.batch}, mini-batch {a.mini_batch}, PPO epochs {a.epochs}, response length "
+          f"{a.response_length}, {a.steps - 1} timed steps, 1 CPU thread")
+    print(f"{'side':<12} {'s/step (median)':>16} {'peak RSS MB':>12} {'RSS growth MB':>14}")
+    med = {}
+    for side, r in results.items():
+        steps = sorted(r["step_s"])
+        med[side] = steps[len(steps) // 2]
+        print(f"{side:<12} {med[side]:>16.3f} {r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] - r['rss_start_mb']:>14.0f}")
+    if "trl" in results:
+        for side in results:
+            if side != "trl":
+                print(f"{side}: {med['trl'] / med[side]:.2f}x TRL's speed, "
+                      f"{results[side]['peak_rss_mb'] / results['trl']['peak_rss_mb']:.2f}x its peak RSS")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`saferounds ppo`: PPO on one policy outside the round plan (experiments, tuning beta and lr).
+
+Uses the workspace's config (plus --set overrides), prompts and newest reward models, and writes
+into --out (never into a finished version): ppo_policy/, ppo_log.jsonl, work/ppo/ (rerun to resume).
+Inside rounds the same code runs as the `ppo` stage (pipeline.stage_ppo).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json
+from reward_models.records import InputError
+
+
+def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_policy/ and the log into.")],
+        policy: Annotated[Optional[str], typer.Option(
+            help="Start policy: a version (vN) or a model directory; default: the newest version.")] = None,
+        steps: Annotated[Optional[int], typer.Option(help="Override ppo.steps.")] = None,
+        set_: Annotated[Optional[list[str]], typer.Option(
+            "--set", help="Config override KEY.PATH=VALUE, e.g. ppo.beta=0.005 (repeatable).")] = None,
+        workspace: WorkspaceOpt = None, json: JsonOpt = False):
+    """Run PPO on the gated reward from a policy, with the workspace's newest reward models."""
+    import yaml
+
+    from pipeline.config import CONFIG_NAME, apply_overrides, parse_config
+    from pipeline.rounds import StageContext
+    from pipeline.stage_ppo import run
+    from pipeline.workspace import parse_version
+
+    ws = open_workspace(workspace)
+    data = yaml.safe_load((ws.root / CONFIG_NAME).read_text(encoding="utf-8")) or {} \
+        if (ws.root / CONFIG_NAME).exists() else None
+    if data is None:
+        raise InputError(f"{ws.root / CONFIG_NAME}: no config file; run `saferounds init` to create one")
+    overrides = list(set_ or []) + ([f"ppo.steps={steps}"] if steps is not None else [])
+    cfg = parse_config(apply_overrides(data, overrides), str(ws.root / CONFIG_NAME))
+    latest = ws.latest()
+    if policy is None:
+        if latest is None:
+            raise InputError("--policy: the workspace has no finished version; pass a model directory")
+        start = ws.policy_path(latest)
+    elif policy.lstrip("v").isdigit() and not Path(policy).exists():
+        start = ws.policy_path(parse_version(policy))
+    else:
+        start = Path(policy)
+        if not start.exists():
+            raise InputError(f"--policy: {policy} is neither a version (vN) nor an existing directory")
+    rm_paths = {}
+    for kind in ("helpfulness", "safety"):
+        n = ws.latest_rm(kind)
+        if n is None:
+            raise InputError(f"reward_models/{kind}: no trained {kind} reward model; run `saferounds rm train "
+                             f"--kind {kind}` first")
+        rm_paths[kind] = ws.rm_dir(kind, n)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(workspace=ws, config=cfg, version=(latest or 0) + 1, dir=out, parent_policy=start,
+                       rm_paths=rm_paths, prior_versions=[], log=logging.getLogger("saferounds.ppo"),
+                       progress=lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
+    metrics = run(ctx)
+    if json:
+        print_json({"out": str(out), "policy": str(out / "ppo_policy"), **metrics})
+        return
+    console.print(f"PPO {metrics['ppo_steps']} steps from {start} -> {out / 'ppo_policy'}"
+                  + (" (stopped early: KL passed ppo.kl_stop)" if metrics["ppo_stopped_early"] else ""))
+    console.print(f"last step: score {fmt(metrics.get('ppo_score'))}, KL {fmt(metrics.get('ppo_kl'))}, "
+                  f"response length {fmt(metrics.get('ppo_response_length'), 1)}; log {out / 'ppo_log.jsonl'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ppo")(ppo)
