@@ -203,7 +203,7 @@ class Workspace:
         path = self.dir_of(n) / "manifest.json"
         if not path.exists():
             have = ", ".join(f"v{v}" for v in self.finished_versions()) or "none"
-            building = "".join(f", v{v} (unfinished)" for v in self.partial_versions())
+            building = "".join(f"; unfinished: v{v}" for v in self.partial_versions())
             raise InputError(f"v{n}: no such version in {self.versions_dir} (finished: {have}{building})")
         return read_json(path)
 
