@@ -2,9 +2,9 @@
 
 - One `generate` call per batch of prompts with num_return_sequences=K, left padding, prompts grouped
   by token length so little padding is computed, EOS stop, max_new_tokens.
-- Deterministic per prompt: each sample draws its randomness from a counter-based hash of
-  (seed, prompt id, sample index, step) through the Gumbel-max trick, so a sample does not depend on
-  which other prompts share its batch, on the batch size, or on anything sampled before it.
+- Deterministic per prompt: each sample draws its token at each step by inverse CDF from a uniform
+  number that is a counter-based hash of (seed, prompt id, sample index, step), so a sample does not
+  depend on which other prompts share its batch, on the batch size, or on anything sampled before it.
 - samples.jsonl is appended once per batch (one write, flush, fsync). On start the file is read back,
   a torn last line is cut off, and batches whose prompts all have their K samples are skipped: a run
   killed with SIGKILL resumes with no sample duplicated or lost, and ends equal to an uninterrupted run.
@@ -51,18 +51,17 @@ def row_seed(seed: int, prompt_id: str, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little", signed=True)
 
 
-def gumbel_noise(row_seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """Standard Gumbel noise [rows, vocab], a pure function of (row seed, step, token id)."""
-    base = splitmix64(row_seeds ^ _i64((step + 1) * _GOLDEN % (1 << 64)))
-    z = splitmix64(base[:, None] + torch.arange(vocab, device=row_seeds.device)[None, :] * _i64(_MIX1))
-    u = (_shr(z, 40).to(torch.float32) + 0.5) / float(1 << 24)  # 24 random bits -> (0, 1)
-    return -torch.log(-torch.log(u))
+def uniform_noise(row_seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One uniform number in (0, 1) per row, a pure function of (row seed, step)."""
+    z = splitmix64(splitmix64(row_seeds ^ _i64((step + 1) * _GOLDEN % (1 << 64))))
+    return (_shr(z, 11).to(torch.float64) + 0.5) / float(1 << 53)  # 53 random bits
 
 
-class GumbelMaxSampler(LogitsProcessor):
-    """Temperature + top-p sampling by the Gumbel-max trick with per-row noise: argmax(logits/T + G)
-    is a draw from softmax(logits/T). Returns one-hot logits (0 at the chosen token, -inf elsewhere),
-    so generate's own multinomial step picks that token with probability 1."""
+class SeededSampler(LogitsProcessor):
+    """Temperature + top-p sampling where row r's token at step t is drawn by inverse CDF with the
+    uniform number u(seed_r, t): the same sample whatever else is in the batch. Returns one-hot logits
+    (0 at the chosen token, -inf elsewhere), so generate's own multinomial step picks that token with
+    probability 1. One hashed number per row and step: O(vocab) work, like multinomial."""
 
     def __init__(self, row_seeds: torch.Tensor, temperature: float, top_p: float, prompt_length: int):
         self.row_seeds, self.temperature, self.top_p = row_seeds, temperature, top_p
@@ -70,19 +69,23 @@ class GumbelMaxSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float()
-        if self.temperature > 0:
-            logits = scores / self.temperature
-            if self.top_p < 1.0:  # nucleus: keep the smallest prefix whose mass reaches top_p
-                sorted_logits, order = logits.sort(dim=-1, descending=True)
-                probs = sorted_logits.softmax(-1)
-                drop_sorted = probs.cumsum(-1) - probs > self.top_p
-                drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-                logits = logits.masked_fill(drop, float("-inf"))
-            step = input_ids.shape[1] - self.prompt_length
-            logits = logits + gumbel_noise(self.row_seeds, step, logits.shape[-1])
+        if self.temperature <= 0:  # temperature 0: greedy
+            choice = scores.argmax(-1, keepdim=True)
         else:
-            logits = scores  # temperature 0: greedy
-        choice = logits.argmax(-1, keepdim=True)
+            probs = torch.softmax(scores / self.temperature, dim=-1)
+            if self.top_p < 1.0:  # nucleus: the smallest prefix (by probability) whose mass reaches top_p
+                probs, order = probs.sort(dim=-1, descending=True)
+                probs = probs * ((probs.cumsum(-1) - probs) < self.top_p)
+            cdf = probs.cumsum(-1)
+            u = uniform_noise(self.row_seeds, input_ids.shape[1] - self.prompt_length).to(cdf.dtype)
+            # the first token whose cumulative mass exceeds u * total: never a token without mass
+            choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
+            over = choice >= cdf.shape[-1]  # u * total rounded up to the total: take the last token with mass
+            if over.any():
+                last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)
+                choice = torch.where(over, last, choice)
+            if self.top_p < 1.0:
+                choice = order.gather(-1, choice)
         return torch.full_like(scores, float("-inf")).scatter(-1, choice, 0.0)
 
 
@@ -130,7 +133,7 @@ def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature
     seeds = torch.tensor([row_seed(seed, p["id"], j) for p in prompts for j in range(k)],
                          dtype=torch.long, device=device)
     prompt_length = enc["input_ids"].shape[1]
-    sampler = GumbelMaxSampler(seeds, temperature, top_p, prompt_length)
+    sampler = SeededSampler(seeds, temperature, top_p, prompt_length)
     out = model.generate(
         **enc, do_sample=True, num_return_sequences=k, max_new_tokens=max_new_tokens,
         logits_processor=LogitsProcessorList([sampler]), temperature=1.0, top_p=1.0, top_k=None,

@@ -1,4 +1,4 @@
-"""Batched K-sample generation: the Gumbel-max sampler's distribution, determinism under a seed,
+"""Batched K-sample generation: the seeded sampler's distribution, determinism under a seed,
 independence from batching, EOS stop, and resume after a real SIGKILL with nothing duplicated or lost."""
 import json
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sampling.generate import GumbelMaxSampler, generate_samples, gumbel_noise, plan_batches, row_seed
+from sampling.generate import SeededSampler, generate_samples, plan_batches, row_seed, uniform_noise
 from sampling.jsonl import recover_jsonl
 
 torch.set_num_threads(1)
@@ -34,24 +34,32 @@ def prompts(n):
              "is_safety": i % 3 == 0} for i in range(n)]
 
 
-def test_gumbel_max_sampler_draws_from_softmax_with_top_p():
+def test_seeded_sampler_draws_from_softmax_with_top_p():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0])
     rows = 20000
     seeds = torch.tensor([row_seed(7, "x", i) for i in range(rows)], dtype=torch.long)
-    sampler = GumbelMaxSampler(seeds, temperature=0.8, top_p=1.0, prompt_length=3)
+    sampler = SeededSampler(seeds, temperature=0.8, top_p=1.0, prompt_length=3)
     onehot = sampler(torch.zeros(rows, 4, dtype=torch.long), logits.repeat(rows, 1))
     assert torch.equal((onehot == 0).sum(-1), torch.ones(rows, dtype=torch.long))  # exactly one token
     freq = (onehot == 0).float().mean(0)
     assert torch.allclose(freq, torch.softmax(logits / 0.8, -1), atol=0.012)
     # top_p = 0.8: softmax(logits/0.8) = .743 .215 .034 ... -> the nucleus is tokens {0, 1}
-    nucleus = GumbelMaxSampler(seeds, 0.8, 0.8, 3)(torch.zeros(rows, 4, dtype=torch.long), logits.repeat(rows, 1))
+    nucleus = SeededSampler(seeds, 0.8, 0.8, 3)(torch.zeros(rows, 4, dtype=torch.long), logits.repeat(rows, 1))
     freq = (nucleus == 0).float().mean(0)
     p = torch.softmax(logits / 0.8, -1)[:2]
     assert freq[2:].sum() == 0
     assert torch.allclose(freq[:2], p / p.sum(), atol=0.012)
-    # the noise is a pure function of (seed, step, token): same call, same numbers; another step, others
-    assert torch.equal(gumbel_noise(seeds[:3], 5, 11), gumbel_noise(seeds[:3], 5, 11))
-    assert not torch.equal(gumbel_noise(seeds[:3], 5, 11), gumbel_noise(seeds[:3], 6, 11))
+    # the noise is a pure function of (seed, step): same call, same numbers; another step, others
+    u = uniform_noise(seeds, 5)
+    assert torch.equal(u, uniform_noise(seeds, 5)) and not torch.equal(u, uniform_noise(seeds, 6))
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+    # temperature 0 is greedy; a token without mass (-inf logit) is never drawn
+    greedy = SeededSampler(seeds[:4], 0.0, 1.0, 3)(torch.zeros(4, 4, dtype=torch.long), logits.repeat(4, 1))
+    assert (greedy.argmax(-1) == 0).all()
+    masked = logits.clone()
+    masked[0] = float("-inf")
+    draw = SeededSampler(seeds, 1.0, 1.0, 3)(torch.zeros(rows, 4, dtype=torch.long), masked.repeat(rows, 1))
+    assert (draw[:, 0] != 0).all() and (draw == 0).sum() == rows
 
 
 def test_plan_batches_groups_by_length():
