@@ -160,12 +160,13 @@ def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature
 def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperature: float,
                      top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0,
                      out_path: Optional[Path] = None, origin_version: Optional[int] = None,
-                     show_progress: bool = False, on_batch: Optional[Callable[[int, int], None]] = None,
+                     show_progress: Optional[bool] = None, on_batch: Optional[Callable[[int, int], None]] = None,
                      stats: Optional[dict] = None) -> list[dict]:
     """K samples for every prompt ({"id", "messages", "is_safety"?, "category"?}), in prompt order.
 
     With out_path, samples are appended to it batch by batch and an existing file is resumed (see the
-    module docstring). origin_version, when given, is stored on every sample. `stats` (a dict) receives
+    module docstring). A tqdm bar shows on a terminal (show_progress=None) or when asked; on_batch(done,
+    total) reports complete prompts after each batch. origin_version, when given, is stored on every sample. `stats` (a dict) receives
     generate_s, new_tokens and new_samples for this call.
     """
     from tqdm.auto import tqdm
@@ -189,7 +190,8 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperatu
     eos_ids = _eos_ids(model, tokenizer)
     n_done = sum(complete(pid) for pid in ids)
     t0, new_tokens, new_samples = time.perf_counter(), 0, 0
-    with tqdm(total=len(prompts), initial=n_done, disable=not show_progress, desc="sampling",
+    disable = None if show_progress is None else not show_progress  # None: a bar on terminals only
+    with tqdm(total=len(prompts), initial=n_done, disable=disable, desc="sampling",
               unit="prompt") as bar:
         for batch in plan_batches(lengths, batch_size):
             todo = sum(not complete(ids[i]) for i in batch)

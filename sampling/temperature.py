@@ -18,7 +18,7 @@ def pick_temperature(values: dict[float, float]) -> float:
 def sweep_temperature(model, tokenizer, prompts: list[dict], temperatures: list[float], k: int,
                       score_fn: Callable[[list[dict]], None], *, top_p: float = 1.0, max_new_tokens: int = 128,
                       batch_size: int = 8, seed: int = 0, work_dir: Optional[Path] = None,
-                      show_progress: bool = False) -> dict:
+                      show_progress: Optional[bool] = None) -> dict:
     """Returns {"temperature": best T, "mean_max_of_k": {T: value}, "k", "prompts"}.
 
     Every temperature uses the same seed, so the comparison is paired (common random numbers).
