@@ -243,40 +243,14 @@ def warmup_steps(n_items: int, cfg: RewardModelConfig, world_size: int = 1) -> t
     return total, min(total, max(cfg.min_warmup_steps, math.ceil(cfg.warmup_ratio * total)))
 
 
-def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, cfg: RewardModelConfig | None = None,
-                       model_cfg=None, work_dir=None, seed: int = 0, log=None, max_steps: int | None = None,
-                       extra: dict | None = None) -> dict:
-    """Train a `kind` RM ("helpfulness" | "safety") on normalised preference/ranking records; save to out_dir.
-
-    Checkpoints go to work_dir (default out_dir/../.work-<name>) every save_steps; a rerun resumes from the
-    last one. Held-out pairs (eval_fraction, split by prompt) are scored after training. Returns metrics
-    (training loss, steps, data mix, held-out accuracy block); they, `extra` and the config are written to
-    out_dir/manifest.json.
-    """
-    import dataclasses
-    import json
+def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardModelConfig, work_dir, seed: int = 0,
+                 max_steps: int | None = None, log=None):
+    """The RewardTrainer for already mixed items (pairs, or regression items): returns (trainer, total, warm)."""
     import os
-    import time
-    from pathlib import Path
 
     import datasets
     from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
-    from reward_models.evaluation import evaluate_pairs
-    from reward_models.modeling import load_reward_model, save_reward_model
-
-    cfg = cfg or RewardModelConfig()
-    out_dir = Path(out_dir)
-    work_dir = Path(work_dir) if work_dir else out_dir.parent / f".work-{out_dir.name}"
-    t0 = time.time()
-    items, held, stats = training_set(kind, records, cfg, seed)
-    if not items:
-        from reward_models.records import InputError
-
-        raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
-                         "(or data.rankings) in saferounds.yaml")
-    model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
     if cfg.objective == "regression":
         cols = regression_features(tokenizer, items, cfg.max_length)
     else:
@@ -307,6 +281,42 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
 
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_log_callback(log, kind))
+    return trainer, total, warm
+
+
+def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, cfg: RewardModelConfig | None = None,
+                       model_cfg=None, work_dir=None, seed: int = 0, log=None, max_steps: int | None = None,
+                       extra: dict | None = None) -> dict:
+    """Train a `kind` RM ("helpfulness" | "safety") on normalised preference/ranking records; save to out_dir.
+
+    Checkpoints go to work_dir (default out_dir/../.work-<name>) every save_steps; a rerun resumes from the
+    last one. Held-out pairs (eval_fraction, split by prompt) are scored after training. Returns metrics
+    (training loss, steps, data mix, held-out accuracy block); they, `extra` and the config are written to
+    out_dir/manifest.json.
+    """
+    import dataclasses
+    import json
+    import time
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from reward_models.evaluation import evaluate_pairs
+    from reward_models.modeling import load_reward_model, save_reward_model
+
+    cfg = cfg or RewardModelConfig()
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir else out_dir.parent / f".work-{out_dir.name}"
+    t0 = time.time()
+    items, held, stats = training_set(kind, records, cfg, seed)
+    if not items:
+        from reward_models.records import InputError
+
+        raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
+                         "(or data.rankings) in saferounds.yaml")
+    model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
+    trainer, total, warm = make_trainer(kind, items, model, tokenizer, cfg, work_dir, seed, max_steps, log)
+    dataset = trainer.train_dataset
     last = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
     if last and log:
         log.info("resuming %s RM training from %s", kind, last)

@@ -1,0 +1,126 @@
+"""RM training speed: saferounds' RewardTrainer vs TRL's RewardTrainer, same model, pairs, batch size.
+
+Both train the same backbone (fresh copy each run, same seed) on the same HH-RLHF harmless-base pairs,
+pre-tokenized once with saferounds' formatting (so tokenization is not timed), same batch size, learning
+rate, max_length and cosine schedule, dropout left on in both, 1 CPU thread. Steps/s is measured between
+the end of step `--skip` and the last step (start-up excluded). Runs alternate ours/TRL `--repeats` times;
+the median of each is reported. TRL lives only in the bench venv:
+
+    /work/benchenv-rm/bin/python bench/rm_speed.py --backbone tiny --steps 30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+
+
+def _timer(skip: int):
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        marks: dict = {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (skip, state.max_steps):
+                self.marks[state.global_step] = time.perf_counter()
+
+    return Timer()
+
+
+def steps_per_s(timer, skip: int, steps: int) -> float:
+    return (steps - skip) / (timer.marks[steps] - timer.marks[skip])
+
+
+def run_ours(backbone, pairs, a, work) -> float:
+    from reward_models.modeling import load_reward_model
+    from reward_models.training import RewardModelConfig, make_trainer
+
+    torch.manual_seed(a.seed)
+    model, tok = load_reward_model(backbone, for_training=True)
+    cfg = RewardModelConfig(learning_rate=a.lr, batch_size=a.batch_size, max_length=a.max_length,
+                            save_steps=10_000, logging_steps=10_000, group_by_length=a.group_by_length,
+                            margin="none", weight_decay=0.0)
+    trainer, _, warm = make_trainer("helpfulness", pairs, model, tok, cfg, work, a.seed, a.steps,
+                                    logging.getLogger("bench"))
+    timer = _timer(a.skip)
+    trainer.add_callback(timer)
+    trainer.train()
+    return steps_per_s(timer, a.skip, a.steps)
+
+
+def run_trl(backbone, pairs, a, work) -> float:
+    import datasets
+    from trl import RewardConfig, RewardTrainer
+
+    from reward_models.modeling import load_reward_model
+    from reward_models.training import pair_features, warmup_steps, RewardModelConfig
+
+    torch.manual_seed(a.seed)
+    model, tok = load_reward_model(backbone, for_training=True)
+    cols = pair_features(tok, pairs, "none", a.max_length)  # identical token ids to ours
+    ds = datasets.Dataset.from_dict({"chosen_ids": cols["chosen_input_ids"], "rejected_ids": cols["rejected_input_ids"]})
+    _, warm = warmup_steps(len(pairs), RewardModelConfig(batch_size=a.batch_size))
+    args = RewardConfig(output_dir=str(work), per_device_train_batch_size=a.batch_size, learning_rate=a.lr,
+                        max_steps=a.steps, lr_scheduler_type="cosine_with_min_lr",
+                        lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=warm, weight_decay=0.0,
+                        max_length=a.max_length, disable_dropout=False, save_steps=10_000, logging_steps=10_000,
+                        report_to=[], seed=a.seed, dataloader_num_workers=0, disable_tqdm=True,
+                        bf16=torch.cuda.is_available())
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    timer = _timer(a.skip)
+    trainer.add_callback(timer)
+    trainer.train()
+    return steps_per_s(timer, a.skip, a.steps)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="tiny")
+    ap.add_argument("--pairs", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--skip", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    import trl
+
+    from pipeline.data import hh_pairs
+
+    pairs = hh_pairs(DATA, source="helpfulness")[0][: a.pairs]
+    tmp = Path(tempfile.mkdtemp(prefix="rm_speed_"))
+    backbone = a.backbone
+    if backbone == "tiny":
+        from pipeline.tiny import build_tiny
+
+        backbone = str(build_tiny(tmp / "tiny")["reward_model"])
+    ours, theirs = [], []
+    for r in range(a.repeats):
+        ours.append(run_ours(backbone, pairs, a, tmp / f"ours{r}"))
+        theirs.append(run_trl(backbone, pairs, a, tmp / f"trl{r}"))
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(json.dumps({"backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size,
+                      "max_length": a.max_length, "steps": a.steps, "group_by_length": a.group_by_length,
+                      "ours_steps_per_s": [round(x, 3) for x in ours], "trl_steps_per_s": [round(x, 3) for x in theirs],
+                      "median_ours": round(o, 3), "median_trl": round(t, 3), "ratio_ours_over_trl": round(o / t, 3)}))
+
+
+if __name__ == "__main__":
+    main()
