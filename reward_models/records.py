@@ -70,7 +70,7 @@ def _base_suffix(path: Path) -> str:
 
 def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
     rows, errors = [], RowErrors(path)
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 etc. are legal in JSON strings
         if not line.strip():
             continue
         try:
