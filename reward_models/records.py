@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 
 MAX_LISTED_ERRORS = 20
@@ -53,7 +54,7 @@ def _open_text(path: Path) -> str:
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
-        except OSError as e:
+        except (OSError, EOFError, zlib.error) as e:  # not gzip / truncated / corrupt
             raise InputError(f"{path}: not a valid gzip file ({e})") from None
     try:
         return raw.decode("utf-8-sig")
