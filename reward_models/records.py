@@ -92,16 +92,56 @@ def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: json: not valid JSON ({e.msg})") from None
+    wrapped = isinstance(data, dict) and isinstance(data.get("data"), list)
     if isinstance(data, dict):  # {"data": [...]} or a single object
         data = data.get("data", [data])
     if not isinstance(data, list):
         raise InputError(f"{path}: json: expected a list of objects")
+    lines = _json_item_lines(text, wrapped)
+    if len(lines) != len(data):  # a single object (line 1), or duplicate "data" keys: item numbers
+        lines = list(range(1, len(data) + 1))
     errors = RowErrors(path)
-    for i, obj in enumerate(data, start=1):
+    for i, (line, obj) in enumerate(zip(lines, data), start=1):
         if not isinstance(obj, dict):
-            errors.add(i, "json", f"item {i} is a {type(obj).__name__}, expected an object")
+            errors.add(line, "json", f"item {i} is a {type(obj).__name__}, expected an object")
     errors.raise_if_any()
-    return list(enumerate(data, start=1))
+    return list(zip(lines, data))
+
+
+def _json_item_lines(text: str, wrapped: bool) -> list[int]:
+    """The 1-based line on which each item of the top-level array (or of {"data": [...]}) starts,
+    so errors in a pretty-printed .json file point at the right line. `text` is valid JSON."""
+    decoder, i = json.JSONDecoder(), _skip_ws(text, 0)
+    if wrapped:  # walk the object's keys to the value of "data"
+        i = _skip_ws(text, i + 1)
+        while text[i] != "}":
+            key, i = decoder.raw_decode(text, i)
+            i = _skip_ws(text, _skip_ws(text, i) + 1)  # past the colon
+            if key == "data" and text[i] == "[":
+                break
+            _, i = decoder.raw_decode(text, i)
+            i = _skip_ws(text, i)
+            i = _skip_ws(text, i + 1) if text[i] == "," else i
+        else:
+            return []
+    if text[i] != "[":
+        return []
+    lines, line, counted = [], 1, 0
+    i = _skip_ws(text, i + 1)
+    while text[i] != "]":
+        line += text.count("\n", counted, i)
+        counted = i
+        lines.append(line)
+        _, i = decoder.raw_decode(text, i)
+        i = _skip_ws(text, i)
+        i = _skip_ws(text, i + 1) if text[i] == "," else i
+    return lines
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\n\r":
+        i += 1
+    return i
 
 
 def _read_csv(path: Path, text: str) -> list[tuple[int, dict]]:
