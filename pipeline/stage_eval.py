@@ -152,6 +152,9 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     metrics = summarise(name, records[name], compared=compared, judges=judges,
                         suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
                         max_of_k=_max_of_k(samples))
+    # the compared versions judged by the same judges in this run (like-for-like headline figures)
+    metrics["compared"] = {v: {k: summarise(v, recs, judges=judges)[k] for k in ("safety", "helpfulness")}
+                           for v, recs in compared.items()}
     trend = load_trend(root, exclude=name)
     have = {t["version"] for t in trend}
     for v, recs in compared.items():  # a compared version never evaluated on its own: from this run

@@ -1,0 +1,81 @@
+"""`saferounds demo`: the whole method, offline, on a CPU, in minutes.
+
+tiny preset -> step 0 pretraining -> SFT (v0) -> helpfulness and safety RMs -> rejection-sampling
+rounds v1 and v2 -> rejection sampling then PPO for v3 -> every version evaluated -> the report
+with trends. The data is the project's own synthetic generator (pipeline.synthetic); the sizes
+below keep `smoke` under 3 minutes and `default` under 10 on 2 CPU cores (bench/demo_time.py).
+
+A demo workspace is an ordinary workspace: `saferounds status -w DIR` and every other command
+work on it, and re-running the demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from pipeline.presets import init_workspace
+from pipeline.rounds import run_round
+from pipeline.v0 import run_pretrain, run_sft
+from pipeline.workspace import Workspace, read_json
+from reward_models.records import InputError
+
+# Overrides of the tiny preset per demo size (the preset itself is what `init --preset tiny` writes).
+SIZES: dict[str, dict] = {
+    "smoke": {
+        "pretrain": {"epochs": 1},
+        "sft": {"epochs": 4},
+        "reward_models": {"epochs": 1},
+        "rejection_sampling": {"k": 4},
+        "ppo": {"steps": 4},
+    },
+    "default": {},
+}
+
+
+def _stage_done(manifest: dict, stage: str) -> bool:
+    return manifest.get("stages", {}).get(stage, {}).get("status") in ("done", "skipped")
+
+
+def run_demo(directory: str | Path, size: str = "default",
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Build or resume the demo workspace and run every stage; return the headline figures."""
+    if size not in SIZES:
+        raise InputError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
+    say = progress or (lambda message: None)
+    directory = Path(directory)
+    started = time.time()
+    ws = Workspace(directory)
+    if not ws.exists():
+        say(f"writing the tiny preset and synthetic data ({size}) to {directory}")
+        init_workspace(directory, "tiny", data_size=size, overrides=SIZES[size])
+        ws = Workspace(directory)
+    with ws.lock():
+        if 0 not in ws.finished_versions():
+            partial = ws.manifest(0) if ws.partial_dir(0).exists() else {}
+            if not _stage_done(partial, "pretrain"):
+                say("v0: step 0 domain pretraining")
+                run_pretrain(ws)
+            say("v0: supervised fine-tuning")
+            run_sft(ws)
+        while ws.partial_versions() or (ws.latest() or 0) < ws.config.rounds.max_version:
+            run_round(ws, progress=say)
+    return summary(ws, seconds=time.time() - started)
+
+
+def summary(ws: Workspace, seconds: float | None = None) -> dict:
+    """Headline figures of the newest version's evaluation (which covers v0 and the previous one)."""
+    latest = ws.latest()
+    metrics_path = ws.version_dir(latest) / "eval" / "metrics.json"
+    out = {"workspace": str(ws.root), "latest": f"v{latest}", "seconds": None if seconds is None else round(seconds, 1),
+           "report": str(metrics_path.with_name("report.html"))}
+    if metrics_path.exists():
+        from pipeline.stage_eval import load_trend
+
+        m = read_json(metrics_path)
+        out["trend"] = load_trend(ws.root)
+        out["compared"] = m.get("compared", {})
+        out["safety"] = {k: m["safety"].get(k) for k in ("violation_rate", "false_refusal_rate")}
+        out["helpfulness"] = {k: m["helpfulness"].get(k) for k in ("mean_score", "reference_overlap", "win_rate")}
+    return out
