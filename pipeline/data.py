@@ -294,8 +294,7 @@ def load_rankings(path, source: str | None = None) -> list[dict]:
         if not isinstance(responses, list) or len(responses) < 2:
             errors.add(line, "responses", "expected a list of at least 2 responses")
             continue
-        texts = [_text({"responses": r}, "responses", line, _Prefixed(errors, f"[{i}]"))
-                 for i, r in enumerate(responses)]
+        texts = [_text({f"responses[{i}]": r}, f"responses[{i}]", line, errors) for i, r in enumerate(responses)]
         ranking = row.get("ranking")
         if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))) \
                 or any(isinstance(r, bool) for r in ranking):
