@@ -296,8 +296,8 @@ def load_rankings(path, source: str | None = None) -> list[dict]:
             continue
         texts = [_text({f"responses[{i}]": r}, f"responses[{i}]", line, errors) for i, r in enumerate(responses)]
         ranking = row.get("ranking")
-        if not isinstance(ranking, list) or sorted(ranking) != list(range(len(responses))) \
-                or any(isinstance(r, bool) for r in ranking):
+        if not isinstance(ranking, list) or any(type(r) is not int for r in ranking) \
+                or sorted(ranking) != list(range(len(responses))):  # ints only: no bools, floats, strings
             errors.add(line, "ranking", f"expected a permutation of 0..{len(responses) - 1} "
                                         f"(response indices, best first), got {ranking!r}")
             continue
