@@ -156,6 +156,8 @@ def load_sft(path) -> list[dict]:
             if turns is not None:
                 if turns[-1]["role"] != "assistant" or len(turns) < 2:
                     errors.add(line, "messages", "an SFT conversation must end with an assistant turn")
+                elif turns[-2]["role"] != "user":
+                    errors.add(line, "messages", "the turn before the final assistant turn must be a user turn")
                 else:
                     messages, completion = turns[:-1], turns[-1]["content"]
         else:
