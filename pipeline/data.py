@@ -149,7 +149,13 @@ def load_sft(path) -> list[dict]:
     for line, row in read_rows(path):
         if "completion" in row:
             messages = _prompt_turns(row, line, errors)
-            completion = _text(row, "completion", line, errors)
+            if isinstance(row["completion"], list):  # TRL conversational: [{"role": "assistant", ...}]
+                before, completion = _response(row["completion"], "completion", line, errors)
+                if before:
+                    errors.add(line, "completion", "expected one assistant turn (the prompt goes in prompt)")
+                    completion = None
+            else:
+                completion = _text(row, "completion", line, errors)
         elif isinstance(row.get("messages"), list):
             turns = _turns(row["messages"], "messages", line, errors)
             messages = completion = None
