@@ -237,6 +237,10 @@ def load_preferences(path, source: str | None = None) -> list[dict]:
                 prompt = _prompt_turns(row, line, errors)
             elif prompt_c:  # TRL implicit prompt: the shared turns before the responses
                 prompt = prompt_c
+                if prompt_r is not None and prompt_r != prompt_c:
+                    errors.add(line, "rejected", "its turns before the response differ from chosen's "
+                                                 "(an implicit prompt must be the same in both)")
+                    prompt = None
             else:
                 errors.add(line, "prompt", "missing")
                 prompt = None
