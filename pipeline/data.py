@@ -17,6 +17,7 @@ for each bad row (capped), so nothing downstream ever starts on bad data.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -257,10 +258,10 @@ def load_preferences(path, source: str | None = None) -> list[dict]:
         else:
             try:
                 margin = float(margin)
-                if isinstance(row.get("margin"), bool):
+                if isinstance(row.get("margin"), bool) or not math.isfinite(margin):
                     raise ValueError
             except (TypeError, ValueError):
-                errors.add(line, "margin", f"expected a number, got {row.get('margin')!r}")
+                errors.add(line, "margin", f"expected a finite number, got {row.get('margin')!r}")
                 margin = None
         if None in (prompt, chosen, rejected):
             continue
