@@ -126,7 +126,9 @@ def load_prompts(path) -> list[dict]:
     stem = Path(str(path)).stem.split(".")[0]
     for line, row in read_rows(path):
         messages = _prompt_turns(row, line, errors)
-        pid = row.get("id", f"{stem}-{line}")
+        pid = row.get("id")
+        if pid is None or pid == "":  # no id column, or a blank CSV cell / null: number it by line
+            pid = f"{stem}-{line}"
         if not isinstance(pid, (str, int)) or isinstance(pid, bool):
             errors.add(line, "id", f"expected a string or integer, got {pid!r}")
         pid = str(pid)
