@@ -188,7 +188,17 @@ def _split_hh(transcript: str):
              for speaker, text in zip(parts[1::2], parts[2::2])]
     if turns[-1]["role"] != "assistant":
         return None, None
-    return turns[:-1], turns[-1]["content"]
+    prompt: list[dict] = []
+    for turn in turns[:-1]:  # a few public rows have empty turns or one speaker twice in a row;
+        if not turn["content"]:  # chat templates (Llama 2's) insist on alternating non-empty turns
+            continue
+        if prompt and prompt[-1]["role"] == turn["role"]:
+            prompt[-1]["content"] += "\n\n" + turn["content"]
+        else:
+            prompt.append(turn)
+    if not prompt or prompt[-1]["role"] != "user":
+        return None, None
+    return prompt, turns[-1]["content"]
 
 
 def _is_hh(row) -> bool:
