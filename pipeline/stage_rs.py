@@ -45,6 +45,13 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
+def _on_accelerator(model):
+    """Sample and score on the GPU when there is one (quantised models are already placed)."""
+    if torch.cuda.is_available() and not getattr(model, "is_quantized", False) and model.device.type == "cpu":
+        model.to("cuda")
+    return model
+
+
 def round_seed(seed: int, version: int) -> int:
     """A different, reproducible sampling seed for every round."""
     return int.from_bytes(hashlib.sha256(f"rs\x1f{seed}\x1f{version}".encode()).digest()[:4], "little")
@@ -104,7 +111,11 @@ def _load_rms(ctx):
     if missing:
         raise InputError(f"rs stage of v{ctx.version}: no {' or '.join(missing)} reward model yet; plan an "
                          "`rm` stage before `rs` (rounds.plan) or train one with `saferounds rm train`")
-    return {k: load_reward_model(ctx.rm_paths[k], ctx.config.model) for k in ("helpfulness", "safety")}
+    rms = {}
+    for kind in ("helpfulness", "safety"):
+        model, tok = load_reward_model(ctx.rm_paths[kind], ctx.config.model)
+        rms[kind] = (_on_accelerator(model), tok)
+    return rms
 
 
 def run(ctx) -> dict:
@@ -132,6 +143,7 @@ def run(ctx) -> dict:
     if not selected_path.exists():
         ctx.log.info("rs v%d: loading policy %s", version, ctx.parent_policy)
         model, tok = load_policy(ctx.parent_policy, ctx.config.model)
+        model = _on_accelerator(model)
 
         # 1. temperature (LLaMA 2 Fig. 8: re-tuned every round)
         temperature, sweep = temperature_for_round(cfg, version), None
