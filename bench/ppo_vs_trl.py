@@ -36,6 +36,11 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def now() -> tuple[float, float]:
+    """(wall, CPU time of this process): on a shared machine CPU time is the fairer clock."""
+    return time.perf_counter(), time.process_time()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -45,6 +50,41 @@ def prompts(n: int) -> list[dict]:
     return [{"id": f"p{i}", "messages": [{"role": "user", "content": f"Tell me something about {topics[i % 12]}, "
                                                                     f"item {i}."}], "is_safety": False}
             for i in range(n)]
+
+
+def sft_policy(src: Path, dst: Path, steps: int = 80) -> None:
+    """The `eos` scenario: the tiny policy briefly fine-tuned to answer in 2-30 words and stop, like
+    any SFT model, so responses end at EOS with varied lengths (identical weights for every side)."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (dst / "config.json").exists():
+        return
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src)
+    words = ["sure", "the", "cat", "rain", "is", "good", "map", "tea", "here", "a", "fact", "about", "it"]
+    rows = []
+    for p in prompts(256):
+        text = tok.apply_chat_template(p["messages"] + [{"role": "assistant", "content": " ".join(
+            rng.choice(words) for _ in range(rng.randint(2, 30)))}], tokenize=False)
+        rows.append(tok(text, add_special_tokens=False)["input_ids"])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        batch = rng.sample(rows, 16)
+        width = max(map(len, batch))
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in batch])
+        labels = torch.tensor([r + [-100] * (width - len(r)) for r in batch])
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
 
 
 def load_models(paths):
@@ -74,9 +114,9 @@ def run_ours(a, paths, value_model: str) -> list[float]:
     cfg = PPOConfig(steps=a.steps, batch_size=a.batch, mini_batch_size=a.mini_batch, ppo_epochs=a.epochs,
                     rollout_batch_size=a.batch, learning_rate=a.lr, beta=a.beta, max_new_tokens=a.response_length,
                     temperature=1.0, value_model=value_model, save_every=10_000, seed=0)
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     train_ppo(policy, tok, data, score_fn, cfg, ref_policy=ref, critic=value if value_model == "critic" else None,
-              log_path=WORK / f"log-{value_model}.jsonl", progress=lambda _: stamps.append(time.perf_counter()))
+              log_path=WORK / f"log-{value_model}.jsonl", progress=lambda _: stamps.append(now()))
     return stamps
 
 
@@ -103,11 +143,11 @@ def run_trl(a, paths) -> list[float]:
         logging_steps=1, seed=0, use_cpu=True, bf16=False, fp16=False, disable_tqdm=True,
         dataloader_num_workers=0)
 
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
 
     class Stamp(TrainerCallback):
         def on_step_end(self, *args, **kwargs):
-            stamps.append(time.perf_counter())
+            stamps.append(now())
 
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
                          train_dataset=train, value_model=value, eval_dataset=evals, callbacks=[Stamp()])
@@ -119,7 +159,8 @@ def worker(a) -> None:
     import torch
 
     torch.set_num_threads(1)
-    paths = {"policy": WORK / "tiny" / "policy", "reward_model": WORK / "tiny" / "reward_model"}
+    paths = {"policy": WORK / ("tiny-sft" if a.scenario == "eos" else "tiny") / "policy",
+             "reward_model": WORK / "tiny" / "reward_model"}
     before = rss_mb()
     prof = None
     if a.profile:
@@ -135,9 +176,13 @@ def worker(a) -> None:
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(45)
         (WORK / f"profile-{a.worker}.txt").write_text(out.getvalue())
-    steps = [b - c for b, c in zip(stamps[1:], stamps[:-1])]  # step 1 (warm-up) excluded
-    print(json.dumps({"side": a.worker, "step_s": steps, "first_step_s": stamps[0] - t0,
-                      "rss_start_mb": before, "peak_rss_mb": peak_rss_mb()}))
+    pairs = list(zip(stamps[1:], stamps[:-1]))  # step 1 (warm-up) excluded
+    lengths = []
+    if a.worker != "trl":
+        lengths = [json.loads(l)["response_length"] for l in (WORK / f"log-{a.worker.split('-')[1]}.jsonl").open()]
+    print(json.dumps({"side": a.worker, "step_s": [b[0] - c[0] for b, c in pairs],
+                      "step_cpu_s": [b[1] - c[1] for b, c in pairs], "first_step_s": stamps[0][0] - t0,
+                      "response_length": lengths, "rss_start_mb": before, "peak_rss_mb": peak_rss_mb()}))
 
 
 def main() -> None:
@@ -153,6 +198,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--scenario", choices=["fixed", "eos"], default="fixed",
+                   help="fixed: random-init policy, every response runs to --response-length; eos: an "
+                        "SFT'd policy whose responses stop at EOS after 2-30 words")
+    p.add_argument("--repeats", type=int, default=2, help="runs per side, interleaved (shared machines)")
     p.add_argument("--python", default=sys.executable, help="interpreter for every side (needs trl for 'trl')")
     a = p.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -162,32 +211,44 @@ def main() -> None:
     from pipeline.tiny import build_tiny
     WORK.mkdir(exist_ok=True)
     build_tiny(WORK / "tiny")
-    passthrough = [f"--steps={a.steps}", f"--batch={a.batch}", f"--mini-batch={a.mini_batch}",
+    if a.scenario == "eos":
+        sft_policy(WORK / "tiny" / "policy", WORK / "tiny-sft" / "policy")
+    passthrough = [f"--scenario={a.scenario}", f"--steps={a.steps}", f"--batch={a.batch}", f"--mini-batch={a.mini_batch}",
                    f"--epochs={a.epochs}", f"--response-length={a.response_length}", f"--prompts={a.prompts}",
                    f"--lr={a.lr}", f"--beta={a.beta}"] + (["--profile"] if a.profile else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    results = {}
-    for side in a.sides.split(","):
-        proc = subprocess.run([a.python, __file__, f"--worker={side}", *passthrough], env=env,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
-        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
-    (WORK / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"batch {a.batch}, mini-batch {a.mini_batch}, PPO epochs {a.epochs}, response length "
-          f"{a.response_length}, {a.steps - 1} timed steps, 1 CPU thread")
-    print(f"{'side':<12} {'s/step (median)':>16} {'peak RSS MB':>12} {'RSS growth MB':>14}")
-    med = {}
+    results: dict[str, dict] = {}
+    for _ in range(a.repeats):
+        for side in a.sides.split(","):
+            proc = subprocess.run([a.python, __file__, f"--worker={side}", *passthrough], env=env,
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            agg = results.setdefault(side, {"step_s": [], "step_cpu_s": [], "peak_rss_mb": [], "rss_start_mb": [],
+                                            "response_length": []})
+            for k in agg:
+                agg[k] += r[k] if isinstance(r[k], list) else [r[k]]
+    (WORK / f"results-{a.scenario}.json").write_text(json.dumps(results, indent=2))
+
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2]
+    print(f"scenario {a.scenario}: batch {a.batch}, mini-batch {a.mini_batch}, PPO epochs {a.epochs}, response "
+          f"length <= {a.response_length}, {a.steps - 1} timed steps x {a.repeats} runs, 1 CPU thread")
+    print(f"{'side':<12} {'CPU s/step':>10} {'wall s/step':>11} {'peak RSS MB':>11} {'growth MB':>9} {'mean len':>8}")
+    cpu, peak = {}, {}
     for side, r in results.items():
-        steps = sorted(r["step_s"])
-        med[side] = steps[len(steps) // 2]
-        print(f"{side:<12} {med[side]:>16.3f} {r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] - r['rss_start_mb']:>14.0f}")
+        cpu[side], peak[side] = median(r["step_cpu_s"]), max(r["peak_rss_mb"])
+        growth = max(p - s0 for p, s0 in zip(r["peak_rss_mb"], r["rss_start_mb"]))
+        mean_len = sum(r["response_length"]) / len(r["response_length"]) if r["response_length"] else float("nan")
+        print(f"{side:<12} {cpu[side]:>10.3f} {median(r['step_s']):>11.3f} {peak[side]:>11.0f} {growth:>9.0f} "
+              f"{mean_len:>8.1f}")
     if "trl" in results:
         for side in results:
             if side != "trl":
-                print(f"{side}: {med['trl'] / med[side]:.2f}x TRL's speed, "
-                      f"{results[side]['peak_rss_mb'] / results['trl']['peak_rss_mb']:.2f}x its peak RSS")
-
+                print(f"{side}: {cpu['trl'] / cpu[side]:.2f}x TRL's speed (CPU time per step), "
+                      f"{peak[side] / peak['trl']:.2f}x its peak RSS")
 
 if __name__ == "__main__":
     main()
