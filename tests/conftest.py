@@ -53,3 +53,24 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from pipeline.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny_models"), seed=0)
+
+
+_CLI_REGISTERED = False
+
+
+@pytest.fixture
+def cli_main(monkeypatch):
+    """`pipeline.cli.main`, with the other areas' sub-commands registered once per test session.
+
+    main() registers them again on every call (see test_cli_basics.py::test_main_registers_sub_commands_once),
+    so each in-process call builds a bigger command tree than the last; tests that call main() dozens of
+    times would slow down quadratically. Exit codes and messages are main()'s own.
+    """
+    global _CLI_REGISTERED
+    import pipeline.cli as cli
+
+    if not _CLI_REGISTERED:
+        cli._register_subcommands()
+        _CLI_REGISTERED = True
+    monkeypatch.setattr(cli, "_register_subcommands", lambda: None)
+    return cli.main

@@ -195,11 +195,9 @@ def write_bad_config(ws: Path) -> None:
     (ws / CONFIG_NAME).write_text(text)
 
 
-def test_cli_status_on_a_bad_config_exits_2_with_the_key_path(tiny_workspace, capsys):
-    from pipeline.cli import main
-
+def test_cli_status_on_a_bad_config_exits_2_with_the_key_path(tiny_workspace, capsys, cli_main):
     write_bad_config(tiny_workspace)
-    assert main(["status", "-w", str(tiny_workspace)]) == 2
+    assert cli_main(["status", "-w", str(tiny_workspace)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tiny_workspace / CONFIG_NAME}: model.lora.rank: unknown key; "
                           "allowed here: alpha, dropout, enabled, r, target_modules")

@@ -77,17 +77,15 @@ def test_the_corpus_is_complete():
     assert sorted(p.name for p in MALFORMED.iterdir()) == sorted(name for name, *_ in MALFORMED_TABLE)
 
 
-def validate_cli(capsys, path, kind) -> tuple[int, str]:
-    from pipeline.cli import main
-
-    code = main(["data", "validate", str(path), "--kind", kind])
+def validate_cli(cli_main, capsys, path, kind) -> tuple[int, str]:
+    code = cli_main(["data", "validate", str(path), "--kind", kind])
     return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, kind, line, field", MALFORMED_TABLE, ids=[row[0] for row in MALFORMED_TABLE])
-def test_malformed_file_exits_2_naming_file_line_and_field(capsys, name, kind, line, field):
+def test_malformed_file_exits_2_naming_file_line_and_field(cli_main, capsys, name, kind, line, field):
     path = MALFORMED / name
-    code, err = validate_cli(capsys, path, kind)
+    code, err = validate_cli(cli_main, capsys, path, kind)
     assert code == 2, err
     assert err.startswith("error: ") and "Traceback" not in err
     problems = err[len("error: "):].splitlines()
@@ -98,10 +96,10 @@ def test_malformed_file_exits_2_naming_file_line_and_field(capsys, name, kind, l
         assert len(problems) == 1, err  # exactly the one bad row, no knock-on errors
 
 
-def test_over_long_text_is_rejected(tmp_path, capsys):
+def test_over_long_text_is_rejected(tmp_path, capsys, cli_main):
     path = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "hi", "completion": "ok"},
                                                  {"prompt": "hi", "completion": "x" * (MAX_TEXT_CHARS + 1)}])
-    code, err = validate_cli(capsys, path, "sft")
+    code, err = validate_cli(cli_main, capsys, path, "sft")
     assert code == 2
     assert err == (f"error: {path}:2: completion: text of {MAX_TEXT_CHARS + 1} characters is over the "
                    f"{MAX_TEXT_CHARS} limit\n")
@@ -117,14 +115,12 @@ def test_every_bad_row_is_listed_up_to_20(tmp_path):
     assert len(lines) == 21 and lines[-1] == f"... and 5 more problem(s) in {path}"
 
 
-def test_validate_a_good_file_and_a_bad_kind(demo_data, capsys):
-    from pipeline.cli import main
-
+def test_validate_a_good_file_and_a_bad_kind(demo_data, capsys, cli_main):
     assert validate_file(demo_data / "rankings.jsonl", "rankings") == 80
-    assert main(["data", "validate", str(demo_data / "prompts.jsonl"), "--kind", "prompts", "--json"]) == 0
+    assert cli_main(["data", "validate", str(demo_data / "prompts.jsonl"), "--kind", "prompts", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"file": str(demo_data / "prompts.jsonl"), "kind": "prompts", "records": 60, "ok": True}
-    code, err = validate_cli(capsys, demo_data / "prompts.jsonl", "dpo")
+    code, err = validate_cli(cli_main, capsys, demo_data / "prompts.jsonl", "dpo")
     assert code == 2 and "--kind: expected one of prompts, sft, preferences, rankings, text, got 'dpo'" in err
 
 

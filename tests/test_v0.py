@@ -79,16 +79,14 @@ def small_v0_config(ws) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
-def test_cli_pretrain_and_sft_produce_a_finished_v0(tiny_workspace, tiny_models, capsys):
-    from pipeline.cli import main
-
+def test_cli_pretrain_and_sft_produce_a_finished_v0(tiny_workspace, tiny_models, capsys, cli_main):
     small_v0_config(tiny_workspace)
     shutil.copytree(tiny_models["policy"].parent, tiny_workspace / "models" / "tiny")  # reuse the build
     ws = Workspace(tiny_workspace)
-    assert main(["pretrain", "-w", str(tiny_workspace)]) == 0
+    assert cli_main(["pretrain", "-w", str(tiny_workspace)]) == 0
     assert ws.partial_versions() == [0] and ws.finished_versions() == []
     assert ws.manifest(0)["stages"]["pretrain"]["status"] == "done"
-    assert main(["sft", "-w", str(tiny_workspace)]) == 0
+    assert cli_main(["sft", "-w", str(tiny_workspace)]) == 0
     assert "v0 done: held-out loss" in capsys.readouterr().out
     assert ws.finished_versions() == [0] and ws.partial_versions() == []
     m = ws.manifest(0)
@@ -102,32 +100,28 @@ def test_cli_pretrain_and_sft_produce_a_finished_v0(tiny_workspace, tiny_models,
     assert (ws.version_dir(0) / "pretrain" / "model.safetensors").exists()
     assert not (ws.version_dir(0) / "work").exists()
     before = (ws.version_dir(0) / "manifest.json").read_text()
-    assert main(["sft", "-w", str(tiny_workspace)]) == 2  # a finished version is never modified
+    assert cli_main(["sft", "-w", str(tiny_workspace)]) == 2  # a finished version is never modified
     assert "v0: already finished" in capsys.readouterr().err
-    assert main(["pretrain", "-w", str(tiny_workspace)]) == 2
+    assert cli_main(["pretrain", "-w", str(tiny_workspace)]) == 2
     assert (ws.version_dir(0) / "manifest.json").read_text() == before
-    assert main(["versions", "show", "v0", "-w", str(tiny_workspace), "--json"]) == 0
+    assert cli_main(["versions", "show", "v0", "-w", str(tiny_workspace), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == "v0"
 
 
-def test_sft_with_no_data_listed_exits_2(tiny_workspace, capsys):
-    from pipeline.cli import main
-
+def test_sft_with_no_data_listed_exits_2(tiny_workspace, capsys, cli_main):
     path = tiny_workspace / "saferounds.yaml"
     data = yaml.safe_load(path.read_text())
     data["data"]["sft"] = []
     path.write_text(yaml.safe_dump(data))
-    assert main(["sft", "-w", str(tiny_workspace)]) == 2
+    assert cli_main(["sft", "-w", str(tiny_workspace)]) == 2
     assert "data.sft: no files listed" in capsys.readouterr().err
     assert not (tiny_workspace / "versions").exists()  # nothing written before the input was checked
 
 
 @pytest.mark.parametrize("bad_row", ['{"prompt": "q"}', '{"prompt": "q", "completion": ""}'])
-def test_sft_with_a_bad_file_fails_before_writing(tiny_workspace, capsys, bad_row):
-    from pipeline.cli import main
-
+def test_sft_with_a_bad_file_fails_before_writing(tiny_workspace, capsys, bad_row, cli_main):
     sft = tiny_workspace / "data" / "sft.jsonl"
     sft.write_text(sft.read_text() + bad_row + "\n")
-    assert main(["sft", "-w", str(tiny_workspace)]) == 2
+    assert cli_main(["sft", "-w", str(tiny_workspace)]) == 2
     assert f"{sft}:301: completion: " in capsys.readouterr().err
     assert not (tiny_workspace / "versions").exists()
