@@ -285,6 +285,8 @@ class Workspace:
         if building:
             raise InputError(f"v{n}: v{building[0]} is being built on it; discard v{building[0]} first")
         trash = self.versions_dir / f".v{n}.discarded"
+        if trash.exists():  # left by a discard that was killed before it finished deleting
+            shutil.rmtree(trash)
         os.replace(self.version_dir(n), trash)  # disappear atomically, then delete
         shutil.rmtree(trash)
 
