@@ -160,6 +160,11 @@ def test_discard_rules(tiny_workspace):
     assert sorted(p.name for p in ws.versions_dir.iterdir()) == ["v0", "v1"]  # nothing left behind
     ws.discard(1)
     assert ws.finished_versions() == [0]
+    # a discard killed between its rename and its delete leaves .vN.discarded; the next one still works
+    make_version(ws, 1)
+    (ws.versions_dir / ".v1.discarded" / "policy").mkdir(parents=True)
+    ws.discard(1)
+    assert sorted(p.name for p in ws.versions_dir.iterdir()) == ["v0"]
 
 
 def test_reward_model_versions(tiny_workspace):
