@@ -21,7 +21,7 @@ import math
 import re
 from pathlib import Path
 
-from reward_models.records import InputError, RowErrors, read_rows
+from reward_models.records import InputError, RowErrors, read_text, read_rows
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better", "unsure")
 SAFETY_LABELS = ("chosen_safe_rejected_unsafe", "both_safe", "both_unsafe")
@@ -336,14 +336,10 @@ def load_rankings(path, source: str | None = None) -> list[dict]:
 def load_text(path) -> list[str]:
     """Raw text for domain pretraining: a .txt file or records with a `text` field."""
     p = Path(str(path))
-    if p.suffix == ".txt":
-        if not p.exists():
+    if p.name.endswith((".txt", ".txt.gz")):
+        if not p.is_file():
             raise InputError(f"{p}: file not found")
-        try:
-            raw = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            line = p.read_bytes()[: e.start].count(b"\n") + 1
-            raise InputError(f"{p}:{line}: text: not valid UTF-8") from None
+        raw = read_text(p).replace("\r\n", "\n")  # gzip and UTF-8 errors with their line
         # Documents are separated by blank lines; a file without blank lines has one per line.
         sep = "\n\n" if "\n\n" in raw.strip() else "\n"
         docs = [d.strip() for d in raw.split(sep) if d.strip()]

@@ -49,7 +49,8 @@ class RowErrors:
         raise InputError("\n".join(shown + tail))
 
 
-def _open_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A text file's contents (gunzipped for .gz), or InputError naming the line of a non-UTF-8 byte."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
         try:
@@ -199,4 +200,4 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     if kind not in readers:
         raise InputError(f"{path}: unsupported file type '{kind or path.name}'; "
                          "use .jsonl, .json, .csv or .parquet (optionally .gz)")
-    return readers[kind](path, _open_text(path))
+    return readers[kind](path, read_text(path))
