@@ -195,6 +195,8 @@ def test_text(tmp_path):
     txt.write_text("one per line\nsecond\n", encoding="utf-8")
     assert load_text(txt) == ["one per line", "second"]
     assert load_text(write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])) == ["a", "b"]
+    (tmp_path / "t.txt.gz").write_bytes(gzip.compress(b"doc one\r\nstill one\r\n\r\ndoc two\r\n"))  # CRLF
+    assert load_text(tmp_path / "t.txt.gz") == ["doc one\nstill one", "doc two"]
     bad = tmp_path / "b.txt"
     bad.write_bytes(b"ok\nok\n\xff\n")
     with pytest.raises(InputError, match=r"b.txt:3: text: not valid UTF-8"):
