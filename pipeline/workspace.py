@@ -218,16 +218,25 @@ class Workspace:
         manifest_path = d / "manifest.json"
         if manifest_path.exists():
             return d
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = self.config
-        write_json(manifest_path, {
+        cfg = self.config  # may fail (bad config, unreadable input): before anything is created
+        manifest = {
             "version": f"v{n}", "number": n, "parent": None if parent is None else f"v{parent}",
             "status": "running", "created": now(), "finished": None,
             "stages": {s: {"status": "pending"} for s in stages},
             "config_hash": cfg.hash(), "config": cfg.to_dict(),
             "inputs": self.hash_inputs(inputs), "reward_models": {}, "metrics": {}, "timings": {},
             "packages": package_versions(),
-        })
+        }
+        # A .vN.partial without its manifest would be listed but unreadable (status and resume fail),
+        # so the directory appears only with its manifest inside.
+        new = self.versions_dir / f".v{n}.new"
+        if new.exists():
+            shutil.rmtree(new)
+        new.mkdir(parents=True)
+        write_json(new / "manifest.json", manifest)
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+        os.replace(new, d)
         return d
 
     def hash_inputs(self, inputs: list[str | Path]) -> dict[str, str]:
