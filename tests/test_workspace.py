@@ -96,6 +96,22 @@ def test_a_crash_while_writing_a_version_leaves_no_finished_version(tiny_workspa
     assert ws.finished_versions() == [0, 1] and ws.partial_versions() == []
 
 
+def test_a_version_that_cannot_start_leaves_nothing_behind(tiny_workspace, monkeypatch):
+    def unreadable(path):
+        raise PermissionError(f"{path}: permission denied")
+
+    monkeypatch.setattr(workspace_module, "sha256_file", unreadable)
+    ws = Workspace(tiny_workspace)
+    with pytest.raises(PermissionError):
+        ws.begin_version(0, None, ["sft"], ["data/sft.jsonl"])
+    monkeypatch.undo()
+    assert ws.partial_versions() == [] and not ws.versions_dir.exists()
+    (tiny_workspace / "saferounds.yaml").write_text("seed: [\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        Workspace(tiny_workspace).begin_version(0, None, ["sft"], [])
+    assert not ws.versions_dir.exists()
+
+
 def test_manifest_writes_are_atomic_and_leave_no_temporary_files(tiny_workspace, monkeypatch):
     ws = Workspace(tiny_workspace)
     d = make_version(ws, 0, finish=False)
