@@ -87,6 +87,19 @@ def sft_policy(src: Path, dst: Path, steps: int = 80) -> None:
     tok.save_pretrained(dst)
 
 
+def policy_sized_rm(policy: Path, dst: Path) -> None:
+    """A reward model with the policy's architecture and weights plus a fresh scalar head (LLaMA 2
+    initialises its RMs from the chat model); the value model starts from it, as in TRL."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if (dst / "config.json").exists():
+        return
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1).save_pretrained(dst)
+    AutoTokenizer.from_pretrained(policy).save_pretrained(dst)
+
+
 def load_models(paths):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -160,7 +173,7 @@ def worker(a) -> None:
 
     torch.set_num_threads(1)
     paths = {"policy": WORK / ("tiny-sft" if a.scenario == "eos" else "tiny") / "policy",
-             "reward_model": WORK / "tiny" / "reward_model"}
+             "reward_model": WORK / "rm-policy" if a.rm == "policy" else WORK / "tiny" / "reward_model"}
     before = rss_mb()
     prof = None
     if a.profile:
@@ -201,6 +214,9 @@ def main() -> None:
     p.add_argument("--scenario", choices=["fixed", "eos"], default="fixed",
                    help="fixed: random-init policy, every response runs to --response-length; eos: an "
                         "SFT'd policy whose responses stop at EOS after 2-30 words")
+    p.add_argument("--rm", choices=["policy", "tiny"], default="policy",
+                   help="reward (and so value) model: the policy's architecture and weights with a scalar head "
+                        "(LLaMA 2's layout), or the preset's smaller tiny RM")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, interleaved (shared machines)")
     p.add_argument("--python", default=sys.executable, help="interpreter for every side (needs trl for 'trl')")
     a = p.parse_args()
@@ -213,7 +229,9 @@ def main() -> None:
     build_tiny(WORK / "tiny")
     if a.scenario == "eos":
         sft_policy(WORK / "tiny" / "policy", WORK / "tiny-sft" / "policy")
-    passthrough = [f"--scenario={a.scenario}", f"--steps={a.steps}", f"--batch={a.batch}", f"--mini-batch={a.mini_batch}",
+    policy_sized_rm(WORK / "tiny" / "policy", WORK / "rm-policy")
+    passthrough = [f"--scenario={a.scenario}", f"--rm={a.rm}", f"--steps={a.steps}", f"--batch={a.batch}",
+                   f"--mini-batch={a.mini_batch}",
                    f"--epochs={a.epochs}", f"--response-length={a.response_length}", f"--prompts={a.prompts}",
                    f"--lr={a.lr}", f"--beta={a.beta}"] + (["--profile"] if a.profile else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -229,12 +247,13 @@ def main() -> None:
                                             "response_length": []})
             for k in agg:
                 agg[k] += r[k] if isinstance(r[k], list) else [r[k]]
-    (WORK / f"results-{a.scenario}.json").write_text(json.dumps(results, indent=2))
+    (WORK / f"results-{a.scenario}-{a.rm}.json").write_text(json.dumps(results, indent=2))
 
     def median(xs):
         xs = sorted(xs)
         return xs[len(xs) // 2]
-    print(f"scenario {a.scenario}: batch {a.batch}, mini-batch {a.mini_batch}, PPO epochs {a.epochs}, response "
+    print(f"scenario {a.scenario}, {a.rm}-sized reward/value model: batch {a.batch}, mini-batch {a.mini_batch}, "
+          f"PPO epochs {a.epochs}, response "
           f"length <= {a.response_length}, {a.steps - 1} timed steps x {a.repeats} runs, 1 CPU thread")
     print(f"{'side':<12} {'CPU s/step':>10} {'wall s/step':>11} {'peak RSS MB':>11} {'growth MB':>9} {'mean len':>8}")
     cpu, peak = {}, {}

@@ -385,7 +385,8 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         # 1. rollout, in chunks of rollout_batch_size
         chunks = []
         for c in range(0, len(idx), cfg.rollout_batch_size):
-            q_ids, q_mask = q_all[c: c + cfg.rollout_batch_size].to(device), qm_all[c: c + cfg.rollout_batch_size].to(device)
+            rows = slice(c, c + cfg.rollout_batch_size)
+            q_ids, q_mask = q_all[rows].to(device), qm_all[rows].to(device)
             t = time.perf_counter()
             r_ids, r_mask = generate(unwrapped.policy, q_ids, q_mask, cfg, pad_id, eos_id)
             t_gen += time.perf_counter() - t
@@ -399,7 +400,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
             texts = tokenizer.batch_decode(r_ids.masked_fill(r_mask == 0, pad_id).tolist(),
                                            skip_special_tokens=True)
             t = time.perf_counter()
-            score, used_safety = score_fn([prompts[i] for i in idx[c: c + cfg.rollout_batch_size]], texts)
+            score, used_safety = score_fn([prompts[i] for i in idx[rows]], texts)
             t_score += time.perf_counter() - t
             if used_safety is None:
                 used_safety = torch.zeros(len(texts), dtype=torch.bool)
