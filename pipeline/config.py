@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -139,10 +141,16 @@ def version_in_spec(version: int, spec: str) -> bool:
 
 
 def _check_version_spec(spec: str) -> str | None:
+    bad = f"expected a version spec like '2', '1-3' or '4+', got {spec!r}"
     try:
         version_in_spec(1, spec)
     except ValueError:
-        return f"expected a version spec like '2', '1-3' or '4+', got {spec!r}"
+        return bad
+    body = spec.strip().lstrip("v")
+    if "-" in body and not body.endswith("+"):
+        lo, hi = body.split("-", 1)
+        if int(lo) > int(hi.lstrip("v")):
+            return f"the range {spec!r} is reversed (low-high, e.g. '1-3')"
     return None
 
 
@@ -156,7 +164,8 @@ def _type_name(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        item = _type_name(typing.get_args(tp)[0])
+        return f"a list of {item[2:] + 's' if item.startswith('a ') else item}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
@@ -235,7 +244,9 @@ def build(cls, data: Any, prefix: str = "", errors: list[str] | None = None):
         key = f"{prefix}.{name}" if prefix else name
         value = _convert(data[name], hints[name], key, errors)
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append(f"{key}: {value!r} is not a finite number")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             if lo is not None and value < lo or hi is not None and value > hi:
                 rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
                 errors.append(f"{key}: {value!r} is out of range; allowed {rng}")
@@ -257,12 +268,46 @@ def build(cls, data: Any, prefix: str = "", errors: list[str] | None = None):
 def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
     errors: list[str] = []
     cfg = build(Config, data, "", errors)
-    if cfg is not None and not errors:
-        if cfg.model.load_in_4bit and cfg.model.load_in_8bit:
-            errors.append("model.load_in_4bit, model.load_in_8bit: choose at most one")
+    model = (data or {}).get("model") if isinstance(data, dict) else None
+    if isinstance(model, dict) and model.get("load_in_4bit") is True and model.get("load_in_8bit") is True:
+        errors.append("model.load_in_4bit, model.load_in_8bit: choose at most one")
+    if cfg is not None and not cfg.rounds.plan:
+        errors.append("rounds.plan: empty; give at least one {versions, stages} entry")
     if errors:
         raise InputError("\n".join(f"{source}: {e}" for e in errors))
     return cfg
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats (`1e-5` is a number, not a string) that rejects duplicate keys."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | Path) -> Config:
@@ -270,7 +315,7 @@ def load_config(path: str | Path) -> Config:
     if not path.exists():
         raise InputError(f"{path}: no config file; run `saferounds init` to create one")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -292,7 +337,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise InputError(f"--set {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_yaml(raw)
     return data
 
 

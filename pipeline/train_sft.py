@@ -89,6 +89,7 @@ def _training_args(train_cfg, work_dir: Path, seed: int, n_examples: int):
         seed=seed, data_seed=seed, report_to="none", bf16=use_bf16, remove_unused_columns=False,
         train_sampling_strategy="group_by_length", length_column_name="length",
         disable_tqdm=os.environ.get("SAFEROUNDS_QUIET") == "1", dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
 
 

@@ -20,20 +20,27 @@ from reward_models.records import InputError
 HELDOUT_FRACTION = 0.05
 
 
-def base_models(ws: Workspace) -> dict[str, str]:
-    """Paths or hub ids of the base policy and RM backbone (`tiny` builds them in the workspace)."""
+def resolve_model(ws: Workspace, key: str) -> str:
+    """Path or hub id of the base `policy` or `reward_model` named in the config.
+
+    `tiny` builds the tiny preset inside the workspace; `v0` (reward models only) means the SFT
+    policy with a scalar head added, as LLaMA 2 initialises its reward models from the chat model.
+    """
     cfg = ws.config
-    tiny = None
-    if "tiny" in (cfg.model.policy, cfg.model.reward_model):
-        tiny = build_tiny(ws.root / "models" / "tiny", seed=cfg.seed)
+    name = getattr(cfg.model, key)
+    if name == "tiny":
+        return str(build_tiny(ws.root / "models" / "tiny", seed=cfg.seed)[key])
+    if name == "v0":
+        if key != "reward_model":
+            raise InputError("model.policy: 'v0' is only meaningful for model.reward_model")
+        return str(ws.policy_path(0))
+    local = Path(str(ws.resolve(name)))
+    return str(local) if local.exists() else name  # else a hub id
 
-    def pick(name: str, key: str) -> str:
-        if name == "tiny":
-            return str(tiny[key])
-        local = Path(str(ws.resolve(name)))
-        return str(local) if local.exists() else name  # else a hub id
 
-    return {"policy": pick(cfg.model.policy, "policy"), "reward_model": pick(cfg.model.reward_model, "reward_model")}
+def base_models(ws: Workspace) -> dict[str, str]:
+    """Both base models (see resolve_model)."""
+    return {key: resolve_model(ws, key) for key in ("policy", "reward_model")}
 
 
 def split_heldout(items: list, seed: int, fraction: float = HELDOUT_FRACTION) -> tuple[list, list]:
@@ -67,7 +74,7 @@ def run_pretrain(ws: Workspace) -> dict:
     train, held = split_heldout(texts, cfg.seed)
     started = time.time()
     ws.set_stage(0, "pretrain", status="running", started=now())
-    metrics = pretrain(base_models(ws)["policy"], train, cfg.pretrain, cfg.model, d / "pretrain",
+    metrics = pretrain(resolve_model(ws, "policy"), train, cfg.pretrain, cfg.model, d / "pretrain",
                        d / "work" / "pretrain", seed=cfg.seed, heldout_texts=held)
     ws.set_stage(0, "pretrain", status="done", finished=now(), seconds=round(time.time() - started, 2),
                  metrics=metrics)
@@ -78,9 +85,12 @@ def run_sft(ws: Workspace) -> dict:
     cfg = ws.config
     examples = [x for f in _files(ws, "sft") for x in load_sft(ws.resolve(f))]
     d = _open_v0(ws)
-    manifest = ws.manifest(0)
-    pretrained = manifest["stages"].get("pretrain", {}).get("status") == "done"
-    base = str(d / "pretrain") if pretrained else base_models(ws)["policy"]
+    pretrain_status = ws.manifest(0)["stages"].get("pretrain", {}).get("status")
+    if pretrain_status in ("running", "failed"):
+        raise InputError("v0: step 0 pretraining did not finish; run `saferounds pretrain` again to "
+                         "resume it (or `saferounds round discard v0` to start v0 over)")
+    pretrained = pretrain_status == "done"
+    base = str(d / "pretrain") if pretrained else resolve_model(ws, "policy")
     if not pretrained:
         ws.set_stage(0, "pretrain", status="skipped")
     train, held = split_heldout(examples, cfg.seed)

@@ -102,25 +102,13 @@ def test_data_validate_a_good_file(demo_data, capsys, cli_main):
     assert capsys.readouterr().out.replace("\n", "").endswith("400 valid preferences record(s)")
 
 
-# --- known problems in pipeline/cli/__init__.py (not this suite's file): strict xfails ---------------
+# --- usage errors and repeated in-process calls ----------------------------------------------------
 
-try:  # typer >= 0.20 vendors click; these escape main() today
-    from typer._click.exceptions import ClickException as VENDORED_USAGE_ERROR
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException as VENDORED_USAGE_ERROR
-
-
-@pytest.mark.xfail(strict=True, raises=VENDORED_USAGE_ERROR,
-                   reason="main() tests isinstance(e, click.ClickException), but typer 0.29 raises its vendored "
-                          "typer._click exceptions: usage errors escape as tracebacks, exit 1")
 @pytest.mark.parametrize("argv", [["no-such-command"], ["status", "--bogus"], ["versions", "show"]])
 def test_usage_errors_exit_2(argv, capsys, cli_main):
     assert cli_main(argv) == 2
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="main() re-registers every sub-command group on each call; in-process callers pile up "
-                          "duplicates and each call gets slower (hence conftest's cli_main)")
 def test_main_registers_sub_commands_once(capsys):
     from pipeline.cli import app, main
 

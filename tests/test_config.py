@@ -167,22 +167,18 @@ def test_the_presets_are_valid():
         parse_config(yaml.safe_load(preset_text(name)), name)
 
 
-# --- known problems in pipeline/config.py (not this suite's file): strict xfails flip when fixed --
+# --- numbers, ranges and NaN ----------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="PyYAML reads `1e-5` (no dot) as a string; config.py rejects "
-                                       "learning_rate: 1e-5, the way most people write it")
 def test_exponent_without_a_dot_is_a_number(tmp_path):
     path = tmp_path / CONFIG_NAME
     path.write_text("sft:\n  learning_rate: 1e-5\n")
     assert load_config(path).sft.learning_rate == 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="config.py accepts a reversed range like '3-1' (it matches no version)")
 def test_reversed_version_range_is_an_error():
     error_of({"rounds": {"plan": [{"versions": "3-1", "stages": ["rs"]}]}})
 
 
-@pytest.mark.xfail(strict=True, reason="config.py's range check lets NaN through (nan < min is False)")
 def test_nan_is_out_of_range():
     error_of({"sft": {"epochs": float("nan")}})
 

@@ -194,7 +194,14 @@ def round_discard(version: str, workspace: WorkspaceOpt = None):
     console.print(f"discarded {version}")
 
 
+_registered = False
+
+
 def _register_subcommands() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for module_name, group in SUBCOMMANDS.items():
         try:
             module = importlib.import_module(module_name)
@@ -208,8 +215,29 @@ def _register_subcommands() -> None:
             app.add_typer(module.app, name=group or module_name.rsplit(".", 1)[-1])
 
 
+def _click_errors() -> tuple[type, ...]:
+    """typer bundles its own copy of click; catch usage errors from either."""
+    import click
+
+    found = [click.exceptions.ClickException]
+    try:
+        from typer._click import exceptions as bundled
+
+        found.append(bundled.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_errors()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SAFEROUNDS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    if os.environ.get("SAFEROUNDS_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["SAFEROUNDS_THREADS"]))
     _register_subcommands()
     try:
         rv = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
@@ -221,13 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted", file=sys.stderr)
         return 1
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except _CLICK_ERRORS as e:  # usage errors carry their own exit code (2)
+        e.show()
+        return e.exit_code
     return rv if isinstance(rv, int) else 0
 
 
