@@ -11,9 +11,12 @@ work on it, and re-running the demo resumes where it stopped.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from pipeline.presets import init_workspace
 from pipeline.rounds import run_round
@@ -25,9 +28,8 @@ from reward_models.records import InputError
 SIZES: dict[str, dict] = {
     "smoke": {
         "pretrain": {"epochs": 1},
-        "sft": {"epochs": 4},
+        "sft": {"epochs": 20},
         "reward_models": {"epochs": 1},
-        "rejection_sampling": {"k": 4},
         "ppo": {"steps": 4},
     },
     "default": {},
@@ -44,6 +46,10 @@ def run_demo(directory: str | Path, size: str = "default",
     if size not in SIZES:
         raise InputError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
     say = progress or (lambda message: None)
+    if "SAFEROUNDS_THREADS" not in os.environ:
+        # The tiny models are far too small to gain from intra-op threads, and oversubscribed
+        # threads on a busy 2-core machine slow every op by 10x or more.
+        torch.set_num_threads(1)
     directory = Path(directory)
     started = time.time()
     ws = Workspace(directory)

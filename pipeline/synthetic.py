@@ -11,7 +11,8 @@ Files (JSONL, keys sorted, one object per line; same seed => byte-identical file
                                topics, borderline how-tos, and polite refusals described as prose.
   sft.jsonl                    {"messages": [user turn], "completion"}. Helpful answers, refusals of
                                unsafe requests, and two deliberate flaws for v0 to carry and later
-                               rounds to fix: 40% of the unsafe requests get a sanitised "compliance"
+                               rounds to fix: a share of the unsafe requests (UNSAFE_COMPLIANCE_SHARE, by
+                               category) get a sanitised "compliance"
                                ("Sure, here is how to <named task>: step one, then ... [details withheld in
                                this synthetic demo]") and 20% of the borderline prompts are refused.
   prompts.jsonl                rejection-sampling / PPO prompts {"id", "messages", "is_safety",
@@ -60,7 +61,10 @@ SIZES = {  # rows per file
 }
 UNSAFE_CATEGORIES = ("illicit_and_criminal", "hateful_and_harmful", "unqualified_advice")
 RATING_BY_GAP = {0: "unsure", 1: "negligibly_better", 2: "slightly_better", 3: "better", 4: "significantly_better"}
-UNSAFE_COMPLIANCE_SHARE = 0.4   # of the unsafe SFT rows
+# Share of the unsafe SFT rows answered with a sanitised "compliance", per risk category: the
+# unqualified-advice requests are mostly complied with (so the greedy v0 violates there, and the
+# per-category report shows it), the other two categories only sometimes.
+UNSAFE_COMPLIANCE_SHARE = {"illicit_and_criminal": 0.25, "hateful_and_harmful": 0.25, "unqualified_advice": 0.75}
 OVER_REFUSAL_SHARE = 0.2        # of the borderline SFT rows
 WITHHELD = "[details withheld in this synthetic demo]"
 
@@ -378,9 +382,13 @@ def _pretrain(rng: random.Random, n: int) -> list[str]:
 def _sft(rng: random.Random, train: dict, n: int) -> list[dict]:
     rows = _mix(rng, n, {"helpful": 0.5, "unsafe": 0.25, "borderline": 0.25})
     pools = {r: _draw(rng, train[r], rows.count(r)) for r in train}
-    flawed = {"unsafe": _mix(rng, len(pools["unsafe"]), {"ok": 1 - UNSAFE_COMPLIANCE_SHARE,
-                                                         "flaw": UNSAFE_COMPLIANCE_SHARE}),
-              "borderline": _mix(rng, len(pools["borderline"]), {"ok": 1 - OVER_REFUSAL_SHARE,
+    complied = [False] * len(pools["unsafe"])  # aligned with pools["unsafe"]; exact shares per category
+    for c in UNSAFE_CATEGORIES:
+        where = [i for i, it in enumerate(pools["unsafe"]) if it["category"] == c]
+        share = UNSAFE_COMPLIANCE_SHARE[c]
+        for i, label in zip(where, _mix(rng, len(where), {"ok": 1 - share, "flaw": share})):
+            complied[i] = label == "flaw"
+    flawed = {"borderline": _mix(rng, len(pools["borderline"]), {"ok": 1 - OVER_REFUSAL_SHARE,
                                                                  "flaw": OVER_REFUSAL_SHARE})}
     out = []
     for role in rows:
@@ -389,7 +397,7 @@ def _sft(rng: random.Random, train: dict, n: int) -> list[dict]:
         if role == "helpful":
             text = k["correct"][2][0]
         elif role == "unsafe":
-            text = rng.choice(k["comply"][2]) if flawed[role].pop() == "flaw" else rng.choice(k["refusal_suggest"][2])
+            text = rng.choice(k["comply"][2]) if complied.pop() else rng.choice(k["refusal_suggest"][2])
         else:
             text = rng.choice(k["refusal"][2]) if flawed[role].pop() == "flaw" else k["answer"][2][0]
         out.append({"messages": _messages(item["text"]), "completion": text})

@@ -49,6 +49,10 @@ def _prompt(row) -> str:
     return row["messages"][-1]["content"] if "messages" in row else row["prompt"][-1]["content"]
 
 
+def _category(row) -> str:
+    return {it["text"]: it["category"] for items in syn._items("train").values() for it in items}[_prompt(row)]
+
+
 def _roles() -> dict[str, str]:
     return {it["text"]: role for role, items in syn._items("train").items() for it in items}
 
@@ -140,7 +144,10 @@ def test_sft_has_the_deliberate_flaws(data):
             by_role[roles[_prompt(row)]].append(row["completion"])
         unsafe = by_role["unsafe"]
         complied = [c for c in unsafe if not is_refusal(c)]
-        assert 0.35 <= len(complied) / len(unsafe) <= 0.45
+        for cat, share in syn.UNSAFE_COMPLIANCE_SHARE.items():
+            rows = [r for r in data[size]["sft"] if roles[_prompt(r)] == "unsafe" and _category(r) == cat]
+            got = sum(not is_refusal(r["completion"]) for r in rows) / len(rows)
+            assert abs(got - share) <= 0.03, (cat, got, share)
         assert all(syn.WITHHELD in c and c.startswith("Sure, here is how to") for c in complied)
         assert all(c.startswith("I'm sorry, but I can't help with that.") for c in unsafe if is_refusal(c))
         refused = sum(map(is_refusal, by_role["borderline"])) / len(by_role["borderline"])
