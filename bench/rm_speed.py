@@ -2,7 +2,8 @@
 
 Both train the same backbone (fresh copy each run, same seed) on the same HH-RLHF harmless-base pairs,
 pre-tokenized once with saferounds' formatting (so tokenization is not timed), same batch size, learning
-rate, max_length and cosine schedule, dropout left on in both, 1 CPU thread. Steps/s is measured between
+rate, max_length and cosine schedule, dropout left on in both, no gradient checkpointing in either (TRL's
+RewardConfig turns it on by default: --trl-gradient-checkpointing measures that), 1 CPU thread. Steps/s is measured between
 the end of step `--skip` and the last step (start-up excluded). Runs alternate ours/TRL `--repeats` times;
 the median of each is reported. TRL lives only in the bench venv:
 
@@ -77,7 +78,7 @@ def run_trl(backbone, pairs, a, work) -> float:
                         lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=warm, weight_decay=0.0,
                         max_length=a.max_length, disable_dropout=False, save_steps=10_000, logging_steps=10_000,
                         report_to=[], seed=a.seed, dataloader_num_workers=0, disable_tqdm=True,
-                        bf16=torch.cuda.is_available())
+                        bf16=torch.cuda.is_available(), gradient_checkpointing=a.trl_gradient_checkpointing)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     timer = _timer(a.skip)
     trainer.add_callback(timer)
@@ -96,6 +97,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-group-by-length", dest="group_by_length", action="store_false")
+    ap.add_argument("--trl-gradient-checkpointing", action="store_true",
+                    help="TRL's RewardConfig default (True); off by default here to match ours")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -118,6 +121,7 @@ def main() -> None:
     o, t = statistics.median(ours), statistics.median(theirs)
     print(json.dumps({"backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size,
                       "max_length": a.max_length, "steps": a.steps, "group_by_length": a.group_by_length,
+                      "trl_gradient_checkpointing": a.trl_gradient_checkpointing,
                       "ours_steps_per_s": [round(x, 3) for x in ours], "trl_steps_per_s": [round(x, 3) for x in theirs],
                       "median_ours": round(o, 3), "median_trl": round(t, 3), "ratio_ours_over_trl": round(o / t, 3)}))
 

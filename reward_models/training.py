@@ -1,13 +1,34 @@
 """Training a helpfulness or safety reward model on transformers.Trainer (TRL style: config beside trainer).
 
 LLaMA 2 Sec. 3.2.2: margin ranking loss (Eq. 2, Table 27), one epoch, cosine schedule down to 10% of the
-peak learning rate with 3% warm-up, and the data mix of Table 6 / Sec. 3.2.2 (helpfulness RM: all
+peak learning rate with 3% warm-up, and the data mix of Sec. 3.2.2 (helpfulness RM: all
 helpfulness pairs + an equal amount of safety pairs; safety RM: safety pairs mixed 90/10 with helpfulness).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+import torch
+
+from reward_models.evaluation import evaluate_pairs
+from reward_models.losses import (SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss,
+                                  safety_loss)
+from reward_models.modeling import load_reward_model, save_reward_model
+from reward_models.rankings import elo_rewards, ranking_pairs
+from reward_models.records import InputError
+from reward_models.scoring import encode, format_sample
+
+# transformers / datasets are imported inside the functions that train: `pipeline.config` imports this
+# module for RewardModelConfig, and the CLI should not pay for transformers to validate a YAML file.
 
 
 MANIFEST = "manifest.json"  # beside the weights in reward_models/{kind}/vN
@@ -47,8 +68,6 @@ class RewardModelConfig:
 # Data: rankings -> pairs or Elo targets, the drop rule, the LLaMA 2 mix, a held-out split by prompt.
 
 def prompt_key(prompt) -> str:
-    import json
-
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
@@ -63,8 +82,6 @@ def reversed_safety(pair: dict) -> bool:
 
 def split_by_prompt(records: list[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Deterministic (train, held_out) split: a prompt's records all land on one side (hash of prompt + seed)."""
-    import hashlib
-
     train, held = [], []
     for r in records:
         h = hashlib.sha256(f"{seed}:{prompt_key(r['prompt'])}".encode()).digest()
@@ -76,8 +93,6 @@ def mix_for(kind: str, helpful: list, safety: list, cfg: RewardModelConfig, seed
     """LLaMA 2's RM data mix. helpfulness RM: all helpfulness + ratio x as many sampled safety items;
     safety RM: all safety items + helpfulness items sampled so they are `safety_helpfulness_fraction` of
     the mix (90/10 by default). Sampling is without replacement, capped at what exists, seeded."""
-    import random
-
     rng = random.Random(seed)
     if kind == "helpfulness":
         base, other, want = helpful, safety, round(len(helpful) * cfg.helpfulness_safety_ratio)
@@ -96,8 +111,6 @@ def mix_for(kind: str, helpful: list, safety: list, cfg: RewardModelConfig, seed
 def prepare_pairs(records: list[dict]) -> tuple[list[dict], int]:
     """Preference pairs from preference and ranking records (rankings expanded); drops reversed-safety
     pairs. Returns (pairs, number dropped)."""
-    from reward_models.rankings import ranking_pairs
-
     pairs = []
     for r in records:
         pairs.extend(ranking_pairs(r) if "ranking" in r else [r])
@@ -108,8 +121,6 @@ def prepare_pairs(records: list[dict]) -> tuple[list[dict], int]:
 def prepare_regression(records: list[dict]) -> tuple[list[dict], int]:
     """(prompt, response, reward, source) items: rankings -> Elo rewards (reward_models.rankings.elo_rewards);
     a preference pair counts as a ranking of two (its rating is not used). Reversed-safety pairs are dropped."""
-    from reward_models.rankings import elo_rewards
-
     items, dropped = [], 0
     for r in records:
         if "ranking" not in r:
@@ -141,9 +152,6 @@ def training_set(kind: str, records: list[dict], cfg: RewardModelConfig, seed: i
 
 def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: int) -> dict[str, list]:
     """Columns for pairwise training: token ids of chosen/rejected, margin, safety targets, length."""
-    from reward_models.losses import SAFETY_TARGETS, pair_margin
-    from reward_models.scoring import encode, format_sample
-
     chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], max_length)
     rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs],
                       max_length)
@@ -159,8 +167,6 @@ def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: i
 
 
 def regression_features(tokenizer, items: list[dict], max_length: int) -> dict[str, list]:
-    from reward_models.scoring import encode, format_sample
-
     enc = encode(tokenizer, [format_sample(tokenizer, x["prompt"], x["response"]) for x in items], max_length)
     return {"input_ids": enc["input_ids"], "reward": [float(x["reward"]) for x in items],
             "length": [len(ids) for ids in enc["input_ids"]]}
@@ -173,8 +179,6 @@ class PairCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, features: list[dict]) -> dict:
-        import torch
-
         if "chosen_input_ids" in features[0]:
             ids = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
             batch = dict(self.tokenizer.pad({"input_ids": ids}, return_tensors="pt"))
@@ -188,10 +192,7 @@ class PairCollator:
 
 
 def _trainer_class():
-    import torch
     from transformers import Trainer
-
-    from reward_models.losses import centering_loss, ranking_loss, regression_loss, safety_loss
 
     class RewardTrainer(Trainer):
         """Trainer with LLaMA 2's RM loss: Eq. 2 margin ranking + safety BCE term + optional centering;
@@ -236,8 +237,6 @@ def _log_callback(log, kind: str):
 def warmup_steps(n_items: int, cfg: RewardModelConfig, world_size: int = 1) -> tuple[int, int]:
     """(total optimizer steps, warm-up steps): warm-up is warmup_ratio of the run, at least min_warmup_steps
     (never more than the run)."""
-    import math
-
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * world_size
     total = max(1, math.ceil(math.ceil(n_items / per_step) * cfg.epochs))
     return total, min(total, max(cfg.min_warmup_steps, math.ceil(cfg.warmup_ratio * total)))
@@ -246,8 +245,6 @@ def warmup_steps(n_items: int, cfg: RewardModelConfig, world_size: int = 1) -> t
 def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardModelConfig, work_dir, seed: int = 0,
                  max_steps: int | None = None, log=None):
     """The RewardTrainer for already mixed items (pairs, or regression items): returns (trainer, total, warm)."""
-    import os
-
     import datasets
     from transformers import TrainingArguments
 
@@ -294,15 +291,7 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     (training loss, steps, data mix, held-out accuracy block); they, `extra` and the config are written to
     out_dir/manifest.json.
     """
-    import dataclasses
-    import json
-    import time
-    from pathlib import Path
-
     from transformers.trainer_utils import get_last_checkpoint
-
-    from reward_models.evaluation import evaluate_pairs
-    from reward_models.modeling import load_reward_model, save_reward_model
 
     cfg = cfg or RewardModelConfig()
     out_dir = Path(out_dir)
@@ -310,8 +299,6 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     t0 = time.time()
     items, held, stats = training_set(kind, records, cfg, seed)
     if not items:
-        from reward_models.records import InputError
-
         raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
                          "(or data.rankings) in saferounds.yaml")
     model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
