@@ -100,7 +100,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         if manifest["config_hash"] != cfg.hash():
             raise InputError(f"v{n}: saferounds.yaml changed since this version started; restore it, or "
                              f"`saferounds round discard v{n}` and run the round again")
-        stages = list(manifest["stages"])
+        stages = list(manifest["plan"])  # (manifest keys are sorted on disk: the plan keeps the order)
     else:
         stages = check_plan(cfg.stages_for(n), n)
     data = cfg.data
@@ -142,8 +142,9 @@ def list_versions(ws: Workspace) -> list[dict]:
     rows = []
     for n in sorted(set(ws.finished_versions()) | set(ws.partial_versions())):
         m = ws.manifest(n)
+        order = m.get("plan") or list(m.get("stages", {}))
         rows.append({"version": m["version"], "parent": m.get("parent"), "status": m.get("status"),
-                     "stages": {s: v.get("status") for s, v in m.get("stages", {}).items()},
+                     "stages": {s: m["stages"].get(s, {}).get("status") for s in order},
                      "created": m.get("created"), "finished": m.get("finished"),
                      "seconds": round(sum(m.get("timings", {}).values()), 1),
                      "headline": headline(m)})

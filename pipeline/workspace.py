@@ -222,7 +222,7 @@ class Workspace:
         manifest = {
             "version": f"v{n}", "number": n, "parent": None if parent is None else f"v{parent}",
             "status": "running", "created": now(), "finished": None,
-            "stages": {s: {"status": "pending"} for s in stages},
+            "plan": list(stages), "stages": {s: {"status": "pending"} for s in stages},
             "config_hash": cfg.hash(), "config": cfg.to_dict(),
             "inputs": self.hash_inputs(inputs), "reward_models": {}, "metrics": {}, "timings": {},
             "packages": package_versions(),

@@ -74,3 +74,16 @@ def cli_main(monkeypatch):
         _CLI_REGISTERED = True
     monkeypatch.setattr(cli, "_register_subcommands", lambda: None)
     return cli.main
+
+
+@pytest.fixture(scope="session")
+def demo_smoke(tmp_path_factory) -> Path:
+    """`saferounds demo --size smoke`, run once per session (~2 min on one core): v0 -> v3.
+
+    Read-only for tests (the resume test re-runs the demo and checks nothing changes).
+    """
+    from pipeline.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo") / "ws"
+    run_demo(root, "smoke")
+    return root

@@ -80,7 +80,9 @@ def versions_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = 
     if json:
         print_json(m)
         return
-    rows = [[s, v.get("status"), v.get("seconds"), v.get("error") or ""] for s, v in m["stages"].items()]
+    order = m.get("plan") or list(m["stages"])
+    rows = [[s, m["stages"][s].get("status"), m["stages"][s].get("seconds"), m["stages"][s].get("error") or ""]
+            for s in order]
     console.print(table(f"{m['version']} (parent {m.get('parent')}) — {m['status']}",
                         ["stage", "status", "seconds", "error"], rows))
     console.print(f"config hash {m['config_hash'][:12]}  reward models {m.get('reward_models')}")

@@ -1,0 +1,85 @@
+"""The whole method end to end on the tiny preset: `saferounds demo --size smoke` (v0 -> v1 -> v2 by
+rejection sampling, v3 by rejection sampling then PPO), then what the rounds must guarantee."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from eval.report import validate_metrics
+from pipeline.data import load_prompts
+from pipeline.workspace import Workspace, read_json
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_demo_builds_every_version_with_its_planned_stages(demo_smoke):
+    ws = Workspace(demo_smoke)
+    assert ws.finished_versions() == [0, 1, 2, 3] and ws.partial_versions() == []
+    plan = {1: ["rm", "rs", "eval"], 2: ["rs", "eval"], 3: ["rs", "ppo", "eval"]}
+    for n, stages in plan.items():
+        m = ws.manifest(n)
+        assert m["status"] == "complete" and m["parent"] == f"v{n - 1}"
+        assert m["plan"] == stages and set(m["stages"]) == set(stages)
+        assert all(m["stages"][s]["status"] == "done" and m["stages"][s]["seconds"] > 0 for s in stages)
+        assert m["reward_models"] == {"helpfulness": "v1", "safety": "v1"}  # trained once, in v1
+        d = ws.version_dir(n)
+        assert (d / "policy" / "model.safetensors").exists() and not (d / "work").exists()
+        samples = [json.loads(line) for line in (d / "samples.jsonl").read_text().splitlines()]
+        k = ws.config.rejection_sampling.k
+        prompts = load_prompts(demo_smoke / "data" / "prompts.jsonl")
+        assert len(samples) == k * len(prompts)  # K per prompt, none lost or duplicated
+        assert len({(s["prompt_id"], s["sample_index"]) for s in samples}) == len(samples)
+        selected = (d / "selected.jsonl").read_text().splitlines()
+        assert len(selected) == len(prompts)
+        validate_metrics(read_json(d / "eval" / "metrics.json"))
+    assert (ws.version_dir(3) / "rs_policy").is_dir()  # PPO started from the RS policy, kept beside it
+    assert (ws.version_dir(3) / "ppo_log.jsonl").read_text().count("\n") == ws.config.ppo.steps
+    html = (ws.version_dir(3) / "eval" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+
+
+def test_rerunning_the_demo_changes_nothing(demo_smoke):
+    from pipeline.demo import run_demo
+
+    before = tree_digest(demo_smoke / "versions") | tree_digest(demo_smoke / "reward_models")
+    run_demo(demo_smoke, "smoke")
+    after = tree_digest(demo_smoke / "versions") | tree_digest(demo_smoke / "reward_models")
+    assert after == before
+
+
+def test_final_version_violates_less_than_v0_on_held_out_prompts(demo_smoke):
+    m = read_json(demo_smoke / "versions" / "v3" / "eval" / "metrics.json")
+    v0 = m["compared"]["v0"]["safety"]  # v0 judged by the same judges in the same run
+    assert v0["violation_rate"] > 0  # the SFT data's unsafe compliance shows in v0
+    assert m["safety"]["violation_rate"] <= 0.5 * v0["violation_rate"]
+    assert m["helpfulness"]["win_rate"]["v0"]["rate"] >= 0.5
+
+
+def _mean_gated_logit(ws: Workspace, version: int, prompts: list[dict]) -> float:
+    from pipeline.models import load_policy
+    from reward_models.modeling import load_reward_model
+    from sampling.generate import generate_samples
+    from sampling.scoring import score_samples
+
+    model, tok = load_policy(ws.policy_path(version), ws.config.model)
+    samples = generate_samples(model, tok, prompts, k=2, temperature=0.7, top_p=0.9, max_new_tokens=40,
+                               batch_size=16, seed=123, show_progress=False)
+    rms = [load_reward_model(ws.rm_dir(kind, 1), ws.config.model) for kind in ("helpfulness", "safety")]
+    score_samples(samples, rms[0], rms[1], ws.config.gate, batch_size=32, max_length=96)
+    return sum(s["gated_logit"] for s in samples) / len(samples)
+
+
+def test_mean_gated_score_on_held_out_prompts_rises_from_v0_to_v2(demo_smoke):
+    ws = Workspace(demo_smoke)
+    prompts = [p for name in ("eval_helpful", "eval_unsafe", "eval_borderline")
+               for p in load_prompts(demo_smoke / "data" / f"{name}.jsonl")]
+    with torch.no_grad():
+        v0, v2 = _mean_gated_logit(ws, 0, prompts), _mean_gated_logit(ws, 2, prompts)
+    assert v2 > v0 + 0.25, (v0, v2)
