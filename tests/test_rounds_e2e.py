@@ -83,3 +83,57 @@ def test_mean_gated_score_on_held_out_prompts_rises_from_v0_to_v2(demo_smoke):
     with torch.no_grad():
         v0, v2 = _mean_gated_logit(ws, 0, prompts), _mean_gated_logit(ws, 2, prompts)
     assert v2 > v0 + 0.25, (v0, v2)
+
+
+def _run_until(cmd: list[str], env: dict, ready, timeout: float = 120.0) -> bool:
+    """Start `cmd`; SIGKILL it as soon as ready() is true. True when it was killed, False when it ended."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    proc.wait(timeout=max(1.0, deadline - time.time()))
+    return False
+
+
+def test_kill_9_during_sampling_and_fine_tuning_then_resume(demo_smoke, tmp_path):
+    import os
+    import shutil
+    import sys
+
+    import yaml
+
+    root = tmp_path / "ws"
+    shutil.copytree(demo_smoke, root)
+    cfg = yaml.safe_load((root / "saferounds.yaml").read_text())
+    cfg["rounds"]["max_version"] = 4
+    (root / "saferounds.yaml").write_text(yaml.safe_dump(cfg))
+    before = tree_digest(root / "versions") | tree_digest(root / "reward_models")
+    partial = root / "versions" / ".v4.partial"
+    cmd = [sys.executable, "-m", "pipeline.cli", "round", "run", "-w", str(root)]
+    env = dict(os.environ, SAFEROUNDS_QUIET="1", SAFEROUNDS_THREADS="1")
+
+    def sampling_started() -> bool:
+        p = partial / "samples.jsonl"
+        return p.exists() and p.stat().st_size > 0 and not (partial / "selected.jsonl").exists()
+
+    assert _run_until(cmd, env, sampling_started), "the round ended before sampling could be interrupted"
+    ws = Workspace(root)
+    assert ws.partial_versions() == [4] and ws.manifest(4)["stages"]["rs"]["status"] == "running"
+    assert _run_until(cmd, env, lambda: (partial / "selected.jsonl").exists()), \
+        "the round ended before fine-tuning could be interrupted"
+    assert not _run_until(cmd, env, lambda: False)  # the third run completes
+    assert ws.finished_versions() == [0, 1, 2, 3, 4] and ws.partial_versions() == []
+    samples = [json.loads(line) for line in (ws.version_dir(4) / "samples.jsonl").read_text().splitlines()]
+    prompts = load_prompts(root / "data" / "prompts.jsonl")
+    keys = [(s["prompt_id"], s["sample_index"]) for s in samples]
+    assert len(keys) == len(set(keys)) == ws.config.rejection_sampling.k * len(prompts)
+    after = tree_digest(root / "versions") | tree_digest(root / "reward_models")
+    assert {k: v for k, v in after.items() if not k.startswith("v4/")} == before
