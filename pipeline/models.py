@@ -8,36 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from reward_models.modeling import DTYPES, quantization_config, resolve_dtype  # noqa: F401 (re-exported)
 from reward_models.records import InputError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """`auto` is bf16 on a GPU that supports it, else fp32 (CPU training in fp32)."""
-    if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return DTYPES[name]
-
-
-def quantization_config(model_cfg):
-    if not (model_cfg.load_in_4bit or model_cfg.load_in_8bit):
-        return None
-    if not torch.cuda.is_available():
-        raise InputError("model.load_in_4bit / model.load_in_8bit: bitsandbytes quantisation needs a "
-                         "CUDA GPU; set both to false on a CPU machine")
-    from transformers import BitsAndBytesConfig
-
-    if model_cfg.load_in_4bit:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=resolve_dtype(model_cfg.dtype))
-    return BitsAndBytesConfig(load_in_8bit=True)
-
 
 def lora_config(model_cfg, task_type: str):
     from peft import LoraConfig

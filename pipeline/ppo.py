@@ -522,11 +522,6 @@ def save_policy(policy, tokenizer, out_dir: Path, accelerator=None) -> Path:
     if is_peft(policy) and not getattr(policy, "is_loaded_in_4bit", False) \
             and not getattr(policy, "is_loaded_in_8bit", False):
         policy = policy.merge_and_unload()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    policy.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        import shutil
-        shutil.rmtree(out_dir)
-    tmp.replace(out_dir)
-    return out_dir
+    from reward_models.modeling import save_pretrained_atomic
+
+    return save_pretrained_atomic(policy, tokenizer, out_dir)

@@ -14,7 +14,7 @@ from pipeline.workspace import RM_KINDS, Workspace, read_json
 from reward_models.training import MANIFEST, train_reward_model
 
 # Pairs the `label` stage (RLAIF) leaves in a finished version; later rounds train on them like human pairs.
-PRIOR_PAIR_FILES = ("labels.jsonl",)
+PRIOR_PAIR_FILES = ("ai_preferences.jsonl",)  # written by the `label` stage (pipeline.stage_label)
 
 
 def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[str] | None = None) -> list[dict]:

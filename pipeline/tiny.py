@@ -8,10 +8,11 @@ in saferounds.yaml is the only change a user makes to go to a real model.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
+
+from reward_models.modeling import save_pretrained_atomic
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -94,10 +95,5 @@ def build_tiny(out_dir: str | Path, seed: int = 0, corpus: list[str] | None = No
     torch.manual_seed(seed + 1)
     reward = LlamaForSequenceClassification(_llama_config(tokenizer, TINY_RM_DIMS, num_labels=1))
     for model, path in ((policy, paths["policy"]), (reward, paths["reward_model"])):
-        tmp = path.with_name(path.name + ".tmp")
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.replace(path)
+        save_pretrained_atomic(model, tokenizer, path)
     return paths

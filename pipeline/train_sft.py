@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from pipeline.models import load_policy
+from reward_models.modeling import save_pretrained_atomic
 from reward_models.records import InputError
 
 IGNORE_INDEX = -100
@@ -141,14 +141,7 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -
     metrics["resumed_from"] = Path(last).name if last else None
     if heldout:
         metrics["heldout_loss_after"] = _heldout_loss(model, heldout, collator, train_cfg.batch_size)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    save_pretrained_atomic(model, tokenizer, out_dir)
     return metrics
 
 

@@ -30,7 +30,8 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _quantization(cfg):
+def quantization_config(cfg):
+    """bitsandbytes settings from the `model` section (NF4 4-bit or 8-bit), or None."""
     four, eight = _opt(cfg, "load_in_4bit"), _opt(cfg, "load_in_8bit")
     if not (four or eight):
         return None
@@ -68,7 +69,7 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     path_or_id = str(path_or_id)
     trust = bool(_opt(model_cfg, "trust_remote_code"))
     kwargs = dict(num_labels=1, dtype=resolve_dtype(_opt(model_cfg, "dtype")), trust_remote_code=trust,
-                  use_safetensors=True, quantization_config=_quantization(model_cfg))
+                  use_safetensors=True, quantization_config=quantization_config(model_cfg))
     adapter = (Path(path_or_id) / "adapter_config.json").exists()
     try:
         if adapter:
@@ -100,6 +101,24 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  task_type="SEQ_CLS", target_modules=targets))
     return model, tokenizer
+
+
+def save_pretrained_atomic(model, tokenizer, out_dir: str | Path) -> Path:
+    """save_pretrained (safetensors) of model + tokenizer under a temporary name, then renamed into
+    place, so a crash never leaves a half-written model where a complete one is expected."""
+    import os
+    import shutil
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
 
 
 def save_reward_model(model, tokenizer, out_dir: str | Path) -> Path:

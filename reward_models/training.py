@@ -265,7 +265,8 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         length_column_name="length", remove_unused_columns=False, report_to=[], seed=seed,
-        dataloader_num_workers=0, disable_tqdm=log is not None, save_only_model=False,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=log is not None, save_only_model=False,
     )
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=PairCollator(tokenizer),
