@@ -24,7 +24,8 @@ from pathlib import Path
 from reward_models.records import InputError, RowErrors, read_text, read_rows
 
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better", "unsure")
-SAFETY_LABELS = ("chosen_safe_rejected_unsafe", "both_safe", "both_unsafe")
+# The fourth label cannot come from LLaMA 2's 3-way scheme; such pairs are dropped from safety-RM training.
+SAFETY_LABELS = ("chosen_safe_rejected_unsafe", "both_safe", "both_unsafe", "chosen_unsafe_rejected_safe")
 ROLES = ("system", "user", "assistant")
 SOURCES = ("helpfulness", "safety")
 MAX_TEXT_CHARS = 100_000  # longer texts are almost always a broken export; fail loudly

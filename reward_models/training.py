@@ -75,9 +75,23 @@ def reversed_safety(pair: dict) -> bool:
     """A pair whose chosen response is unsafe and rejected one safe (LLaMA 2 drops these from RM training).
 
     The 3-way safety_label cannot say this, so such rows carry `"chosen_unsafe_rejected_safe": true`
-    (pipeline.synthetic and eval.labeling write it); a safety_label of that name is accepted too.
+    (or `chosen_safe: false` with `rejected_safe: true`, as pipeline.synthetic and eval.labeling write);
+    a safety_label of that name is accepted too.
     """
-    return pair.get("chosen_unsafe_rejected_safe") is True or pair.get("safety_label") == "chosen_unsafe_rejected_safe"
+    return (pair.get("chosen_unsafe_rejected_safe") is True
+            or pair.get("safety_label") == "chosen_unsafe_rejected_safe"
+            or (pair.get("chosen_safe") is False and pair.get("rejected_safe") is True))
+
+
+def safety_targets(pair: dict) -> tuple[float, float] | None:
+    """(chosen safe, rejected safe) for the auxiliary safety term: from the 3-way safety_label, else
+    from per-response `chosen_safe` / `rejected_safe` booleans (AI labels and the demo data carry them)."""
+    if pair.get("safety_label") in SAFETY_TARGETS:
+        return SAFETY_TARGETS[pair["safety_label"]]
+    chosen, rejected = pair.get("chosen_safe"), pair.get("rejected_safe")
+    if isinstance(chosen, bool) and isinstance(rejected, bool):
+        return float(chosen), float(rejected)
+    return None
 
 
 def split_by_prompt(records: list[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -155,7 +169,7 @@ def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: i
     chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], max_length)
     rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs],
                       max_length)
-    targets = [SAFETY_TARGETS.get(p.get("safety_label")) for p in pairs]
+    targets = [safety_targets(p) for p in pairs]
     return {
         "chosen_input_ids": chosen["input_ids"], "rejected_input_ids": rejected["input_ids"],
         "margin": [pair_margin(p, margin_scale) for p in pairs],
