@@ -43,7 +43,9 @@ metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1],
   helpfulness.win_rate.<vM>    WIN  by helpfulness-RM score on shared borderline + helpful prompts
   helpfulness.judge_win_rate.<vM>  WIN by the LLM judge, asked in both orders (only when configured)
   max_of_k                     [{"k", "max", "median", "mean", "prompts"}]  (only when samples exist)
-  rm_accuracy                  {"helpfulness"|"safety": {rating: RATE}}      (only when the round trained RMs)
+  rm_accuracy                  {"helpfulness"|"safety": {rating|"avg": RATE}}  (only when the round trained RMs;
+                               ratings: significantly_better, better, slightly_better,
+                               negligibly_better_or_unsure; held-out pairs of the RM's own source)
 
   RATE = {"rate": float, "n": int, "count": int, "ci95": [lo, hi]}   (Wilson score interval)
   WIN  = {"rate": float, "wins": int, "ties": int, "losses": int, "n": int}   ties count half
@@ -272,6 +274,20 @@ def trend_rows(trend: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+RATING_COLUMNS = ("significantly_better", "better", "slightly_better", "negligibly_better_or_unsure")
+
+
+def rm_accuracy_rows(m: dict) -> tuple[list[str], list[list[str]]]:
+    """Held-out RM accuracy per rating level, as LLaMA 2 Table 8 lays it out (one row per RM)."""
+    rows = []
+    for kind, by_rating in (m.get("rm_accuracy") or {}).items():
+        cells = [f"{100 * by_rating[c]['rate']:.1f}% (n={by_rating[c]['n']})" if c in by_rating else "–"
+                 for c in RATING_COLUMNS]
+        total = by_rating.get("avg")
+        rows.append([kind, *cells, f"{100 * total['rate']:.1f}% (n={total['n']})" if total else "–"])
+    return ["reward model", *(c.replace("_", " ") for c in RATING_COLUMNS), "avg"], rows
+
+
 def _md_table(head, rows) -> str:
     esc = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     return "\n".join(["| " + " | ".join(map(esc, head)) + " |", "|" + "---|" * len(head),
@@ -310,6 +326,9 @@ def render_markdown(m: dict, examples: dict, trend: list[dict], cut: int = 600) 
     lines += ["## Suites", "", _md_table(["suite", "n", "violation", "false refusal"],
                                          [[k, v["n"], _pct(v["violation"]), _pct(v["false_refusal"])]
                                           for k, v in m["suites"].items()]), ""]
+    if m.get("rm_accuracy"):
+        lines += ["## Reward-model accuracy on held-out pairs, by rating (LLaMA 2 Table 8)", "",
+                  _md_table(*rm_accuracy_rows(m)), ""]
     if trend:
         lines += ["## Trend over versions", "", _md_table(*trend_rows(trend)), ""]
     lines += ["## Examples", ""]
@@ -360,6 +379,9 @@ def render_html(m: dict, examples: dict, trend: list[dict], plots: dict, cut: in
     parts += ["<h2>Suites</h2>", _html_table(["suite", "n", "violation", "false refusal"],
                                              [[k, v["n"], _pct(v["violation"]), _pct(v["false_refusal"])]
                                               for k, v in m["suites"].items()])]
+    if m.get("rm_accuracy"):
+        parts += ["<h2>Reward-model accuracy on held-out pairs, by rating (LLaMA 2 Table 8)</h2>",
+                  _html_table(*rm_accuracy_rows(m))]
     if trend:
         parts += ["<h2>Trend over versions</h2>", _html_table(*trend_rows(trend))]
     if plots:

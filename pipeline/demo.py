@@ -82,6 +82,7 @@ def summary(ws: Workspace, seconds: float | None = None) -> dict:
         m = read_json(metrics_path)
         out["trend"] = load_trend(ws.root)
         out["compared"] = m.get("compared", {})
+        out["final"] = {k: m[k] for k in ("safety", "helpfulness")}
         out["safety"] = {k: m["safety"].get(k) for k in ("violation_rate", "false_refusal_rate")}
         out["helpfulness"] = {k: m["helpfulness"].get(k) for k in ("mean_score", "reference_overlap", "win_rate")}
     return out

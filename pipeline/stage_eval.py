@@ -101,6 +101,26 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
     return out
 
 
+def rm_accuracy(rm_paths: dict[str, Path], version: int) -> dict | None:
+    """Held-out accuracy per rating of the RMs trained in this version (from their manifests)."""
+    import json
+
+    from eval.metrics import rate_with_ci
+
+    out = {}
+    for kind, path in rm_paths.items():
+        manifest = Path(path) / "manifest.json"
+        if Path(path).name != f"v{version}" or not manifest.exists():
+            continue  # the round reused an earlier version's RM: its accuracy is in that report
+        held = json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("heldout") or {}
+        table = {r: rate_with_ci(round(v["accuracy"] * v["n"]), v["n"]) for r, v in held.get("by_rating", {}).items()}
+        if held.get("n"):
+            table["avg"] = rate_with_ci(round(held["accuracy"] * held["n"]), held["n"])
+        if table:
+            out[kind] = table
+    return out or None
+
+
 def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths: dict[str, Path],
                      compare: dict[str, Path] | None = None, suites: list[Suite] | None = None,
                      samples: Path | None = None, progress: Callable[[str], None] = lambda m: None) -> dict:
@@ -151,7 +171,7 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     judge_win = _llm_win_rate(config, out_dir, records[name], compared, progress) if cfg.use_llm_judge else None
     metrics = summarise(name, records[name], compared=compared, judges=judges,
                         suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
-                        max_of_k=_max_of_k(samples))
+                        max_of_k=_max_of_k(samples), rm_accuracy=rm_accuracy(rm_paths, version))
     # the compared versions judged by the same judges in this run (like-for-like headline figures)
     metrics["compared"] = {v: {k: summarise(v, recs, judges=judges)[k] for k in ("safety", "helpfulness")}
                            for v, recs in compared.items()}

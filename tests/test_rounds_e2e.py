@@ -39,6 +39,10 @@ def test_demo_builds_every_version_with_its_planned_stages(demo_smoke):
         selected = (d / "selected.jsonl").read_text().splitlines()
         assert len(selected) == len(prompts)
         validate_metrics(read_json(d / "eval" / "metrics.json"))
+    m1, m2 = (read_json(ws.version_dir(n) / "eval" / "metrics.json") for n in (1, 2))
+    assert set(m1["rm_accuracy"]) == {"helpfulness", "safety"} and "rm_accuracy" not in m2  # RMs trained in v1 only
+    assert m1["rm_accuracy"]["safety"]["avg"]["rate"] > 0.7  # templated synthetic pairs are easy to rank
+    assert "Table 8" in (ws.version_dir(1) / "eval" / "report.md").read_text()
     assert (ws.version_dir(3) / "rs_policy").is_dir()  # PPO started from the RS policy, kept beside it
     assert (ws.version_dir(3) / "ppo_log.jsonl").read_text().count("\n") == ws.config.ppo.steps
     html = (ws.version_dir(3) / "eval" / "report.html").read_text()

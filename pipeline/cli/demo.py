@@ -24,16 +24,21 @@ def demo(workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Demo
     if json:
         print_json(result)
         return
-    trend = result.get("trend") or []
-    console.print(table("saferounds demo: held-out demo prompts", [
-        "version", "violation %", "false refusal % (borderline)", "helpfulness RM", "reference overlap"],
-        [[t["version"], _pct(t["safety"].get("violation_rate")),
-          _pct(t["safety"].get("false_refusal", {}).get("borderline", {}).get("rate")),
-          f"{t['helpfulness'].get('mean_score', 0):.3f}", f"{t['helpfulness'].get('reference_overlap', 0):.3f}"]
-         for t in trend]))
-    for version, w in (result.get("helpfulness", {}).get("win_rate") or {}).items():
-        console.print(f"{result['latest']} win rate against {version} (helpfulness RM): {_pct(w.get('rate'))}")
-    console.print(f"report: {result['report']}  ({result['seconds']} s)")
+    latest = result["latest"]
+    rows = [[v, _pct(c["safety"].get("violation_rate")),
+             _pct(c["safety"].get("false_refusal", {}).get("borderline", {}).get("rate")),
+             _pct(c["safety"].get("false_refusal", {}).get("helpful", {}).get("rate")),
+             f"{c['helpfulness'].get('mean_score', 0):.3f}", f"{c['helpfulness'].get('reference_overlap', 0):.3f}"]
+            for v, c in [*sorted(result.get("compared", {}).items()), (latest, result.get("final", {}))]
+            if c]
+    console.print(table(f"saferounds demo: held-out prompts, every version judged by {latest}'s judges",
+                        ["version", "violation", "false refusal (borderline)", "false refusal (helpful)",
+                         "helpfulness RM", "reference overlap"], rows))
+    for version, w in sorted((result.get("helpfulness", {}).get("win_rate") or {}).items()):
+        console.print(f"{latest} wins against {version} (helpfulness RM, ties half): {_pct(w.get('rate'))} "
+                      f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)")
+    console.print(f"report: {result['report']}")
+    console.print(f"trend over all versions: `saferounds status -w {workspace}`  ({result['seconds']} s)")
 
 
 def register(app: typer.Typer) -> None:
