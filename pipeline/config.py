@@ -310,7 +310,8 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, apply `KEY.PATH=VALUE` overrides (if any), and validate."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no config file; run `saferounds init` to create one")
@@ -322,7 +323,7 @@ def load_config(path: str | Path) -> Config:
         raise InputError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not valid UTF-8") from None
-    return parse_config(data or {}, str(path))
+    return parse_config(apply_overrides(data or {}, overrides or []), str(path))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

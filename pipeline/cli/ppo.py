@@ -24,20 +24,14 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
             "--set", help="Config override KEY.PATH=VALUE, e.g. ppo.beta=0.005 (repeatable).")] = None,
         workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Run PPO on the gated reward from a policy, with the workspace's newest reward models."""
-    import yaml
-
-    from pipeline.config import CONFIG_NAME, apply_overrides, parse_config
+    from pipeline.config import CONFIG_NAME, load_config
     from pipeline.rounds import StageContext
     from pipeline.stage_ppo import run
     from pipeline.workspace import parse_version
 
     ws = open_workspace(workspace)
-    data = yaml.safe_load((ws.root / CONFIG_NAME).read_text(encoding="utf-8")) or {} \
-        if (ws.root / CONFIG_NAME).exists() else None
-    if data is None:
-        raise InputError(f"{ws.root / CONFIG_NAME}: no config file; run `saferounds init` to create one")
     overrides = list(set_ or []) + ([f"ppo.steps={steps}"] if steps is not None else [])
-    cfg = parse_config(apply_overrides(data, overrides), str(ws.root / CONFIG_NAME))
+    cfg = load_config(ws.root / CONFIG_NAME, overrides)
     latest = ws.latest()
     if policy is None:
         if latest is None:
