@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from eval.report import validate_metrics
@@ -141,3 +142,14 @@ def test_kill_9_during_sampling_and_fine_tuning_then_resume(demo_smoke, tmp_path
     assert len(keys) == len(set(keys)) == ws.config.rejection_sampling.k * len(prompts)
     after = tree_digest(root / "versions") | tree_digest(root / "reward_models")
     assert {k: v for k, v in after.items() if not k.startswith("v4/")} == before
+
+
+@pytest.mark.slow
+def test_two_demo_runs_with_the_same_seed_give_the_same_metrics(demo_smoke, tmp_path):
+    from pipeline.demo import run_demo
+
+    run_demo(tmp_path / "again", "smoke")
+    for n in (1, 2, 3):
+        a, b = (read_json(root / "versions" / f"v{n}" / "eval" / "metrics.json") for root in (demo_smoke, tmp_path / "again"))
+        for key in ("safety", "helpfulness", "compared", "max_of_k"):
+            assert a.get(key) == b.get(key), (n, key)
