@@ -3,6 +3,7 @@
   1. temperature of this round: from the config's schedule, or `auto` (sweep on a held-out slice, Fig. 8)
   2. K samples per prompt from the parent policy            -> samples.jsonl (appended per batch, resumable)
   3. score with this round's RMs and the gate (Eq. 4)       -> samples.jsonl (rewritten with scores)
+     (or, with rejection_sampling.reward: judge, by the LLM judge's score: direct AI feedback)
   4. best-of-K over this round's samples pooled with the kept samples of earlier versions, all re-scored
      with this round's RMs and gated together                -> selected.jsonl (origin version, score)
   5. max-of-K curve (Fig. 7)                                 -> max_of_k.json
@@ -26,7 +27,7 @@ from pipeline.data import load_prompts
 from pipeline.models import load_policy
 from pipeline.workspace import read_json, write_json
 from reward_models.records import InputError
-from sampling.config import temperature_for_round
+from sampling.config import reward_for_round, temperature_for_round
 from sampling.curves import max_of_k_curve
 from sampling.generate import generate_samples
 from sampling.jsonl import read_jsonl, write_jsonl_atomic
@@ -35,7 +36,20 @@ from sampling.scoring import score_samples
 from sampling.temperature import sweep_temperature
 
 _VERSION = re.compile(r"^v(\d+)$")
-SCORE_FIELDS = ("helpfulness", "safety", "safety_sigmoid", "gate_branch", "gated_logit", "gated_score")
+SCORE_FIELDS = ("helpfulness", "safety", "safety_sigmoid", "gate_branch", "gated_logit", "gated_score",
+                "judge_score")
+
+
+def judge_score_samples(ctx, samples: list[dict], work: Path) -> None:
+    """Direct AI feedback: the LLM judge's score in [0, 1] as each sample's reward (`judge_score`;
+    None when its verdict stayed unparseable). Cached under work/, so a resumed round pays nothing twice."""
+    from eval.judges import make_judge
+    from eval.labeling import judge_scores
+
+    with make_judge(ctx.config.judge, cache_path=work / "judge_cache.sqlite") as judge:
+        scores = judge_scores(judge, samples, [s["response"] for s in samples])
+    for s, v in zip(samples, scores):
+        s["judge_score"] = v
 
 
 def _free() -> None:
@@ -93,14 +107,14 @@ def _kept_samples(prior_versions: list[Path]) -> dict[int, list[dict]]:
     return kept
 
 
-def _selected_row(s: dict, version: int) -> dict:
+def _selected_row(s: dict, version: int, key: str = "gated_score") -> dict:
     """A selected.jsonl row: SFT-shaped (`messages` + `completion`, so `saferounds sft` reads it) plus
     where it came from and its scores under this round's RMs."""
     row = {"prompt_id": s["prompt_id"], "messages": s["messages"], "completion": s["response"],
            "origin_version": int(s["origin_version"]), "sample_index": int(s["sample_index"]),
-           "selected_in": version, "score": s["gated_score"],
+           "selected_in": version, "score": s[key],
            "is_safety": s.get("is_safety", False), "category": s.get("category")}
-    row.update({k: s[k] for k in SCORE_FIELDS})
+    row.update({k: s[k] for k in SCORE_FIELDS if k in s})
     return row
 
 
@@ -129,12 +143,21 @@ def run(ctx) -> dict:
     timings: dict[str, float] = {}
     rms = None
 
+    reward = reward_for_round(cfg, version)
+    key, curve_key = ("gated_score", "gated_logit") if reward == "rm" else ("judge_score", "judge_score")
+
     def score(samples):
         nonlocal rms
+        if reward == "judge":
+            judge_score_samples(ctx, samples, work)
+            return
         if rms is None:
             rms = _load_rms(ctx)
         score_samples(samples, rms["helpfulness"], rms["safety"], gate, batch_size=rm_cfg.score_batch_size,
                       max_length=rm_cfg.max_length)
+
+    def scored(samples):  # curves and the sweep rank a missing judge verdict lowest
+        return [s if s.get(curve_key) is not None else {**s, curve_key: 0.0} for s in samples]
 
     def progress(what):
         return lambda done, total: ctx.progress(f"v{version} rs: {what} {done}/{total} prompts")
@@ -152,9 +175,13 @@ def run(ctx) -> dict:
             sweep = read_json(sweep_file)
         elif temperature is None:
             held = _sweep_prompts(ctx, prompts, cfg.auto_prompts, ctx.config.seed)
-            sweep = sweep_temperature(model, tok, held, cfg.auto_temperatures, cfg.auto_k or cfg.k, score,
+            def score_for_sweep(samples):
+                score(samples)
+                samples[:] = scored(samples)
+
+            sweep = sweep_temperature(model, tok, held, cfg.auto_temperatures, cfg.auto_k or cfg.k, score_for_sweep,
                                       top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                      batch_size=cfg.batch_size, seed=seed, work_dir=work)
+                                      batch_size=cfg.batch_size, seed=seed, work_dir=work, key=curve_key)
             write_json(sweep_file, sweep)
         if sweep is not None:
             temperature = float(sweep["temperature"])
@@ -180,20 +207,20 @@ def run(ctx) -> dict:
         score(candidates)
         timings["score_s"] = round(time.perf_counter() - t0, 3)
         write_jsonl_atomic(out / "samples.jsonl", current)
-        selected = best_of_k(candidates, "gated_score", cfg.min_score)
+        selected = best_of_k([c for c in candidates if c.get(key) is not None], key, cfg.min_score)
         if not selected:
             raise InputError(f"rejection_sampling.min_score={cfg.min_score}: no prompt's best sample reaches it, "
                              "so there is nothing to fine-tune on; lower or remove min_score")
-        summary = {"temperature": temperature, "temperature_sweep": sweep, "k": cfg.k, "pool": cfg.pool,
+        summary = {"reward": reward, "temperature": temperature, "temperature_sweep": sweep, "k": cfg.k, "pool": cfg.pool,
                    "prompts": len(prompts), "samples": len(current),
                    "generated_tokens": sum(s["num_tokens"] for s in current),
                    "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current)}
         write_json(work / "summary.json", summary)
         write_json(out / "max_of_k.json", {
-            "version": version, "temperature": temperature, "k": cfg.k, "score": "gated_logit",
-            "points": max_of_k_curve(current, "gated_logit"),
-            "points_whitened": max_of_k_curve(current, "gated_score")})
-        write_jsonl_atomic(selected_path, [_selected_row(s, version) for s in selected])
+            "version": version, "temperature": temperature, "k": cfg.k, "score": curve_key,
+            "points": max_of_k_curve(scored(current), curve_key),
+            **({"points_whitened": max_of_k_curve(current, "gated_score")} if reward == "rm" else {})})
+        write_jsonl_atomic(selected_path, [_selected_row(s, version, key) for s in selected])
         rms = None
         _free()
 
@@ -218,15 +245,17 @@ def run(ctx) -> dict:
                       seed=ctx.config.seed)
         write_json(ft_file, ft)
 
-    def mean(rows, key):
-        return sum(r[key] for r in rows) / len(rows) if rows else None
+    def mean(rows, field):
+        values = [r[field] for r in rows if r.get(field) is not None]
+        return sum(values) / len(values) if values else None
 
     return {
         **{k: v for k, v in summary.items()},
         "mean_gated_logit": mean(current, "gated_logit"),
         "mean_helpfulness": mean(current, "helpfulness"),
         "mean_safety": mean(current, "safety"),
-        "safety_branch_fraction": mean([{"x": s["gate_branch"] == "safety"} for s in current], "x"),
+        "mean_judge_score": mean(current, "judge_score"),
+        "safety_branch_fraction": mean([{"x": s.get("gate_branch") == "safety"} for s in current], "x"),
         "eos_fraction": mean([{"x": s["finish_reason"] == "eos"} for s in current], "x"),
         "selected": len(selected),
         "selected_by_origin": origin_counts(selected),

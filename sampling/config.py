@@ -31,6 +31,9 @@ class RejectionSamplingConfig:
     auto_prompts: int = field(default=16, metadata={"min": 1})  # size of the sweep's held-out slice
     auto_k: Optional[int] = field(default=None, metadata={"min": 1})  # samples per prompt in the sweep (k)
     finetune: RSFinetuneConfig = field(default_factory=RSFinetuneConfig)
+    # What ranks the K samples: "rm" (the gated reward models, Eq. 4) or "judge" (the LLM judge's
+    # score as the reward: direct AI feedback); a list gives one choice per round, the last repeating.
+    reward: Union[str, list[str]] = "rm"
 
     def __post_init__(self):
         t = self.temperature
@@ -43,6 +46,11 @@ class RejectionSamplingConfig:
                 raise ValueError(f"temperature: {v!r} must be a number >= 0 (0 = greedy)")
         if any(v <= 0 for v in self.auto_temperatures) or not self.auto_temperatures:
             raise ValueError("auto_temperatures: give at least one temperature, each > 0")
+        for r in self.reward if isinstance(self.reward, list) else [self.reward]:
+            if r not in ("rm", "judge"):
+                raise ValueError(f"reward: expected 'rm' or 'judge' (or a list of them per round), got {r!r}")
+        if isinstance(self.reward, list) and not self.reward:
+            raise ValueError("reward: the per-round list is empty")
         if self.top_p <= 0:
             raise ValueError("top_p: must be in (0, 1]")
 
@@ -55,3 +63,9 @@ def temperature_for_round(cfg: RejectionSamplingConfig, version: int) -> float |
     if isinstance(t, list):
         return float(t[min(max(version, 1), len(t)) - 1])
     return float(t)
+
+
+def reward_for_round(cfg: RejectionSamplingConfig, version: int) -> str:
+    """"rm" or "judge" for round vN (a list is indexed by round, its last entry repeating)."""
+    r = cfg.reward
+    return r[min(max(version, 1), len(r)) - 1] if isinstance(r, list) else r

@@ -18,12 +18,12 @@ def pick_temperature(values: dict[float, float]) -> float:
 def sweep_temperature(model, tokenizer, prompts: list[dict], temperatures: list[float], k: int,
                       score_fn: Callable[[list[dict]], None], *, top_p: float = 1.0, max_new_tokens: int = 128,
                       batch_size: int = 8, seed: int = 0, work_dir: Optional[Path] = None,
-                      show_progress: Optional[bool] = None) -> dict:
+                      show_progress: Optional[bool] = None, key: str = "gated_logit") -> dict:
     """Returns {"temperature": best T, "mean_max_of_k": {T: value}, "k", "prompts"}.
 
     Every temperature uses the same seed, so the comparison is paired (common random numbers).
-    score_fn(samples) must set "gated_logit" on each sample; the un-whitened logit puts every
-    temperature on one scale. With work_dir, each temperature's samples resume from work_dir/sweep_T*.jsonl.
+    score_fn(samples) must set `key` on each sample: "gated_logit" (the un-whitened logit puts every
+    temperature on one scale) or, when an LLM judge is the reward, its score. With work_dir, each temperature's samples resume from work_dir/sweep_T*.jsonl.
     """
     values = {}
     for t in temperatures:
@@ -32,6 +32,6 @@ def sweep_temperature(model, tokenizer, prompts: list[dict], temperatures: list[
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                    out_path=out, show_progress=show_progress)
         score_fn(samples)
-        values[float(t)] = mean_max_of_k(samples, k, "gated_logit")
+        values[float(t)] = mean_max_of_k(samples, k, key)
     return {"temperature": pick_temperature(values), "mean_max_of_k": {f"{t:g}": v for t, v in values.items()},
             "k": k, "prompts": len(prompts)}

@@ -116,3 +116,41 @@ def test_resume_after_selection_skips_to_the_finished_outputs(rounds):
                         [ws.root / "versions" / "v1"]))
     assert {p.name: p.read_bytes() for p in v2.iterdir() if p.is_file()} == before
     assert again["selected_by_origin"] == m2["selected_by_origin"] and again["finetune"] == m2["finetune"]
+
+
+def test_judge_as_the_reward_selects_by_its_score_without_reward_models(tmp_path, monkeypatch):
+    """rejection_sampling.reward: judge — direct AI feedback ranks the K samples; no RM is loaded."""
+    import contextlib
+
+    import eval.judges
+    import eval.labeling
+    from pipeline.stage_rs import run
+    from pipeline.tiny import build_tiny
+
+    paths = build_tiny(tmp_path / "tiny")
+    ws = write_workspace(tmp_path, temperature=1.0)
+    cfg = yaml.safe_load((tmp_path / "saferounds.yaml").read_text())
+    cfg["rejection_sampling"]["reward"] = ["judge"]
+    (tmp_path / "saferounds.yaml").write_text(yaml.safe_dump(cfg))
+    ws = Workspace(tmp_path)
+    calls = []
+
+    def fake_scores(judge, prompts, responses, progress=None):
+        calls.append(len(responses))
+        # longer answers score higher; the first sample of q0 gets no parseable verdict (None)
+        return [None if (p["prompt_id"], p["sample_index"]) == ("q0", 0) else min(len(r), 50) / 50
+                for p, r in zip(prompts, responses)]
+
+    monkeypatch.setattr(eval.judges, "make_judge", lambda cfg, cache_path=None: contextlib.nullcontext(object()))
+    monkeypatch.setattr(eval.labeling, "judge_scores", fake_scores)
+    ctx = ctx_for(ws, 1, paths["policy"], paths["reward_model"], [])
+    ctx.rm_paths = {}
+    m = run(ctx)
+    v1 = ws.root / "versions" / "v1"
+    samples, selected = read_jsonl(v1 / "samples.jsonl"), read_jsonl(v1 / "selected.jsonl")
+    assert calls == [18] and m["reward"] == "judge" and len(selected) == 6
+    for row in selected:
+        mine = [s for s in samples if s["prompt_id"] == row["prompt_id"] and s["judge_score"] is not None]
+        assert row["score"] == row["judge_score"] == max(s["judge_score"] for s in mine)
+    assert not any(r["prompt_id"] == "q0" and r["sample_index"] == 0 for r in selected)
+    assert "gated_score" not in samples[0] and (v1 / "rs_policy" / "config.json").exists()
