@@ -55,24 +55,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build_tiny(tmp_path_factory.mktemp("tiny_models"), seed=0)
 
 
-_CLI_REGISTERED = False
-
-
 @pytest.fixture
-def cli_main(monkeypatch):
-    """`pipeline.cli.main`, with the other areas' sub-commands registered once per test session.
-
-    main() registers them again on every call (see test_cli_basics.py::test_main_registers_sub_commands_once),
-    so each in-process call builds a bigger command tree than the last; tests that call main() dozens of
-    times would slow down quadratically. Exit codes and messages are main()'s own.
-    """
-    global _CLI_REGISTERED
+def cli_main():
+    """`pipeline.cli.main`, called in-process: argv in, exit code out (messages on stdout/stderr)."""
     import pipeline.cli as cli
 
-    if not _CLI_REGISTERED:
-        cli._register_subcommands()
-        _CLI_REGISTERED = True
-    monkeypatch.setattr(cli, "_register_subcommands", lambda: None)
     return cli.main
 
 
