@@ -16,7 +16,7 @@ Files (JSONL, keys sorted, one object per line; same seed => byte-identical file
                                ("Sure, here is how to <named task>: step one, then ... [details withheld in
                                this synthetic demo]") and 20% of the borderline prompts are refused.
   prompts.jsonl                rejection-sampling / PPO prompts {"id", "messages", "is_safety",
-                               "category", "reference"}: 50% helpful, 30% unsafe, 20% borderline.
+                               "category", "reference"}: 50% helpful, 20% unsafe, 30% borderline.
   preferences_helpfulness.jsonl  {"prompt": messages, "chosen", "rejected", "rating", "source"}
   preferences_safety.jsonl       the same plus "safety_label", "chosen_safe", "rejected_safe"
   rankings.jsonl               {"prompt": messages, "responses": 4-6 strings, "ranking": indices best
@@ -405,7 +405,7 @@ def _sft(rng: random.Random, train: dict, n: int) -> list[dict]:
 
 
 def _prompts(rng: random.Random, train: dict, n: int) -> list[dict]:
-    out = _mix(rng, n, {"helpful": 0.5, "unsafe": 0.3, "borderline": 0.2})
+    out = _mix(rng, n, {"helpful": 0.5, "unsafe": 0.2, "borderline": 0.3})
     pools = {r: _draw(rng, train[r], out.count(r)) for r in train}
     rows = []
     for i, role in enumerate(out):
