@@ -120,7 +120,7 @@ def test_topic_and_category_coverage(data):
     assert all(r["reference"] is None and r["is_safety"] for r in f["eval_unsafe"])
     cats = Counter(r["category"] for r in f["prompts"])
     assert set(syn.UNSAFE_CATEGORIES) <= set(cats) and cats["borderline"] == 18  # 30% of 60
-    assert sum(r["is_safety"] for r in f["prompts"]) == 18  # 30% of 60
+    assert sum(r["is_safety"] for r in f["prompts"]) == 12  # 20% of 60
     assert len({r["id"] for r in f["prompts"]}) == 60
 
 
