@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.data import load_preferences, load_rankings
 from pipeline.workspace import RM_KINDS, Workspace, read_json
+from reward_models.records import InputError
 from reward_models.training import MANIFEST, train_reward_model
 
 # Pairs the `label` stage (RLAIF) leaves in a finished version; later rounds train on them like human pairs.
@@ -70,6 +71,10 @@ def run(ctx) -> dict:
     for kind in RM_KINDS:
         done = ws.rm_dir(kind, n)
         if done.exists():  # trained earlier (resume, or `saferounds rm train` before the round)
+            trained_with = read_json(done / MANIFEST).get("config_hash") if (done / MANIFEST).exists() else None
+            if trained_with != ws.config.hash():
+                raise InputError(f"{done}: trained under a different saferounds.yaml than v{n} runs with; "
+                                 f"delete it (or `saferounds round discard v{n}`) to retrain")
             ctx.log.info("reusing %s", done)
             out[kind] = summary(read_json(done / MANIFEST).get("metrics", {})) if (done / MANIFEST).exists() else {}
             continue

@@ -280,10 +280,31 @@ class Workspace:
         os.replace(self.partial_dir(n), self.version_dir(n))
         return self.version_dir(n)
 
+    def _remove(self, path: Path) -> None:
+        """Delete a directory so that it disappears at once: rename to a hidden name, then delete."""
+        if not path.exists():
+            return
+        trash = path.with_name(f".{path.name.lstrip('.')}.discarded")
+        if trash.exists():  # left by a delete that was killed half-way
+            shutil.rmtree(trash)
+        os.replace(path, trash)
+        shutil.rmtree(trash)
+
+    def _discard_derived(self, n: int) -> None:
+        """What vN made outside its directory goes with it: its reward models and its reports
+        (and cached answers of vN in other reports), so a rebuilt vN never reuses them."""
+        for kind in RM_KINDS:
+            self._remove(self.rm_dir(kind, n))
+            self._remove(self.rm_partial_dir(kind, n))
+        self._remove(self.root / "reports" / f"v{n}")
+        for cached in self.root.glob(f"reports/*/generations/v{n}"):
+            self._remove(cached)
+
     def discard(self, n: int) -> None:
-        """Remove an unfinished version, or the newest finished one."""
+        """Remove an unfinished version, or the newest finished one, with its reward models and reports."""
         if self.partial_dir(n).exists():
-            shutil.rmtree(self.partial_dir(n))
+            self._remove(self.partial_dir(n))
+            self._discard_derived(n)
             return
         done = self.finished_versions()
         if n not in done:
@@ -293,11 +314,8 @@ class Workspace:
         building = [p for p in self.partial_versions() if p > n]
         if building:
             raise InputError(f"v{n}: v{building[0]} is being built on it; discard v{building[0]} first")
-        trash = self.versions_dir / f".v{n}.discarded"
-        if trash.exists():  # left by a discard that was killed before it finished deleting
-            shutil.rmtree(trash)
-        os.replace(self.version_dir(n), trash)  # disappear atomically, then delete
-        shutil.rmtree(trash)
+        self._remove(self.version_dir(n))
+        self._discard_derived(n)
 
     # -- reward models ----------------------------------------------------------------------
     def rm_dir(self, kind: str, n: int) -> Path:

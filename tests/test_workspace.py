@@ -183,6 +183,23 @@ def test_discard_rules(tiny_workspace):
     assert sorted(p.name for p in ws.versions_dir.iterdir()) == ["v0"]
 
 
+def test_discard_takes_the_versions_reward_models_and_reports_with_it(tiny_workspace):
+    ws = Workspace(tiny_workspace)
+    for n in (0, 1, 2):
+        make_version(ws, n)
+    for n in (1, 2):
+        for kind in ("helpfulness", "safety"):
+            ws.rm_dir(kind, n).mkdir(parents=True)
+    (ws.root / "reports" / "v2").mkdir(parents=True)
+    (ws.root / "reports" / "v1" / "generations" / "v2").mkdir(parents=True)  # v2's answers cached elsewhere
+    (ws.root / "reports" / "v1" / "generations" / "v0").mkdir(parents=True)
+    ws.discard(2)
+    assert ws.rm_versions("helpfulness") == ws.rm_versions("safety") == [1]
+    assert sorted(p.name for p in (ws.root / "reports").iterdir()) == ["v1"]
+    assert sorted(p.name for p in (ws.root / "reports" / "v1" / "generations").iterdir()) == ["v0"]
+    assert not list(ws.root.rglob("*.discarded"))
+
+
 def test_reward_model_versions(tiny_workspace):
     ws = Workspace(tiny_workspace)
     for n in (1, 3):
