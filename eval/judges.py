@@ -24,7 +24,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal, Optional, TypeVar
+from typing import Callable, Literal, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

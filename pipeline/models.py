@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reward_models.modeling import DTYPES, quantization_config, resolve_dtype  # noqa: F401 (re-exported)
+from reward_models.modeling import quantization_config, resolve_dtype
 from reward_models.records import InputError
 
 def lora_config(model_cfg, task_type: str):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Config
-from pipeline.workspace import RM_KINDS, Workspace, now
+from pipeline.workspace import Workspace, now
 from reward_models.records import InputError
 
 STAGE_MODULES = {"rm": "pipeline.stage_rm", "label": "pipeline.stage_label", "rs": "pipeline.stage_rs",
@@ -74,15 +74,6 @@ def next_version(ws: Workspace) -> tuple[int, bool]:
     return n, False
 
 
-def _rm_paths(ws: Workspace, n: int) -> dict[str, Path]:
-    paths = {}
-    for kind in RM_KINDS:
-        v = ws.latest_rm(kind, at_most=n)
-        if v is not None:
-            paths[kind] = ws.rm_dir(kind, v)
-    return paths
-
-
 def _place_policy(d: Path, stage: str, stages: list[str]) -> None:
     """After the last policy stage of the plan, its output becomes the version's policy/."""
     last = [s for s in stages if s in POLICY_OUTPUTS][-1]
@@ -114,7 +105,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         if state.get("status") == "done":
             continue
         ctx = StageContext(workspace=ws, config=cfg, version=n, dir=d, parent_policy=ws.policy_path(n - 1),
-                           rm_paths=_rm_paths(ws, n), prior_versions=prior, progress=report)
+                           rm_paths=ws.rm_paths(at_most=n), prior_versions=prior, progress=report)
         report(f"v{n}: {stage}")
         started = time.time()
         ws.set_stage(n, stage, status="running", started=now(), error=None)
@@ -131,7 +122,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
             _place_policy(d, stage, stages)
         ws.set_stage(n, stage, status="done", finished=now(), seconds=seconds, metrics=metrics)
         ws.update_manifest(n, metrics={stage: metrics}, timings={stage: seconds},
-                           reward_models={k: p.name for k, p in _rm_paths(ws, n).items()})
+                           reward_models={k: p.name for k, p in ws.rm_paths(at_most=n).items()})
         if until == stage:
             return {"version": n, "status": "partial", "stopped_after": stage}
     ws.finish_version(n)

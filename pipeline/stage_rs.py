@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
-import json
 import re
 import time
 from pathlib import Path

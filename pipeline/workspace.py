@@ -335,6 +335,11 @@ class Workspace:
         vs = [v for v in self.rm_versions(kind) if at_most is None or v <= at_most]
         return vs[-1] if vs else None
 
+    def rm_paths(self, at_most: int | None = None) -> dict[str, Path]:
+        """{kind: directory} of the newest reward model of each kind (up to version `at_most`)."""
+        found = {kind: self.latest_rm(kind, at_most) for kind in RM_KINDS}
+        return {kind: self.rm_dir(kind, v) for kind, v in found.items() if v is not None}
+
     def finish_rm(self, kind: str, n: int) -> Path:
         os.replace(self.rm_partial_dir(kind, n), self.rm_dir(kind, n))
         return self.rm_dir(kind, n)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from pipeline.config import CONFIG_NAME, load_config
 from pipeline.workspace import Workspace

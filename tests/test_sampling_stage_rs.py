@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import Config
 from pipeline.rounds import StageContext
 from pipeline.workspace import Workspace
 from sampling.jsonl import read_jsonl

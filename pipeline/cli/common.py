@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.workspace import Workspace
+from reward_models.records import InputError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,6 +34,16 @@ def locked(ws: Workspace):
         if lock.stale_from:
             err_console.print(f"[yellow]note:[/] took over a stale lock left by {lock.stale_from}")
         yield ws
+
+
+def output_dir(ws: Workspace, path: Path) -> Path:
+    """An --out directory: anywhere but inside versions/ (finished versions are never modified, and a
+    version under construction belongs to its round)."""
+    path = Path(path).resolve()
+    if path == ws.versions_dir or ws.versions_dir in path.parents:
+        raise InputError(f"--out {path}: inside {ws.versions_dir}, which only rounds write; choose another "
+                         "directory (e.g. WORKSPACE/reports/...)")
+    return path
 
 
 def print_json(obj) -> None:

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, open_workspace, print_json, table
+from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, locked, open_workspace, output_dir,
+                                  print_json, table)
 
 SuiteOpt = Annotated[Optional[list[str]], typer.Option(
     "--suite", help="KIND:PATH (xstest, do-not-answer, unsafe, borderline, helpful) or PATH with a role "
@@ -36,17 +37,17 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
     specs = list(suite) if suite else suite_specs(cfg, ws.root)
     suites = load_suites(specs, base=ws.root, prompt_column=prompt_column or ecfg.prompt_column,
                          limit=ecfg.max_prompts_per_suite if limit is None else limit)
-    rm_paths = {}
-    for kind in ("helpfulness", "safety"):
-        v = ws.latest_rm(kind, at_most=n)
-        if v is not None:
-            rm_paths[kind] = ws.rm_dir(kind, v)
-    out_dir = out or ws.root / "reports" / f"v{n}"
+    rm_paths = ws.rm_paths(at_most=n)
+    for a in against or []:  # asked for by name: it must exist (the config's defaults may be skipped)
+        m = n - 1 if a == "previous" else parse_version(a)
+        ws.policy_path(m)  # InputError naming the finished versions
+    out_dir = output_dir(ws, out) if out else ws.root / "reports" / f"v{n}"
     samples = ws.version_dir(n) / "samples.jsonl"
     progress = (lambda m: None) if as_json else (lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
-    metrics = evaluate_version(ws, n, policy, out_dir, rm_paths=rm_paths,
-                               compare=compare_targets(ws, n, list(against) if against else ecfg.compare_against),
-                               suites=suites, samples=samples if samples.exists() else None, progress=progress)
+    with locked(ws):
+        metrics = evaluate_version(ws, n, policy, out_dir, rm_paths=rm_paths,
+                                   compare=compare_targets(ws, n, list(against) if against else ecfg.compare_against),
+                                   suites=suites, samples=samples if samples.exists() else None, progress=progress)
     paths = {"metrics": str(out_dir / "metrics.json"), "markdown": str(out_dir / "report.md"),
              "html": str(out_dir / "report.html")}
     s, h = metrics["safety"], metrics["helpfulness"]

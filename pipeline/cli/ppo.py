@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json
+from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, output_dir,
+                                  print_json)
 from reward_models.records import InputError
 
 
@@ -43,13 +44,15 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
         start = Path(policy)
         if not start.exists():
             raise InputError(f"--policy: {policy} is neither a version (vN) nor an existing directory")
-    rm_paths = {}
+    rm_paths = ws.rm_paths()
     for kind in ("helpfulness", "safety"):
-        n = ws.latest_rm(kind)
-        if n is None:
+        if kind not in rm_paths:
             raise InputError(f"reward_models/{kind}: no trained {kind} reward model; run `saferounds rm train "
                              f"--kind {kind}` first")
-        rm_paths[kind] = ws.rm_dir(kind, n)
+    out = output_dir(ws, out)
+    if (out / "rs_policy").exists():
+        raise InputError(f"--out {out}: holds an rs_policy/, which PPO would start from instead of --policy; "
+                         "use an empty directory")
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(workspace=ws, config=cfg, version=(latest or 0) + 1, dir=out, parent_policy=start,
                        rm_paths=rm_paths, prior_versions=[], log=logging.getLogger("saferounds.ppo"),

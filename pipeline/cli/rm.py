@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 
