@@ -140,6 +140,16 @@ def version_in_spec(version: int, spec: str) -> bool:
     return version == int(spec)
 
 
+def check_stages(stages: list[str]) -> str | None:
+    """A version's stages: unique, in the order rm -> label -> rs -> ppo -> eval, making a policy."""
+    if not any(s in ("rs", "ppo") for s in stages):
+        return f"{stages} makes no policy; every version needs rs or ppo"
+    order = [STAGES.index(s) for s in stages if s in STAGES]
+    if order != sorted(order) or len(set(stages)) != len(stages):
+        return f"{stages}: stages must be unique and in the order {' -> '.join(STAGES)}"
+    return None
+
+
 def _check_version_spec(spec: str) -> str | None:
     bad = f"expected a version spec like '2', '1-3' or '4+', got {spec!r}"
     try:
@@ -273,6 +283,10 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
         errors.append("model.load_in_4bit, model.load_in_8bit: choose at most one")
     if cfg is not None and not cfg.rounds.plan:
         errors.append("rounds.plan: empty; give at least one {versions, stages} entry")
+    for i, entry in enumerate(cfg.rounds.plan if cfg is not None and not errors else []):
+        problem = check_stages(entry.stages)
+        if problem:
+            errors.append(f"rounds.plan[{i}].stages: {problem}")
     if errors:
         raise InputError("\n".join(f"{source}: {e}" for e in errors))
     return cfg

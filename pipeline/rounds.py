@@ -24,7 +24,6 @@ from reward_models.records import InputError
 
 STAGE_MODULES = {"rm": "pipeline.stage_rm", "label": "pipeline.stage_label", "rs": "pipeline.stage_rs",
                  "ppo": "pipeline.stage_ppo", "eval": "pipeline.stage_eval"}
-STAGE_ORDER = ("rm", "label", "rs", "ppo", "eval")
 POLICY_OUTPUTS = {"rs": "rs_policy", "ppo": "ppo_policy"}
 log = logging.getLogger("saferounds")
 
@@ -45,17 +44,6 @@ class StageContext:
     def policy(self) -> Path:
         """The version's policy once its last policy stage is done (what eval evaluates)."""
         return self.dir / "policy"
-
-
-def check_plan(stages: list[str], version: int) -> list[str]:
-    if not any(s in POLICY_OUTPUTS for s in stages):
-        raise InputError(f"rounds.plan: v{version} runs {stages}, which makes no policy; "
-                         "every version needs rs or ppo")
-    order = [STAGE_ORDER.index(s) for s in stages]
-    if order != sorted(order) or len(set(stages)) != len(stages):
-        raise InputError(f"rounds.plan: v{version} stages {stages} must be unique and in the order "
-                         f"{' -> '.join(STAGE_ORDER)}")
-    return stages
 
 
 def next_version(ws: Workspace) -> tuple[int, bool]:
@@ -81,6 +69,23 @@ def _place_policy(d: Path, stage: str, stages: list[str]) -> None:
         os.replace(d / POLICY_OUTPUTS[stage], d / "policy")
 
 
+def validate_inputs(ws: Workspace, stages: list[str]) -> None:
+    """Read every data file the planned stages need, so bad or missing input fails (exit 2) before
+    the version is started rather than hours into it."""
+    from pipeline.data import load_prompts
+
+    cfg = ws.config
+    if {"label", "rs", "ppo"} & set(stages):
+        if not cfg.data.prompts:
+            raise InputError(f"{ws.config_path}: data.prompts: no files listed; the planned stages {stages} need prompts")
+        for f in cfg.data.prompts:
+            load_prompts(ws.resolve(f))
+    if "rm" in stages:
+        from pipeline.stage_rm import load_rm_records
+
+        load_rm_records(ws)
+
+
 def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
               until: str | None = None) -> dict:
     """Run (or resume) the next version; `until` stops after that stage (the version stays partial)."""
@@ -93,10 +98,19 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
                              f"`saferounds round discard v{n}` and run the round again")
         stages = list(manifest["plan"])  # (manifest keys are sorted on disk: the plan keeps the order)
     else:
-        stages = check_plan(cfg.stages_for(n), n)
+        stages = cfg.stages_for(n)  # validated with the config (pipeline.config.check_stages)
+    if until is not None and until not in stages:
+        raise InputError(f"--until {until}: v{n} runs {', '.join(stages)}; name one of those")
+    validate_inputs(ws, stages)
     data = cfg.data
     inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings
     d = ws.begin_version(n, n - 1, stages, inputs)
+    if resuming:  # record the inputs as they are now; say which changed since the version started
+        now_hashes = ws.hash_inputs(inputs)
+        changed = sorted(k for k in set(now_hashes) | set(manifest["inputs"])
+                         if now_hashes.get(k) != manifest["inputs"].get(k))
+        if changed:
+            ws.update_manifest(n, inputs=now_hashes, inputs_changed_on_resume=changed)
     ws.update_manifest(n, status="running")
     prior = [ws.version_dir(v) for v in ws.finished_versions() if 0 < v < n]
     report = progress or (lambda message: None)
@@ -135,7 +149,7 @@ def list_versions(ws: Workspace) -> list[dict]:
         m = ws.manifest(n)
         order = m.get("plan") or list(m.get("stages", {}))
         rows.append({"version": m["version"], "parent": m.get("parent"), "status": m.get("status"),
-                     "stages": {s: m["stages"].get(s, {}).get("status") for s in order},
+                     "stages": [{"stage": s, "status": m["stages"].get(s, {}).get("status")} for s in order],
                      "created": m.get("created"), "finished": m.get("finished"),
                      "seconds": round(sum(m.get("timings", {}).values()), 1),
                      "headline": headline(m)})

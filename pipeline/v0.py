@@ -76,8 +76,9 @@ def run_pretrain(ws: Workspace) -> dict:
     ws.set_stage(0, "pretrain", status="running", started=now())
     metrics = pretrain(resolve_model(ws, "policy"), train, cfg.pretrain, cfg.model, d / "pretrain",
                        d / "work" / "pretrain", seed=cfg.seed, heldout_texts=held)
-    ws.set_stage(0, "pretrain", status="done", finished=now(), seconds=round(time.time() - started, 2),
-                 metrics=metrics)
+    seconds = round(time.time() - started, 2)
+    ws.set_stage(0, "pretrain", status="done", finished=now(), seconds=seconds, metrics=metrics)
+    ws.update_manifest(0, metrics={"pretrain": metrics}, timings={"pretrain": seconds})
     return metrics
 
 

@@ -57,7 +57,8 @@ def test_status_json_lists_finished_and_running_versions(tiny_workspace, capsys,
     rows = json.loads(capsys.readouterr().out)["versions"]
     assert [(r["version"], r["parent"], r["status"]) for r in rows] == [("v0", None, "complete"),
                                                                         ("v1", "v0", "running")]
-    assert rows[0]["stages"] == {"rs": "done", "eval": "pending"} and rows[0]["seconds"] == 2.5
+    assert rows[0]["stages"] == [{"stage": "rs", "status": "done"}, {"stage": "eval", "status": "pending"}]  # plan order
+    assert rows[0]["seconds"] == 2.5
     assert rows[0]["headline"] == {"violation_rate": 0.25, "false_refusal_rate": 0.1, "helpfulness": 0.5}
     assert cli_main(["status", "-w", str(tiny_workspace)]) == 0  # the table
     out = capsys.readouterr().out
@@ -115,3 +116,25 @@ def test_main_registers_sub_commands_once(capsys):
     groups, commands = len(app.registered_groups), len(app.registered_commands)
     main(["status", "--help"])
     assert (len(app.registered_groups), len(app.registered_commands)) == (groups, commands)
+
+
+def test_round_run_checks_its_inputs_and_options_before_starting_a_version(tiny_workspace, capsys, cli_main):
+    ws = Workspace(tiny_workspace)
+    make_version(ws, 0)
+    prompts = tiny_workspace / "data" / "prompts.jsonl"
+    lines = prompts.read_text().splitlines()
+    lines[6] = lines[6].replace('"role": "user"', '"role": "robot"')
+    prompts.write_text("\n".join(lines) + "\n")
+    assert cli_main(["round", "run", "-w", str(tiny_workspace)]) == 2
+    assert f"{prompts}:7: messages[0].role" in capsys.readouterr().err
+    assert ws.partial_versions() == [] and ws.finished_versions() == [0]  # nothing was started
+    assert cli_main(["round", "run", "-w", str(tiny_workspace), "--until", "ppo"]) == 2  # v1 plans rm, rs, eval
+    assert "--until ppo: v1 runs rm, rs, eval" in capsys.readouterr().err
+    assert ws.partial_versions() == []
+
+
+def test_a_plan_out_of_order_is_a_config_error(tiny_workspace, capsys, cli_main):
+    cfg = tiny_workspace / "saferounds.yaml"
+    cfg.write_text(cfg.read_text().replace("stages: [rm, rs, eval]", "stages: [eval, rs]"))
+    assert cli_main(["status", "-w", str(tiny_workspace)]) == 2
+    assert "rounds.plan[0].stages: ['eval', 'rs']: stages must be unique and in the order" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
     console.print(table(f"saferounds workspace {ws.root}",
                         ["version", "parent", "status", "stages", "violation %", "false refusal %", "helpfulness", "seconds"],
                         [[r["version"], r["parent"], r["status"],
-                          " ".join(f"{s}:{v}" for s, v in r["stages"].items()),
+                          " ".join(f"{x['stage']}:{x['status']}" for x in r["stages"]),
                           _pct(r["headline"]["violation_rate"]), _pct(r["headline"]["false_refusal_rate"]),
                           fmt(r["headline"]["helpfulness"]), r["seconds"]] for r in rows]))
 
@@ -234,12 +234,36 @@ def _click_errors() -> tuple[type, ...]:
 _CLICK_ERRORS = _click_errors()
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("SAFEROUNDS_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    if os.environ.get("SAFEROUNDS_THREADS"):
+INTERRUPTED = 130  # the shell's code for Ctrl-C (128 + SIGINT)
+
+
+def _environment() -> None:
+    """SAFEROUNDS_LOG (a logging level), SAFEROUNDS_THREADS (torch threads), SAFEROUNDS_QUIET=1."""
+    level = os.environ.get("SAFEROUNDS_LOG", "WARNING").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise InputError(f"SAFEROUNDS_LOG={level!r}: expected DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    threads = os.environ.get("SAFEROUNDS_THREADS")
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise InputError(f"SAFEROUNDS_THREADS={threads!r}: expected a positive integer")
         import torch
 
-        torch.set_num_threads(int(os.environ["SAFEROUNDS_THREADS"]))
+        torch.set_num_threads(int(threads))
+    if os.environ.get("SAFEROUNDS_QUIET") == "1":  # no per-load progress bars or load reports
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        _environment()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _register_subcommands()
     try:
         rv = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
@@ -249,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        return 1
+        rv = INTERRUPTED
     except _CLICK_ERRORS as e:  # usage errors carry their own exit code (2)
         e.show()
         return e.exit_code
+    if rv == INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+        print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
     return rv if isinstance(rv, int) else 0
 
 

@@ -26,8 +26,13 @@ def init_workspace(directory: str | Path, preset: str = "tiny", force: bool = Fa
     text = preset_text(preset)
     directory = Path(directory)
     path = directory / CONFIG_NAME
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory}: exists and is not a directory")
     if path.exists() and not force:
         raise InputError(f"{path}: already exists; pass --force to overwrite it")
+    if force and any((directory / "versions").glob("*")):
+        raise InputError(f"{directory}: has versions; --force would change the config they were built with. "
+                         "Start a new workspace instead")
     if overrides:
         data = yaml.safe_load(text)
         for section, values in overrides.items():
