@@ -267,7 +267,7 @@ def load_checkpoint(work_dir: Path, model: PolicyAndValue, optimizer, whitener, 
     if not latest.exists():
         return 0
     ckpt = work_dir / latest.read_text().strip()
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     params = dict(model.named_parameters())
     missing = set(state["model"]) ^ {n for n, p in params.items() if p.requires_grad}
     if missing:
@@ -281,7 +281,7 @@ def load_checkpoint(work_dir: Path, model: PolicyAndValue, optimizer, whitener, 
         whitener.load_state_dict(state["whitener"])
     rng_file = ckpt / f"rng_{accelerator.process_index}.pt"
     if rng_file.exists():
-        rng = torch.load(rng_file, weights_only=False)
+        rng = torch.load(rng_file, weights_only=True)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         if rng["cuda"]:

@@ -6,7 +6,6 @@ R~  = whiten(logit(R_c))
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
@@ -15,9 +14,7 @@ import torch
 class GateConfig:
     """YAML section `gate`."""
     threshold: float = field(default=0.15, metadata={"min": 0.0, "max": 1.0})
-    whiten: bool = True
-    # "batch": whiten over the scored batch; "running": running mean/std across batches (PPO).
-    whiten_stats: Literal["batch", "running"] = "batch"
+    whiten: bool = True  # over the scored batch (rejection sampling); PPO whitens with running statistics
     eps: float = field(default=1e-6, metadata={"min": 0.0, "max": 0.1})
 
 
