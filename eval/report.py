@@ -14,6 +14,7 @@ from pathlib import Path
 
 from eval.evaluate import SCHEMA, check_rates
 from eval.suites import RISK_CATEGORIES
+from reward_models.records import atomic_write_text
 
 METRICS_SCHEMA_DOC = """\
 metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1], null when n = 0)
@@ -77,10 +78,7 @@ def validate_metrics(m: dict) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def version_number(v: str) -> int:
@@ -436,6 +434,6 @@ def write_report(out_dir: str | Path, metrics: dict, records: list[dict], *,
     plots = make_plots(trend, score_sets, metrics.get("max_of_k"))
     paths = {"metrics": out_dir / "metrics.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     write_json(paths["metrics"], metrics)
-    paths["markdown"].write_text(render_markdown(metrics, examples, trend, max_response_chars), encoding="utf-8")
-    paths["html"].write_text(render_html(metrics, examples, trend, plots, max_response_chars), encoding="utf-8")
+    atomic_write_text(paths["markdown"], render_markdown(metrics, examples, trend, max_response_chars))
+    atomic_write_text(paths["html"], render_html(metrics, examples, trend, plots, max_response_chars))
     return paths

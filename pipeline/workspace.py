@@ -21,13 +21,12 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 from pipeline.config import CONFIG_NAME, Config, load_config
-from reward_models.records import InputError
+from reward_models.records import InputError, atomic_write_text  # noqa: F401 (used by importers too)
 
 RM_KINDS = ("helpfulness", "safety")
 LOCK_NAME = ".saferounds.lock"
@@ -37,29 +36,6 @@ _PARTIAL_RE = re.compile(r"^\.v(\d+)\.partial$")
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; others could not read the workspace
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: str | Path, obj) -> None:

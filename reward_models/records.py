@@ -12,10 +12,13 @@ Hugging Face ``datasets`` hub id ``hub:NAME[:SPLIT]`` (read from the local cache
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
+import os
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -47,6 +50,30 @@ class RowErrors:
         more = len(self.problems) - len(shown)
         tail = [f"... and {more} more problem(s) in {self.path}"] if more > 0 else []
         raise InputError("\n".join(shown + tail))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write through a uniquely named temporary file, fsync, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; others could not read the workspace
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read_text(path: Path) -> str:
