@@ -165,11 +165,11 @@ def headline(manifest: dict) -> dict:
             "helpfulness": helpful.get("mean_score")}
 
 
-def _flatten(obj, prefix="") -> dict:
+def flatten(obj, prefix="") -> dict:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: obj}
 
@@ -178,7 +178,15 @@ def diff_versions(ws: Workspace, a: int, b: int) -> dict:
     """Config and metric differences between two versions (keys whose values differ)."""
     ma, mb = ws.manifest(a), ws.manifest(b)
     out = {}
-    for section in ("config", "metrics", "reward_models", "inputs"):
-        fa, fb = _flatten(ma.get(section, {})), _flatten(mb.get(section, {}))
-        out[section] = {k: [fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+    for section in ("config", "reward_models", "inputs", "metrics"):
+        fa, fb = flatten(ma.get(section, {})), flatten(mb.get(section, {}))
+        keys = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and not _noise(k))
+        out[section] = {k: [fa.get(k), fb.get(k)] for k in keys}
     return out
+
+
+def _noise(key: str) -> bool:
+    """Keys that differ between any two versions and say nothing: timestamps, paths, copies."""
+    parts = key.split(".")
+    return bool({"created", "judges", "compared", "resumed_from", "timings", "backbone",
+                 "ppo_start", "ppo_reference", "ci95"} & set(parts))

@@ -173,16 +173,20 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 def _read_csv(path: Path, text: str) -> list[tuple[int, dict]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise InputError(f"{path}:1: header: the CSV file has no header row")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     rows, errors = [], RowErrors(path)
-    for row in reader:
-        line = reader.line_num
-        if None in row:
-            errors.add(line, "csv", "more values than header columns")
-            continue
-        rows.append((line, {k: v for k, v in row.items() if k is not None}))
+    try:
+        if not reader.fieldnames:
+            raise InputError(f"{path}:1: header: the CSV file has no header row")
+        for row in reader:
+            line = reader.line_num
+            if None in row:
+                errors.add(line, "csv", "more values than header columns")
+                continue
+            rows.append((line, {k: v for k, v in row.items() if k is not None}))
+    except csv.Error as e:  # e.g. a quote that is never closed swallows the rest of the file
+        errors.add(reader.line_num + 1, "csv", f"malformed CSV from this line on ({e}); "
+                   "is a quote left open?")
     errors.raise_if_any()
     return rows
 

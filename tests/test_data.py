@@ -58,6 +58,7 @@ MALFORMED_TABLE = [
     ("implicit_prompts_differ.jsonl", "preferences", 2, "rejected"),
     ("preferences_extra_columns.csv", "preferences", 3, "csv"),
     ("preferences_blank_cell.csv", "preferences", 3, "prompt"),
+    ("csv_unclosed_quote.csv", "prompts", 2, "csv"),
     ("pretty_list_item_missing_field.json", "preferences", 7, "rejected"),
     ("bad_json_document.json", "preferences", 3, "json"),
     ("ranking_not_a_permutation.jsonl", "rankings", 2, "ranking"),

@@ -163,8 +163,11 @@ def round_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = Fal
         parent = m.get("parent")
         m = ws.manifest(int(parent[1:])) if parent else None
     console.print("lineage: " + " <- ".join(lineage))
+    from pipeline.rounds import flatten
+
     for stage, metrics in ws.manifest(n).get("metrics", {}).items():
-        flat = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))}
+        flat = {k: v for k, v in flatten(metrics or {}).items()
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         console.print(f"  {stage}: " + ", ".join(f"{k}={fmt(v)}" for k, v in list(flat.items())[:12]))
 
 
