@@ -125,7 +125,7 @@ def _choice(row, field, allowed, line, errors):
 def load_prompts(path) -> list[dict]:
     errors, out, seen = RowErrors(path), [], {}
     stem = Path(str(path)).stem.split(".")[0]
-    for line, row in read_rows(path):
+    for line, row in read_rows(path, errors):
         messages = _prompt_turns(row, line, errors)
         pid = row.get("id")
         if pid is None or pid == "":  # no id column, or a blank CSV cell / null: number it by line
@@ -150,7 +150,7 @@ def load_prompts(path) -> list[dict]:
 
 def load_sft(path) -> list[dict]:
     errors, out = RowErrors(path), []
-    for line, row in read_rows(path):
+    for line, row in read_rows(path, errors):
         if "completion" in row:
             messages = _prompt_turns(row, line, errors)
             if isinstance(row["completion"], list):  # TRL conversational: [{"role": "assistant", ...}]
@@ -221,7 +221,8 @@ def _response(value, field, line, errors):
 
 def load_preferences(path, source: str | None = None) -> list[dict]:
     """Preference pairs; HH-RLHF transcripts and TRL implicit-prompt pairs are converted."""
-    rows = read_rows(path)
+    errors, out = RowErrors(path), []
+    rows = read_rows(path, errors)
     if rows and _is_hh(rows[0][1]):  # a whole HH-RLHF file: its few unusable rows are dropped
         pairs, counts = hh_pairs(path, source)
         if counts["kept"] < counts["rows"]:
@@ -229,7 +230,6 @@ def load_preferences(path, source: str | None = None) -> list[dict]:
                         counts["kept"], counts["rows"], counts["identical"], counts["empty"],
                         counts["malformed"])
         return _nonempty(pairs, path)
-    errors, out = RowErrors(path), []
     for line, row in rows:
         if _is_hh(row):
             prompt, chosen = _split_hh(row["chosen"])
@@ -314,7 +314,7 @@ def hh_pairs(path, source: str | None = None) -> tuple[list[dict], dict]:
 
 def load_rankings(path, source: str | None = None) -> list[dict]:
     errors, out = RowErrors(path), []
-    for line, row in read_rows(path):
+    for line, row in read_rows(path, errors):
         prompt = _prompt_turns(row, line, errors)
         responses = row.get("responses")
         if not isinstance(responses, list) or len(responses) < 2:
@@ -346,7 +346,7 @@ def load_text(path) -> list[str]:
         docs = [d.strip() for d in raw.split(sep) if d.strip()]
         return _nonempty(docs, path)
     errors, docs = RowErrors(path), []
-    for line, row in read_rows(path):
+    for line, row in read_rows(path, errors):
         text = _text(row, "text", line, errors)
         if text is not None:
             docs.append(text)

@@ -97,8 +97,9 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
-def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
-    rows, errors = [], RowErrors(path)
+def _read_jsonl(path: Path, text: str, errors: RowErrors | None = None) -> list[tuple[int, dict]]:
+    own = errors is None
+    rows, errors = [], errors if errors is not None else RowErrors(path)
     for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 etc. are legal in JSON strings
         if not line.strip():
             continue
@@ -111,7 +112,8 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
             errors.add(n, "json", f"expected a JSON object, got {type(obj).__name__}")
             continue
         rows.append((n, obj))
-    errors.raise_if_any()
+    if own:
+        errors.raise_if_any()
     return rows
 
 
@@ -215,8 +217,11 @@ def _read_hub(spec: str) -> list[tuple[int, dict]]:
     return list(enumerate((dict(r) for r in ds), start=1))
 
 
-def read_rows(path: str | Path) -> list[tuple[int, dict]]:
-    """Rows of a record file as (line or row number, dict), in file order."""
+def read_rows(path: str | Path, errors: RowErrors | None = None) -> list[tuple[int, dict]]:
+    """Rows of a record file as (line or row number, dict), in file order.
+
+    With `errors`, unreadable JSONL lines are added to it (and skipped) instead of raised, so a
+    loader can report them together with its own field errors in one listing."""
     if isinstance(path, str) and path.startswith("hub:"):
         return _read_hub(path)
     path = Path(path)
@@ -231,4 +236,6 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     if kind not in readers:
         raise InputError(f"{path}: unsupported file type '{kind or path.name}'; "
                          "use .jsonl, .json, .csv or .parquet (optionally .gz)")
+    if kind == ".jsonl":
+        return _read_jsonl(path, read_text(path), errors)
     return readers[kind](path, read_text(path))

@@ -312,3 +312,15 @@ def test_hh_rlhf_file_through_load_preferences():
                                "results by doing pranks with pens.")
     assert first["rejected"].startswith("There are lots of funny things you can do with pens")
     assert (first["source"], first["rating"], first["safety_label"]) == ("safety", None, None)
+
+
+def test_bad_json_lines_and_bad_fields_are_listed_together(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "x", "rejected": "y"}\n{bad json\n'
+                    '{"prompt": "b", "chosen": "x", "rejected": "x"}\n{"prompt": "", "chosen": "x", "rejected": "y"}\n')
+    with pytest.raises(InputError) as e:
+        load_preferences(path)
+    assert str(e.value).splitlines() == [
+        f"{path}:2: json: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        f"{path}:3: rejected: identical to chosen (a pair needs two different responses)",
+        f"{path}:4: prompt: empty text"]
