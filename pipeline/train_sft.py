@@ -134,6 +134,10 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -
     work_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model=model, args=_training_args(train_cfg, work_dir, seed, len(rows)),
                       train_dataset=_dataset(rows), data_collator=collator)
+    if os.environ.get("SAFEROUNDS_QUIET") == "1":  # no per-step loss dicts on stdout
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
     result = trainer.train(resume_from_checkpoint=last)
     metrics["train_loss"] = result.training_loss
