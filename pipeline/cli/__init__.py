@@ -246,6 +246,8 @@ def _environment() -> None:
     if not isinstance(logging.getLevelName(level), int):
         raise InputError(f"SAFEROUNDS_LOG={level!r}: expected DEBUG, INFO, WARNING or ERROR")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # bitsandbytes warns at import on every CPU machine about optional CPU 4-bit kernels we never use
+    logging.getLogger("bitsandbytes").setLevel(max(logging.ERROR, logging.getLevelName(level)))
     threads = os.environ.get("SAFEROUNDS_THREADS")
     if threads:
         if not threads.isdigit() or int(threads) < 1:
