@@ -102,16 +102,20 @@ def data_validate(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/
         console.print(f"{file}: {n} valid {kind} record(s)")
 
 
+def _v0_step(workspace, step, done: str) -> None:
+    ws = open_workspace(workspace)
+    with locked(ws):
+        metrics = step(ws)
+    console.print(f"{done}: held-out loss {fmt(metrics.get('heldout_loss_before'))} -> "
+                  f"{fmt(metrics.get('heldout_loss_after'))}")
+
+
 @app.command()
 def pretrain(workspace: WorkspaceOpt = None):
     """Step 0: domain pretraining on data.pretrain_text (into the unfinished v0)."""
     from pipeline.v0 import run_pretrain
 
-    ws = open_workspace(workspace)
-    with locked(ws):
-        metrics = run_pretrain(ws)
-    console.print(f"pretrain done: held-out loss {fmt(metrics.get('heldout_loss_before'))} -> "
-                  f"{fmt(metrics.get('heldout_loss_after'))}")
+    _v0_step(workspace, run_pretrain, "pretrain done")
 
 
 @app.command()
@@ -119,11 +123,7 @@ def sft(workspace: WorkspaceOpt = None):
     """Step 1: supervised fine-tuning on data.sft, producing versions/v0."""
     from pipeline.v0 import run_sft
 
-    ws = open_workspace(workspace)
-    with locked(ws):
-        metrics = run_sft(ws)
-    console.print(f"v0 done: held-out loss {fmt(metrics.get('heldout_loss_before'))} -> "
-                  f"{fmt(metrics.get('heldout_loss_after'))}")
+    _v0_step(workspace, run_sft, "v0 done")
 
 
 @round_app.command("run")
