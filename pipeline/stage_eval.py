@@ -20,6 +20,7 @@ from eval.generate import cached_generate, generation_settings
 from eval.report import version_number, write_report
 from eval.suites import Suite, load_suites
 from pipeline.models import load_policy
+from reward_models.modeling import to_accelerator
 from reward_models.records import InputError
 
 
@@ -44,18 +45,10 @@ def cache_files(root: Path, version: str, suite: str) -> list[Path]:
     return sorted({p for pat in pats for p in root.glob(pat)})
 
 
-def _device():
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _policy_loader(path: Path, model_cfg) -> Callable[[], tuple]:
     def load():
         model, tok = load_policy(path, model_cfg)
-        if not (model_cfg.load_in_4bit or model_cfg.load_in_8bit):
-            model.to(_device())
-        return model, tok
+        return to_accelerator(model), tok
     return load
 
 
@@ -93,8 +86,7 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
     from reward_models.scoring import score
 
     model, tok = load_reward_model(rm_path, model_cfg)
-    if not (model_cfg.load_in_4bit or model_cfg.load_in_8bit):
-        model.to(_device())
+    to_accelerator(model)
     out = score(model, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
     del model
     gc.collect()

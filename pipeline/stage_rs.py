@@ -25,6 +25,7 @@ import torch
 from pipeline.data import load_prompts
 from pipeline.models import load_policy
 from pipeline.workspace import read_json, write_json
+from reward_models.modeling import to_accelerator
 from reward_models.records import InputError
 from sampling.config import reward_for_round, temperature_for_round
 from sampling.curves import max_of_k_curve
@@ -56,13 +57,6 @@ def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _on_accelerator(model):
-    """Sample and score on the GPU when there is one (quantised models are already placed)."""
-    if torch.cuda.is_available() and not getattr(model, "is_quantized", False) and model.device.type == "cpu":
-        model.to("cuda")
-    return model
 
 
 def round_seed(seed: int, version: int) -> int:
@@ -127,7 +121,7 @@ def _load_rms(ctx):
     rms = {}
     for kind in ("helpfulness", "safety"):
         model, tok = load_reward_model(ctx.rm_paths[kind], ctx.config.model)
-        rms[kind] = (_on_accelerator(model), tok)
+        rms[kind] = (to_accelerator(model), tok)
     return rms
 
 
@@ -165,7 +159,7 @@ def run(ctx) -> dict:
     if not selected_path.exists():
         ctx.log.info("rs v%d: loading policy %s", version, ctx.parent_policy)
         model, tok = load_policy(ctx.parent_policy, ctx.config.model)
-        model = _on_accelerator(model)
+        model = to_accelerator(model)
 
         # 1. temperature (LLaMA 2 Fig. 8: re-tuned every round)
         temperature, sweep = temperature_for_round(cfg, version), None

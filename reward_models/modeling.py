@@ -46,6 +46,13 @@ def quantization_config(cfg):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def to_accelerator(model):
+    """Move a model to the GPU when there is one (quantised models were placed when loaded)."""
+    if torch.cuda.is_available() and not getattr(model, "is_quantized", False) and model.device.type == "cpu":
+        model.to("cuda")
+    return model
+
+
 def fix_pad_token(model, tokenizer) -> None:
     """Sequence classifiers find the last real token through pad_token_id: make sure both sides agree."""
     if tokenizer.pad_token is None:
