@@ -203,12 +203,41 @@ def _read_parquet(path: Path) -> list[tuple[int, dict]]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _offline_unless_reachable():
+    """With no route to the hub, read the local cache only: the hub client would otherwise retry for
+    half a minute before failing."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or _hub_reachable():
+        yield
+        return
+    saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def _read_hub(spec: str) -> list[tuple[int, dict]]:
     name, _, split = spec[len("hub:"):].partition(":")
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, split=split or "train")
+        with _offline_unless_reachable():
+            ds = datasets.load_dataset(name, split=split or "train")
     except Exception as e:
         raise InputError(
             f"{spec}: cannot load the hub dataset '{name}' ({type(e).__name__}: {str(e)[:200]}). "
