@@ -224,7 +224,7 @@ def load_preferences(path, source: str | None = None) -> list[dict]:
     errors, out = RowErrors(path), []
     rows = read_rows(path, errors)
     if rows and _is_hh(rows[0][1]):  # a whole HH-RLHF file: its few unusable rows are dropped
-        pairs, counts = hh_pairs(path, source)
+        pairs, counts = hh_pairs(path, source, rows)
         if counts["kept"] < counts["rows"]:
             log.warning("%s: kept %d of %d HH-RLHF rows (%d identical, %d empty, %d malformed)", path,
                         counts["kept"], counts["rows"], counts["identical"], counts["empty"],
@@ -286,15 +286,16 @@ def load_preferences(path, source: str | None = None) -> list[dict]:
     return _nonempty(out, path)
 
 
-def hh_pairs(path, source: str | None = None) -> tuple[list[dict], dict]:
+def hh_pairs(path, source: str | None = None, rows: list[tuple[int, dict]] | None = None) -> tuple[list[dict], dict]:
     """Anthropic HH-RLHF transcripts -> preference pairs, dropping unusable rows.
 
     The public test splits have a few rows with chosen == rejected or an empty final turn; those
     are dropped (and counted) rather than failing the whole file. Returns (pairs, counts).
+    `rows`: the file's rows when the caller has already read them.
     """
     source = source or ("safety" if "harmless" in str(path) else "helpfulness")
     pairs, counts = [], {"rows": 0, "kept": 0, "identical": 0, "empty": 0, "malformed": 0}
-    for line, row in read_rows(path):
+    for line, row in rows if rows is not None else read_rows(path):
         counts["rows"] += 1
         prompt, chosen = _split_hh(row.get("chosen") or "")
         prompt_r, rejected = _split_hh(row.get("rejected") or "")

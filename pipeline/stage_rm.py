@@ -36,9 +36,9 @@ def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[
 
 
 def backbone(ws: Workspace) -> str:
-    from pipeline.v0 import base_models
+    from pipeline.v0 import resolve_model
 
-    return base_models(ws)["reward_model"]
+    return resolve_model(ws, "reward_model")
 
 
 def train_kind(ws: Workspace, kind: str, version: int, records: list[dict], work_dir: Path, log=None,
