@@ -38,11 +38,6 @@ def resolve_model(ws: Workspace, key: str) -> str:
     return str(local) if local.exists() else name  # else a hub id
 
 
-def base_models(ws: Workspace) -> dict[str, str]:
-    """Both base models (see resolve_model)."""
-    return {key: resolve_model(ws, key) for key in ("policy", "reward_model")}
-
-
 def split_heldout(items: list, seed: int, fraction: float = HELDOUT_FRACTION) -> tuple[list, list]:
     """A deterministic held-out slice (at least one item when there are two or more)."""
     order = list(range(len(items)))
