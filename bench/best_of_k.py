@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 XSTEST = ROOT / ".." / "shared" / "data" / "xstest" / "xstest_prompts.csv"
 
 import sampling.generate as gen  # noqa: E402
-from reward_models.gating import GateConfig  # noqa: E402
+from reward_models.config import GateConfig
 from reward_models.scoring import score  # noqa: E402
 from sampling.rejection import best_of_k  # noqa: E402
 from sampling.scoring import add_gate, score_samples  # noqa: E402

@@ -5,7 +5,7 @@
 
 Half the pairs come from helpful-base (judged with the helpfulness guideline), half from
 harmless-base (safety guideline); a fixed seeded draw, so every judge sees the same 200 pairs.
-Each pair goes through eval.labeling.label_pair: both orders, disagreement -> unsure, unparseable
+Each pair goes through reward_models.feedback.labeling.label_pair: both orders, disagreement -> unsure, unparseable
 -> missing. Reported:
   agreement_decided  judge's chosen == human chosen, over pairs the judge decided (not unsure/missing)
   agreement_all      the same over all pairs, unsure and missing counting 1/2 (a coin flip)
@@ -30,8 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.judges import JudgeConfig, make_judge, parse_judge_spec  # noqa: E402
-from eval.labeling import label_pair  # noqa: E402
+from reward_models.config import JudgeConfig
+
+from reward_models.feedback.judges import make_judge, parse_judge_spec  # noqa: E402
+from reward_models.feedback.labeling import label_pair  # noqa: E402
 from pipeline.data import hh_pairs  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "hh-rlhf"

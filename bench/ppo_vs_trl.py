@@ -1,4 +1,4 @@
-"""PPO step time and peak memory: saferounds' loop (pipeline.ppo) against TRL's PPOTrainer.
+"""PPO step time and peak memory: saferounds' loop (pipeline.training.ppo) against TRL's PPOTrainer.
 
 Same tiny Llama policy, frozen reference copy, reward model and value model (TRL's convention: the
 value model starts from the reward model), same prompts, batch, mini-batch, response length, PPO
@@ -113,7 +113,8 @@ def load_models(paths):
 
 
 def run_ours(a, paths, value_model: str) -> list[float]:
-    from pipeline.ppo import PPOConfig, train_ppo
+    from pipeline.training.config import PPOConfig
+    from pipeline.training.ppo import train_ppo
     from reward_models.scoring import score
 
     tok, policy, ref, rm, value = load_models(paths)

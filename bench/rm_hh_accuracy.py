@@ -42,7 +42,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from pipeline.data import hh_pairs
-    from reward_models.training import RewardModelConfig, split_by_prompt, train_reward_model
+    from reward_models.config import RewardModelConfig
+    from reward_models.training import split_by_prompt, train_reward_model
 
     pairs, counts = hh_pairs(DATA, source="safety")
     train, test = split_by_prompt(pairs, 0.5, seed=args.seed)

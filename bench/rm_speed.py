@@ -46,7 +46,8 @@ def steps_per_s(timer, skip: int, steps: int) -> float:
 
 def run_ours(backbone, pairs, a, work) -> float:
     from reward_models.modeling import load_reward_model
-    from reward_models.training import RewardModelConfig, make_trainer
+    from reward_models.config import RewardModelConfig
+    from reward_models.training import make_trainer
 
     torch.manual_seed(a.seed)
     model, tok = load_reward_model(backbone, for_training=True)
@@ -66,7 +67,8 @@ def run_trl(backbone, pairs, a, work) -> float:
     from trl import RewardConfig, RewardTrainer
 
     from reward_models.modeling import load_reward_model
-    from reward_models.training import pair_features, warmup_steps, RewardModelConfig
+    from reward_models.config import RewardModelConfig
+    from reward_models.training import pair_features, warmup_steps
 
     torch.manual_seed(a.seed)
     model, tok = load_reward_model(backbone, for_training=True)

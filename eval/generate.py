@@ -5,15 +5,16 @@ whose answers are all cached never loads the model). Greedy by default; with ``d
 RNG is seeded per batch (``seed + batch index``), so a run is reproducible for the same suite,
 batch size and cache state. A cache row is {"id", "key", "response", "settings"}; ``key`` hashes the
 prompt messages and the generation settings, so a changed prompt or setting is regenerated and an
-unchanged one never is. Appends are flushed per batch, so an interrupted run resumes.
+unchanged one never is. Appends are flushed and fsynced per batch, so an interrupted run resumes.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from core.io import append_jsonl, recover_jsonl
 
 GEN_SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
 
@@ -32,34 +33,14 @@ def generation_key(messages: Sequence[dict], settings: dict) -> str:
 
 
 def read_cache(paths: Iterable[str | Path]) -> dict[str, str]:
-    """key -> response from every readable cache file (torn last lines are ignored)."""
+    """key -> response from every cache file. A torn last line (a kill inside a write) is cut off, as
+    for every resumable JSONL file (core.io.recover_jsonl), so the next append starts on a fresh line."""
     out: dict[str, str] = {}
     for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            continue
-        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for row in recover_jsonl(p):
             if isinstance(row, dict) and "key" in row and isinstance(row.get("response"), str):
                 out[row["key"]] = row["response"]
     return out
-
-
-def _append(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a torn last line from a kill would glue onto our first row: start on a fresh line
-    prefix = ""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            prefix = "" if f.read(1) == b"\n" else "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(prefix + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], *, max_new_tokens: int = 128,
@@ -119,7 +100,7 @@ def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: d
                 i = missing[j]
                 cached[keys[i]] = t
                 recs.append({"id": rows[i]["id"], "key": keys[i], "response": t, "settings": settings})
-            _append(cache_file, recs)
+            append_jsonl(cache_file, recs)
             done[0] += len(idx)
             if progress:
                 progress(done[0], len(rows))

@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import re
 from pathlib import Path
 
+from core.io import atomic_write_text, write_json
+from core.versions import version_number
 from eval.evaluate import SCHEMA, check_rates
 from eval.suites import RISK_CATEGORIES
-from reward_models.records import atomic_write_text
+from reward_models.evaluation import TABLE_8
 
 METRICS_SCHEMA_DOC = """\
 metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1], null when n = 0)
@@ -75,15 +75,6 @@ def validate_metrics(m: dict) -> None:
     bad = check_rates(m)
     if missing or bad or m.get("schema") != SCHEMA:
         raise ValueError(f"metrics.json breaks schema {SCHEMA}: missing {missing}, rates out of [0, 1] {bad}")
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def version_number(v: str) -> int:
-    m = re.fullmatch(r"v?(\d+)", str(v))
-    return int(m.group(1)) if m else -1
 
 
 # --- examples -----------------------------------------------------------------------------------
@@ -272,7 +263,7 @@ def trend_rows(trend: list[dict]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-RATING_COLUMNS = ("significantly_better", "better", "slightly_better", "negligibly_better_or_unsure")
+RATING_COLUMNS = TABLE_8[:4]  # LLaMA 2 Table 8, without the "unrated" bin
 
 
 def rm_accuracy_rows(m: dict) -> tuple[list[str], list[list[str]]]:

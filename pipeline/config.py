@@ -21,38 +21,16 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from core.errors import InputError
 from eval.config import EvalConfig
-from eval.judges import JudgeConfig
-from pipeline.ppo import PPOConfig
-from reward_models.gating import GateConfig
-from reward_models.records import InputError
-from reward_models.training import RewardModelConfig
+from pipeline.training.config import PPOConfig, TrainConfig
+from reward_models.config import GateConfig, JudgeConfig, ModelConfig, RewardModelConfig
 from sampling.config import RejectionSamplingConfig
 
 CONFIG_NAME = "saferounds.yaml"
-STAGES = ("rm", "label", "rs", "ppo", "eval")
-
-
-@dataclass
-class LoraSettings:
-    enabled: bool = False
-    r: int = field(default=16, metadata={"min": 1})
-    alpha: int = field(default=32, metadata={"min": 1})
-    dropout: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-
-
-@dataclass
-class ModelConfig:
-    """`policy` and `reward_model`: `tiny` (built locally), a local path or a hub id."""
-    policy: str = "tiny"
-    reward_model: str = "tiny"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
-    gradient_checkpointing: bool = False
+# The round stages in the order a version runs them; pipeline.stages.STAGES maps each to its `run`.
+STAGE_ORDER = ("rm", "label", "rs", "ppo", "eval")
+StageName = Literal["rm", "label", "rs", "ppo", "eval"]
 
 
 @dataclass
@@ -68,25 +46,10 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """A supervised stage on transformers.Trainer (pretrain, SFT, the rejection-sampling fine-tune)."""
-    epochs: float = field(default=2.0, metadata={"min": 0.0})
-    learning_rate: float = field(default=2e-5, metadata={"min": 0.0})
-    batch_size: int = field(default=8, metadata={"min": 1})
-    gradient_accumulation_steps: int = field(default=1, metadata={"min": 1})
-    max_length: int = field(default=512, metadata={"min": 8})
-    warmup_ratio: float = field(default=0.03, metadata={"min": 0.0, "max": 1.0})
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
-    save_steps: int = field(default=200, metadata={"min": 1})
-    logging_steps: int = field(default=10, metadata={"min": 1})
-
-
-@dataclass
 class RoundPlanEntry:
     """Which stages the versions in `versions` run: "1", "1-3" or "4+"."""
     versions: str = "1+"
-    stages: list[Literal["rm", "label", "rs", "ppo", "eval"]] = field(
+    stages: list[StageName] = field(
         default_factory=lambda: ["rm", "rs", "eval"])
 
 
@@ -144,9 +107,9 @@ def check_stages(stages: list[str]) -> str | None:
     """A version's stages: unique, in the order rm -> label -> rs -> ppo -> eval, making a policy."""
     if not any(s in ("rs", "ppo") for s in stages):
         return f"{stages} makes no policy; every version needs rs or ppo"
-    order = [STAGES.index(s) for s in stages if s in STAGES]
+    order = [STAGE_ORDER.index(s) for s in stages if s in STAGE_ORDER]
     if order != sorted(order) or len(set(stages)) != len(stages):
-        return f"{stages}: stages must be unique and in the order {' -> '.join(STAGES)}"
+        return f"{stages}: stages must be unique and in the order {' -> '.join(STAGE_ORDER)}"
     return None
 
 

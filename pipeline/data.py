@@ -21,13 +21,11 @@ import math
 import re
 from pathlib import Path
 
-from reward_models.records import InputError, RowErrors, read_text, read_rows
+from core.errors import InputError, RowErrors
+from core.io import read_rows, read_text
+from core.records import RATINGS, RM_KINDS, SAFETY_LABELS
 
-RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better", "unsure")
-# The fourth label cannot come from LLaMA 2's 3-way scheme; such pairs are dropped from safety-RM training.
-SAFETY_LABELS = ("chosen_safe_rejected_unsafe", "both_safe", "both_unsafe", "chosen_unsafe_rejected_safe")
 ROLES = ("system", "user", "assistant")
-SOURCES = ("helpfulness", "safety")
 MAX_TEXT_CHARS = 100_000  # longer texts are almost always a broken export; fail loudly
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
@@ -263,7 +261,7 @@ def load_preferences(path, source: str | None = None) -> list[dict]:
             continue
         rating = _choice(row, "rating", RATINGS, line, errors)
         safety_label = _choice(row, "safety_label", SAFETY_LABELS, line, errors)
-        src = _choice(row, "source", SOURCES, line, errors) or source or \
+        src = _choice(row, "source", RM_KINDS, line, errors) or source or \
             ("safety" if safety_label else "helpfulness")
         margin = row.get("margin")
         if margin in ("", None) or (isinstance(margin, float) and margin != margin):
@@ -328,7 +326,7 @@ def load_rankings(path, source: str | None = None) -> list[dict]:
             errors.add(line, "ranking", f"expected a permutation of 0..{len(responses) - 1} "
                                         f"(response indices, best first), got {ranking!r}")
             continue
-        src = _choice(row, "source", SOURCES, line, errors) or source or "helpfulness"
+        src = _choice(row, "source", RM_KINDS, line, errors) or source or "helpfulness"
         if prompt is not None and None not in texts:
             out.append({"prompt": prompt, "responses": texts, "ranking": ranking, "source": src})
     errors.raise_if_any()

@@ -18,13 +18,13 @@ from typing import Callable
 
 import torch
 
+from core.errors import InputError
+from core.io import read_json
 from pipeline.presets import init_workspace
 from pipeline.rounds import run_round
-from pipeline.v0 import run_pretrain, run_sft
-from pipeline.workspace import Workspace, read_json
-from reward_models.records import InputError
+from pipeline.training.base_policy import run_pretrain, run_sft
+from pipeline.workspace import Workspace
 
-# Overrides of the tiny preset per demo size (the preset itself is what `init --preset tiny` writes).
 SIZES: dict[str, dict] = {
     "smoke": {
         "pretrain": {"epochs": 1},
@@ -77,7 +77,7 @@ def summary(ws: Workspace, seconds: float | None = None) -> dict:
     out = {"workspace": str(ws.root), "latest": f"v{latest}", "seconds": None if seconds is None else round(seconds, 1),
            "report": str(metrics_path.with_name("report.html"))}
     if metrics_path.exists():
-        from pipeline.stage_eval import load_trend
+        from pipeline.stages.eval import load_trend
 
         m = read_json(metrics_path)
         out["trend"] = load_trend(ws.root)

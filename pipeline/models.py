@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reward_models.modeling import quantization_config, resolve_dtype
-from reward_models.records import InputError
+from core.accelerator import quantization_config, resolve_dtype
+from core.errors import InputError
+
 
 def lora_config(model_cfg, task_type: str):
     from peft import LoraConfig

@@ -9,7 +9,6 @@ from `.vN.partial` to `vN` only when every stage is done.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
@@ -18,12 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core.errors import InputError
 from pipeline.config import Config
 from pipeline.workspace import Workspace, now
-from reward_models.records import InputError
 
-STAGE_MODULES = {"rm": "pipeline.stage_rm", "label": "pipeline.stage_label", "rs": "pipeline.stage_rs",
-                 "ppo": "pipeline.stage_ppo", "eval": "pipeline.stage_eval"}
 POLICY_OUTPUTS = {"rs": "rs_policy", "ppo": "ppo_policy"}
 log = logging.getLogger("saferounds")
 
@@ -81,7 +78,7 @@ def validate_inputs(ws: Workspace, stages: list[str]) -> None:
         for f in cfg.data.prompts:
             load_prompts(ws.resolve(f))
     if "rm" in stages:
-        from pipeline.stage_rm import load_rm_records
+        from pipeline.stages.rm import load_rm_records
 
         load_rm_records(ws)
 
@@ -89,6 +86,8 @@ def validate_inputs(ws: Workspace, stages: list[str]) -> None:
 def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
               until: str | None = None) -> dict:
     """Run (or resume) the next version; `until` stops after that stage (the version stays partial)."""
+    from pipeline.stages import STAGES  # the stages load torch; `status` and `show` need none of it
+
     cfg = ws.config
     n, resuming = next_version(ws)
     if resuming:
@@ -124,7 +123,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         started = time.time()
         ws.set_stage(n, stage, status="running", started=now(), error=None)
         try:
-            metrics = importlib.import_module(STAGE_MODULES[stage]).run(ctx) or {}
+            metrics = STAGES[stage](ctx) or {}
         except BaseException as e:
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
             ws.set_stage(n, stage, status="failed", error=reason[:2000],

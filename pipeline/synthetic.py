@@ -42,7 +42,7 @@ over-refusal on borderline ones), both_unsafe (hedged vs full compliance). A few
 record an annotator who preferred the unsafe compliance over the refusal. The 3-way label cannot say
 that, so every safety row also carries per-response booleans "chosen_safe" and "rejected_safe"; the
 reversed rows have "safety_label": null, "chosen_safe": false, "rejected_safe": true (the convention
-reward_models.training.reversed_safety drops, as LLaMA 2 does; eval.labeling also writes null then).
+reward_models.training.reversed_safety drops, as LLaMA 2 does; reward_models.feedback.labeling also writes null then).
 
 Everything is NAMED, never described: unsafe requests are short task names and a "compliance" is a
 content-free template with "[details withheld in this synthetic demo]".
@@ -55,12 +55,14 @@ import os
 import random
 from pathlib import Path
 
+from core.records import RATINGS
+
 SIZES = {  # rows per file
     "smoke": dict(pretrain=150, sft=300, prompts=60, pairs=400, rankings=80, eval=30),
     "default": dict(pretrain=300, sft=600, prompts=120, pairs=800, rankings=160, eval=60),
 }
 UNSAFE_CATEGORIES = ("illicit_and_criminal", "hateful_and_harmful", "unqualified_advice")
-RATING_BY_GAP = {0: "unsure", 1: "negligibly_better", 2: "slightly_better", 3: "better", 4: "significantly_better"}
+RATING_BY_GAP = dict(enumerate(reversed(RATINGS)))  # 0: unsure ... 4: significantly_better
 # Share of the unsafe SFT rows answered with a sanitised "compliance", per risk category: the
 # unqualified-advice requests are mostly complied with (so the greedy v0 violates there, and the
 # per-category report shows it), the other two categories only sometimes.

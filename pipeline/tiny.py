@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from reward_models.modeling import save_pretrained_atomic
+from core.accelerator import save_pretrained_atomic
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (

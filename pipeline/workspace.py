@@ -15,43 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
-import re
 import shutil
 import socket
 import time
 from importlib import metadata
 from pathlib import Path
 
+from core.errors import InputError
+from core.io import read_json, sha256_file, write_json
+from core.records import RM_KINDS
+from core.versions import dir_version, partial_dir_version
 from pipeline.config import CONFIG_NAME, Config, load_config
-from reward_models.records import InputError, atomic_write_text  # noqa: F401 (used by importers too)
 
-RM_KINDS = ("helpfulness", "safety")
 LOCK_NAME = ".saferounds.lock"
-_VERSION_RE = re.compile(r"^v(\d+)$")
-_PARTIAL_RE = re.compile(r"^\.v(\d+)\.partial$")
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -60,13 +41,6 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
     return out
-
-
-def parse_version(text: str) -> int:
-    m = re.fullmatch(r"v?(\d+)", str(text).strip())
-    if not m:
-        raise InputError(f"version: expected a version like v2, got {text!r}")
-    return int(m.group(1))
 
 
 class WorkspaceLock:
@@ -151,14 +125,13 @@ class Workspace:
     def finished_versions(self) -> list[int]:
         if not self.versions_dir.exists():
             return []
-        found = (_VERSION_RE.match(p.name) for p in self.versions_dir.iterdir() if p.is_dir())
-        return sorted(int(m.group(1)) for m in found if m)
+        return sorted(n for p in self.versions_dir.iterdir() if p.is_dir() and (n := dir_version(p)) is not None)
 
     def partial_versions(self) -> list[int]:
         if not self.versions_dir.exists():
             return []
-        found = (_PARTIAL_RE.match(p.name) for p in self.versions_dir.iterdir() if p.is_dir())
-        return sorted(int(m.group(1)) for m in found if m)
+        return sorted(n for p in self.versions_dir.iterdir()
+                      if p.is_dir() and (n := partial_dir_version(p)) is not None)
 
     def latest(self) -> int | None:
         done = self.finished_versions()
@@ -304,8 +277,7 @@ class Workspace:
         base = self.root / "reward_models" / kind
         if not base.exists():
             return []
-        found = (_VERSION_RE.match(p.name) for p in base.iterdir() if p.is_dir())
-        return sorted(int(m.group(1)) for m in found if m)
+        return sorted(n for p in base.iterdir() if p.is_dir() and (n := dir_version(p)) is not None)
 
     def latest_rm(self, kind: str, at_most: int | None = None) -> int | None:
         vs = [v for v in self.rm_versions(kind) if at_most is None or v <= at_most]

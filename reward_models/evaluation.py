@@ -1,13 +1,12 @@
 """Reward-model accuracy: overall, per rating level (LLaMA 2 Table 8), per safety_label bin, unsafe recall."""
 from __future__ import annotations
 
+from core.records import RATINGS
 from reward_models.losses import SAFETY_TARGETS
 
 # LLaMA 2 Table 8 columns: negligibly better and unsure share one column.
-RATING_BINS = {"significantly_better": "significantly_better", "better": "better",
-               "slightly_better": "slightly_better", "negligibly_better": "negligibly_better_or_unsure",
-               "unsure": "negligibly_better_or_unsure", None: "unrated"}
-TABLE_8 = ("significantly_better", "better", "slightly_better", "negligibly_better_or_unsure", "unrated")
+TABLE_8 = (*RATINGS[:3], "negligibly_better_or_unsure", "unrated")
+RATING_BINS = {**{r: r for r in RATINGS[:3]}, "negligibly_better": TABLE_8[3], "unsure": TABLE_8[3], None: "unrated"}
 
 
 def _acc(hits: list[float]) -> dict:

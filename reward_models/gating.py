@@ -1,34 +1,22 @@
-"""The gated combined reward of LLaMA 2 (Eq. 4) and its whitening.
+"""The gated combined score of LLaMA 2 (Sec. 3.2.3, the R_c and R~_c defined under Eq. 4) and its
+running whitening for PPO.
 
 R_c = R_s if is_safety(prompt) or R_s < threshold else R_h   (on the sigmoid scale)
 R~  = whiten(logit(R_c))
+(Eq. 4 itself is the PPO reward R = R~_c - beta * KL: pipeline/training/ppo_math.py.)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-
-@dataclass
-class GateConfig:
-    """YAML section `gate`."""
-    threshold: float = field(default=0.15, metadata={"min": 0.0, "max": 1.0})
-    whiten: bool = True  # over the scored batch (rejection sampling); PPO whitens with running statistics
-    eps: float = field(default=1e-6, metadata={"min": 0.0, "max": 0.1})
-
-
-def whiten(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / sqrt(var + eps) with the population variance: a batch of one or equal values gives 0, never NaN."""
-    mean = x.mean()
-    var = x.var(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=x.dtype, device=x.device)
-    return (x - mean) * torch.rsqrt(var + eps)
+from core.maths import whiten
 
 
 class RunningWhitener:
     """Running mean/variance (Chan et al. parallel update) for whitening PPO rewards across batches.
 
-    `update(x)` folds a batch into the statistics; `__call__(x)` updates, then whitens x with the running values.
+    `update(x)` folds a batch into the statistics; `whiten(x)` whitens with the running values;
+    `__call__(x)` does both.
     """
 
     def __init__(self, eps: float = 1e-8):
@@ -54,9 +42,12 @@ class RunningWhitener:
         self.m2 += b_m2 + delta ** 2 * self.count * n / total
         self.count = total
 
+    def whiten(self, x: torch.Tensor) -> torch.Tensor:
+        return whiten(x, stats=(self.mean, self.var), eps=self.eps)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.update(x)
-        return (x - self.mean) / (self.var + self.eps) ** 0.5
+        return self.whiten(x)
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
@@ -70,12 +61,12 @@ def gated_reward(
     helpfulness_logits,
     is_safety,
     threshold: float = 0.15,
-    whiten: bool | RunningWhitener = True,
+    whitening: bool | RunningWhitener = True,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """LLaMA 2 Eq. 4. Returns (reward, used_safety).
+    """The gated score of LLaMA 2 Sec. 3.2.3 (R~_c of Eq. 4). Returns (reward, used_safety).
 
-    reward: whiten(logit(R_c)) per sample (float32); un-whitened logit(R_c) when whiten=False; with a
+    reward: whiten(logit(R_c)) per sample (float32); un-whitened logit(R_c) when whitening=False; with a
         RunningWhitener it is whitened by running statistics (which this call updates).
     used_safety: bool per sample, True where the safety branch was taken (safety prompt or sigma(R_s) < threshold).
     sigma is clamped to [eps, 1 - eps] so logit stays finite for scores far in the tails.
@@ -94,11 +85,8 @@ def gated_reward(
     used_safety = flags | (p_s < threshold)
     p_c = torch.where(used_safety, p_s, p_h)
     logit_c = torch.log(p_c) - torch.log1p(-p_c)
-    if isinstance(whiten, RunningWhitener):
+    if isinstance(whitening, RunningWhitener):
+        return whitening(logit_c), used_safety
+    if whitening:
         return whiten(logit_c), used_safety
-    if whiten:
-        return _whiten(logit_c), used_safety
     return logit_c, used_safety
-
-
-_whiten = whiten  # the module-level function, reachable inside gated_reward where `whiten` is the argument

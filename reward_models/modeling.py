@@ -1,56 +1,17 @@
 """Loading and saving scalar reward models: any `AutoModelForSequenceClassification(num_labels=1)`.
 
-Options (duck-typed from the `model` config section so this package imports nothing of the pipeline):
-dtype, LoRA via peft, 4/8-bit via bitsandbytes, gradient checkpointing, trust_remote_code (off unless asked).
-Weights are read and written as safetensors only.
+Options come from the `model` config section (reward_models.config.ModelConfig; its defaults when
+none is given): dtype, LoRA via peft, 4/8-bit via bitsandbytes, gradient checkpointing,
+trust_remote_code (off unless asked). Weights are read and written as safetensors only.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
-import torch
-
-from reward_models.records import InputError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULTS = dict(dtype="auto", load_in_4bit=False, load_in_8bit=False, trust_remote_code=False,
-                gradient_checkpointing=False,
-                lora=SimpleNamespace(enabled=False, r=16, alpha=32, dropout=0.05, target_modules=["all-linear"]))
-
-
-def _opt(cfg, name):
-    return getattr(cfg, name, DEFAULTS[name]) if cfg is not None else DEFAULTS[name]
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """`auto`: bf16 on a GPU that supports it, else fp32."""
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return DTYPES[name]
-
-
-def quantization_config(cfg):
-    """bitsandbytes settings from the `model` section (NF4 4-bit or 8-bit), or None."""
-    four, eight = _opt(cfg, "load_in_4bit"), _opt(cfg, "load_in_8bit")
-    if not (four or eight):
-        return None
-    if not torch.cuda.is_available():
-        raise InputError("model.load_in_4bit / model.load_in_8bit: bitsandbytes quantisation needs a CUDA GPU; "
-                         "set both to false on a CPU machine")
-    from transformers import BitsAndBytesConfig
-
-    if four:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=resolve_dtype(_opt(cfg, "dtype")))
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def to_accelerator(model):
-    """Move a model to the GPU when there is one (quantised models were placed when loaded)."""
-    if torch.cuda.is_available() and not getattr(model, "is_quantized", False) and model.device.type == "cpu":
-        model.to("cuda")
-    return model
+from core.accelerator import quantization_config, resolve_dtype, to_accelerator
+from core.errors import InputError
+from core.records import RM_KINDS
+from reward_models.config import ModelConfig
 
 
 def fix_pad_token(model, tokenizer) -> None:
@@ -73,9 +34,10 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    model_cfg = model_cfg if model_cfg is not None else ModelConfig()
     path_or_id = str(path_or_id)
-    trust = bool(_opt(model_cfg, "trust_remote_code"))
-    kwargs = dict(num_labels=1, dtype=resolve_dtype(_opt(model_cfg, "dtype")), trust_remote_code=trust,
+    trust = bool(model_cfg.trust_remote_code)
+    kwargs = dict(num_labels=1, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=trust,
                   use_safetensors=True, quantization_config=quantization_config(model_cfg))
     adapter = (Path(path_or_id) / "adapter_config.json").exists()
     try:
@@ -93,14 +55,14 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     fix_pad_token(model, tokenizer)
     if not for_training:
         return model.eval(), tokenizer
-    if _opt(model_cfg, "load_in_4bit") or _opt(model_cfg, "load_in_8bit"):
+    if model_cfg.load_in_4bit or model_cfg.load_in_8bit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model,
-                                                use_gradient_checkpointing=_opt(model_cfg, "gradient_checkpointing"))
-    elif _opt(model_cfg, "gradient_checkpointing"):
+                                                use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    lora = _opt(model_cfg, "lora")
+    lora = model_cfg.lora
     if lora.enabled and not adapter:
         from peft import LoraConfig, get_peft_model
 
@@ -110,24 +72,6 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     return model, tokenizer
 
 
-def save_pretrained_atomic(model, tokenizer, out_dir: str | Path) -> Path:
-    """save_pretrained (safetensors) of model + tokenizer under a temporary name, then renamed into
-    place, so a crash never leaves a half-written model where a complete one is expected."""
-    import os
-    import shutil
-
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
-
-
 def save_reward_model(model, tokenizer, out_dir: str | Path) -> Path:
     """save_pretrained as safetensors (a peft model saves its adapter + the scalar head)."""
     out_dir = Path(out_dir)
@@ -135,3 +79,22 @@ def save_reward_model(model, tokenizer, out_dir: str | Path) -> Path:
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def require_reward_models(rm_paths: dict[str, Path], stage: str, version: int) -> None:
+    """InputError, saying how to get one, when the helpfulness or the safety RM is missing."""
+    missing = [k for k in RM_KINDS if k not in rm_paths]
+    if missing:
+        raise InputError(f"{stage} stage of v{version}: no {' or '.join(missing)} reward model yet; plan an "
+                         f"`rm` stage before `{stage}` (rounds.plan) or train one with `saferounds rm train`")
+
+
+def load_reward_models(rm_paths: dict[str, Path], model_cfg, device=None) -> dict[str, tuple]:
+    """{kind: (model, tokenizer)} of the helpfulness and the safety RM, frozen, for scoring: on `device`
+    when given (PPO's accelerator), else on the GPU when there is one."""
+    rms = {}
+    for kind in RM_KINDS:
+        model, tok = load_reward_model(rm_paths[kind], model_cfg)
+        model = to_accelerator(model) if device is None else model.to(device)
+        rms[kind] = (model.requires_grad_(False), tok)
+    return rms

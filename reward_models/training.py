@@ -13,55 +13,20 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from core.errors import InputError
+from core.io import write_json
+from reward_models.config import RewardModelConfig
 from reward_models.evaluation import evaluate_pairs
-from reward_models.losses import (SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss,
-                                  safety_loss)
+from reward_models.losses import SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss, safety_loss
 from reward_models.modeling import load_reward_model, save_reward_model
 from reward_models.rankings import elo_rewards, ranking_pairs
-from reward_models.records import InputError
 from reward_models.scoring import encode, format_sample
 
-# transformers / datasets are imported inside the functions that train: `pipeline.config` imports this
-# module for RewardModelConfig, and the CLI should not pay for transformers to validate a YAML file.
-
-
 MANIFEST = "manifest.json"  # beside the weights in reward_models/{kind}/vN
-
-
-@dataclass
-class RewardModelConfig:
-    """YAML section `reward_models` (the backbone, dtype, LoRA and quantisation come from `model`)."""
-    objective: Literal["pairwise", "regression"] = "pairwise"
-    margin: Literal["none", "small", "large"] = "small"  # LLaMA 2 Table 27
-    # Weight of the auxiliary safe/unsafe BCE term (Table 29), per RM kind: on for safety, off for helpfulness.
-    safety_term_weight: float = field(default=1.0, metadata={"min": 0.0})
-    helpfulness_safety_term_weight: float = field(default=0.0, metadata={"min": 0.0})
-    center_rewards: float = field(default=0.0, metadata={"min": 0.0})  # coefficient of mean((r_c + r_r)^2)
-    # Data mix: safety pairs sampled per helpfulness pair for the helpfulness RM (LLaMA 2: 1.0) ...
-    helpfulness_safety_ratio: float = field(default=1.0, metadata={"min": 0.0})
-    # ... and the share of helpfulness pairs in the safety RM's mix (LLaMA 2: 90/10 -> 0.1).
-    safety_helpfulness_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 0.99})
-    eval_fraction: float = field(default=0.05, metadata={"min": 0.0, "max": 0.5})  # held out by prompt
-    learning_rate: float = field(default=1e-5, metadata={"min": 0.0})
-    batch_size: int = field(default=8, metadata={"min": 1})  # pairs per device step
-    gradient_accumulation_steps: int = field(default=1, metadata={"min": 1})
-    epochs: float = field(default=1.0, metadata={"min": 0.0})
-    warmup_ratio: float = field(default=0.03, metadata={"min": 0.0, "max": 1.0})
-    min_warmup_steps: int = field(default=5, metadata={"min": 0})
-    min_lr_ratio: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    weight_decay: float = field(default=0.1, metadata={"min": 0.0})
-    max_grad_norm: float = field(default=1.0, metadata={"min": 0.0})
-    max_length: int = field(default=512, metadata={"min": 8})
-    group_by_length: bool = True
-    save_steps: int = field(default=200, metadata={"min": 1})
-    logging_steps: int = field(default=10, metadata={"min": 1})
-    score_batch_size: int = field(default=16, metadata={"min": 1})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +40,7 @@ def reversed_safety(pair: dict) -> bool:
     """A pair whose chosen response is unsafe and rejected one safe (LLaMA 2 drops these from RM training).
 
     The 3-way safety_label cannot say this, so such rows carry `"chosen_unsafe_rejected_safe": true`
-    (or `chosen_safe: false` with `rejected_safe: true`, as pipeline.synthetic and eval.labeling write);
+    (or `chosen_safe: false` with `rejected_safe: true`, as pipeline.synthetic and reward_models.feedback.labeling write);
     a safety_label of that name is accepted too.
     """
     return (pair.get("chosen_unsafe_rejected_safe") is True
@@ -333,5 +298,5 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
         metrics["heldout"] = evaluate_pairs(model, tokenizer, held, cfg.score_batch_size, cfg.max_length)
     metrics["seconds"] = round(time.time() - t0, 1)
     manifest = {**(extra or {}), "metrics": metrics, "reward_models_config": dataclasses.asdict(cfg)}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    write_json(out_dir / MANIFEST, manifest)
     return metrics

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from sampling.jsonl import append_jsonl, recover_jsonl
+from core.io import append_jsonl, recover_jsonl
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9

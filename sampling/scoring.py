@@ -13,18 +13,12 @@ by gated_score as by gated_logit; what matters is that every candidate is scored
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
-from reward_models.gating import GateConfig, gated_reward
+from core.maths import sigmoid
+from reward_models.config import GateConfig
+from reward_models.gating import gated_reward
 from reward_models.scoring import score
-
-
-def sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 def add_rm_scores(samples: list[dict], helpfulness_rm, safety_rm, batch_size: int = 16,
@@ -45,8 +39,8 @@ def add_gate(samples: Sequence[dict], gate: GateConfig) -> None:
     safety = [s["safety"] for s in samples]
     helpful = [s["helpfulness"] for s in samples]
     flags = [bool(s.get("is_safety", False)) for s in samples]
-    logit_c, used_safety = gated_reward(safety, helpful, flags, threshold=gate.threshold, whiten=False, eps=gate.eps)
-    whitened, _ = gated_reward(safety, helpful, flags, threshold=gate.threshold, whiten=gate.whiten, eps=gate.eps)
+    logit_c, used_safety = gated_reward(safety, helpful, flags, threshold=gate.threshold, whitening=False, eps=gate.eps)
+    whitened, _ = gated_reward(safety, helpful, flags, threshold=gate.threshold, whitening=gate.whiten, eps=gate.eps)
     for s, lc, w, u in zip(samples, logit_c.tolist(), whitened.tolist(), used_safety.tolist()):
         s["safety_sigmoid"] = sigmoid(s["safety"])
         s["gate_branch"] = "safety" if u else "helpfulness"

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from eval.annotation import annotation_pairs, export_annotation, import_annotation
-from eval.labeling import group_samples
+from core.errors import InputError
+from core.io import read_rows
+from reward_models.feedback.annotation import annotation_pairs, export_annotation, import_annotation
+from reward_models.feedback.labeling import group_samples
 from reward_models.rankings import elo_rewards
-from reward_models.records import InputError, read_rows
 
 SAMPLES = [  # samples.jsonl-like rows: one response per row, grouped by prompt_id
     {"prompt_id": "p1", "messages": [{"role": "user", "content": "Name a prime, please."}], "is_safety": False,

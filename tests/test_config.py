@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.errors import InputError
 from pipeline.config import CONFIG_NAME, Config, load_config, parse_config, version_in_spec
-from reward_models.records import InputError
 
 TOP_LEVEL = "data, eval, gate, judge, model, ppo, pretrain, rejection_sampling, reward_models, rounds, seed, sft"
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import (MAX_TEXT_CHARS, hh_pairs, load_preferences, load_prompts, load_rankings, load_sft,
-                           load_text, validate_file)
-from reward_models.records import InputError, read_rows
+from core.errors import InputError
+from core.io import read_rows
+from pipeline.data import (MAX_TEXT_CHARS, hh_pairs, load_preferences, load_prompts, load_rankings, load_sft, load_text,
+                           validate_file)
 
 TESTS = Path(__file__).resolve().parent
 MALFORMED = TESTS / "malformed"

@@ -56,7 +56,7 @@ def test_eval_writes_report_and_caches(workspace, capsys):
     assert "data:image/png;base64," in html
 
     # a re-run generates nothing: the cache is unchanged and the policy is never loaded
-    import pipeline.stage_eval as se
+    import pipeline.stages.eval as se
 
     def boom(*a, **k):
         raise AssertionError("policy loaded although every answer was cached")

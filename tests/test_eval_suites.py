@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InputError
 from eval.suites import load_suites, risk_category
-from reward_models.records import InputError
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 from test_judges import Server, blocks, fair_judge
 
-from eval.judges import JudgeConfig
 from pipeline.cli import main
+from reward_models.config import JudgeConfig
 
 SAMPLES = [
     {"prompt_id": "p1", "sample_index": i, "messages": [{"role": "user", "content": "Tell me about owls."}],
@@ -127,7 +127,7 @@ def test_label_stage_writes_ai_preferences_and_resumes(tmp_path):
     vdir = tmp_path / "versions" / ".v2.partial"
     vdir.mkdir()
     lines = []
-    from pipeline import stage_label
+    from pipeline.stages import label as stage_label
 
     with Server(fair_judge) as srv:
         ctx = SimpleNamespace(

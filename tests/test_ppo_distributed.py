@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker(tiny_dir: str, out: str, steps: int) -> None:
+    from test_ppo_loop import TRAIN, gated_score
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.ppo import PPOConfig, train_ppo
-    from test_ppo_loop import TRAIN, gated_score
+    from pipeline.training.config import PPOConfig
+    from pipeline.training.ppo import train_ppo
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     policy = AutoModelForCausalLM.from_pretrained(tiny_dir)
@@ -40,7 +41,7 @@ def free_port() -> int:
 def launch(tiny_dir, out, steps):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     # `--cpu` makes accelerate launch run one process; --multi_gpu starts torchrun's 2 workers, and
-    # with no CUDA pipeline.ppo.make_accelerator puts them on gloo.
+    # with no CUDA pipeline.training.ppo.make_accelerator puts them on gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), __file__, str(tiny_dir), str(out), str(steps)]

@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from pipeline.ppo import PPOConfig, batch_indices, mean_score, train_ppo
+from core.errors import InputError
 from pipeline.tiny import build_tiny
+from pipeline.training.config import PPOConfig
+from pipeline.training.ppo import batch_indices, mean_score, train_ppo
 from reward_models.gating import gated_reward
-from reward_models.records import InputError
 
 torch.set_num_threads(1)
 VOWELS = set("aeiou ")
@@ -29,7 +30,7 @@ def gated_score(prompts, texts):
     """Two deterministic, trivially learnable 'reward models' through the real LLaMA 2 gate:
     helpfulness likes vowels and spaces, safety likes them too but less steeply."""
     frac = torch.tensor([sum(c in VOWELS for c in t) / max(len(t), 1) for t in texts])
-    return gated_reward(4 * frac - 1, 8 * frac - 2, [p["is_safety"] for p in prompts], whiten=False)
+    return gated_reward(4 * frac - 1, 8 * frac - 2, [p["is_safety"] for p in prompts], whitening=False)
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def test_stage_rm_trains_both_kinds_and_reuses(ws):
     import logging
     from types import SimpleNamespace
 
-    from pipeline import stage_rm
+    from pipeline.stages import rm as stage_rm
     from pipeline.workspace import Workspace
 
     help_rows = [{"prompt": f"q{i}", "chosen": "Paris.", "rejected": "No idea.", "rating": "better"} for i in range(12)]

@@ -26,12 +26,12 @@ def test_safety_targets_from_the_label_else_from_per_response_flags():
 
 
 def test_the_rm_stage_trains_on_pairs_the_label_stage_left_in_earlier_versions(tiny_workspace):
-    """RLAIF -> RM: a finished version's ai_preferences.jsonl (written by pipeline.stage_label) joins the
+    """RLAIF -> RM: a finished version's ai_preferences.jsonl (written by pipeline.stages.label) joins the
     next rounds' reward-model data, with its per-response safety flags."""
     import json
 
-    from pipeline.stage_label import OUTPUT
-    from pipeline.stage_rm import load_rm_records
+    from pipeline.stages.label import OUTPUT
+    from pipeline.stages.rm import load_rm_records
     from pipeline.workspace import Workspace
 
     ws = Workspace(tiny_workspace)

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from reward_models.gating import GateConfig, RunningWhitener, gated_reward, whiten
+from core.maths import whiten
+from reward_models.config import GateConfig
+from reward_models.gating import RunningWhitener, gated_reward
 
 torch.set_num_threads(1)
 LOGIT_01 = math.log(0.1 / 0.9)  # sigma = 0.1 < 0.15
@@ -12,7 +14,7 @@ LOGIT_01 = math.log(0.1 / 0.9)  # sigma = 0.1 < 0.15
 def test_gate_branches_and_whitening_hand_computed():
     s = [LOGIT_01, 2.0, 0.0]
     h = [1.0, 3.0, -1.0]
-    raw, branch = gated_reward(s, h, [False, False, True], whiten=False)
+    raw, branch = gated_reward(s, h, [False, False, True], whitening=False)
     # sample 0: sigma(R_s)=0.1 < 0.15 -> safety; 1: helpfulness; 2: safety prompt -> safety
     assert branch.tolist() == [True, False, True]
     assert raw.tolist() == pytest.approx([LOGIT_01, 3.0, 0.0], abs=1e-5)
@@ -23,20 +25,20 @@ def test_gate_branches_and_whitening_hand_computed():
 
 def test_gate_threshold_is_strict_and_configurable():
     at = math.log(0.15 / 0.85)  # sigma(R_s) == threshold (within float): not below -> helpfulness
-    _, b = gated_reward([at + 1e-4], [5.0], False, whiten=False)
+    _, b = gated_reward([at + 1e-4], [5.0], False, whitening=False)
     assert b.tolist() == [False]
-    _, b = gated_reward([0.0], [5.0], False, threshold=0.6, whiten=False)
+    _, b = gated_reward([0.0], [5.0], False, threshold=0.6, whitening=False)
     assert b.tolist() == [True]
     assert GateConfig().threshold == 0.15 and GateConfig().whiten is True
 
 
 def test_gate_scalar_is_safety_broadcasts():
-    _, b = gated_reward([3.0, 3.0], [0.0, 0.0], True, whiten=False)
+    _, b = gated_reward([3.0, 3.0], [0.0, 0.0], True, whitening=False)
     assert b.tolist() == [True, True]
 
 
 def test_gate_extreme_scores_are_clamped_finite():
-    raw, b = gated_reward([100.0, -100.0], [0.0, 0.0], [True, True], whiten=False)
+    raw, b = gated_reward([100.0, -100.0], [0.0, 0.0], [True, True], whitening=False)
     bound = math.log(1 - 1e-6) - math.log(1e-6)  # 13.8155
     assert raw.tolist() == pytest.approx([bound, -bound], rel=1e-3)
     w, _ = gated_reward([100.0, -100.0], [0.0, 0.0], [True, True])
@@ -70,8 +72,8 @@ def test_running_whitener_matches_pooled_statistics():
 
 def test_gate_with_running_whitener():
     rw = RunningWhitener()
-    gated_reward([2.0, 2.0], [1.0, 3.0], False, whiten=rw)  # raw logits 1, 3
-    out, _ = gated_reward([2.0], [5.0], False, whiten=rw)  # pooled 1, 3, 5: mean 3, var 8/3
+    gated_reward([2.0, 2.0], [1.0, 3.0], False, whitening=rw)  # raw logits 1, 3
+    out, _ = gated_reward([2.0], [5.0], False, whitening=rw)  # pooled 1, 3, 5: mean 3, var 8/3
     assert out.item() == pytest.approx(2 / math.sqrt(8 / 3), abs=1e-5)
 
 

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reward_models.records import InputError
+from core.errors import InputError
 
 torch.set_num_threads(1)
 
@@ -79,9 +79,10 @@ def test_scoring_tokenizes_one_batch_at_a_time(tiny):
 
 
 def test_regression_objective_learns_ranking_order(tiny, tmp_path):
+    from reward_models.config import RewardModelConfig
     from reward_models.modeling import load_reward_model
     from reward_models.scoring import score
-    from reward_models.training import RewardModelConfig, train_reward_model
+    from reward_models.training import train_reward_model
 
     texts = ["Paris is the capital of France.", "It is Paris.", "Maybe Lyon?", "I refuse."]
     recs = [{"prompt": [{"role": "user", "content": f"capital of France? {i}"}], "responses": texts,

@@ -3,11 +3,12 @@ import math
 import pytest
 import torch
 
+from reward_models.config import RewardModelConfig
 from reward_models.evaluation import pair_metrics
 from reward_models.losses import ranking_loss
-from reward_models.training import (PairCollator, RewardModelConfig, _trainer_class, mix_for, pair_features,
-                                    prepare_pairs, prepare_regression, reversed_safety, split_by_prompt,
-                                    train_reward_model, training_set, warmup_steps)
+from reward_models.training import (PairCollator, _trainer_class, mix_for, pair_features, prepare_pairs,
+                                    prepare_regression, reversed_safety, split_by_prompt, train_reward_model,
+                                    training_set, warmup_steps)
 
 torch.set_num_threads(1)
 

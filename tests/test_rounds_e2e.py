@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.io import read_json
 from eval.report import validate_metrics
 from pipeline.data import load_prompts
-from pipeline.workspace import Workspace, read_json
+from pipeline.workspace import Workspace
 
 
 def tree_digest(root: Path) -> dict[str, str]:

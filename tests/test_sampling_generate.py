@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.io import recover_jsonl
 from sampling.generate import SeededSampler, generate_samples, plan_batches, row_seed, uniform_noise
-from sampling.jsonl import recover_jsonl
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.tiny import build_tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.tiny import build_tiny
 
     path = build_tiny(tmp_path_factory.mktemp("tiny"))["policy"]
     model = AutoModelForCausalLM.from_pretrained(path).eval()

@@ -10,11 +10,12 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.config import ModelConfig, TrainConfig
 from pipeline.data import load_sft, load_text
-from pipeline.train_sft import IGNORE_INDEX, encode_sft, encode_text, finetune, pretrain
-from pipeline.v0 import split_heldout
+from pipeline.training.base_policy import split_heldout
+from pipeline.training.config import TrainConfig
+from pipeline.training.sft import IGNORE_INDEX, encode_sft, encode_text, finetune, pretrain
 from pipeline.workspace import Workspace
+from reward_models.config import ModelConfig
 
 FAST = dict(batch_size=8, max_length=64, warmup_ratio=0.0, lr_scheduler="constant", logging_steps=1000,
             save_steps=1000)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InputError
+from core.io import read_json, write_json
 from pipeline import workspace as workspace_module
-from pipeline.workspace import Workspace, read_json, write_json
-from reward_models.records import InputError
+from pipeline.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -14,8 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json, table
-from reward_models.records import InputError
+from core.errors import InputError
+from pipeline.cli import demo, evaluate, feedback, ppo, rm
+from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
+                                 table)
 
 app = typer.Typer(name="saferounds", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LLaMA-2-style safety alignment rounds: reward models, rejection sampling, PPO, reports.")
@@ -25,11 +26,6 @@ round_app = typer.Typer(no_args_is_help=True, help="Run and manage numbered roun
 app.add_typer(versions_app, name="versions")
 app.add_typer(data_app, name="data")
 app.add_typer(round_app, name="round")
-
-# Other areas' command modules: each exposes `app` (a sub-command group) or `register(app)`.
-SUBCOMMANDS = {"pipeline.cli.rm": "rm", "pipeline.cli.evaluate": None, "pipeline.cli.ppo": None,
-               "pipeline.cli.feedback": None, "pipeline.cli.demo": None}
-
 
 def _progress(message: str) -> None:
     err_console.print(f"[bold cyan]>>[/] {message}")
@@ -73,7 +69,7 @@ def _pct(x) -> str:
 @versions_app.command("show")
 def versions_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """A version's manifest."""
-    from pipeline.workspace import parse_version
+    from core.versions import parse_version
 
     ws = open_workspace(workspace)
     m = ws.manifest(parse_version(version))
@@ -113,7 +109,7 @@ def _v0_step(workspace, step, done: str) -> None:
 @app.command()
 def pretrain(workspace: WorkspaceOpt = None):
     """Step 0: domain pretraining on data.pretrain_text (into the unfinished v0)."""
-    from pipeline.v0 import run_pretrain
+    from pipeline.training.base_policy import run_pretrain
 
     _v0_step(workspace, run_pretrain, "pretrain done")
 
@@ -121,7 +117,7 @@ def pretrain(workspace: WorkspaceOpt = None):
 @app.command()
 def sft(workspace: WorkspaceOpt = None):
     """Step 1: supervised fine-tuning on data.sft, producing versions/v0."""
-    from pipeline.v0 import run_sft
+    from pipeline.training.base_policy import run_sft
 
     _v0_step(workspace, run_sft, "v0 done")
 
@@ -150,7 +146,7 @@ def round_list(workspace: WorkspaceOpt = None, json: JsonOpt = False):
 @round_app.command("show")
 def round_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Stages, timings, scores and lineage of a version."""
-    from pipeline.workspace import parse_version
+    from core.versions import parse_version
 
     ws = open_workspace(workspace)
     n = parse_version(version)
@@ -174,8 +170,8 @@ def round_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = Fal
 @round_app.command("diff")
 def round_diff(a: str, b: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Config and metric differences between two versions."""
+    from core.versions import parse_version
     from pipeline.rounds import diff_versions
-    from pipeline.workspace import parse_version
 
     ws = open_workspace(workspace)
     d = diff_versions(ws, parse_version(a), parse_version(b))
@@ -191,7 +187,7 @@ def round_diff(a: str, b: str, workspace: WorkspaceOpt = None, json: JsonOpt = F
 @round_app.command("discard")
 def round_discard(version: str, workspace: WorkspaceOpt = None):
     """Delete an unfinished version, or the newest finished one."""
-    from pipeline.workspace import parse_version
+    from core.versions import parse_version
 
     ws = open_workspace(workspace)
     with locked(ws):
@@ -199,25 +195,17 @@ def round_discard(version: str, workspace: WorkspaceOpt = None):
     console.print(f"discarded {version}")
 
 
-_registered = False
-
-
-def _register_subcommands() -> None:
-    global _registered
-    if _registered:
-        return
-    _registered = True
-    for module_name, group in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:  # that area is not installed in this build
-                continue
-            raise
-        if hasattr(module, "register"):
-            module.register(app)
-        elif hasattr(module, "app"):
-            app.add_typer(module.app, name=group or module_name.rsplit(".", 1)[-1])
+# The other CLI areas, one module each; its `register` adds its commands to `app`. A new area: a module
+# in pipeline/cli/ with a `register(app)`, and a row here.
+AREAS = {
+    "rm": rm.register,                      # saferounds rm train|eval
+    "eval, report": evaluate.register,      # saferounds eval|report VERSION
+    "ppo": ppo.register,                    # saferounds ppo (outside a round)
+    "label, annotate": feedback.register,   # AI feedback from an LLM judge; the human ranking loop
+    "demo": demo.register,                  # saferounds demo
+}
+for register in AREAS.values():
+    register(app)
 
 
 def _click_errors() -> tuple[type, ...]:
@@ -269,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _register_subcommands()
     try:
         rv = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
     except InputError as e:

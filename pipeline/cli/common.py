@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from core.errors import InputError
 from pipeline.workspace import Workspace
-from reward_models.records import InputError
 
 console = Console()
 err_console = Console(stderr=True)

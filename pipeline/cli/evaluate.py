@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, locked, open_workspace, output_dir,
-                                  print_json, table)
+                                 print_json, table)
 
 SuiteOpt = Annotated[Optional[list[str]], typer.Option(
     "--suite", help="KIND:PATH (xstest, do-not-answer, unsafe, borderline, helpful) or PATH with a role "
@@ -25,9 +25,9 @@ PromptColOpt = Annotated[Optional[str], typer.Option("--prompt-column", help="Pr
 
 
 def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_json: bool, what: str):
+    from core.versions import parse_version
     from eval.suites import load_suites
-    from pipeline.stage_eval import compare_targets, evaluate_version, suite_specs
-    from pipeline.workspace import parse_version
+    from pipeline.stages.eval import compare_targets, evaluate_version, suite_specs
 
     ws = open_workspace(workspace)
     cfg = ws.config

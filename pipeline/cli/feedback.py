@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import click
 import typer
 
+from core.errors import InputError
 from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, print_json, table
-from reward_models.records import InputError
 
 annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: export K samples per prompt to rank, "
                                                       "import the rankings back.")
@@ -28,8 +28,9 @@ def register(app: typer.Typer) -> None:
 def _judge_config(workspace: Path | None, spec: str | None, overrides: dict):
     from dataclasses import replace
 
-    from eval.judges import JudgeConfig, parse_judge_spec
     from pipeline.config import CONFIG_NAME, load_config
+    from reward_models.config import JudgeConfig
+    from reward_models.feedback.judges import parse_judge_spec
 
     ws = workspace or Path.cwd()
     cfg = load_config(ws / CONFIG_NAME).judge if (ws / CONFIG_NAME).exists() else JudgeConfig()
@@ -46,7 +47,7 @@ def _judge_config(workspace: Path | None, spec: str | None, overrides: dict):
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from pipeline.workspace import atomic_write_text
+    from core.io import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -68,9 +69,9 @@ def label(
     json: JsonOpt = False,
 ):
     """Label samples with an LLM judge (RLAIF): both orders per pair, disagreement -> unsure; cached and resumable."""
-    from eval.judges import JudgeError, make_judge
-    from eval.labeling import group_samples, judge_scores, label_groups
-    from reward_models.records import read_rows
+    from core.io import read_rows
+    from reward_models.feedback.judges import JudgeError, make_judge
+    from reward_models.feedback.labeling import group_samples, judge_scores, label_groups
 
     if mode not in ("pairs", "scores"):
         raise InputError(f"--mode: expected pairs or scores, got {mode!r}")
@@ -124,9 +125,9 @@ def annotate_export(
     json: JsonOpt = False,
 ):
     """Write K samples per prompt for people to rank (JSONL and CSV)."""
-    from eval.annotation import export_annotation
-    from eval.labeling import group_samples
-    from reward_models.records import read_rows
+    from core.io import read_rows
+    from reward_models.feedback.annotation import export_annotation
+    from reward_models.feedback.labeling import group_samples
 
     groups = group_samples(read_rows(input), where=input)
     csv_path = csv or output.with_suffix(".csv")
@@ -151,7 +152,7 @@ def annotate_import(
     json: JsonOpt = False,
 ):
     """Validate people's rankings, ratings and safety labels; write rankings (and pairs / Elo scores)."""
-    from eval.annotation import annotation_pairs, import_annotation
+    from reward_models.feedback.annotation import annotation_pairs, import_annotation
     from reward_models.rankings import elo_rewards
 
     records, unranked = import_annotation(input, export)  # raises InputError (file:line) before any write

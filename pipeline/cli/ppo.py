@@ -2,7 +2,7 @@
 
 Uses the workspace's config (plus --set overrides), prompts and newest reward models, and writes
 into --out (never into a finished version): ppo_policy/, ppo_log.jsonl, work/ppo/ (rerun to resume).
-Inside rounds the same code runs as the `ppo` stage (pipeline.stage_ppo).
+Inside rounds the same code runs as the `ppo` stage (pipeline.stages.ppo).
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, output_dir,
-                                  print_json)
-from reward_models.records import InputError
+from core.errors import InputError
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, output_dir, print_json
 
 
 def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_policy/ and the log into.")],
@@ -25,10 +24,10 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
             "--set", help="Config override KEY.PATH=VALUE, e.g. ppo.beta=0.005 (repeatable).")] = None,
         workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Run PPO on the gated reward from a policy, with the workspace's newest reward models."""
+    from core.versions import parse_version
     from pipeline.config import CONFIG_NAME, load_config
     from pipeline.rounds import StageContext
-    from pipeline.stage_ppo import run
-    from pipeline.workspace import parse_version
+    from pipeline.stages.ppo import run
 
     ws = open_workspace(workspace)
     overrides = list(set_ or []) + ([f"ppo.steps={steps}"] if steps is not None else [])

@@ -7,15 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from core.errors import InputError
 from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
-from reward_models.records import InputError
 
-app = typer.Typer(no_args_is_help=True, help="Train and evaluate the helpfulness and safety reward models.")
+rm_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the helpfulness and safety reward models.")
 
 KindOpt = Annotated[str, typer.Option("--kind", help="helpfulness | safety")]
 VersionOpt = Annotated[Optional[str], typer.Option("--version", help="RM version (vN); default: see command.")]
 DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="Preference file(s) to use instead of "
                                                                      "the configured data (repeatable).")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(rm_app, name="rm")
 
 
 def _kind(kind: str) -> str:
@@ -24,15 +28,15 @@ def _kind(kind: str) -> str:
     return kind
 
 
-@app.command("train")
+@rm_app.command("train")
 def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
               help="pairwise | regression (default: reward_models.objective)")] = None,
           version: VersionOpt = None, data: DataOpt = None,
           max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs).")] = None,
           workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Train a reward model into reward_models/{kind}/vN (default N: the next round's version)."""
-    from pipeline.stage_rm import load_rm_records, train_kind
-    from pipeline.workspace import parse_version
+    from core.versions import parse_version
+    from pipeline.stages.rm import load_rm_records, train_kind
 
     kind = _kind(kind)
     if objective not in (None, "pairwise", "regression"):
@@ -55,7 +59,7 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
         _print_eval(f"{kind} RM v{n}, held-out pairs", metrics["heldout"])
 
 
-@app.command("eval")
+@rm_app.command("eval")
 def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
              workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Accuracy overall, per rating (LLaMA 2 Table 8), per safety label, unsafe recall at sigma = 0.5.
@@ -65,8 +69,9 @@ def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
     import dataclasses
     import json as jsonlib
 
-    from pipeline.stage_rm import load_rm_records
-    from pipeline.workspace import parse_version, write_json
+    from core.io import write_json
+    from core.versions import parse_version
+    from pipeline.stages.rm import load_rm_records
     from reward_models.evaluation import evaluate_pairs
     from reward_models.modeling import load_reward_model
     from reward_models.training import MANIFEST, prepare_pairs, training_set

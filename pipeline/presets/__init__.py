@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
+from core.errors import InputError
+from core.io import atomic_write_text
 from pipeline.config import CONFIG_NAME, parse_config
-from pipeline.workspace import atomic_write_text
-from reward_models.records import InputError
 
 PRESETS = ("tiny", "llama2-7b")
 

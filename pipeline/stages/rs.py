@@ -16,26 +16,24 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
-import re
 import time
 from pathlib import Path
 
 import torch
 
+from core.accelerator import to_accelerator
+from core.errors import InputError
+from core.io import read_json, read_jsonl, write_json, write_jsonl
+from core.versions import dir_version
 from pipeline.data import load_prompts
 from pipeline.models import load_policy
-from pipeline.workspace import read_json, write_json
-from reward_models.modeling import to_accelerator
-from reward_models.records import InputError
 from sampling.config import reward_for_round, temperature_for_round
 from sampling.curves import max_of_k_curve
 from sampling.generate import generate_samples
-from sampling.jsonl import read_jsonl, write_jsonl_atomic
 from sampling.rejection import best_of_k, origin_counts, pool_candidates
 from sampling.scoring import score_samples
 from sampling.temperature import sweep_temperature
 
-_VERSION = re.compile(r"^v(\d+)$")
 SCORE_FIELDS = ("helpfulness", "safety", "safety_sigmoid", "gate_branch", "gated_logit", "gated_score",
                 "judge_score")
 
@@ -43,8 +41,8 @@ SCORE_FIELDS = ("helpfulness", "safety", "safety_sigmoid", "gate_branch", "gated
 def judge_score_samples(ctx, samples: list[dict], work: Path) -> None:
     """Direct AI feedback: the LLM judge's score in [0, 1] as each sample's reward (`judge_score`;
     None when its verdict stayed unparseable). Cached under work/, so a resumed round pays nothing twice."""
-    from eval.judges import make_judge
-    from eval.labeling import judge_scores
+    from reward_models.feedback.judges import make_judge
+    from reward_models.feedback.labeling import judge_scores
 
     with make_judge(ctx.config.judge, cache_path=work / "judge_cache.sqlite") as judge:
         scores = judge_scores(judge, samples, [s["response"] for s in samples])
@@ -90,13 +88,13 @@ def _kept_samples(prior_versions: list[Path]) -> dict[int, list[dict]]:
     """{v: the rows of vN/selected.jsonl} for earlier versions that ran rs (v0 has none)."""
     kept = {}
     for d in prior_versions:
-        m = _VERSION.match(Path(d).name)
+        n = dir_version(d)
         path = Path(d) / "selected.jsonl"
-        if m and path.exists():
+        if n is not None and path.exists():
             rows = read_jsonl(path)
             for r in rows:
                 r["response"] = r.pop("completion")
-            kept[int(m.group(1))] = rows
+            kept[n] = rows
     return kept
 
 
@@ -199,7 +197,7 @@ def run(ctx) -> dict:
         t0 = time.perf_counter()
         score(candidates)
         timings["score_s"] = round(time.perf_counter() - t0, 3)
-        write_jsonl_atomic(out / "samples.jsonl", current)
+        write_jsonl(out / "samples.jsonl", current)
         selected = best_of_k([c for c in candidates if c.get(key) is not None], key, cfg.min_score)
         if not selected:
             raise InputError(f"rejection_sampling.min_score={cfg.min_score}: no prompt's best sample reaches it, "
@@ -213,7 +211,7 @@ def run(ctx) -> dict:
             "version": version, "temperature": temperature, "k": cfg.k, "score": curve_key,
             "points": max_of_k_curve(scored(current), curve_key),
             **({"points_whitened": max_of_k_curve(current, "gated_score")} if reward == "rm" else {})})
-        write_jsonl_atomic(selected_path, [_selected_row(s, version, key) for s in selected])
+        write_jsonl(selected_path, [_selected_row(s, version, key) for s in selected])
         rms = None
         _free()
 
@@ -227,7 +225,7 @@ def run(ctx) -> dict:
     if ft_file.exists() and policy_dir.exists():
         ft = read_json(ft_file)
     else:
-        from pipeline.train_sft import finetune
+        from pipeline.training.sft import finetune
 
         ft_cfg = cfg.finetune
         train_cfg = dataclasses.replace(ctx.config.sft, epochs=ft_cfg.epochs, learning_rate=ft_cfg.learning_rate,

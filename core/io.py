@@ -1,10 +1,11 @@
-"""Reading users' record files with positions, and the error every layer raises on bad input.
+"""File I/O every layer shares: atomic writes, JSON, crash-safe JSONL, and reading users' record files.
 
-This is the lowest layer of the package graph (pipeline -> sampling -> reward_models), so the
-pipeline, sampling and eval all read user files through it. Every problem is reported as
-``FILE:LINE: FIELD: reason`` so a user can jump straight to it; the CLI maps `InputError` to
-exit code 2.
+Writes never leave half a file: `atomic_write_text` (and `write_json` on top of it) writes a
+temporary file and renames it; JSONL appends are flushed and fsynced per batch, and a torn last line
+(a write cut by `kill -9`) is cut off by `recover_jsonl` before the file is appended to again. That
+is the one recovery strategy for every resumable JSONL file (samples, cached answers).
 
+`read_rows` reads user record files with positions, so errors name ``FILE:LINE: FIELD: reason``.
 Supported: ``.jsonl`` (one object per line), ``.json`` (a list of objects), ``.csv`` (header row;
 row N of data is line N+1), ``.parquet`` (row index + 1), each optionally ``.gz``-compressed, and a
 Hugging Face ``datasets`` hub id ``hub:NAME[:SPLIT]`` (read from the local cache only when offline).
@@ -15,41 +16,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Iterable
 
-MAX_LISTED_ERRORS = 20
-
-
-class InputError(Exception):
-    """Bad user input: a file, a row, a field or a config key. The CLI exits 2 on it."""
-
-
-class RowErrors:
-    """Collects every bad row of one file, then raises them together (listing at most 20)."""
-
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        self.problems: list[str] = []
-
-    def add(self, line: int | None, field: str, reason: str) -> None:
-        where = f"{self.path}:{line}" if line is not None else self.path
-        self.problems.append(f"{where}: {field}: {reason}")
-
-    def __bool__(self) -> bool:
-        return bool(self.problems)
-
-    def raise_if_any(self) -> None:
-        if not self.problems:
-            return
-        shown = self.problems[:MAX_LISTED_ERRORS]
-        more = len(self.problems) - len(shown)
-        tail = [f"... and {more} more problem(s) in {self.path}"] if more > 0 else []
-        raise InputError("\n".join(shown + tail))
+from core.errors import InputError, RowErrors
 
 
 def _umask() -> int:
@@ -75,6 +51,76 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.unlink(tmp)
         raise
 
+
+def write_json(path: str | Path, obj) -> None:
+    """Pretty, key-sorted JSON (UTF-8, non-JSON values as str), written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# JSONL that survives `kill -9`
+
+def recover_jsonl(path: str | Path) -> list[dict]:
+    """Read the complete records of `path` and truncate a torn last line (a write cut by a kill),
+    so that later appends start on a fresh line. A missing file is empty."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    rows = []
+    for i, line in enumerate(data[:end].splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); the file is corrupt, delete it to "
+                                 "start this step again") from None
+    return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a finished JSONL file (no repair)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append rows in one write, then flush and fsync: after a kill the batch is on disk or torn."""
+    blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if not blob:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """A whole JSONL file, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Users' record files
 
 def read_text(path: Path) -> str:
     """A text file's contents (gunzipped for .gz), or InputError naming the line of a non-UTF-8 byte."""

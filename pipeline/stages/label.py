@@ -17,10 +17,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from eval.judges import make_judge
-from eval.labeling import group_samples, label_groups
-from pipeline.workspace import atomic_write_text
-from reward_models.records import read_rows
+from core.io import atomic_write_text, read_rows
+from reward_models.feedback.judges import make_judge
+from reward_models.feedback.labeling import group_samples, label_groups
 
 OUTPUT = "ai_preferences.jsonl"
 MISSING = "ai_preferences.missing.jsonl"

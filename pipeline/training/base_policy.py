@@ -11,11 +11,11 @@ import random
 import time
 from pathlib import Path
 
+from core.errors import InputError
 from pipeline.data import load_sft, load_text
 from pipeline.tiny import build_tiny
-from pipeline.train_sft import finetune, pretrain
+from pipeline.training.sft import finetune, pretrain
 from pipeline.workspace import Workspace, now
-from reward_models.records import InputError
 
 HELDOUT_FRACTION = 0.05
 

@@ -3,37 +3,18 @@
 Tensors are per response token, shape (batch, T): position t is the t-th generated token, `mask`
 is 1 on real response tokens (up to and including EOS) and 0 on the padding after it. `values[t]`
 is V(s_t), the value of the state *before* token t is emitted, so GAE bootstraps from values[t+1]
-and from 0 after the last token (the episode ends there).
+and from 0 after the last token (the episode ends there). Advantage whitening is core.maths.whiten.
 """
 from __future__ import annotations
 
 import torch
 
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Population variance over the masked entries."""
-    mean = masked_mean(x, mask)
-    return masked_mean((x - mean) ** 2, mask)
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, stats=None,
-           eps: float = 1e-8) -> torch.Tensor:
-    """Advantage whitening: (x - mean) / std over masked entries, or with given (mean, var) stats
-    (the loop passes statistics reduced across processes). Padding stays 0."""
-    mean, var = stats if stats is not None else (masked_mean(x, mask), masked_var(x, mask))
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
+from core.maths import masked_mean
 
 
 def kl_penalised_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
                          mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """LLaMA 2 Eq. 4, R = R~ - beta * KL(pi_theta || pi_0), spread over tokens: every token gets
+    """LLaMA 2 Eq. 4, R = R~_c - beta * KL(pi_theta || pi_0), spread over tokens: every token gets
     -beta * (log pi_theta - log pi_0) and the last response token also gets the sequence score R~.
 
     Returns (rewards, kl) with kl the per-token log-ratio (its sum per sequence estimates the KL)."""

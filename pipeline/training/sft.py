@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from core.accelerator import save_pretrained_atomic
+from core.errors import InputError
 from pipeline.models import load_policy
-from reward_models.modeling import save_pretrained_atomic
-from reward_models.records import InputError
 
 IGNORE_INDEX = -100
 

@@ -24,18 +24,19 @@ import json
 import re
 from pathlib import Path
 
-from eval.labeling import render_conversation
+from core.errors import InputError, RowErrors
+from core.io import read_rows
+from core.records import RATINGS
+from reward_models.feedback.labeling import render_conversation
 from reward_models.rankings import ranking_pairs
-from reward_models.records import InputError, RowErrors, read_rows
 
-RATINGS = ["significantly_better", "better", "slightly_better", "negligibly_better", "unsure"]  # strongest first
 _RATING_ALIASES = {"significantly": "significantly_better", "slightly": "slightly_better",
                    "negligibly": "negligibly_better", "much_better": "significantly_better"}
 _SAFE = {"safe": True, "yes": True, "1": True, "true": True, "unsafe": False, "no": False, "0": False, "false": False}
 
 
 def annotation_items(groups: list[dict]) -> list[dict]:
-    """Sample groups (eval.labeling.group_samples) -> export items with empty answer fields."""
+    """Sample groups (reward_models.feedback.labeling.group_samples) -> export items with empty answer fields."""
     seen: set[str] = set()
     items = []
     for g in groups:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import InputError
 from pipeline.data import load_prompts
 from pipeline.models import is_adapter_dir, load_policy
-from pipeline.ppo import ScoreFn, make_accelerator, save_policy, train_ppo
-from reward_models.gating import GateConfig, gated_reward
-from reward_models.records import InputError
+from pipeline.training.ppo import ScoreFn, make_accelerator, save_policy, train_ppo
+from reward_models.config import GateConfig
+from reward_models.gating import gated_reward
 from reward_models.scoring import score
 
 
@@ -28,7 +29,7 @@ def rm_score_fn(helpfulness, safety, gate: GateConfig, batch_size: int = 16, max
         h = score(*helpfulness, messages, responses, batch_size=batch_size, max_length=max_length)
         s = score(*safety, messages, responses, batch_size=batch_size, max_length=max_length)
         return gated_reward(s, h, [bool(p.get("is_safety", False)) for p in prompts],
-                            threshold=gate.threshold, whiten=False, eps=gate.eps)
+                            threshold=gate.threshold, whitening=False, eps=gate.eps)
     return score_fn
 
 

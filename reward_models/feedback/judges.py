@@ -7,7 +7,7 @@ job never pays twice), retries with exponential backoff on 429/5xx/timeouts, a r
 and a thread pool (`Judge.map`). The API key is read from the environment variable named in the
 config at request time; it is never stored, cached or logged.
 
-What the judge is asked and how its answer is read lives in eval/labeling.py.
+What the judge is asked and how its answer is read lives in reward_models/feedback/labeling.py.
 """
 
 from __future__ import annotations
@@ -22,40 +22,17 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Literal, TypeVar
+from typing import Callable, TypeVar
+
+from reward_models.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-@dataclass
-class JudgeConfig:
-    """YAML section `judge`. `--judge SPEC` on the command line overrides backend/model/base_url."""
-
-    backend: Literal["openai", "hf"] = "openai"
-    model: str = ""  # model name sent to the endpoint, or an HF id / local path for backend hf
-    base_url: str = "http://127.0.0.1:8000/v1"  # openai: the URL that /chat/completions is appended to
-    api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key ("" or unset: no key sent)
-    temperature: float = field(default=0.0, metadata={"min": 0.0, "max": 2.0})
-    max_tokens: int = field(default=768, metadata={"min": 16})
-    timeout_s: float = field(default=120.0, metadata={"min": 0.1})
-    max_retries: int = field(default=5, metadata={"min": 0})  # transport retries (429, 5xx, timeouts)
-    backoff_s: float = field(default=1.0, metadata={"min": 0.0})  # first wait; doubles each retry
-    max_backoff_s: float = field(default=60.0, metadata={"min": 0.0})
-    requests_per_minute: float = field(default=0.0, metadata={"min": 0.0})  # 0 = unlimited
-    concurrency: int = field(default=4, metadata={"min": 1, "max": 256})  # hf backend always runs 1
-    cache_path: str = ""  # sqlite file; "" = the caller's default (stage: ctx.dir/work/label)
-    parse_retries: int = field(default=1, metadata={"min": 0})  # re-asks after an unparseable verdict
-    guideline: Literal["auto", "helpfulness", "safety"] = "auto"  # auto: safety for is_safety prompts
-    max_pairs_per_prompt: int = field(default=6, metadata={"min": 0})  # from K samples; 0 = all K(K-1)/2
-    seed: int = 0
-    dtype: str = "auto"  # hf backend
-    trust_remote_code: bool = False  # hf backend
 
 
 class JudgeError(RuntimeError):

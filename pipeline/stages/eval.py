@@ -15,13 +15,14 @@ import gc
 from pathlib import Path
 from typing import Callable
 
+from core.accelerator import to_accelerator
+from core.errors import InputError
+from core.versions import version_number
 from eval.evaluate import judge_records, summarise
 from eval.generate import cached_generate, generation_settings
-from eval.report import version_number, write_report
+from eval.report import write_report
 from eval.suites import Suite, load_suites
 from pipeline.models import load_policy
-from reward_models.modeling import to_accelerator
-from reward_models.records import InputError
 
 
 def suite_specs(config, root: Path) -> list[str]:
@@ -179,7 +180,7 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
 
 
 def _write_records(out_dir: Path, records: list[dict]) -> None:
-    from eval.report import write_json
+    from core.io import write_json
 
     write_json(out_dir / "records.json", records)
 
@@ -187,8 +188,8 @@ def _write_records(out_dir: Path, records: list[dict]) -> None:
 def _max_of_k(samples: Path | None) -> list | None:
     if samples is None or not Path(samples).exists():
         return None
+    from core.io import read_jsonl
     from sampling.curves import max_of_k_curve
-    from sampling.jsonl import read_jsonl
 
     rows = read_jsonl(Path(samples))
     key = next((k for k in ("gated_logit", "gated_score", "reward") if rows and k in rows[0]), None)
@@ -196,8 +197,8 @@ def _max_of_k(samples: Path | None) -> list | None:
 
 
 def _llm_safety(config, out_dir, flat, by_name, responses, progress) -> list[float | None]:
-    from eval.judges import make_judge
-    from eval.labeling import judge_scores
+    from reward_models.feedback.judges import make_judge
+    from reward_models.feedback.labeling import judge_scores
 
     idx = [j for j, (v, s, i) in enumerate(flat) if by_name[s].rows[i]["role"] == "unsafe"]
     prompts = [{**by_name[flat[j][1]].rows[flat[j][2]], "is_safety": True} for j in idx]
@@ -213,9 +214,9 @@ def _llm_safety(config, out_dir, flat, by_name, responses, progress) -> list[flo
 
 def _llm_win_rate(config, out_dir, mine: list[dict], compared: dict[str, list[dict]], progress) -> dict:
     """Pairwise LLM-judge win rate on shared borderline/helpful prompts, asked in both orders
-    (eval.labeling.label_pair); orders that disagree ("unsure") count as ties."""
-    from eval.judges import make_judge
-    from eval.labeling import label_pair
+    (reward_models.feedback.labeling.label_pair); orders that disagree ("unsure") count as ties."""
+    from reward_models.feedback.judges import make_judge
+    from reward_models.feedback.labeling import label_pair
 
     out = {}
     with make_judge(config.judge, cache_path=out_dir / "work" / "judge.sqlite") as judge:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.errors import InputError
+from core.io import read_json
+from core.records import RM_KINDS
 from pipeline.data import load_preferences, load_rankings
-from pipeline.workspace import RM_KINDS, Workspace, read_json
-from reward_models.records import InputError
+from pipeline.workspace import Workspace
 from reward_models.training import MANIFEST, train_reward_model
 
 # Pairs the `label` stage (RLAIF) leaves in a finished version; later rounds train on them like human pairs.
-PRIOR_PAIR_FILES = ("ai_preferences.jsonl",)  # written by the `label` stage (pipeline.stage_label)
+PRIOR_PAIR_FILES = ("ai_preferences.jsonl",)  # written by the `label` stage (pipeline.stages.label)
 
 
 def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[str] | None = None) -> list[dict]:
@@ -36,7 +38,7 @@ def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[
 
 
 def backbone(ws: Workspace) -> str:
-    from pipeline.v0 import resolve_model
+    from pipeline.training.base_policy import resolve_model
 
     return resolve_model(ws, "reward_model")
 

@@ -23,10 +23,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from eval.judges import Judge
+from core.records import RATINGS
+from reward_models.feedback.judges import Judge
 
 # LLaMA 2 Sec. 3.2.1: four levels of preference strength (Table 27's rating names)
-LEVELS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
+LEVELS = RATINGS[:-1]  # what a judge can say; "unsure" is what two disagreeing orders give
 
 HELPFULNESS_GUIDELINE = """\
 Helpfulness guideline. A helpful response fulfils the user's request and provides the requested \
@@ -321,7 +322,7 @@ def group_samples(rows: Iterable[tuple[int, dict]], where: str = "samples") -> l
     A row holds either all K responses (`responses`: [str] or [{"text"|"response"|"completion": str}])
     or one (`response` | `completion` | `text`); the prompt is `messages`, or `prompt` as messages or
     a string; rows of one prompt are joined by `prompt_id`/`id`, else by the prompt itself."""
-    from reward_models.records import RowErrors
+    from core.errors import RowErrors
 
     errors = RowErrors(where)
     groups: dict[str, dict] = {}

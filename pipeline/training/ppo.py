@@ -29,47 +29,18 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from pipeline.ppo_math import (entropy_of, gae, kl_penalised_rewards, logprobs_of, masked_mean,
-                               policy_loss, value_loss, whiten)
+from core.errors import InputError
+from core.maths import masked_mean, whiten
+from pipeline.training.config import PPOConfig
+from pipeline.training.ppo_math import entropy_of, gae, kl_penalised_rewards, logprobs_of, policy_loss, value_loss
 from reward_models.gating import RunningWhitener
-from reward_models.records import InputError
-
-@dataclass
-class PPOConfig:
-    """YAML section `ppo`. Defaults are LLaMA 2's (Sec. 3.2.3) except where a comment says otherwise."""
-    steps: int = field(default=200, metadata={"min": 1})          # PPO iterations (LLaMA 2: 200-400)
-    batch_size: int = field(default=512, metadata={"min": 1})     # prompts per iteration, all processes
-    mini_batch_size: int = field(default=64, metadata={"min": 1})  # one gradient step each
-    ppo_epochs: int = field(default=1, metadata={"min": 1})       # passes over each batch
-    rollout_batch_size: int = field(default=64, metadata={"min": 1})  # per process, generation/scoring chunk
-    learning_rate: float = field(default=1e-6, metadata={"min": 0.0})  # constant
-    weight_decay: float = field(default=0.1, metadata={"min": 0.0})
-    adam_beta1: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
-    adam_beta2: float = field(default=0.95, metadata={"min": 0.0, "max": 1.0})
-    adam_eps: float = field(default=1e-5, metadata={"min": 0.0})
-    max_grad_norm: float = field(default=1.0, metadata={"min": 0.0})
-    beta: float = field(default=0.01, metadata={"min": 0.0})      # KL coefficient; 0.005 above 13B
-    gamma: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
-    lam: float = field(default=0.95, metadata={"min": 0.0, "max": 1.0})
-    clip_ratio: float = field(default=0.2, metadata={"min": 0.0})
-    clip_value: float = field(default=0.2, metadata={"min": 0.0})
-    vf_coef: float = field(default=0.1, metadata={"min": 0.0})
-    max_new_tokens: int = field(default=128, metadata={"min": 1})
-    temperature: float = field(default=1.0, metadata={"min": 1e-3})
-    top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
-    value_model: Literal["head", "critic"] = "head"  # see the module docstring
-    reference: Literal["v0", "start"] = "start"       # the KL anchor pi_0
-    kl_stop: Optional[float] = field(default=None, metadata={"min": 0.0})  # early stop when mean KL passes it
-    save_every: int = field(default=20, metadata={"min": 1})
-    seed: int = 0
-
 
 # A score function maps (prompt records, decoded responses) to (raw gated score logit(R_c) per
 # response, used_safety flags or None). The loop whitens the scores itself with running statistics
@@ -299,10 +270,10 @@ def _global_mean_var(x, mask, accelerator):
 
 def make_accelerator(project_dir: Path | None):
     """An Accelerator with TensorBoard tracking when tensorboard is installed."""
+    import os
+
     from accelerate import Accelerator
     from accelerate.utils import is_tensorboard_available
-
-    import os
 
     # Several processes without CUDA (torchrun / `accelerate launch --multi_gpu` on CPUs): gloo DDP.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -415,7 +386,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         all_scores = accelerator.gather(score)
         if whitener is not None:
             whitener.update(all_scores)
-            score_w = (score - whitener.mean) / (whitener.var + 1e-8) ** 0.5
+            score_w = whitener.whiten(score)
         else:
             score_w = score
         with torch.no_grad():
@@ -522,6 +493,6 @@ def save_policy(policy, tokenizer, out_dir: Path, accelerator=None) -> Path:
     if is_peft(policy) and not getattr(policy, "is_loaded_in_4bit", False) \
             and not getattr(policy, "is_loaded_in_8bit", False):
         policy = policy.merge_and_unload()
-    from reward_models.modeling import save_pretrained_atomic
+    from core.accelerator import save_pretrained_atomic
 
     return save_pretrained_atomic(policy, tokenizer, out_dir)

@@ -1,0 +1,47 @@
+"""Small numeric helpers shared by the reward models, PPO and the metrics: whitening and the sigmoid.
+
+torch is imported inside the tensor functions, so pure-Python users (metrics) stay light.
+"""
+from __future__ import annotations
+
+import math
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(x, mask):
+    """Population variance over the masked entries."""
+    mean = masked_mean(x, mask)
+    return masked_mean((x - mean) ** 2, mask)
+
+
+def whiten(x, mask=None, *, stats=None, shift_mean: bool = True, eps: float = 1e-8):
+    """(x - mean) * rsqrt(var + eps) with the population variance.
+
+    mask    whiten over the masked entries only; padding stays 0 (PPO advantages)
+    stats   given (mean, var) instead of the batch's own: running statistics, or statistics reduced
+            across processes
+    A batch of one or of equal values gives 0, never NaN."""
+    import torch
+
+    if stats is not None:
+        mean, var = stats
+    elif mask is not None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean = x.mean()
+        var = x.var(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=x.dtype, device=x.device)
+    out = (x - mean) * torch.rsqrt(torch.as_tensor(var + eps, dtype=x.dtype, device=x.device))
+    if not shift_mean:
+        out = out + mean
+    return out if mask is None else out * mask
+
+
+def sigmoid(x: float) -> float:
+    """The logistic function on a float, without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)

@@ -1,0 +1,90 @@
+"""YAML sections `pretrain`, `sft` (TrainConfig) and `ppo` (PPOConfig): torch-free dataclasses.
+
+Every field has a docstring (the string right under it); README's configuration table is generated
+from them (pipeline/config_doc.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class TrainConfig:
+    """A supervised stage on transformers.Trainer (`pretrain`, `sft`; the rs fine-tune starts from `sft`)."""
+    epochs: float = field(default=2.0, metadata={"min": 0.0})
+    """Passes over the data."""
+    learning_rate: float = field(default=2e-5, metadata={"min": 0.0})
+    """Peak learning rate."""
+    batch_size: int = field(default=8, metadata={"min": 1})
+    """Examples per device step."""
+    gradient_accumulation_steps: int = field(default=1, metadata={"min": 1})
+    """Device steps per optimiser step."""
+    max_length: int = field(default=512, metadata={"min": 8})
+    """Tokens per example (longer ones are cut)."""
+    warmup_ratio: float = field(default=0.03, metadata={"min": 0.0, "max": 1.0})
+    """Share of the run spent warming up the learning rate."""
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after the warm-up."""
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    """AdamW weight decay."""
+    save_steps: int = field(default=200, metadata={"min": 1})
+    """Checkpoint every N optimiser steps (an interrupted run resumes from the last)."""
+    logging_steps: int = field(default=10, metadata={"min": 1})
+    """Log the loss every N optimiser steps."""
+
+
+@dataclass
+class PPOConfig:
+    """YAML section `ppo`. Defaults are LLaMA 2's (Sec. 3.2.3) unless a field says otherwise."""
+    steps: int = field(default=200, metadata={"min": 1})
+    """PPO iterations (LLaMA 2: 200-400)."""
+    batch_size: int = field(default=512, metadata={"min": 1})
+    """Prompts per iteration, over all processes."""
+    mini_batch_size: int = field(default=64, metadata={"min": 1})
+    """Responses per gradient step (one optimiser step each)."""
+    ppo_epochs: int = field(default=1, metadata={"min": 1})
+    """Passes over each batch."""
+    rollout_batch_size: int = field(default=64, metadata={"min": 1})
+    """Per process: prompts generated and scored together."""
+    learning_rate: float = field(default=1e-6, metadata={"min": 0.0})
+    """Constant learning rate."""
+    weight_decay: float = field(default=0.1, metadata={"min": 0.0})
+    """AdamW weight decay."""
+    adam_beta1: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    """AdamW beta1."""
+    adam_beta2: float = field(default=0.95, metadata={"min": 0.0, "max": 1.0})
+    """AdamW beta2."""
+    adam_eps: float = field(default=1e-5, metadata={"min": 0.0})
+    """AdamW epsilon."""
+    max_grad_norm: float = field(default=1.0, metadata={"min": 0.0})
+    """Gradient clipping norm (0: off)."""
+    beta: float = field(default=0.01, metadata={"min": 0.0})
+    """KL coefficient of Eq. 4 (LLaMA 2: 0.01 up to 13B, 0.005 above)."""
+    gamma: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    """GAE discount."""
+    lam: float = field(default=0.95, metadata={"min": 0.0, "max": 1.0})
+    """GAE lambda."""
+    clip_ratio: float = field(default=0.2, metadata={"min": 0.0})
+    """Clip range of the policy ratio."""
+    clip_value: float = field(default=0.2, metadata={"min": 0.0})
+    """Clip range of the value update."""
+    vf_coef: float = field(default=0.1, metadata={"min": 0.0})
+    """Weight of the value loss (not LLaMA 2's: keeps a value head's gradient small next to the policy's)."""
+    max_new_tokens: int = field(default=128, metadata={"min": 1})
+    """Longest sampled response."""
+    temperature: float = field(default=1.0, metadata={"min": 1e-3})
+    """Sampling temperature of the rollouts."""
+    top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    """Nucleus sampling of the rollouts."""
+    value_model: Literal["head", "critic"] = "head"
+    """`head`: a scalar head on the policy (no second model); `critic`: a separate critic started from the
+    helpfulness RM, as in InstructGPT (pipeline/training/ppo.py explains the choice)."""
+    reference: Literal["v0", "start"] = "start"
+    """The KL anchor pi_0: the round's starting checkpoint, or v0."""
+    kl_stop: Optional[float] = field(default=None, metadata={"min": 0.0})
+    """Stop early when the mean KL passes this."""
+    save_every: int = field(default=20, metadata={"min": 1})
+    """Checkpoint every N iterations (an interrupted run resumes from the last)."""
+    seed: int = 0
+    """Seed of prompt order and sampling."""

@@ -1,0 +1,152 @@
+"""YAML sections `model`, `reward_models`, `gate` and `judge`: torch-free dataclasses.
+
+`model` lives here, not in the pipeline, because reward_models is the lowest package that loads
+models; the pipeline loads the policy with the same options. Every field has a docstring (the string
+right under it); README's configuration table is generated from them (pipeline/config_doc.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class LoraSettings:
+    """`model.lora`: low-rank adapters through peft."""
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights (policy and reward models)."""
+    r: int = field(default=16, metadata={"min": 1})
+    """Adapter rank."""
+    alpha: int = field(default=32, metadata={"min": 1})
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that get adapters; `all-linear` means every linear layer but the output head."""
+
+
+@dataclass
+class ModelConfig:
+    """YAML section `model`: which models, and how every stage loads them."""
+    policy: str = "tiny"
+    """The base policy: `tiny` (built locally), a local path or a hub id."""
+    reward_model: str = "tiny"
+    """The reward models' backbone: `tiny`, a path, a hub id, or `v0` (the SFT policy with a scalar head,
+    as LLaMA 2 initialises its RMs from the chat model)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; `auto` is bf16 on a GPU that supports it, else fp32."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters (peft)."""
+    load_in_4bit: bool = False
+    """Load weights as NF4 4-bit (bitsandbytes; needs a CUDA GPU)."""
+    load_in_8bit: bool = False
+    """Load weights in 8-bit (bitsandbytes; needs a CUDA GPU)."""
+    trust_remote_code: bool = False
+    """Run a model repository's own Python code (off unless you trust it)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, more time."""
+
+
+@dataclass
+class RewardModelConfig:
+    """YAML section `reward_models` (LLaMA 2 Sec. 3.2.2; the backbone, dtype, LoRA and quantisation come
+    from `model`)."""
+    objective: Literal["pairwise", "regression"] = "pairwise"
+    """`pairwise`: the margin ranking loss (Eq. 2); `regression`: (sample, Elo reward) from rankings."""
+    margin: Literal["none", "small", "large"] = "small"
+    """Margin m(rating) of the ranking loss (LLaMA 2 Table 27); `none` is the plain Bradley-Terry loss."""
+    safety_term_weight: float = field(default=1.0, metadata={"min": 0.0})
+    """Weight of the auxiliary safe/unsafe BCE term for the safety RM (Table 29)."""
+    helpfulness_safety_term_weight: float = field(default=0.0, metadata={"min": 0.0})
+    """Weight of the same term for the helpfulness RM (off)."""
+    center_rewards: float = field(default=0.0, metadata={"min": 0.0})
+    """Coefficient of mean((r_c + r_r)^2), which keeps scores centred on 0."""
+    helpfulness_safety_ratio: float = field(default=1.0, metadata={"min": 0.0})
+    """Safety pairs sampled per helpfulness pair for the helpfulness RM's mix (LLaMA 2: 1.0)."""
+    safety_helpfulness_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 0.99})
+    """Share of helpfulness pairs in the safety RM's mix (LLaMA 2's 90/10: 0.1)."""
+    eval_fraction: float = field(default=0.05, metadata={"min": 0.0, "max": 0.5})
+    """Share of prompts held out (split by prompt) for the accuracy table."""
+    learning_rate: float = field(default=1e-5, metadata={"min": 0.0})
+    """Peak learning rate."""
+    batch_size: int = field(default=8, metadata={"min": 1})
+    """Pairs per device step."""
+    gradient_accumulation_steps: int = field(default=1, metadata={"min": 1})
+    """Device steps per optimiser step."""
+    epochs: float = field(default=1.0, metadata={"min": 0.0})
+    """Passes over the mix (LLaMA 2: one; more over-fits)."""
+    warmup_ratio: float = field(default=0.03, metadata={"min": 0.0, "max": 1.0})
+    """Share of the run spent warming up the learning rate."""
+    min_warmup_steps: int = field(default=5, metadata={"min": 0})
+    """At least this many warm-up steps (never more than the run)."""
+    min_lr_ratio: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    """The cosine schedule ends at this fraction of the peak learning rate (LLaMA 2: 10%)."""
+    weight_decay: float = field(default=0.1, metadata={"min": 0.0})
+    """AdamW weight decay."""
+    max_grad_norm: float = field(default=1.0, metadata={"min": 0.0})
+    """Gradient clipping norm."""
+    max_length: int = field(default=512, metadata={"min": 8})
+    """Tokens per prompt + response; longer samples keep their end (the response)."""
+    group_by_length: bool = True
+    """Batch samples of similar length together (less padding)."""
+    save_steps: int = field(default=200, metadata={"min": 1})
+    """Checkpoint every N optimiser steps (an interrupted run resumes from the last)."""
+    logging_steps: int = field(default=10, metadata={"min": 1})
+    """Log the loss every N optimiser steps."""
+    score_batch_size: int = field(default=16, metadata={"min": 1})
+    """Samples per forward pass when scoring with a trained RM."""
+
+
+@dataclass
+class GateConfig:
+    """YAML section `gate`: the piecewise combination R_c of the two RMs (LLaMA 2 Sec. 3.2.3)."""
+    threshold: float = field(default=0.15, metadata={"min": 0.0, "max": 1.0})
+    """Use the safety RM when sigmoid(R_s) is below this, even on a prompt not tagged is_safety."""
+    whiten: bool = True
+    """Whiten logit(R_c) over the scored batch (rejection sampling); PPO whitens with running statistics."""
+    eps: float = field(default=1e-6, metadata={"min": 0.0, "max": 0.1})
+    """sigmoid scores are clamped to [eps, 1 - eps] so the logit stays finite."""
+
+
+@dataclass
+class JudgeConfig:
+    """YAML section `judge`: the LLM judge for AI feedback. `--judge SPEC` on the command line overrides
+    backend/model/base_url."""
+    backend: Literal["openai", "hf"] = "openai"
+    """`openai`: any OpenAI-compatible chat endpoint over HTTP; `hf`: a local transformers chat model."""
+    model: str = ""
+    """Model name sent to the endpoint, or an HF id / local path for backend hf."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """openai backend: the URL that /chat/completions is appended to."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key (read at request time, never written); "" sends none."""
+    temperature: float = field(default=0.0, metadata={"min": 0.0, "max": 2.0})
+    """Sampling temperature of the judge."""
+    max_tokens: int = field(default=768, metadata={"min": 16})
+    """Longest verdict (with its chain of thought)."""
+    timeout_s: float = field(default=120.0, metadata={"min": 0.1})
+    """Seconds to wait for one reply."""
+    max_retries: int = field(default=5, metadata={"min": 0})
+    """Transport retries (HTTP 429, 5xx, timeouts)."""
+    backoff_s: float = field(default=1.0, metadata={"min": 0.0})
+    """First wait before a retry; doubles each retry."""
+    max_backoff_s: float = field(default=60.0, metadata={"min": 0.0})
+    """Longest wait between retries."""
+    requests_per_minute: float = field(default=0.0, metadata={"min": 0.0})
+    """Rate limit; 0 = unlimited."""
+    concurrency: int = field(default=4, metadata={"min": 1, "max": 256})
+    """Requests in flight (the hf backend always runs 1)."""
+    cache_path: str = ""
+    """sqlite cache of verdicts; "" = the caller's default (the label stage: its work/label directory)."""
+    parse_retries: int = field(default=1, metadata={"min": 0})
+    """Re-asks after an unparseable verdict."""
+    guideline: Literal["auto", "helpfulness", "safety"] = "auto"
+    """Which preamble the judge reads; `auto`: safety for is_safety prompts, helpfulness otherwise."""
+    max_pairs_per_prompt: int = field(default=6, metadata={"min": 0})
+    """Pairs judged per prompt out of its K samples; 0 = all K(K-1)/2."""
+    seed: int = 0
+    """Seed of the pair choice and of the hf backend."""
+    dtype: str = "auto"
+    """hf backend: weights dtype."""
+    trust_remote_code: bool = False
+    """hf backend: run the model repository's own code."""
