@@ -45,6 +45,11 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
+def round_seed(seed: int, version: int) -> int:
+    """A different, reproducible sampling seed for every round."""
+    return int.from_bytes(hashlib.sha256(f"rs\x1f{seed}\x1f{version}".encode()).digest()[:4], "little")
+
+
 def row_seed(seed: int, prompt_id: str, sample_index: int) -> int:
     """The seed of one sample: a hash of (seed, prompt id, sample index) as a signed int64."""
     digest = hashlib.sha256(f"{seed}\x1f{prompt_id}\x1f{sample_index}".encode()).digest()

@@ -1,13 +1,19 @@
 """Rejection-sampling selection (LLaMA 2 Sec. 3.2.3): keep the best of K samples per prompt by the
 gated reward, chosen among this round's samples and the kept samples of earlier versions.
 
-Pure functions over plain sample dicts. A sample has at least
-  prompt_id: str, sample_index: int, response: str, origin_version: int, and a score field.
+Pure functions over samples (core.records.Sample), besides `kept_samples`, which reads the selected.jsonl
+of earlier versions. A sample has at least prompt_id, sample_index, response, origin_version and a
+score field.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Iterable, Literal
+
+from core.io import read_jsonl
+from core.records import Sample, SelectedRow
+from core.versions import dir_version
 
 Pool = Literal["all", "previous", "current"]
 
@@ -23,7 +29,7 @@ def _rank(s: dict, score: str) -> tuple:
     return (-float(s[score]), -int(s["origin_version"]), int(s["sample_index"]), s["response"])
 
 
-def pool_candidates(current: list[dict], kept_by_version: dict[int, list[dict]], pool: Pool) -> list[dict]:
+def pool_candidates(current: list[Sample], kept_by_version: dict[int, list[Sample]], pool: Pool) -> list[Sample]:
     """The candidates for selection this round (LLaMA 2: select from the samples of all prior
     iterations, the fix for the RLHF-V3 regression).
 
@@ -51,8 +57,8 @@ def pool_candidates(current: list[dict], kept_by_version: dict[int, list[dict]],
     return out
 
 
-def best_of_k(candidates: Iterable[dict], score: str = "gated_score",
-              min_score: float | None = None) -> list[dict]:
+def best_of_k(candidates: Iterable[Sample], score: str = "gated_score",
+              min_score: float | None = None) -> list[Sample]:
     """One sample per prompt: the highest `score` (LLaMA 2 rejection sampling), ties broken as in
     `_rank`. Prompts whose best score is below `min_score` are dropped. Output is ordered by prompt_id."""
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -73,3 +79,43 @@ def origin_counts(selected: Iterable[dict]) -> dict[str, int]:
     for s in selected:
         counts[int(s["origin_version"])] += 1
     return {f"v{v}": counts[v] for v in sorted(counts)}
+
+
+# The scores a selected.jsonl row carries over from its sample.
+SCORE_FIELDS = ("helpfulness", "safety", "safety_sigmoid", "gate_branch", "gated_logit", "gated_score",
+                "judge_score")
+
+
+def selected_row(s: Sample, version: int, key: str = "gated_score") -> SelectedRow:
+    """A selected.jsonl row: SFT-shaped (`messages` + `completion`, so `saferounds sft` reads it) plus
+    where it came from and its scores under this round's RMs."""
+    row = {"prompt_id": s["prompt_id"], "messages": s["messages"], "completion": s["response"],
+           "origin_version": int(s["origin_version"]), "sample_index": int(s["sample_index"]),
+           "selected_in": version, "score": s[key],
+           "is_safety": s.get("is_safety", False), "category": s.get("category")}
+    row.update({k: s[k] for k in SCORE_FIELDS if k in s})
+    return row
+
+
+def kept_samples(prior_versions: Iterable[Path]) -> dict[int, list[Sample]]:
+    """{v: the rows of vN/selected.jsonl, as samples again} for earlier versions that ran rs (v0 has none)."""
+    kept = {}
+    for d in prior_versions:
+        n, path = dir_version(d), Path(d) / "selected.jsonl"
+        if n is not None and path.exists():
+            rows = read_jsonl(path)
+            for r in rows:
+                r["response"] = r.pop("completion")
+            kept[n] = rows
+    return kept
+
+
+def mean_of(rows: Iterable[dict], field: str) -> float | None:
+    """Mean of a field over the rows that have it (None when none do)."""
+    values = [r[field] for r in rows if r.get(field) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def share_of(rows: list[dict], predicate) -> float | None:
+    """Fraction of rows for which predicate(row) holds (None for no rows)."""
+    return sum(bool(predicate(r)) for r in rows) / len(rows) if rows else None

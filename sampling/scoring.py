@@ -1,4 +1,5 @@
-"""Scoring glue: every sample gets both reward models' raw scores and the gated reward (LLaMA 2 Eq. 4).
+"""Scoring glue: every sample gets both reward models' raw scores and the gated score (LLaMA 2
+Sec. 3.2.3), or, with `rejection_sampling.reward: judge`, the LLM judge's score (direct AI feedback).
 
 Fields added to each sample:
   helpfulness, safety   raw RM scores (logits) from reward_models.scoring.score
@@ -10,10 +11,12 @@ Fields added to each sample:
   gated_score           R~ = whiten(logit(R_c)) over the samples scored together (the selection key)
 Whitening is affine and shared by the batch, so best-of-K over one scored batch picks the same samples
 by gated_score as by gated_logit; what matters is that every candidate is scored by the same RMs.
+  judge_score           the LLM judge's score in [0, 1], None when its verdict stayed unparseable
 """
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 from core.maths import sigmoid
 from reward_models.config import GateConfig
@@ -54,3 +57,56 @@ def score_samples(samples: list[dict], helpfulness_rm, safety_rm, gate: GateConf
     add_rm_scores(samples, helpfulness_rm, safety_rm, batch_size, max_length)
     add_gate(samples, gate)
     return samples
+
+
+def judge_score_samples(samples: list[dict], judge_cfg, cache_path: Path) -> None:
+    """Direct AI feedback: the LLM judge's score as each sample's reward (`judge_score`). Cached in
+    cache_path, so a resumed round pays nothing twice."""
+    from reward_models.feedback.judges import make_judge
+    from reward_models.feedback.labeling import judge_scores
+
+    with make_judge(judge_cfg, cache_path=cache_path) as judge:
+        scores = judge_scores(judge, samples, [s["response"] for s in samples])
+    for s, v in zip(samples, scores):
+        s["judge_score"] = v
+
+
+class RoundScorer:
+    """What ranks one round's samples: the gated reward models ("rm") or the LLM judge ("judge").
+
+    `key` is the selection key (gated_score, or judge_score); `curve_key` the score of the max-of-K
+    curves and the temperature sweep (gated_logit: one scale across temperatures; or judge_score).
+    The reward models are loaded on first use by `load_rms() -> {kind: (model, tokenizer)}` and kept
+    until `release()`; a round that finds every candidate scored never loads them."""
+
+    def __init__(self, reward: str, *, gate: GateConfig, load_rms: Callable[[], dict], batch_size: int,
+                 max_length: int, judge_cfg=None, judge_cache: Path | None = None):
+        self.reward, self.gate, self.load_rms = reward, gate, load_rms
+        self.batch_size, self.max_length = batch_size, max_length
+        self.judge_cfg, self.judge_cache = judge_cfg, judge_cache
+        self.key, self.curve_key = ("gated_score", "gated_logit") if reward == "rm" else ("judge_score", "judge_score")
+        self._rms: dict | None = None
+
+    def __call__(self, samples: list[dict]) -> None:
+        """Score `samples` in place, all together (one whitening of the gated score)."""
+        if self.reward == "judge":
+            judge_score_samples(samples, self.judge_cfg, self.judge_cache)
+            return
+        if self._rms is None:
+            self._rms = self.load_rms()
+        score_samples(samples, self._rms["helpfulness"], self._rms["safety"], self.gate,
+                      batch_size=self.batch_size, max_length=self.max_length)
+
+    def for_curves(self, samples: list[dict]) -> list[dict]:
+        """Curves and the sweep rank a missing judge verdict lowest (0.0); other samples unchanged."""
+        key = self.curve_key
+        return [s if s.get(key) is not None else {**s, key: 0.0} for s in samples]
+
+    def score_for_sweep(self, samples: list[dict]) -> None:
+        """Score, then fill missing verdicts as `for_curves` does (the sweep reads curve_key)."""
+        self(samples)
+        samples[:] = self.for_curves(samples)
+
+    def release(self) -> None:
+        """Drop the reward models (the caller frees the accelerator memory)."""
+        self._rms = None

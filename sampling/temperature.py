@@ -3,11 +3,18 @@ one with the highest mean max-of-K gated score (LLaMA 2 Fig. 8: the best tempera
 policy is updated, so it is re-tuned every round)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable, Optional
 
 from sampling.curves import mean_max_of_k
 from sampling.generate import generate_samples
+
+
+def sweep_slice(prompts: list[dict], n: int, seed: int) -> list[dict]:
+    """n prompts picked by a seeded hash of their ids: the same held-out slice in every round, so the
+    rounds' sweeps are comparable."""
+    return sorted(prompts, key=lambda p: hashlib.sha256(f"{seed}\x1f{p['id']}".encode()).hexdigest())[:n]
 
 
 def pick_temperature(values: dict[float, float]) -> float:

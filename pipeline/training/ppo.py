@@ -31,7 +31,7 @@ import random
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -46,6 +46,20 @@ from reward_models.gating import RunningWhitener
 # response, used_safety flags or None). The loop whitens the scores itself with running statistics
 # shared by all processes, so score functions must NOT whiten.
 ScoreFn = Callable[[list, list], "tuple[torch.Tensor, Optional[torch.Tensor]]"]
+
+
+class Rollout(NamedTuple):
+    """The experience of one rollout chunk (or, after cat_rollouts, of the whole iteration on this
+    process). B responses; Q prompt and T response positions."""
+    query_ids: torch.Tensor      # (B, Q) prompt tokens, left-padded
+    query_mask: torch.Tensor     # (B, Q)
+    response_ids: torch.Tensor   # (B, T) sampled tokens, right-padded with pad_id
+    response_mask: torch.Tensor  # (B, T) 1 up to and including EOS
+    logprobs: torch.Tensor       # (B, T) log pi_theta(token) when sampled
+    ref_logprobs: torch.Tensor   # (B, T) log pi_0(token)
+    values: torch.Tensor         # (B, T) V(s_t) when sampled
+    scores: torch.Tensor         # (B,) raw gated score logit(R_c), not whitened
+    used_safety: torch.Tensor    # (B,) bool: the gate took the safety branch
 
 
 class PolicyAndValue(nn.Module):
@@ -177,7 +191,7 @@ def reference_logprobs(ref, unwrapped: PolicyAndValue, q_ids, q_mask, r_ids, r_m
     return logprobs_of(logits[:, :-1].float() / temperature, r_ids)
 
 
-class _Log:
+class StepLog:
     """Console (logger), JSONL (main process) and accelerate trackers."""
 
     def __init__(self, path: Path | None, accelerator, logger: logging.Logger, resume_step: int):
@@ -341,7 +355,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         logger.info("ppo: resuming from step %d (%s)", start, work_dir)
     if accelerator.trackers == [] and log_path is not None and accelerator.log_with:
         accelerator.init_trackers("ppo", config={k: v for k, v in asdict(cfg).items() if v is not None})
-    write = _Log(log_path, accelerator, logger, start)
+    log_step = StepLog(log_path, accelerator, logger, start)
     encoded = encode_prompts(tokenizer, prompts)
     device = accelerator.device
     local_mb = cfg.mini_batch_size // world
@@ -354,7 +368,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         q_all, qm_all = left_pad([encoded[i] for i in idx], pad_id)
 
         # 1. rollout, in chunks of rollout_batch_size
-        chunks = []
+        chunks: list[Rollout] = []
         for c in range(0, len(idx), cfg.rollout_batch_size):
             rows = slice(c, c + cfg.rollout_batch_size)
             q_ids, q_mask = q_all[rows].to(device), qm_all[rows].to(device)
@@ -375,26 +389,24 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
             t_score += time.perf_counter() - t
             if used_safety is None:
                 used_safety = torch.zeros(len(texts), dtype=torch.bool)
-            chunks.append((q_ids, q_mask, r_ids, r_mask, logp, ref_logp, values,
-                           torch.as_tensor(score, dtype=torch.float32).to(device), used_safety.to(device)))
-        q_ids, q_mask = left_pad_cat([c[0] for c in chunks], [c[1] for c in chunks], pad_id)
-        r_ids, r_mask, logp, ref_logp, values = right_pad_cat(chunks, pad_id)
-        score = torch.cat([c[7] for c in chunks])
-        used_safety = torch.cat([c[8] for c in chunks]).float()
+            chunks.append(Rollout(q_ids, q_mask, r_ids, r_mask, logp, ref_logp, values,
+                                  scores=torch.as_tensor(score, dtype=torch.float32).to(device),
+                                  used_safety=used_safety.to(device)))
+        batch = cat_rollouts(chunks, pad_id)
+        mask = batch.response_mask.float()
 
-        # 2. whitened score (running statistics over all processes) and KL-penalised rewards
-        all_scores = accelerator.gather(score)
+        # 2. whitened score (running statistics over all processes) and KL-penalised rewards (Eq. 4)
+        all_scores = accelerator.gather(batch.scores)
         if whitener is not None:
             whitener.update(all_scores)
-            score_w = whitener.whiten(score)
+            score_w = whitener.whiten(batch.scores)
         else:
-            score_w = score
+            score_w = batch.scores
         with torch.no_grad():
-            rewards, kl = kl_penalised_rewards(score_w, logp, ref_logp, r_mask.float(), cfg.beta)
+            rewards, kl = kl_penalised_rewards(score_w, batch.logprobs, batch.ref_logprobs, mask, cfg.beta)
             # 3. GAE and advantage whitening over the whole batch (all processes)
-            advantages, returns = gae(rewards, values, r_mask.float(), cfg.gamma, cfg.lam)
-            advantages = whiten(advantages, r_mask.float(),
-                                stats=_global_mean_var(advantages, r_mask.float(), accelerator))
+            advantages, returns = gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
+            advantages = whiten(advantages, mask, stats=_global_mean_var(advantages, mask, accelerator))
         mean_kl = accelerator.reduce(kl.sum(1).mean(), reduction="mean").item()
         if cfg.kl_stop is not None and mean_kl > cfg.kl_stop:
             logger.info("ppo: stopping early at step %d: KL %.4g passed ppo.kl_stop %.4g",
@@ -406,26 +418,30 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         # 4. PPO epochs over shuffled mini-batches, one optimiser step each
         stats: dict[str, list] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl",
                                                   "entropy", "value_clip_frac")}
-        n_local = r_ids.shape[0]
+        n_local = batch.response_ids.shape[0]
         for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(n_local, generator=torch.Generator().manual_seed(
                 (cfg.seed * 1_000_003 + step) * 1_009 + epoch))
             for s in range(0, n_local, local_mb):
                 mb = perm[s: s + local_mb].to(device)
-                mq, mqm, mr, mrm = trim(q_ids[mb], q_mask[mb], r_ids[mb], r_mask[mb])
-                width = mr.shape[1]
-                m = mrm.float()
-                logits, new_values = forward_response(model, mq, mqm, mr, mrm, cfg.temperature)
-                new_logp = logprobs_of(logits, mr)
-                pg, pg_stats = policy_loss(new_logp, logp[mb, :width], advantages[mb, :width], m, cfg.clip_ratio)
-                vl, vf_stats = value_loss(new_values, values[mb, :width], returns[mb, :width], m, cfg.clip_value)
+                mb_q_ids, mb_q_mask, mb_r_ids, mb_r_mask = trim(batch.query_ids[mb], batch.query_mask[mb],
+                                                                batch.response_ids[mb], batch.response_mask[mb])
+                width = mb_r_ids.shape[1]
+                mb_mask = mb_r_mask.float()
+                logits, new_values = forward_response(model, mb_q_ids, mb_q_mask, mb_r_ids, mb_r_mask,
+                                                      cfg.temperature)
+                new_logp = logprobs_of(logits, mb_r_ids)
+                pg, pg_stats = policy_loss(new_logp, batch.logprobs[mb, :width], advantages[mb, :width], mb_mask,
+                                           cfg.clip_ratio)
+                vl, vf_stats = value_loss(new_values, batch.values[mb, :width], returns[mb, :width], mb_mask,
+                                          cfg.clip_value)
                 accelerator.backward(pg + cfg.vf_coef * vl)
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
-                    stats["entropy"].append(masked_mean(entropy_of(logits.detach()), m))
+                    stats["entropy"].append(masked_mean(entropy_of(logits.detach()), mb_mask))
                 stats["policy_loss"].append(pg.detach())
                 stats["value_loss"].append(vl.detach())
                 for k, v in {**pg_stats, **vf_stats}.items():
@@ -433,15 +449,16 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
 
         # 5. log: everything averaged over processes
         local = {k: torch.stack(v).mean() for k, v in stats.items()}
-        local.update(kl=kl.sum(1).mean(), score=score.mean(), score_whitened=score_w.mean(),
+        used_safety = batch.used_safety.float()
+        local.update(kl=kl.sum(1).mean(), score=batch.scores.mean(), score_whitened=score_w.mean(),
                      non_score_reward=(-cfg.beta * kl.sum(1)).mean(), share_safety_branch=used_safety.mean(),
-                     share_helpfulness_branch=1 - used_safety.mean(), response_length=r_mask.sum(1).float().mean())
+                     share_helpfulness_branch=1 - used_safety.mean(), response_length=mask.sum(1).mean())
         keys = sorted(local)
         reduced = accelerator.reduce(torch.stack([local[k].float() for k in keys]), reduction="mean")
         metrics = {"step": step + 1, **{k: float(v) for k, v in zip(keys, reduced.tolist())},
                    "lr": cfg.learning_rate, "rollout_s": t_rollout, "generate_s": t_gen, "score_s": t_score,
                    "step_s": time.perf_counter() - t0}
-        write(metrics)
+        log_step(metrics)
         if progress:
             progress(f"ppo step {step + 1}/{cfg.steps}: score {metrics['score']:.3f} KL {metrics['kl']:.3f}")
         summary.update(steps_done=step + 1, last=metrics)
@@ -461,12 +478,21 @@ def left_pad_cat(ids_list, mask_list, pad_id):
     return ids, mask
 
 
-def right_pad_cat(chunks, pad_id):
-    """Concatenate the per-chunk response tensors (positions 2..6 of each chunk), right-padded."""
-    width = max(c[2].shape[1] for c in chunks)
-    fill = {2: pad_id, 3: 0, 4: 0.0, 5: 0.0, 6: 0.0}
-    return tuple(torch.cat([nn.functional.pad(c[i], (0, width - c[i].shape[1]), value=fill[i]) for c in chunks])
-                 for i in (2, 3, 4, 5, 6))
+def cat_rollouts(chunks: list[Rollout], pad_id: int) -> Rollout:
+    """One Rollout from the chunks of an iteration: prompts left-padded, per-token fields right-padded
+    (token ids with pad_id, the mask with 0, log-probabilities and values with 0.0)."""
+    query_ids, query_mask = left_pad_cat([c.query_ids for c in chunks], [c.query_mask for c in chunks], pad_id)
+    width = max(c.response_ids.shape[1] for c in chunks)
+
+    def right_pad_cat(field: str, value) -> torch.Tensor:
+        return torch.cat([nn.functional.pad(getattr(c, field), (0, width - c.response_ids.shape[1]), value=value)
+                          for c in chunks])
+
+    return Rollout(query_ids, query_mask, response_ids=right_pad_cat("response_ids", pad_id),
+                   response_mask=right_pad_cat("response_mask", 0), logprobs=right_pad_cat("logprobs", 0.0),
+                   ref_logprobs=right_pad_cat("ref_logprobs", 0.0), values=right_pad_cat("values", 0.0),
+                   scores=torch.cat([c.scores for c in chunks]),
+                   used_safety=torch.cat([c.used_safety for c in chunks]))
 
 
 @torch.no_grad()
