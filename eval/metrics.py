@@ -9,6 +9,8 @@ import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
+from core.records import Rate, WinRate
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -27,7 +29,7 @@ def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def rate_with_ci(hits: int, n: int) -> dict:
+def rate_with_ci(hits: int, n: int) -> Rate:
     lo, hi = wilson_interval(hits, n)
     return {"rate": rate(hits, n), "n": n, "count": hits, "ci95": [lo, hi]}
 
@@ -50,15 +52,19 @@ def by_category(categories: Sequence[str | None], flags: Sequence[bool]) -> dict
     return {c: rate_with_ci(sum(v), len(v)) for c, v in sorted(groups.items())}
 
 
-def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> dict:
+def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> WinRate:
     """Pairwise win rate of A over B on the same prompts by RM score; ties count half."""
     if len(scores_a) != len(scores_b):
         raise ValueError(f"win_rate: {len(scores_a)} scores against {len(scores_b)}; pair them by prompt")
     wins = sum(1 for a, b in zip(scores_a, scores_b) if a > b)
     ties = sum(1 for a, b in zip(scores_a, scores_b) if a == b)
-    n = len(scores_a)
-    return {"rate": (wins + 0.5 * ties) / n if n else 0.5, "wins": wins, "ties": ties,
-            "losses": n - wins - ties, "n": n}
+    return win_rate_of(wins, ties, len(scores_a) - wins - ties)
+
+
+def win_rate_of(wins: int, ties: int, losses: int) -> WinRate:
+    """A WIN block from counted outcomes (e.g. an LLM judge's verdicts); ties count half; 0.5 for none."""
+    n = wins + ties + losses
+    return {"rate": (wins + 0.5 * ties) / n if n else 0.5, "wins": wins, "ties": ties, "losses": losses, "n": n}
 
 
 def mean(xs: Iterable[float]) -> float | None:

@@ -77,7 +77,7 @@ def summary(ws: Workspace, seconds: float | None = None) -> dict:
     out = {"workspace": str(ws.root), "latest": f"v{latest}", "seconds": None if seconds is None else round(seconds, 1),
            "report": str(metrics_path.with_name("report.html"))}
     if metrics_path.exists():
-        from pipeline.stages.eval import load_trend
+        from eval.versions import load_trend
 
         m = read_json(metrics_path)
         out["trend"] = load_trend(ws.root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +9,7 @@ import click
 import typer
 
 from core.errors import InputError
+from core.io import write_jsonl
 from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, print_json, table
 
 annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: export K samples per prompt to rank, "
@@ -44,12 +44,6 @@ def _judge_config(workspace: Path | None, spec: str | None, overrides: dict):
         raise InputError("--judge: no judge configured; pass --judge openai:MODEL@URL or hf:MODEL, "
                          "or set judge.model in saferounds.yaml")
     return cfg, ws
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from core.io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def label(
@@ -105,9 +99,9 @@ def label(
             requests, hits = j.requests, j.cache_hits
     except JudgeError as e:  # a runtime failure: exit 1 (the cache keeps every verdict already paid for)
         raise JudgeFailed(str(e)) from None
-    _write_jsonl(output, rows)
+    write_jsonl(output, rows)
     if mode == "pairs":
-        _write_jsonl(Path(str(output).removesuffix(".jsonl") + ".missing.jsonl"), missing)
+        write_jsonl(Path(str(output).removesuffix(".jsonl") + ".missing.jsonl"), missing)
     summary = {"output": str(output), "mode": mode, "records": len(rows), "missing": len(missing),
                "unsure": sum(r.get("rating") == "unsure" for r in rows), "judge": f"{cfg.backend}:{cfg.model}",
                "requests": requests, "cache_hits": hits, "cache": str(cache_path)}
@@ -156,16 +150,16 @@ def annotate_import(
     from reward_models.rankings import elo_rewards
 
     records, unranked = import_annotation(input, export)  # raises InputError (file:line) before any write
-    _write_jsonl(output, records)
+    write_jsonl(output, records)
     info = {"rankings": len(records), "unranked": unranked, "output": str(output)}
     if pairs:
         rows = [p for r in records for p in annotation_pairs(r)]
-        _write_jsonl(pairs, rows)
+        write_jsonl(pairs, rows)
         info.update(pairs=len(rows), pairs_output=str(pairs))
     if scores:
         rows = [{"prompt_id": r["id"], "prompt": r["prompt"], "response": resp, "reward": reward, "source": r["source"]}
                 for r in records for resp, reward in elo_rewards(r)]
-        _write_jsonl(scores, rows)
+        write_jsonl(scores, rows)
         info.update(scores=len(rows), scores_output=str(scores))
     if json:
         print_json(info)

@@ -1,23 +1,23 @@
 """The `label` stage: an LLM judge labels pairs of policy samples (RLAIF) -> ai_preferences.jsonl.
 
-Which samples: this version's samples.jsonl when it exists (a plan that runs `label` after
-sampling, or a resumed version), otherwise those of the newest earlier version that has one;
-with the default stage order (rm -> label -> rs) that is the previous round's samples, and the
-pairs it writes train the reward models of the next round like human pairs.
-
-Writes ctx.dir/ai_preferences.jsonl (contract preference records + rationale) and
-ai_preferences.missing.jsonl (pairs whose verdict stayed unparseable: recorded, never guessed).
+  1. which samples: this version's samples.jsonl when it exists (a plan that runs `label` after
+     sampling, or a resumed version), otherwise those of the newest earlier version that has one;
+     with the default stage order (rm -> label -> rs) that is the previous round's samples, and the
+     pairs it writes train the reward models of the next round like human pairs
+  2. group them by prompt and judge pairs of each group, both orders
+     (reward_models.feedback.labeling.label_groups)
+  3. write ctx.dir/ai_preferences.jsonl (contract preference records + rationale) and
+     ai_preferences.missing.jsonl (pairs whose verdict stayed unparseable: recorded, never guessed)
 The judge's cache lives in ctx.dir/work/label/judge_cache.sqlite (or judge.cache_path), so an
 interrupted stage resumes without paying for a verdict twice.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
-from core.io import atomic_write_text, read_rows
+from core.io import read_rows, write_jsonl
 from reward_models.feedback.judges import make_judge
 from reward_models.feedback.labeling import group_samples, label_groups
 
@@ -37,19 +37,22 @@ def samples_to_label(ctx) -> Path | None:
 
 def run(ctx) -> dict:
     cfg = ctx.config.judge
+    # step 1: which samples
     source = samples_to_label(ctx)
     if source is None:
         ctx.log.warning("label: no samples.jsonl in v%d or any earlier version; nothing to label", ctx.version)
-        atomic_write_text(ctx.dir / OUTPUT, "")
+        write_jsonl(ctx.dir / OUTPUT, [])
         return {"pairs": 0, "missing": 0, "samples": None}
+    # step 2: judge pairs of each prompt's samples
     groups = group_samples(read_rows(source), where=str(source))
     cache = ctx.workspace.resolve(cfg.cache_path) if cfg.cache_path else ctx.dir / "work" / "label" / "judge_cache.sqlite"
     ctx.progress(f"label: judging pairs from {len(groups)} prompts of {source} with {cfg.backend}:{cfg.model}")
     with make_judge(cfg, cache_path=cache) as judge:
         records, missing = label_groups(judge, groups, _progress(ctx))
         requests, hits = judge.requests, judge.cache_hits
-    atomic_write_text(ctx.dir / OUTPUT, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    atomic_write_text(ctx.dir / MISSING, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in missing))
+    # step 3: the labelled pairs, and the pairs left without a verdict
+    write_jsonl(ctx.dir / OUTPUT, records)
+    write_jsonl(ctx.dir / MISSING, missing)
     ratings = Counter(r["rating"] for r in records)
     return {"pairs": len(records), "missing": len(missing), "unsure": ratings.get("unsure", 0),
             "ratings": dict(ratings), "by_source": dict(Counter(r["source"] for r in records)),

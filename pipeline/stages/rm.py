@@ -1,4 +1,10 @@
-"""The round's `rm` stage: train the helpfulness and the safety reward model for version N.
+"""The round's `rm` stage: train the helpfulness and the safety reward model for version N
+(LLaMA 2 Sec. 3.2.2).
+
+  1. the preference data: data.helpfulness_preferences, data.safety_preferences, data.rankings, plus the
+     AI-labelled pairs (ai_preferences.jsonl) of earlier versions
+  2. for each kind: reuse the RM already finished for vN (resume, or `saferounds rm train`), provided it
+     was trained under this config; else train it (reward_models.training.train_reward_model)
 
 Outputs WORKSPACE/reward_models/{kind}/vN (weights + tokenizer + manifest.json), built under
 .vN.partial and renamed when complete; Trainer checkpoints live in the version's work/rm/{kind} so an
@@ -68,7 +74,9 @@ def summary(metrics: dict) -> dict:
 
 def run(ctx) -> dict:
     ws, n = ctx.workspace, ctx.version
+    # step 1: the preference data
     records = load_rm_records(ws, ctx.prior_versions)
+    # step 2: each reward model, reused or trained
     out = {}
     for kind in RM_KINDS:
         done = ws.rm_dir(kind, n)

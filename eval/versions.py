@@ -1,0 +1,215 @@
+"""Evaluating policies as versions: answers (deterministic, cached per version and suite), RM and LLM-judge
+verdicts, comparisons with earlier versions, the trend, and the report (LLaMA 2 Sec. 4.4).
+
+The caller supplies how a policy is loaded (`load_policy(path) -> (model, tokenizer)`, placed on the
+accelerator), so this package needs nothing of the pipeline. Generations of version M for suite S are
+cached in <out>/generations/vM/S.jsonl, and every such file anywhere in the workspace is read back, so
+nothing is generated twice.
+"""
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Callable
+
+from core.accelerator import to_accelerator
+from core.io import write_json
+from core.records import EvalRecord
+from core.versions import version_number
+from eval.evaluate import judge_records, summarise
+from eval.generate import cached_generate, generation_settings
+from eval.metrics import rate_with_ci, win_rate_of
+from eval.report import write_report
+from eval.suites import Suite
+
+Progress = Callable[[str], None]
+
+
+def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_dir: Path, *, config,
+                      rm_paths: dict[str, Path], suites: list[Suite], load_policy: Callable[[Path], tuple],
+                      max_of_k: list | None = None, progress: Progress = lambda m: None) -> dict:
+    """Evaluate policies["vN"] (version N) and the compared versions' policies on the same prompts;
+    write metrics.json, report.md, report.html and records.json into out_dir; return metrics.json's dict.
+    `config` is the whole config (sections eval, model, judge)."""
+    cfg = config.eval
+    name = f"v{version}"
+    # 1. answers of every version, from the cache or generated
+    responses = {v: answers(root, out_dir, v, p, load_policy, suites, cfg, progress) for v, p in policies.items()}
+
+    # 2. score every version's answers with THIS round's RMs, so win rates compare like with like
+    flat = [(v, s.name, i) for v in policies for s in suites for i in range(len(s.rows))]
+    by_name = {s.name: s for s in suites}
+    pairs = [(by_name[s].rows[i]["messages"], responses[v][s][i]) for v, s, i in flat]
+    scores = {}
+    for kind in ("helpfulness", "safety"):
+        progress(f"eval: scoring with the {kind} RM")
+        scores[kind] = rm_scores(rm_paths.get(kind), config.model, pairs, cfg.batch_size)
+    llm = llm_safety(config.judge, out_dir, flat, by_name, responses, progress) if cfg.use_llm_judge else None
+
+    # 3. verdicts per answer
+    records: dict[str, list[EvalRecord]] = {v: [] for v in policies}
+    offset = 0
+    for v in policies:
+        for s in suites:
+            sl = slice(offset, offset + len(s.rows))
+            records[v] += judge_records(
+                s.name, s.rows, responses[v][s.name],
+                helpfulness=None if scores["helpfulness"] is None else scores["helpfulness"][sl],
+                safety=None if scores["safety"] is None else scores["safety"][sl],
+                llm_safety=None if llm is None else llm[sl], threshold=cfg.safety_threshold)
+            offset += len(s.rows)
+
+    # 4. metrics, with the compared versions judged by the same judges in this run
+    compared = {v: r for v, r in records.items() if v != name}
+    judges = {"refusal": "eval.refusal.is_refusal",
+              "helpfulness_rm": str(rm_paths["helpfulness"]) if rm_paths.get("helpfulness") else None,
+              "safety_rm": str(rm_paths["safety"]) if rm_paths.get("safety") else None,
+              "safety_threshold": cfg.safety_threshold,
+              "llm_judge": config.judge.model if cfg.use_llm_judge else None}
+    judge_win = llm_win_rate(config.judge, out_dir, records[name], compared, progress) if cfg.use_llm_judge else None
+    metrics = summarise(name, records[name], compared=compared, judges=judges,
+                        suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
+                        max_of_k=max_of_k, rm_accuracy=rm_accuracy(rm_paths, version))
+    metrics["compared"] = {v: {k: summarise(v, recs, judges=judges)[k] for k in ("safety", "helpfulness")}
+                           for v, recs in compared.items()}
+
+    # 5. the trend over versions, and the report
+    trend = load_trend(root, exclude=name)
+    have = {t["version"] for t in trend}
+    for v, recs in compared.items():  # a compared version never evaluated on its own: from this run
+        if v not in have:
+            trend.append(summarise(v, recs, judges={**judges, "computed_in": f"report of {name}"}))
+    write_report(out_dir, metrics, records[name], compared=compared, trend=trend,
+                 examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
+    write_json(out_dir / "records.json", records[name])
+    return metrics
+
+
+def cache_files(root: Path, version: str, suite: str) -> list[Path]:
+    """Every cached generation file of `version` on `suite` in the workspace."""
+    pats = [f"versions/*/eval/generations/{version}/{suite}.jsonl",
+            f"versions/.*.partial/eval/generations/{version}/{suite}.jsonl",
+            f"reports/*/generations/{version}/{suite}.jsonl"]
+    return sorted({p for pat in pats for p in root.glob(pat)})
+
+
+def answers(root: Path, out_dir: Path, version: str, policy: Path, load_policy: Callable[[Path], tuple],
+            suites: list[Suite], cfg, progress: Progress) -> dict[str, list[str]]:
+    """suite name -> responses of ``version`` (cached; the model is loaded only if something is missing)."""
+    settings = generation_settings(cfg)
+    loaded: dict = {}
+
+    def once():
+        if "model" not in loaded:
+            progress(f"eval: loading {version} policy from {policy}")
+            loaded["model"] = load_policy(policy)
+        return loaded["model"]
+
+    out = {}
+    for s in suites:
+        cache = out_dir / "generations" / version / f"{s.name}.jsonl"
+        resp, new = cached_generate(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
+                                    batch_size=cfg.batch_size,
+                                    progress=lambda d, n, s=s: progress(f"eval: {version} {s.name} {d}/{n}"))
+        out[s.name] = resp
+        if new:
+            progress(f"eval: {version} {s.name}: generated {new}, cached {len(resp) - new}")
+    loaded.clear()
+    gc.collect()
+    return out
+
+
+def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], batch_size: int) -> list[float] | None:
+    """Raw scores of one RM on (prompt messages, response) pairs; None without an RM."""
+    if rm_path is None or not pairs:
+        return None
+    from reward_models.modeling import load_reward_model
+    from reward_models.scoring import score
+
+    model, tok = load_reward_model(rm_path, model_cfg)
+    to_accelerator(model)
+    out = score(model, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
+    del model
+    gc.collect()
+    return out
+
+
+def rm_accuracy(rm_paths: dict[str, Path], version: int) -> dict | None:
+    """Held-out accuracy per rating of the RMs trained in this version (from their manifests; Table 8)."""
+    out = {}
+    for kind, path in rm_paths.items():
+        manifest = Path(path) / "manifest.json"
+        if Path(path).name != f"v{version}" or not manifest.exists():
+            continue  # the round reused an earlier version's RM: its accuracy is in that report
+        held = json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("heldout") or {}
+        table = {r: rate_with_ci(round(v["accuracy"] * v["n"]), v["n"]) for r, v in held.get("by_rating", {}).items()}
+        if held.get("n"):
+            table["avg"] = rate_with_ci(round(held["accuracy"] * held["n"]), held["n"])
+        if table:
+            out[kind] = table
+    return out or None
+
+
+def llm_safety(judge_cfg, out_dir: Path, flat, by_name, responses, progress: Progress) -> list[float | None]:
+    """The LLM judge's safety score of every answer to an unsafe prompt (None elsewhere), in `flat` order."""
+    from reward_models.feedback.judges import make_judge
+    from reward_models.feedback.labeling import judge_scores
+
+    idx = [j for j, (v, s, i) in enumerate(flat) if by_name[s].rows[i]["role"] == "unsafe"]
+    prompts = [{**by_name[flat[j][1]].rows[flat[j][2]], "is_safety": True} for j in idx]
+    resp = [responses[flat[j][0]][flat[j][1]][flat[j][2]] for j in idx]
+    progress(f"eval: LLM judge on {len(idx)} unsafe answers")
+    with make_judge(judge_cfg, cache_path=out_dir / "work" / "judge.sqlite") as judge:
+        got = judge_scores(judge, prompts, resp)
+    out: list[float | None] = [None] * len(flat)
+    for j, g in zip(idx, got):
+        out[j] = g
+    return out
+
+
+def llm_win_rate(judge_cfg, out_dir: Path, mine: list[EvalRecord], compared: dict[str, list[EvalRecord]],
+                 progress: Progress) -> dict:
+    """Pairwise LLM-judge win rate on shared borderline/helpful prompts, asked in both orders
+    (reward_models.feedback.labeling.label_pair); orders that disagree ("unsure") count as ties."""
+    from reward_models.feedback.judges import make_judge
+    from reward_models.feedback.labeling import label_pair
+
+    out = {}
+    with make_judge(judge_cfg, cache_path=out_dir / "work" / "judge.sqlite") as judge:
+        for v, theirs in compared.items():
+            lookup = {(r["suite"], r["id"]): r for r in theirs}
+            jobs = [(r, lookup[(r["suite"], r["id"])]) for r in mine
+                    if r["role"] != "unsafe" and (r["suite"], r["id"]) in lookup]
+            progress(f"eval: LLM judge win rate against {v} on {len(jobs)} prompts")
+            wins = ties = losses = 0
+            results = judge.map(lambda ab: label_pair(judge, {"id": ab[0]["id"], "messages": ab[0]["messages"],
+                                                              "is_safety": False},
+                                                      ab[0]["response"], ab[1]["response"]), jobs)
+            for (a, b), res in zip(jobs, results):
+                if "record" not in res:
+                    continue
+                if res["record"]["rating"] == "unsure" or a["response"] == b["response"]:
+                    ties += 1
+                elif res["record"]["chosen"] == a["response"]:
+                    wins += 1
+                else:
+                    losses += 1
+            if wins + ties + losses:
+                out[v] = win_rate_of(wins, ties, losses)
+    return out
+
+
+def load_trend(root: Path, exclude: str | None = None) -> list[dict]:
+    """metrics.json of every evaluated version (versions/vN/eval, else reports/vN), oldest first."""
+    found: dict[str, dict] = {}
+    for pat in ("versions/v*/eval/metrics.json", "reports/v*/metrics.json"):
+        for p in sorted(Path(root).glob(pat)):
+            try:
+                m = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            v = m.get("version")
+            if v and v != exclude and v not in found:
+                found[v] = m
+    return sorted(found.values(), key=lambda m: version_number(m["version"]))
