@@ -1,9 +1,11 @@
 """The workspace's one config file, `saferounds.yaml`, as typed dataclasses validated on load.
 
-Each section's dataclass lives beside the code that uses it (TRL style: a config next to its
-trainer); this module owns the model, data, supervised-training and round-plan sections, composes
-the rest, and validates everything with one generic checker. Unknown keys, wrong types and values
-out of range are errors that name the key path and what is allowed; the CLI exits 2 on them.
+Each package owns its sections in its torch-free config.py (reward_models/config.py, sampling/config.py,
+eval/config.py, pipeline/training/config.py); this module owns the data and round-plan sections,
+composes the rest, and validates everything with one generic checker. Unknown keys, wrong types and
+values out of range are errors that name the key path and what is allowed; the CLI exits 2 on them.
+Every field has a docstring (the string right under it): README's configuration table is generated
+from them (pipeline/config_doc.py). Loading a config imports no torch.
 """
 
 from __future__ import annotations
@@ -35,45 +37,71 @@ StageName = Literal["rm", "label", "rs", "ppo", "eval"]
 
 @dataclass
 class DataConfig:
-    """Input files, relative to the workspace (or absolute, or `hub:NAME[:SPLIT]`)."""
+    """YAML section `data`: input files, relative to the workspace (or absolute, or `hub:NAME[:SPLIT]`);
+    `.jsonl .json .csv .parquet`, optionally `.gz`."""
     pretrain_text: list[str] = field(default_factory=list)
+    """Raw text for step 0 domain pretraining."""
     sft: list[str] = field(default_factory=list)
+    """SFT examples (prompt/messages + completion) for v0."""
     prompts: list[str] = field(default_factory=list)
+    """Prompts the rounds sample from (rs, ppo, label)."""
     helpfulness_preferences: list[str] = field(default_factory=list)
+    """Preference pairs for the helpfulness RM."""
     safety_preferences: list[str] = field(default_factory=list)
+    """Preference pairs for the safety RM."""
     rankings: list[str] = field(default_factory=list)
+    """K-way rankings (expanded to pairs, or Elo rewards for the regression objective)."""
     heldout_prompts: Optional[str] = None
+    """Held-out prompts: the evaluation suite when eval.suites is empty, and the temperature sweep's slice."""
 
 
 @dataclass
 class RoundPlanEntry:
-    """Which stages the versions in `versions` run: "1", "1-3" or "4+"."""
+    """Which stages the versions in `versions` run."""
     versions: str = "1+"
+    """Version spec: "1", "1-3" or "4+"."""
     stages: list[StageName] = field(
         default_factory=lambda: ["rm", "rs", "eval"])
+    """Stages from rm, label, rs, ppo, eval, in that order; at least one of rs, ppo."""
 
 
 @dataclass
 class RoundsConfig:
+    """YAML section `rounds`: the plan of versions (LLaMA 2: rejection sampling up to V4, then PPO on top)."""
     plan: list[RoundPlanEntry] = field(default_factory=lambda: [
         RoundPlanEntry("1-3", ["rm", "rs", "eval"]), RoundPlanEntry("4+", ["rm", "rs", "ppo", "eval"])])
+    """A list of {versions, stages} entries; the last entry covering a version wins."""
     max_version: int = field(default=5, metadata={"min": 1})
+    """The last version `round run` creates."""
 
 
 @dataclass
 class Config:
+    """The whole of saferounds.yaml."""
     seed: int = 0
+    """Seed of every stage (data splits, sampling, training)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Which models, and how they are loaded."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Input files."""
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1.0))
+    """Step 0 domain pretraining (one epoch by default)."""
     sft: TrainConfig = field(default_factory=TrainConfig)
+    """Supervised fine-tuning of v0."""
     reward_models: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """Training the helpfulness and safety reward models."""
     gate: GateConfig = field(default_factory=GateConfig)
+    """The gated combination of the two RMs."""
     rejection_sampling: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
+    """Best-of-K sampling, selection and the fine-tune."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO on the gated reward."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """The safety evaluation of every version."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The LLM judge (AI feedback)."""
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    """The plan of versions."""
 
     def stages_for(self, version: int) -> list[str]:
         """The planned stages of version N (the last matching plan entry wins)."""

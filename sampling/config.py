@@ -1,4 +1,8 @@
-"""YAML section `rejection_sampling`: best-of-K sampling, selection and the rs fine-tune."""
+"""YAML section `rejection_sampling`: best-of-K sampling, selection and the rs fine-tune (torch-free).
+
+Every field has a docstring (the string right under it); README's configuration table is generated
+from them (pipeline/config_doc.py).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,33 +11,45 @@ from typing import Literal, Optional, Union
 
 @dataclass
 class RSFinetuneConfig:
-    """Fine-tuning the policy on selected.jsonl (through the SFT code path)."""
+    """Fine-tuning the policy on selected.jsonl (through the SFT code path; other settings from `sft`)."""
     epochs: float = field(default=1.0, metadata={"min": 0.0})
+    """Passes over the selected samples."""
     learning_rate: float = field(default=1e-5, metadata={"min": 0.0})
+    """Peak learning rate."""
     batch_size: int = field(default=8, metadata={"min": 1})
+    """Examples per device step."""
 
 
 @dataclass
 class RejectionSamplingConfig:
     """YAML section `rejection_sampling` (LLaMA 2 Sec. 3.2.3)."""
-    k: int = field(default=4, metadata={"min": 1})  # samples per prompt
-    # A number; a list with one entry per round (v1 takes the first, the last repeats); or "auto":
-    # sweep `auto_temperatures` on a held-out slice and keep the best mean max-of-K score (LLaMA 2 Fig. 8).
+    k: int = field(default=4, metadata={"min": 1})
+    """Samples per prompt."""
     temperature: Union[float, list[float], str] = 1.0
+    """A number; a list with one entry per round (v1 takes the first, the last repeats); or `auto`: sweep
+    `auto_temperatures` on a held-out slice and keep the best mean max-of-K score (LLaMA 2 Fig. 8)."""
     top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    """Nucleus sampling."""
     max_new_tokens: int = field(default=128, metadata={"min": 1})
-    batch_size: int = field(default=8, metadata={"min": 1})  # prompts per generate call (x k sequences)
-    # Candidates for best-of-K: this round's samples plus the kept samples of every earlier version
-    # ("all", LLaMA 2's fix for the RLHF-V3 regression), of the previous version only, or none.
+    """Longest sampled response."""
+    batch_size: int = field(default=8, metadata={"min": 1})
+    """Prompts per generate call (each with k sequences)."""
     pool: Literal["all", "previous", "current"] = "all"
-    min_score: Optional[float] = None  # drop prompts whose best whitened gated score R~ is below this
+    """Candidates for best-of-K: this round's samples plus the kept samples of every earlier version (`all`,
+    LLaMA 2's fix for the RLHF-V3 regression), of the previous version only, or none (`current`)."""
+    min_score: Optional[float] = None
+    """Drop prompts whose best whitened gated score R~ is below this."""
     auto_temperatures: list[float] = field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2, 1.4])
-    auto_prompts: int = field(default=16, metadata={"min": 1})  # size of the sweep's held-out slice
-    auto_k: Optional[int] = field(default=None, metadata={"min": 1})  # samples per prompt in the sweep (k)
+    """The temperatures the `auto` sweep tries."""
+    auto_prompts: int = field(default=16, metadata={"min": 1})
+    """Size of the sweep's held-out slice."""
+    auto_k: Optional[int] = field(default=None, metadata={"min": 1})
+    """Samples per prompt in the sweep (default: k)."""
     finetune: RSFinetuneConfig = field(default_factory=RSFinetuneConfig)
-    # What ranks the K samples: "rm" (the gated reward models, Eq. 4) or "judge" (the LLM judge's
-    # score as the reward: direct AI feedback); a list gives one choice per round, the last repeating.
+    """The fine-tune on the selected samples."""
     reward: Union[str, list[str]] = "rm"
+    """What ranks the K samples: `rm` (the gated reward models) or `judge` (the LLM judge's score as the
+    reward: direct AI feedback); a list gives one choice per round, the last repeating."""
 
     def __post_init__(self):
         t = self.temperature

@@ -1,0 +1,57 @@
+"""The package layout ARCHITECTURE.md describes: imports flow pipeline -> {sampling, eval} -> reward_models
+-> core, and the round stages and CLI areas are explicit tables."""
+import ast
+import typing
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("core", "reward_models", "sampling", "eval", "pipeline")
+# What each package may import of the others (itself always).
+ALLOWED = {
+    "core": set(),
+    "reward_models": {"core"},
+    "sampling": {"core", "reward_models"},
+    "eval": {"core", "reward_models"},
+    "pipeline": {"core", "reward_models", "sampling", "eval"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+def test_imports_flow_one_way():
+    wrong = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for imported in _imports(path) - ALLOWED[package] - {package}:
+                wrong.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert wrong == []
+
+
+def test_the_checker_sees_a_wrong_import(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("def f():\n    from pipeline.workspace import Workspace\n")
+    assert _imports(bad) == {"pipeline"}
+
+
+def test_stages_table_follows_the_stage_order():
+    from pipeline.config import STAGE_ORDER, StageName
+    from pipeline.stages import STAGES
+
+    assert tuple(STAGES) == STAGE_ORDER == typing.get_args(StageName)
+    assert all(fn.__name__ == "run" and fn.__module__ == f"pipeline.stages.{name}" for name, fn in STAGES.items())
+
+
+def test_cli_areas_are_a_table_of_register_functions():
+    from pipeline.cli import AREAS, app
+
+    assert all(fn.__name__ == "register" and fn.__module__.startswith("pipeline.cli.") for fn in AREAS.values())
+    names = {c.name or c.callback.__name__ for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert {"rm", "eval", "report", "ppo", "label", "annotate", "demo"} <= names
