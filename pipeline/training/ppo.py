@@ -2,8 +2,9 @@
 
 One iteration (CleanRL's shape, for language models):
   1. rollout: sample a response per prompt from pi_theta; score the decoded text with the gated
-     reward (LLaMA 2 Eq. 4, whitened with running statistics); record log pi_theta, log pi_0, V;
-  2. per-token rewards -beta * (log pi_theta - log pi_0), plus the score on the last token;
+     score R_c (LLaMA 2 Sec. 3.2.3); record log pi_theta, log pi_0, V;
+  2. R~_c = the score whitened with running statistics; per-token rewards -beta * (log pi_theta -
+     log pi_0), plus R~_c on the last token (LLaMA 2 Eq. 4, R = R~_c - beta * KL);
   3. GAE(gamma, lambda) advantages and returns, advantages whitened;
   4. `ppo_epochs` passes over the batch in shuffled mini-batches, one AdamW step per mini-batch on
      the clipped surrogate + vf_coef * clipped value loss.
