@@ -15,6 +15,7 @@ import time
 from typing import Sequence
 
 from core.maths import sigmoid
+from core.records import EvalRecord
 from eval import metrics
 from eval.refusal import refusal_match
 from eval.suites import RISK_CATEGORIES
@@ -30,7 +31,7 @@ def prompt_text(messages: Sequence[dict]) -> str:
 
 def judge_records(suite_name: str, rows: Sequence[dict], responses: Sequence[str], *,
                   helpfulness: Sequence[float] | None = None, safety: Sequence[float] | None = None,
-                  llm_safety: Sequence[float | None] | None = None, threshold: float = 0.5) -> list[dict]:
+                  llm_safety: Sequence[float | None] | None = None, threshold: float = 0.5) -> list[EvalRecord]:
     """One record per (row, response) with the refusal, scores and verdicts."""
     if len(rows) != len(responses):
         raise ValueError(f"judge_records: {len(rows)} rows but {len(responses)} responses")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core.errors import InputError, RowErrors
 from core.io import read_rows, read_text
-from core.records import RATINGS, RM_KINDS, SAFETY_LABELS
+from core.records import RATINGS, RM_KINDS, SAFETY_LABELS, PreferencePair, Prompt, Ranking
 
 ROLES = ("system", "user", "assistant")
 MAX_TEXT_CHARS = 100_000  # longer texts are almost always a broken export; fail loudly
@@ -120,7 +120,7 @@ def _choice(row, field, allowed, line, errors):
     return value
 
 
-def load_prompts(path) -> list[dict]:
+def load_prompts(path) -> list[Prompt]:
     errors, out, seen = RowErrors(path), [], {}
     stem = Path(str(path)).stem.split(".")[0]
     for line, row in read_rows(path, errors):
@@ -217,7 +217,7 @@ def _response(value, field, line, errors):
     return None, _text({field: value}, field, line, errors)
 
 
-def load_preferences(path, source: str | None = None) -> list[dict]:
+def load_preferences(path, source: str | None = None) -> list[PreferencePair]:
     """Preference pairs; HH-RLHF transcripts and TRL implicit-prompt pairs are converted."""
     errors, out = RowErrors(path), []
     rows = read_rows(path, errors)
@@ -311,7 +311,7 @@ def hh_pairs(path, source: str | None = None, rows: list[tuple[int, dict]] | Non
     return pairs, counts
 
 
-def load_rankings(path, source: str | None = None) -> list[dict]:
+def load_rankings(path, source: str | None = None) -> list[Ranking]:
     errors, out = RowErrors(path), []
     for line, row in read_rows(path, errors):
         prompt = _prompt_turns(row, line, errors)

@@ -21,6 +21,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from core.io import append_jsonl, recover_jsonl
+from core.records import Sample
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
@@ -125,7 +126,7 @@ def _check_settings(rows: list[dict], settings: dict, known: set[str], path: Pat
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature: float, top_p: float,
-                   max_new_tokens: int, seed: int, eos_ids: list[int]) -> list[dict]:
+                   max_new_tokens: int, seed: int, eos_ids: list[int]) -> list[Sample]:
     """K samples for each prompt of one batch, as records (prompt-major, sample_index 0..K-1)."""
     device = next(model.parameters()).device
     texts = [format_prompt(tokenizer, p["messages"]) for p in prompts]
@@ -166,7 +167,7 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperatu
                      top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0,
                      out_path: Optional[Path] = None, origin_version: Optional[int] = None,
                      show_progress: Optional[bool] = None, on_batch: Optional[Callable[[int, int], None]] = None,
-                     stats: Optional[dict] = None) -> list[dict]:
+                     stats: Optional[dict] = None) -> list[Sample]:
     """K samples for every prompt ({"id", "messages", "is_safety"?, "category"?}), in prompt order.
 
     With out_path, samples are appended to it batch by batch and an existing file is resumed (see the
