@@ -144,17 +144,20 @@ def annotate_export(
 @annotate_app.command("import")
 def annotate_import(
     input: Annotated[str, typer.Option("--input", "-i", help="The filled file (.jsonl/.csv/.json/.parquet).")],
-    export: Annotated[str, typer.Option(help="The JSONL that `annotate export` wrote.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Ranking records (.jsonl) for data.rankings.")],
+    export: Annotated[Optional[str], typer.Option(help="The JSONL that `annotate export` wrote; omit it when "
+                                                       "--input holds ranking records (annotations/rankings.jsonl "
+                                                       "from `annotate serve`).")] = None,
     pairs: Annotated[Optional[Path], typer.Option(help="Also write the rankings as preference pairs (.jsonl).")] = None,
     scores: Annotated[Optional[Path], typer.Option(help="Also write Elo rewards per response (.jsonl).")] = None,
     json: JsonOpt = False,
 ):
     """Validate people's rankings, ratings and safety labels; write rankings (and pairs / Elo scores)."""
-    from eval.annotation import annotation_pairs, import_annotation
+    from eval.annotation import annotation_pairs, import_annotation, import_rankings
     from reward_models.rankings import elo_rewards
 
-    records, unranked = import_annotation(input, export)  # raises InputError (file:line) before any write
+    # both raise InputError (file:line) before any write
+    records, unranked = import_annotation(input, export) if export else (import_rankings(input), 0)
     _write_jsonl(output, records)
     info = {"rankings": len(records), "unranked": unranked, "output": str(output)}
     if pairs:
