@@ -172,6 +172,23 @@ def test_stats_cli(tmp_path, capsys):
     assert pair["kendall_tau"] == pytest.approx(1 / 3) and pair["safety"]["agreement"] == pytest.approx(2 / 3)
 
 
+def test_serve_input_errors_exit_2(tmp_path, capsys):
+    import socket
+
+    from pipeline.cli import main
+
+    assert main(["annotate", "serve", "-w", str(tmp_path), "--port", "0"]) == 2
+    assert "no finished version has samples.jsonl" in capsys.readouterr().err
+    ws = make_workspace(tmp_path / "ws")
+    assert main(["annotate", "serve", "-w", str(ws), "--version", "v2"]) == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["annotate", "serve", "-w", str(ws), "--port", str(port), "--annotator", "a"]) == 2
+    assert "cannot listen there" in capsys.readouterr().err
+
+
 # --- the page in headless Chromium -----------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -407,4 +407,8 @@ def make_server(root: Path, version: int, samples: Path, annotator: str, host: s
         session = AnnotationSession(Path(root), version, samples, annotator)
     except ValueError as e:
         raise InputError(f"--annotator: {e}") from None
-    return AnnotateServer(session, host, port, token)
+    try:
+        return AnnotateServer(session, host, port, token)
+    except OSError as e:  # port taken, address not on this machine
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+                         "pick another --port (0: any free one)") from None
