@@ -10,10 +10,10 @@ import typer
 
 from core.errors import InputError
 from core.io import write_jsonl
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, print_json, table
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json, table
 
-annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: export K samples per prompt to rank, "
-                                                      "import the rankings back.")
+annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: rank K samples per prompt on a local page "
+                                                      "(serve) or in a file (export/import); agreement (stats).")
 
 
 class JudgeFailed(click.ClickException):
@@ -139,17 +139,20 @@ def annotate_export(
 @annotate_app.command("import")
 def annotate_import(
     input: Annotated[str, typer.Option("--input", "-i", help="The filled file (.jsonl/.csv/.json/.parquet).")],
-    export: Annotated[str, typer.Option(help="The JSONL that `annotate export` wrote.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Ranking records (.jsonl) for data.rankings.")],
+    export: Annotated[Optional[str], typer.Option(help="The JSONL that `annotate export` wrote; omit it when "
+                                                       "--input holds ranking records (annotations/rankings.jsonl "
+                                                       "from `annotate serve`).")] = None,
     pairs: Annotated[Optional[Path], typer.Option(help="Also write the rankings as preference pairs (.jsonl).")] = None,
     scores: Annotated[Optional[Path], typer.Option(help="Also write Elo rewards per response (.jsonl).")] = None,
     json: JsonOpt = False,
 ):
     """Validate people's rankings, ratings and safety labels; write rankings (and pairs / Elo scores)."""
-    from reward_models.feedback.annotation import annotation_pairs, import_annotation
+    from reward_models.feedback.annotation import annotation_pairs, import_annotation, import_rankings
     from reward_models.rankings import elo_rewards
 
-    records, unranked = import_annotation(input, export)  # raises InputError (file:line) before any write
+    # both raise InputError (file:line) before any write
+    records, unranked = import_annotation(input, export) if export else (import_rankings(input), 0)
     write_jsonl(output, records)
     info = {"rankings": len(records), "unranked": unranked, "output": str(output)}
     if pairs:
@@ -165,3 +168,95 @@ def annotate_import(
         print_json(info)
     else:
         console.print(table("annotate import", list(info), [list(info.values())]))
+
+
+def _served_version(ws, version: str | None) -> tuple[int, Path]:
+    """versions/vN/samples.jsonl (the rs stage's K samples per prompt) of vN, or of the latest version with one."""
+    from core.versions import parse_version
+
+    if version is not None:
+        n = parse_version(version)
+        path = ws.require_finished(n) / "samples.jsonl"
+        if not path.exists():
+            raise InputError(f"{path}: v{n} has no samples (a version has them when its round ran the rs stage)")
+        return n, path
+    for n in reversed(ws.finished_versions()):
+        if (ws.version_dir(n) / "samples.jsonl").exists():
+            return n, ws.version_dir(n) / "samples.jsonl"
+    raise InputError(f"{ws.versions_dir}: no finished version has samples.jsonl; run a round with the rs stage "
+                     "or pass --version")
+
+
+@annotate_app.command("serve")
+def annotate_serve(
+    workspace: WorkspaceOpt = None,
+    version: Annotated[Optional[str], typer.Option(help="Whose samples to rank (vN); default: the latest "
+                                                        "finished version with samples.jsonl.")] = None,
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8765,
+    annotator: Annotated[Optional[str], typer.Option(help="Who is ranking (the page's default; "
+                                                          "&annotator=NAME in the URL for another person).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean others to reach it.")]
+    = "127.0.0.1",
+):
+    """A local page to rank K samples per prompt; each judgement is appended to annotations/rankings.jsonl at once."""
+    import getpass
+
+    from rich.markup import escape
+
+    from pipeline.config import CONFIG_NAME, load_config
+    from reward_models.feedback.annotate_server import RANKINGS_FILE, make_server
+
+    ws = open_workspace(workspace)
+    n, samples = _served_version(ws, version)
+    server = make_server(ws.root, n, samples, annotator or getpass.getuser() or "annotator", host=host, port=port)
+    listed = ws.exists() and any(ws.resolve(f) == ws.root / RANKINGS_FILE
+                                 for f in load_config(ws.root / CONFIG_NAME).data.rankings)
+    print(server.url, flush=True)  # first line of stdout: scripts read it
+    err_console.print(f"ranking v{n}: {len(server.session.items)} prompts from {samples}\n"
+                      f"judgements go to {ws.root / RANKINGS_FILE} the moment they are made; Ctrl+C stops")
+    if not listed:
+        err_console.print("[yellow]note:[/] for the rm stage to train on them, add to saferounds.yaml:  "
+                          + escape(f"data: {{rankings: [{RANKINGS_FILE}]}}"), soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@annotate_app.command("stats")
+def annotate_stats(
+    workspace: WorkspaceOpt = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Ranking records with `annotator` "
+                                                                      "(default: annotations/rankings.jsonl).")] = None,
+    json: JsonOpt = False,
+):
+    """Agreement between annotators on the same prompts: Kendall's tau of rankings, safety-label agreement."""
+    from reward_models.feedback.agreement import pairwise_agreement
+    from reward_models.feedback.annotate_server import RANKINGS_FILE, SKIPPED_FILE
+    from core.io import read_rows
+
+    ws = open_workspace(workspace)
+    path = input or str(ws.root / RANKINGS_FILE)
+    records = [row for _, row in read_rows(path)]
+    skipped = [row for _, row in read_rows(ws.root / SKIPPED_FILE)] if not input and (ws.root / SKIPPED_FILE).exists() else []
+    people: dict[str, dict] = {}
+    for r in records:
+        people.setdefault(r.get("annotator") or "?", {"ranked": 0, "skipped": 0, "flagged": 0})["ranked"] += 1
+    for r in skipped:
+        kind = "flagged" if r.get("action") == "flagged" else "skipped"
+        people.setdefault(r.get("annotator") or "?", {"ranked": 0, "skipped": 0, "flagged": 0})[kind] += 1
+    pairs = pairwise_agreement(records)
+    if json:
+        return print_json({"input": path, "annotators": people, "pairs": pairs})
+    console.print(table(f"annotators ({path})", ["annotator", "ranked", "skipped", "flagged"],
+                        [[n, c["ranked"], c["skipped"], c["flagged"]] for n, c in sorted(people.items())]))
+    if not pairs:
+        console.print("no two annotators ranked the same prompt yet: nothing to compare")
+        return
+    console.print(table("pairwise agreement", ["annotators", "prompts", "kendall_tau", "same_best",
+                                               "safety_labels", "safety_agreement", "safety_kappa"],
+                        [[" / ".join(p["annotators"]), p["prompts"], fmt(p["kendall_tau"]), fmt(p["same_best"]),
+                          p["safety"]["labels"], fmt(p["safety"]["agreement"]), fmt(p["safety"]["kappa"])]
+                         for p in pairs]))

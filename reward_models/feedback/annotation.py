@@ -15,6 +15,8 @@ Import joins the filled file with the export's JSONL by `id` (the text people sa
 the export, not from a spreadsheet that may have mangled it) and validates every row before
 writing anything; problems raise InputError as FILE:LINE: FIELD: reason. Output: the contract's
 ranking records (+ id, ratings, safety), which reward_models.rankings turns into pairs or Elo.
+Without an export, import reads ranking records themselves: what `annotate serve` appends
+(reward_models/feedback/annotate_server.py), whose `top_rating` rates #1 over #2.
 """
 
 from __future__ import annotations
@@ -153,6 +155,34 @@ def import_annotation(filled: str | Path, export_jsonl: str | Path) -> tuple[lis
     return records, unranked
 
 
+def import_rankings(path: str | Path) -> list[dict]:
+    """Ranking records as `annotate serve` appends them (or an earlier import wrote them: 0-based
+    `ranking`, `responses`, `prompt`), validated like a filled export; serve's own fields
+    (version, top_rating, note) are kept. Problems raise InputError as FILE:LINE: FIELD: reason."""
+    errors = RowErrors(path)
+    records = []
+    for line, row in read_rows(path):
+        responses, ranking, prompt = row.get("responses"), row.get("ranking"), row.get("prompt")
+        if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
+            errors.add(line, "responses", "expected a list of at least 2 strings")
+            continue
+        if not (isinstance(prompt, str) and prompt.strip() or isinstance(prompt, list) and prompt and all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in prompt)):
+            errors.add(line, "prompt", "expected a string or a list of {role, content}")
+            continue
+        if not isinstance(ranking, list) or any(type(r) is not int for r in ranking):
+            errors.add(line, "ranking", f"expected response indices from 0, best first, got {ranking!r}")
+            continue
+        item = {"id": str(row.get("id", line)), "prompt": prompt, "responses": responses,
+                "source": row.get("source") or "helpfulness"}
+        rec = parse_annotation({**row, "ranking": [r + 1 for r in ranking]}, item, line, errors)
+        if rec is not None:
+            rec.update({k: row[k] for k in ("version", "top_rating", "note") if row.get(k) is not None})
+            records.append(rec)
+    errors.raise_if_any()
+    return records
+
+
 def annotation_pairs(record: dict) -> list[dict]:
     """A human ranking -> preference pairs (reward_models.rankings.ranking_pairs), then the people's
     own labels: a pair's rating is the strongest neighbour rating between the two (A >> B > C means
@@ -166,6 +196,9 @@ def annotation_pairs(record: dict) -> list[dict]:
             at += 1
             if record.get("ratings"):
                 pair["rating"] = min(record["ratings"][i:j], key=RATINGS.index)
+            elif record.get("top_rating") and i == 0:  # `annotate serve` rates #1 over #2; #1 beats the
+                top = record["top_rating"]                # rest (each at most as good as #2) at least as much
+                pair["rating"] = top if j == 1 else min(pair["rating"], top, key=RATINGS.index)
             if record.get("safety"):
                 c, r = record["safety"][order[i]], record["safety"][order[j]]
                 pair["chosen_safe"], pair["rejected_safe"] = c, r  # the RM drops chosen-unsafe/rejected-safe

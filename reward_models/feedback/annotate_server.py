@@ -1,0 +1,414 @@
+"""`saferounds annotate serve`: a local page on which people rank the K samples of each prompt.
+
+LLaMA 2's annotators ranked responses, rated how much better the preferred one was on four levels
+(significantly better, better, slightly better, negligibly better / unsure) and labelled each
+response's safety. This server shows one prompt of a version's samples.jsonl at a time and writes
+each judgement the moment it is made:
+
+  WORKSPACE/annotations/rankings.jsonl   one ranking record per judgement, the format `annotate import`
+                                         writes (0-based `ranking`, `responses`, `prompt`, `source`,
+                                         `safety`, `annotator`) + `version`, `top_rating`, `ts`; list it
+                                         under data.rankings and the rm stage trains on it
+  WORKSPACE/annotations/skipped.jsonl    prompts skipped or flagged (no ranking), per annotator
+
+Durability: every append is one write of whole lines, flushed and fsynced, under an fcntl lock
+(annotations/.lock) that every server process takes, so two annotators (one server or several) never
+interleave or overwrite; a line torn by a kill is cut off by the next writer. A restart resumes each
+annotator at the first prompt they have neither ranked nor skipped.
+
+Safety of the page: requests need the random token printed in the URL (403 otherwise); the Host
+header must name the server and a POST's Origin must be the server's own (403 otherwise; DNS
+rebinding and cross-site requests); model text reaches the page as JSON and is rendered with
+textContent, under a Content-Security-Policy that allows only the page's own nonce'd script.
+Items are read from samples.jsonl one prompt at a time through a byte-offset index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from reward_models.feedback.annotation import RATINGS, annotation_items
+from reward_models.feedback.labeling import group_samples
+from core.errors import InputError
+
+RANKINGS_FILE = "annotations/rankings.jsonl"
+SKIPPED_FILE = "annotations/skipped.jsonl"
+LOCK_FILE = "annotations/.lock"
+LEVELS = RATINGS[:4]  # LLaMA 2's four levels, strongest first ("negligibly_better" also means unsure)
+PAGE = Path(__file__).with_name("annotate_page.html")
+MAX_BODY = 1 << 20
+_NAME_RE = re.compile(r"^[\w.@ -]{1,64}$")
+
+
+class SampleIndex:
+    """Byte offsets of each prompt's rows in a samples file, so one item is read at a time.
+
+    Rows of a prompt are joined like reward_models.feedback.labeling.group_samples (by prompt_id / id, else by the
+    prompt); every row is validated once when the index is built (bad rows raise InputError file:line)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: file not found")
+        self._rows: dict[str, list[tuple[int, int]]] = {}  # key -> [(line, byte offset)]
+        self.ids: list[str] = []  # the item ids, in file order
+        with open(self.path, "rb") as f:
+            offset = 0
+            for line, raw in enumerate(f, 1):
+                if raw.strip():
+                    try:
+                        row = json.loads(raw)
+                    except ValueError as e:
+                        raise InputError(f"{self.path}:{line}: not valid JSON ({e})") from None
+                    group_samples([(line, row)], where=str(self.path))  # validates the row
+                    key = _group_key(row)
+                    if key not in self._rows:
+                        self.ids.append(str(row.get("prompt_id", row.get("id", key))))
+                    self._rows.setdefault(key, []).append((line, offset))
+                offset += len(raw)
+        self.keys = list(self._rows)
+        if not self.keys:
+            raise InputError(f"{self.path}: no samples")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def item(self, index: int) -> dict:
+        """The export item (reward_models.feedback.annotation.annotation_items) of the index-th prompt."""
+        rows = []
+        with open(self.path, "rb") as f:
+            for line, offset in self._rows[self.keys[index]]:
+                f.seek(offset)
+                rows.append((line, json.loads(f.readline())))
+        return annotation_items(group_samples(rows, where=str(self.path)))[0]
+
+
+def _group_key(row: dict) -> str:
+    """The prompt key group_samples joins rows by."""
+    messages = row.get("messages") if isinstance(row.get("messages"), list) else row.get("prompt")
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    return str(row.get("prompt_id", row.get("id", ""))) or json.dumps(messages, sort_keys=True)
+
+
+class JudgementStore:
+    """The two append-only files, shared by every server process on the workspace.
+
+    Each process keeps what it has read of both files (rows + byte offset) and reads what others
+    appended whenever it takes the lock."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.files = {"rankings": self.root / RANKINGS_FILE, "skipped": self.root / SKIPPED_FILE}
+        self.rows: dict[str, list[dict]] = {k: [] for k in self.files}
+        self._offset = {k: 0 for k in self.files}
+        self._mutex = threading.Lock()
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Threads of this process and other processes, one at a time; the files read up to date."""
+        lock = self.root / LOCK_FILE
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with self._mutex:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # freed by the kernel if the holder is killed
+                for kind in self.files:
+                    self._read_new(kind)
+                yield self
+            finally:
+                os.close(fd)
+
+    def _read_new(self, kind: str) -> None:
+        path = self.files[kind]
+        if not path.exists():
+            return
+        with open(path, "r+b") as f:
+            f.seek(self._offset[kind])
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):  # a writer was killed mid-line; under the lock nobody else is writing
+                f.truncate(self._offset[kind] + end)
+                f.flush()
+                os.fsync(f.fileno())
+        for raw in data[:end].splitlines():
+            if raw.strip():
+                try:
+                    self.rows[kind].append(json.loads(raw))
+                except ValueError:
+                    raise InputError(f"{path}: a line after byte {self._offset[kind]} is not valid JSON; "
+                                     "fix or remove it") from None
+        self._offset[kind] += end
+
+    def append(self, kind: str, row: dict) -> None:
+        """Append one judgement (call under `locked`): one write, flush, fsync."""
+        path = self.files[kind]
+        created = not path.exists()
+        blob = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        with open(path, "ab") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        if created:  # make the new directory entry durable too
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        self.rows[kind].append(row)
+        self._offset[kind] += len(blob)
+
+
+class AnnotationSession:
+    """One version's items and the judgements on them; the HTTP layer only calls these methods."""
+
+    def __init__(self, root: Path, version: int, samples: Path, annotator: str):
+        self.root, self.version = Path(root), f"v{version}"
+        self.items = SampleIndex(samples)
+        self.store = JudgementStore(self.root)
+        self.annotator = check_name(annotator)
+
+    def _done(self, annotator: str) -> dict[str, str]:
+        """id -> ranked | skipped | flagged, for this annotator and version (call under the lock)."""
+        done = {}
+        for kind in ("skipped", "rankings"):  # a ranking wins over an earlier skip
+            for r in self.store.rows[kind]:
+                if r.get("version") == self.version and r.get("annotator") == annotator:
+                    done[str(r.get("id"))] = "ranked" if kind == "rankings" else r.get("action", "skipped")
+        return done
+
+    def state(self, annotator: str) -> dict:
+        annotator = check_name(annotator)
+        with self.store.locked():
+            done = self._done(annotator)
+            per: dict[str, int] = {}
+            for r in self.store.rows["rankings"]:
+                if r.get("version") == self.version:
+                    per[r.get("annotator") or "?"] = per.get(r.get("annotator") or "?", 0) + 1
+        nxt = next((i for i, item_id in enumerate(self.items.ids) if item_id not in done), None)
+        counts = {s: sum(v == s for v in done.values()) for s in ("ranked", "skipped", "flagged")}
+        return {"version": self.version, "total": len(self.items), "annotator": annotator, "next": nxt,
+                "done": counts, "annotators": dict(sorted(per.items())), "levels": LEVELS}
+
+    def item(self, index: int, annotator: str) -> dict:
+        if not 0 <= index < len(self.items):
+            raise ValueError(f"index: expected 0..{len(self.items) - 1}, got {index}")
+        item = self.items.item(index)
+        with self.store.locked():
+            status = self._done(check_name(annotator)).get(str(item["id"]))
+        return {"index": index, "id": item["id"], "prompt": item["prompt"], "responses": item["responses"],
+                "is_safety": item["is_safety"], "category": item["category"], "source": item["source"],
+                "status": status}
+
+    def judge(self, body: dict) -> dict:
+        """A ranking (best first, 0-based), the top preference's rating and optional safety labels."""
+        annotator, index, item = self._target(body)
+        k = len(item["responses"])
+        ranking = body.get("ranking")
+        if not isinstance(ranking, list) or any(type(r) is not int for r in ranking) \
+                or sorted(ranking) != list(range(k)):
+            raise ValueError(f"ranking: expected a permutation of 0..{k - 1}, got {ranking!r}")
+        rating = body.get("top_rating")
+        if rating not in LEVELS:
+            raise ValueError(f"top_rating: expected one of {', '.join(LEVELS)}, got {rating!r}")
+        safety = body.get("safety")
+        if safety is not None and (not isinstance(safety, list) or len(safety) != k
+                                   or any(not isinstance(s, bool) for s in safety)):
+            raise ValueError(f"safety: expected {k} true/false (one per response, in response order) or null")
+        if safety is None and item["is_safety"]:
+            raise ValueError("safety: a safety prompt needs every response marked safe or unsafe")
+        record = {"id": item["id"], "prompt": item["prompt"], "responses": item["responses"], "ranking": ranking,
+                  "source": item["source"], "ratings": None, "safety": safety, "annotator": annotator,
+                  "top_rating": rating, "version": self.version, "is_safety": item["is_safety"],
+                  "category": item["category"], "note": _note(body), "ts": _now()}
+        return self._append("rankings", record, annotator, index)
+
+    def skip(self, body: dict) -> dict:
+        annotator, index, item = self._target(body)
+        action = body.get("action", "skip")
+        if action not in ("skip", "flag"):
+            raise ValueError(f"action: expected skip or flag, got {action!r}")
+        record = {"id": item["id"], "version": self.version, "annotator": annotator,
+                  "action": "flagged" if action == "flag" else "skipped", "note": _note(body), "ts": _now()}
+        return self._append("skipped", record, annotator, index)
+
+    def _target(self, body: dict) -> tuple[str, int, dict]:
+        annotator = check_name(body.get("annotator") or self.annotator)
+        index = body.get("index")
+        if type(index) is not int or not 0 <= index < len(self.items):
+            raise ValueError(f"index: expected 0..{len(self.items) - 1}, got {index!r}")
+        item = self.items.item(index)
+        if str(body.get("id")) != str(item["id"]):
+            raise ValueError(f"id: item {index} is {item['id']!r}, not {body.get('id')!r}")
+        return annotator, index, item
+
+    def _append(self, kind: str, record: dict, annotator: str, index: int) -> dict:
+        with self.store.locked():
+            before = self._done(annotator).get(str(record["id"]))
+            if before:  # two tabs, or a double submit: the first judgement stands
+                raise Conflict(f"{annotator} already {before} {record['id']!r} in {self.version}")
+            self.store.append(kind, record)
+        return self.state(annotator)
+
+
+class Conflict(ValueError):
+    pass
+
+
+def check_name(name) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name.strip()):
+        raise ValueError(f"annotator: expected 1-64 letters, digits, spaces or . @ _ -, got {name!r}")
+    return name.strip()
+
+
+def _note(body: dict) -> str | None:
+    note = body.get("note")
+    return str(note)[:2000] if note else None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --- HTTP -------------------------------------------------------------------------------------------
+
+class AnnotateServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, session: AnnotationSession, host: str, port: int, token: str | None = None):
+        self.session = session
+        self.token = token or secrets.token_urlsafe(24)
+        super().__init__((host, port), _Handler)
+        self.port = self.server_address[1]
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        names = {"127.0.0.1", "localhost", "[::1]"} if loopback else None
+        self.allowed_hosts = None if names is None else {f"{n}:{self.port}" for n in names}
+        self.page = PAGE.read_text(encoding="utf-8")
+
+    @property
+    def url(self) -> str:
+        host = self.server_address[0]
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/?token={self.token}&annotator={self.session.annotator.replace(' ', '+')}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AnnotateServer
+
+    def version_string(self) -> str:
+        return "saferounds-annotate"
+
+    def log_message(self, fmt, *args):  # no per-request noise on the terminal (tokens are in URLs)
+        pass
+
+    def do_GET(self):
+        self._route("GET")
+
+    def do_POST(self):
+        self._route("POST")
+
+    def _refuse(self, method: str, query: dict) -> str | None:
+        """Why this request is refused (403), or None."""
+        host = self.headers.get("Host", "")
+        if self.server.allowed_hosts is not None and host not in self.server.allowed_hosts:
+            return f"Host {host!r} is not this server"
+        token = self.headers.get("X-Annotate-Token") or (query.get("token") or [""])[0]
+        if not hmac.compare_digest(token.encode(), self.server.token.encode()):
+            return "missing or wrong token (use the URL printed by `saferounds annotate serve`)"
+        origin = self.headers.get("Origin")
+        if origin is not None and origin != f"http://{host}":
+            return f"Origin {origin!r} is not this server"
+        if self.headers.get("Sec-Fetch-Site") == "cross-site":
+            return "cross-site request"
+        if method == "POST" and self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            return "POST needs Content-Type: application/json"
+        return None
+
+    def _route(self, method: str) -> None:
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        why = self._refuse(method, query)
+        if why:
+            return self._json(403, {"error": why})
+        session = self.server.session
+        annotator = (query.get("annotator") or [session.annotator])[0]
+        try:
+            if method == "GET" and url.path in ("/", "/index.html"):
+                return self._page()
+            if method == "GET" and url.path == "/api/state":
+                return self._json(200, session.state(annotator))
+            if method == "GET" and url.path == "/api/item":
+                index = (query.get("index") or [None])[0]
+                if index is None:
+                    index = session.state(annotator)["next"]
+                    if index is None:
+                        return self._json(200, {"done": True})
+                return self._json(200, session.item(int(index), annotator))
+            if method == "POST" and url.path in ("/api/judgement", "/api/skip"):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY:
+                    return self._json(413, {"error": "request too large"})
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("expected a JSON object")
+                act = session.judge if url.path == "/api/judgement" else session.skip
+                return self._json(200, act(body))
+            return self._json(404, {"error": f"no {method} {url.path}"})
+        except Conflict as e:
+            return self._json(409, {"error": str(e)})
+        except (ValueError, InputError) as e:
+            return self._json(400, {"error": str(e)})
+
+    def _headers(self, code: int, ctype: str, length: int, csp: str | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")  # the token is in the URL
+        self.send_header("X-Frame-Options", "DENY")
+        if csp:
+            self.send_header("Content-Security-Policy", csp)
+        self.end_headers()
+
+    def _json(self, code: int, obj) -> None:
+        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        self._headers(code, "application/json; charset=utf-8", len(data))
+        self.wfile.write(data)
+
+    def _page(self) -> None:
+        nonce = secrets.token_urlsafe(16)  # the page's one <script> and <style> run; nothing injected would
+        html = self.server.page.replace("<script>", f'<script nonce="{nonce}">', 1).replace(
+            "<style>", f'<style nonce="{nonce}">', 1)
+        data = html.encode("utf-8")
+        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
+               "img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        self._headers(200, "text/html; charset=utf-8", len(data), csp)
+        self.wfile.write(data)
+
+
+# --- entry point ------------------------------------------------------------------------------------
+
+def make_server(root: Path, version: int, samples: Path, annotator: str, host: str = "127.0.0.1",
+                port: int = 8765, token: str | None = None) -> AnnotateServer:
+    """A server for vN's samples (versions/vN/samples.jsonl, found by the caller) on host:port (0: any)."""
+    try:
+        session = AnnotationSession(Path(root), version, samples, annotator)
+    except ValueError as e:
+        raise InputError(f"--annotator: {e}") from None
+    try:
+        return AnnotateServer(session, host, port, token)
+    except OSError as e:  # port taken, address not on this machine
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+                         "pick another --port (0: any free one)") from None
