@@ -499,3 +499,14 @@ def test_convert_one_kind_of_pair_and_usage_errors(cli_main, capsys, tmp_path, f
     assert cli_main(["data", "convert", str(broken_file), "--to", "responses", "-o", str(bad)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {broken_file}:2: is_safe: expected true/false")
     assert not bad.exists()  # nothing written on bad input
+
+
+def test_red_team_file_as_published_a_json_array_under_a_jsonl_gz_name(tmp_path):
+    path = tmp_path / "red_team_attempts.jsonl.gz"
+    path.write_bytes(gzip.compress(json.dumps(RT_ROWS, indent=2).encode()))
+    assert [p["id"] for p in load_prompts(path)] == ["red_team_attempts-2", "red_team_attempts-17",
+                                                     "red_team_attempts-29"]  # the line each item starts on
+    rows = broken(RT_ROWS, 1, tags="theft")
+    path.write_bytes(gzip.compress(json.dumps(rows, indent=2).encode()))
+    with pytest.raises(InputError, match=r"red_team_attempts.jsonl.gz:17: tags: expected a list of strings"):
+        load_prompts(path)
