@@ -510,3 +510,12 @@ def test_red_team_file_as_published_a_json_array_under_a_jsonl_gz_name(tmp_path)
     path.write_bytes(gzip.compress(json.dumps(rows, indent=2).encode()))
     with pytest.raises(InputError, match=r"red_team_attempts.jsonl.gz:17: tags: expected a list of strings"):
         load_prompts(path)
+
+
+def test_the_readme_category_table_is_the_code_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for risk in RISK_CATEGORIES:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{risk}` | "))
+        _, _, pku_cell, bt_cell, _ = row.split("|")
+        assert {x.strip() for x in pku_cell.split(",")} - {"—"} == {k for k, v in PKU_RISK.items() if v == risk}
+        assert {x.strip() for x in bt_cell.split(";")} == {k for k, v in BEAVERTAILS_RISK.items() if v == risk}
