@@ -185,7 +185,7 @@ def _flags(row, field, line, errors) -> list[str] | None:
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):
                 value = None
-    if not isinstance(value, dict) or not all(isinstance(v, bool) or v is None for v in value.values()):
+    if not isinstance(value, dict) or not {type(v) for v in value.values()} <= {bool, type(None)}:
         errors.add(line, field, "expected an object of category: true/false")
         return None
     return [name for name, flagged in value.items() if flagged]
@@ -446,7 +446,7 @@ def adapt(path, rows: list[tuple[int, dict]], fmt: str, kind: str, errors: RowEr
             else:
                 text = _text(row, "prompt", line, errors)
                 if text is not None:
-                    prompts.add(text, line, False, [], {}, row.get("prompt_id") or None)
+                    prompts.add(text, line, False, [], {}, str(row["prompt_id"]) if row.get("prompt_id") else None)
         elif fmt == "ultrafeedback":
             text = _text(row, "instruction", line, errors)
             if kind == "prompts":
