@@ -312,5 +312,8 @@ def read_rows(path: str | Path, errors: RowErrors | None = None) -> list[tuple[i
         raise InputError(f"{path}: unsupported file type '{kind or path.name}'; "
                          "use .jsonl, .json, .csv or .parquet (optionally .gz)")
     if kind == ".jsonl":
-        return _read_jsonl(path, read_text(path), errors)
+        text = read_text(path)
+        if text.lstrip().startswith("["):  # one JSON array under a .jsonl name (Anthropic's red_team_attempts)
+            return _read_json(path, text)
+        return _read_jsonl(path, text, errors)
     return readers[kind](path, read_text(path))

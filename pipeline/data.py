@@ -8,7 +8,10 @@ Accepted shapes follow Hugging Face / TRL so existing files work unchanged:
                chosen/rejected are whole conversations, works too), optional `rating`, `margin`,
                `safety_label`, `source`
   rankings     `prompt` + `responses` (K strings) + `ranking` (indices, best first)
-Anthropic HH-RLHF transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") are detected and converted.
+  responses    `prompt`/`messages` + `response` + `is_safe` (labelled, for learned safety judges);
+               optional `id`, `category`, `harm_categories`
+Anthropic HH-RLHF transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") are detected and converted, and
+so are PKU-SafeRLHF, UltraFeedback, BeaverTails and HH red-team files (pipeline.data_adapters).
 
 Every loader validates every row first and raises one InputError listing `file:line: field: reason`
 for each bad row (capped), so nothing downstream ever starts on bad data.
@@ -123,7 +126,10 @@ def _choice(row, field, allowed, line, errors):
 def load_prompts(path) -> list[Prompt]:
     errors, out, seen = RowErrors(path), [], {}
     stem = Path(str(path)).stem.split(".")[0]
-    for line, row in read_rows(path, errors):
+    rows = read_rows(path, errors)
+    if (adapted := _adapted(path, rows, errors, "prompts")) is not None:
+        return adapted
+    for line, row in rows:
         messages = _prompt_turns(row, line, errors)
         pid = row.get("id")
         if pid is None or pid == "":  # no id column, or a blank CSV cell / null: number it by line
@@ -221,6 +227,8 @@ def load_preferences(path, source: str | None = None) -> list[PreferencePair]:
     """Preference pairs; HH-RLHF transcripts and TRL implicit-prompt pairs are converted."""
     errors, out = RowErrors(path), []
     rows = read_rows(path, errors)
+    if (adapted := _adapted(path, rows, errors, "preferences", source)) is not None:
+        return adapted
     if rows and _is_hh(rows[0][1]):  # a whole HH-RLHF file: its few unusable rows are dropped
         pairs, counts = hh_pairs(path, source, rows)
         if counts["kept"] < counts["rows"]:
@@ -353,6 +361,41 @@ def load_text(path) -> list[str]:
     return _nonempty(docs, path)
 
 
+def load_responses(path) -> list[dict]:
+    """Responses labelled safe/unsafe, for learned safety judges; BeaverTails and PKU-SafeRLHF are converted."""
+    errors, out = RowErrors(path), []
+    rows = read_rows(path, errors)
+    if (adapted := _adapted(path, rows, errors, "responses")) is not None:
+        return adapted
+    stem = Path(str(path)).stem.split(".")[0]
+    for line, row in rows:
+        messages = _prompt_turns(row, line, errors)
+        response = _text(row, "response", line, errors)
+        if row.get("is_safe") in (None, ""):
+            errors.add(line, "is_safe", "missing")
+        is_safe = _bool(row, "is_safe", line, errors)
+        category = row.get("category") or None
+        if category is not None and not isinstance(category, str):
+            errors.add(line, "category", f"expected a string, got {category!r}")
+        harms = row.get("harm_categories") or []
+        if not isinstance(harms, list) or not all(isinstance(h, str) for h in harms):
+            errors.add(line, "harm_categories", f"expected a list of strings, got {harms!r}")
+        if messages is not None and response is not None:
+            out.append({"id": str(row.get("id") or f"{stem}-{line}"), "messages": messages, "response": response,
+                        "is_safe": is_safe, "category": category, "harm_categories": harms})
+    errors.raise_if_any()
+    return _nonempty(out, path)
+
+
+def _adapted(path, rows, errors, kind: str, source: str | None = None) -> list[dict] | None:
+    """A public dataset's rows (PKU-SafeRLHF, UltraFeedback, BeaverTails, HH red-team) as `kind` records;
+    None when the file is in one of our own shapes."""
+    from pipeline.data_adapters import adapt, detect_format
+
+    fmt = detect_format(rows[0][1]) if rows else None
+    return None if fmt is None else _nonempty(adapt(path, rows, fmt, kind, errors, source)[0], path)
+
+
 def _nonempty(records: list, path) -> list:
     if not records:
         raise InputError(f"{path}: no records (the file is empty)")
@@ -360,7 +403,7 @@ def _nonempty(records: list, path) -> list:
 
 
 LOADERS = {"prompts": load_prompts, "sft": load_sft, "preferences": load_preferences,
-           "rankings": load_rankings, "text": load_text}
+           "rankings": load_rankings, "text": load_text, "responses": load_responses}
 
 
 def validate_file(path, kind: str) -> int:

@@ -21,7 +21,7 @@ from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fm
 app = typer.Typer(name="saferounds", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LLaMA-2-style safety alignment rounds: reward models, rejection sampling, PPO, reports.")
 versions_app = typer.Typer(no_args_is_help=True, help="Inspect versions.")
-data_app = typer.Typer(no_args_is_help=True, help="Check data files.")
+data_app = typer.Typer(no_args_is_help=True, help="Check and convert data files.")
 round_app = typer.Typer(no_args_is_help=True, help="Run and manage numbered rounds (versions v1, v2, ...).")
 app.add_typer(versions_app, name="versions")
 app.add_typer(data_app, name="data")
@@ -88,14 +88,65 @@ def versions_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = 
 
 @data_app.command("validate")
 def data_validate(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.parquet file or hub:NAME.")],
-                  kind: Annotated[str, typer.Option(help="prompts | sft | preferences | rankings | text")] = "preferences",
+                  kind: Annotated[Optional[str], typer.Option(
+                      help="prompts | sft | preferences | rankings | text | responses (default: preferences, "
+                           "or every kind a detected public dataset gives)")] = None,
                   json: JsonOpt = False):
-    """Validate a data file; every bad row is listed as file:line: field: reason."""
+    """Validate a data file; every bad row is listed as file:line: field: reason. A public dataset
+    (PKU-SafeRLHF, UltraFeedback, BeaverTails, HH red-team) is named, with what it would produce."""
     from pipeline.data import validate_file
+    from pipeline.data_adapters import summarize_file
 
-    n = validate_file(file, kind)
-    print_json({"file": file, "kind": kind, "records": n, "ok": True}) if json else \
-        console.print(f"{file}: {n} valid {kind} record(s)")
+    summary = summarize_file(file, kind)
+    if summary is None:
+        kind = kind or "preferences"
+        n = validate_file(file, kind)
+        print_json({"file": file, "kind": kind, "records": n, "ok": True}) if json else \
+            console.print(f"{file}: {n} valid {kind} record(s)")
+        return
+    if json:
+        print_json(summary)
+        return
+    console.print(f"{file}: {summary['format']} (detected from its columns)")
+    for k, s in summary["kinds"].items():
+        _print_summary(k, s)
+
+
+def _print_summary(kind: str, s: dict) -> None:
+    if kind == "preferences":
+        console.print(f"  preferences: {s['records']} pairs ("
+                      + ", ".join(f"{n} {src}" for src, n in s["by_source"].items()) + ")")
+        for src, ratings in s["by_rating"].items():
+            console.print(f"    {src} by rating: " + ", ".join(f"{r} {n}" for r, n in ratings.items()))
+        if s["by_safety_label"]:
+            console.print("    safety labels: " + ", ".join(f"{k} {n}" for k, n in s["by_safety_label"].items())
+                          + f" ({s['dropped_by_safety_rm']} chosen-unsafe/rejected-safe: dropped by the safety RM)")
+    elif kind == "prompts":
+        console.print(f"  prompts: {s['records']} ({s['safety']} safety) — safety prompts by category: "
+                      + (", ".join(f"{c} {n}" for c, n in s["by_category"].items()) or "none"))
+    else:
+        console.print(f"  responses: {s['records']} ({s['unsafe']} unsafe) — unsafe by category: "
+                      + (", ".join(f"{c} {n}" for c, n in s["by_category"].items()) or "none"))
+    if s["dropped"]:
+        console.print(f"    dropped: " + ", ".join(f"{k} {n}" for k, n in s["dropped"].items()))
+
+
+@data_app.command("convert")
+def data_convert(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.parquet file or hub:NAME.")],
+                 to: Annotated[str, typer.Option("--to", help="preferences | prompts | responses")],
+                 output: Annotated[Path, typer.Option("--output", "-o", help="The JSONL file to write.")],
+                 source: Annotated[Optional[str], typer.Option(
+                     help="helpfulness | safety: keep only that kind of preference pair")] = None,
+                 json: JsonOpt = False):
+    """Write a file (a public dataset or our own shapes) as our rows, for inspection or reuse."""
+    from pipeline.data_adapters import convert_file
+
+    result = convert_file(file, to, output, source)
+    if json:
+        print_json(result)
+        return
+    console.print(f"{file} ({result['format']}): wrote {result['summary']['records']} {to} record(s) to {output}")
+    _print_summary(to, result["summary"])
 
 
 def _v0_step(workspace, step, done: str) -> None:
