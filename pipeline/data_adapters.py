@@ -33,9 +33,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from core.errors import InputError, RowErrors
+from core.io import atomic_write_text, read_rows
+from core.records import RATINGS, SAFETY_LABELS
 from eval.suites import RISK_CATEGORIES, risk_category
-from pipeline.data import RATINGS, SAFETY_LABELS, _bool, _Prefixed, _response, _text
-from reward_models.records import InputError, RowErrors, atomic_write_text, read_rows
+from pipeline.data import _bool, _Prefixed, _response, _text
 
 # --- recognising a format: the columns every row of the published schema has ----------------------
 
