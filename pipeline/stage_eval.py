@@ -19,7 +19,7 @@ from eval.evaluate import judge_records, summarise
 from eval.generate import cached_generate, generation_settings
 from eval.report import version_number, write_report
 from eval.suites import Suite, load_suites
-from pipeline.models import load_policy
+from pipeline.models import load_policy, to_generation_dtype
 from reward_models.modeling import to_accelerator
 from reward_models.records import InputError
 
@@ -48,7 +48,7 @@ def cache_files(root: Path, version: str, suite: str) -> list[Path]:
 def _policy_loader(path: Path, model_cfg) -> Callable[[], tuple]:
     def load():
         model, tok = load_policy(path, model_cfg)
-        return to_accelerator(model), tok
+        return to_accelerator(to_generation_dtype(model, model_cfg)), tok
     return load
 
 
@@ -132,10 +132,21 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     flat = [(v, s.name, i) for v in policies for s in suites for i in range(len(s.rows))]
     by_name = {s.name: s for s in suites}
     pairs = [(by_name[s].rows[i]["messages"], responses[v][s][i]) for v, s, i in flat]
+    # each RM scores only the rows its metrics read: safety on unsafe prompts (violations), helpfulness
+    # on the others (win rate, mean score); half the scoring of a real model's eval
+    roles = [by_name[s].rows[i]["role"] for _, s, i in flat]
+    uses = {"helpfulness": lambda role: role != "unsafe", "safety": lambda role: role == "unsafe"}
     scores = {}
     for kind in ("helpfulness", "safety"):
-        progress(f"eval: scoring with the {kind} RM")
-        scores[kind] = rm_scores(rm_paths.get(kind), config.model, pairs, cfg.batch_size)
+        idx = [j for j, role in enumerate(roles) if uses[kind](role)]
+        progress(f"eval: scoring {len(idx)} answers with the {kind} RM")
+        got = rm_scores(rm_paths.get(kind), config.model, [pairs[j] for j in idx], cfg.batch_size)
+        if got is None:
+            scores[kind] = None if rm_paths.get(kind) is None else [None] * len(pairs)
+            continue
+        scores[kind] = [None] * len(pairs)
+        for j, v in zip(idx, got):
+            scores[kind][j] = v
 
     llm = None
     if cfg.use_llm_judge:

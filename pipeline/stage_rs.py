@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pipeline.data import load_prompts
-from pipeline.models import load_policy
+from pipeline.models import load_policy, to_generation_dtype
 from pipeline.workspace import read_json, write_json
 from reward_models.modeling import to_accelerator
 from reward_models.records import InputError
@@ -31,7 +31,8 @@ from sampling.config import reward_for_round, temperature_for_round
 from sampling.curves import max_of_k_curve
 from sampling.generate import generate_samples
 from sampling.jsonl import read_jsonl, write_jsonl_atomic
-from sampling.rejection import best_of_k, origin_counts, pool_candidates
+from sampling.demonstrations import demonstration_candidates, finetune_examples
+from sampling.rejection import best_of_k, origin_counts, pool_candidates, sample_key
 from sampling.scoring import score_samples
 from sampling.temperature import sweep_temperature
 
@@ -108,7 +109,23 @@ def _selected_row(s: dict, version: int, key: str = "gated_score") -> dict:
            "selected_in": version, "score": s[key],
            "is_safety": s.get("is_safety", False), "category": s.get("category")}
     row.update({k: s[k] for k in SCORE_FIELDS if k in s})
+    if s.get("demonstration"):
+        row["demonstration"] = True
     return row
+
+
+def _demonstrations(ctx) -> list[dict]:
+    """rejection_sampling.demonstrations: SFT-shaped rows (validated by load_sft) with their prompt_id."""
+    from pipeline.data import load_sft
+    from reward_models.records import read_rows
+
+    out = []
+    for f in ctx.config.rejection_sampling.demonstrations:
+        path = ctx.workspace.resolve(f)
+        examples = load_sft(path)  # every bad row is reported as file:line: field: reason
+        ids = [row.get("prompt_id") for _, row in read_rows(path)]
+        out += [{**e, "prompt_id": pid} for e, pid in zip(examples, ids)]
+    return out
 
 
 def _load_rms(ctx):
@@ -159,7 +176,7 @@ def run(ctx) -> dict:
     if not selected_path.exists():
         ctx.log.info("rs v%d: loading policy %s", version, ctx.parent_policy)
         model, tok = load_policy(ctx.parent_policy, ctx.config.model)
-        model = to_accelerator(model)
+        model = to_accelerator(to_generation_dtype(model, ctx.config.model))
 
         # 1. temperature (LLaMA 2 Fig. 8: re-tuned every round)
         temperature, sweep = temperature_for_round(cfg, version), None
@@ -194,6 +211,10 @@ def run(ctx) -> dict:
         # gate them together (one whitening), then best-of-K per prompt
         kept = _kept_samples(ctx.prior_versions)
         candidates = pool_candidates(current, kept, cfg.pool)
+        if cfg.demonstrations and cfg.demonstrations_use == "pool":  # one more candidate per demonstration
+            seen = {sample_key(c) for c in candidates}
+            candidates += [d for d in demonstration_candidates(_demonstrations(ctx), prompts)
+                           if sample_key(d) not in seen]
         ctx.progress(f"v{version} rs: scoring {len(candidates)} samples ({len(candidates) - len(current)} kept "
                      "from earlier versions)")
         t0 = time.perf_counter()
@@ -207,7 +228,8 @@ def run(ctx) -> dict:
         summary = {"reward": reward, "temperature": temperature, "temperature_sweep": sweep, "k": cfg.k, "pool": cfg.pool,
                    "prompts": len(prompts), "samples": len(current),
                    "generated_tokens": sum(s["num_tokens"] for s in current),
-                   "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current)}
+                   "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current),
+                   "selected_demonstrations": sum(bool(x.get("demonstration")) for x in selected)}
         write_json(work / "summary.json", summary)
         write_json(out / "max_of_k.json", {
             "version": version, "temperature": temperature, "k": cfg.k, "score": curve_key,
@@ -234,6 +256,8 @@ def run(ctx) -> dict:
                                         batch_size=ft_cfg.batch_size)
         ctx.progress(f"v{version} rs: fine-tuning on {len(selected)} selected samples")
         examples = [{"messages": s["messages"], "completion": s["completion"]} for s in selected]
+        if cfg.demonstrations and cfg.demonstrations_use == "finetune":  # safety SFT data mixed in
+            examples += finetune_examples(_demonstrations(ctx), prompts)
         ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
                       seed=ctx.config.seed)
         write_json(ft_file, ft)

@@ -105,8 +105,11 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
         from peft import LoraConfig, get_peft_model
 
         targets = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+        n_layers, top = getattr(model.config, "num_hidden_layers", None), getattr(lora, "layers", 0)
+        layers = list(range(n_layers - top, n_layers)) if top and n_layers and top < n_layers else None
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 task_type="SEQ_CLS", target_modules=targets))
+                                                 task_type="SEQ_CLS", target_modules=targets,
+                                                 layers_to_transform=layers))
     return model, tokenizer
 
 
