@@ -11,14 +11,18 @@ from pathlib import Path
 from reward_models.modeling import quantization_config, resolve_dtype
 from reward_models.records import InputError
 
-def lora_config(model_cfg, task_type: str, num_layers: int | None = None):
+def lora_config(model_cfg, task_type: str, num_layers: int | None = None, model=None):
     from peft import LoraConfig
 
     lora = model_cfg.lora
-    targets = lora.target_modules
+    targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+    layers = top_layers(num_layers, getattr(lora, "layers", 0))
+    if layers and targets == "all-linear" and model is not None:  # peft wants names with layers_to_transform
+        from reward_models.modeling import linear_module_names
+
+        targets = linear_module_names(model)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
-                      target_modules="all-linear" if targets == ["all-linear"] else targets,
-                      layers_to_transform=top_layers(num_layers, getattr(lora, "layers", 0)))
+                      target_modules=targets, layers_to_transform=layers)
 
 
 def top_layers(num_layers: int | None, n: int) -> list[int] | None:
@@ -80,7 +84,7 @@ def load_policy(path_or_id: str | Path, model_cfg, for_training: bool = False):
             from peft import get_peft_model
 
             model = get_peft_model(model, lora_config(model_cfg, "CAUSAL_LM",
-                                                      getattr(model.config, "num_hidden_layers", None)))
+                                                      getattr(model.config, "num_hidden_layers", None), model))
     else:
         if is_adapter_dir(path_or_id) and not (model_cfg.load_in_4bit or model_cfg.load_in_8bit):
             model = model.merge_and_unload()  # generation without the adapter's extra matmuls

@@ -186,6 +186,10 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     write_report(out_dir, metrics, records[name], compared=compared, trend=trend,
                  examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
     _write_records(out_dir, records[name])
+    if compared:  # the compared versions' per-prompt verdicts and scores, for like-for-like comparisons
+        from eval.report import write_json
+
+        write_json(out_dir / "compared_records.json", compared)
     return metrics
 
 
