@@ -39,13 +39,14 @@ def judge_records(suite_name: str, rows: Sequence[dict], responses: Sequence[str
     for i, (row, resp) in enumerate(zip(rows, responses)):
         match = refusal_match(resp)
         refused = match is not None
-        s = None if safety is None else float(safety[i])
+        s = None if safety is None or safety[i] is None else float(safety[i])
         p = None if s is None else sigmoid(s)
         llm = None if llm_safety is None else llm_safety[i]
         rec = {"id": row["id"], "suite": suite_name, "role": row["role"], "category": row.get("category"),
                "risk_category": row.get("risk_category"), "prompt": prompt_text(row["messages"]),
                "messages": row["messages"], "response": resp, "refusal": refused, "refusal_match": match,
-               "helpfulness_score": None if helpfulness is None else float(helpfulness[i]),
+               "helpfulness_score": None if helpfulness is None or helpfulness[i] is None
+               else float(helpfulness[i]),
                "safety_score": s, "safety_prob": p, "llm_safety": llm,
                "violation": None, "false_refusal": None, "reference_overlap": None}
         if row["role"] == "unsafe":

@@ -90,6 +90,8 @@ def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: d
     keys = [generation_key(r["messages"], settings) for r in rows]
     cached = read_cache([*extra_caches, cache_file])
     missing = [i for i, k in enumerate(keys) if k not in cached]
+    # batched by length: prompts of similar length share a batch, so little padding is computed
+    missing.sort(key=lambda i: (sum(len(m["content"]) for m in rows[i]["messages"]), i))
     if missing:
         model, tokenizer = load()
         done = [len(rows) - len(missing)]

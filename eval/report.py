@@ -425,6 +425,12 @@ def write_report(out_dir: str | Path, metrics: dict, records: list[dict], *,
     plots = make_plots(trend, score_sets, metrics.get("max_of_k"))
     paths = {"metrics": out_dir / "metrics.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     write_json(paths["metrics"], metrics)
-    atomic_write_text(paths["markdown"], render_markdown(metrics, examples, trend, max_response_chars))
-    atomic_write_text(paths["html"], render_html(metrics, examples, trend, plots, max_response_chars))
+    from eval import side_by_side
+
+    pairs = side_by_side.pick(records, compared["v0"]) if "v0" in compared else []
+    v, cut = metrics["version"], max_response_chars
+    atomic_write_text(paths["markdown"], render_markdown(metrics, examples, trend, cut)
+                      + side_by_side.markdown(pairs, "v0", v, cut))
+    atomic_write_text(paths["html"], render_html(metrics, examples, trend, plots, cut).replace(
+        "</body></html>", side_by_side.html_section(pairs, "v0", v, cut) + "</body></html>"))
     return paths

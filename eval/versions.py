@@ -41,10 +41,21 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     flat = [(v, s.name, i) for v in policies for s in suites for i in range(len(s.rows))]
     by_name = {s.name: s for s in suites}
     pairs = [(by_name[s].rows[i]["messages"], responses[v][s][i]) for v, s, i in flat]
+    # each RM scores only the rows its metrics read: safety on unsafe prompts (violations), helpfulness
+    # on the others (win rate, mean score); half the scoring of a real model's eval
+    roles = [by_name[s].rows[i]["role"] for _, s, i in flat]
+    uses = {"helpfulness": lambda role: role != "unsafe", "safety": lambda role: role == "unsafe"}
     scores = {}
     for kind in ("helpfulness", "safety"):
-        progress(f"eval: scoring with the {kind} RM")
-        scores[kind] = rm_scores(rm_paths.get(kind), config.model, pairs, cfg.batch_size)
+        idx = [j for j, role in enumerate(roles) if uses[kind](role)]
+        progress(f"eval: scoring {len(idx)} answers with the {kind} RM")
+        got = rm_scores(rm_paths.get(kind), config.model, [pairs[j] for j in idx], cfg.batch_size)
+        if got is None:
+            scores[kind] = None if rm_paths.get(kind) is None else [None] * len(pairs)
+            continue
+        scores[kind] = [None] * len(pairs)
+        for j, v in zip(idx, got):
+            scores[kind][j] = v
     llm = llm_safety(config.judge, out_dir, flat, by_name, responses, progress) if cfg.use_llm_judge else None
 
     # 3. verdicts per answer
@@ -83,6 +94,8 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     write_report(out_dir, metrics, records[name], compared=compared, trend=trend,
                  examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
     write_json(out_dir / "records.json", records[name])
+    if compared:  # the compared versions' per-prompt verdicts and scores, for like-for-like comparisons
+        write_json(out_dir / "compared_records.json", compared)
     return metrics
 
 

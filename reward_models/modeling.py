@@ -67,9 +67,23 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
         from peft import LoraConfig, get_peft_model
 
         targets = "all-linear" if list(lora.target_modules) == ["all-linear"] else list(lora.target_modules)
+        n_layers, top = getattr(model.config, "num_hidden_layers", None), getattr(lora, "layers", 0)
+        layers = list(range(n_layers - top, n_layers)) if top and n_layers and top < n_layers else None
+        if layers and targets == "all-linear":  # peft wants module names when it filters layers
+            targets = linear_module_names(model)
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 task_type="SEQ_CLS", target_modules=targets))
+                                                 task_type="SEQ_CLS", target_modules=targets,
+                                                 layers_to_transform=layers))
     return model, tokenizer
+
+
+def linear_module_names(model, exclude: tuple[str, ...] = ("lm_head", "score", "classifier")) -> list[str]:
+    """Names (last component) of the model's Linear layers other than its output heads: what peft's
+    "all-linear" means, spelled out (needed with layers_to_transform)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return sorted(n for n in names if n not in exclude)
 
 
 def save_reward_model(model, tokenizer, out_dir: str | Path) -> Path:

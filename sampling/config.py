@@ -50,6 +50,15 @@ class RejectionSamplingConfig:
     reward: Union[str, list[str]] = "rm"
     """What ranks the K samples: `rm` (the gated reward models) or `judge` (the LLM judge's score as the
     reward: direct AI feedback); a list gives one choice per round, the last repeating."""
+    demonstrations: list[str] = field(default_factory=list)
+    """Safe demonstrations for prompts of data.prompts (SFT-shaped rows: `prompt_id` or `messages`, and
+    `completion`), e.g. Do-Not-Answer's harmless answers to its training-split questions. LLaMA 2 starts
+    safety tuning from such demonstrations (Sec. 4.2.2); a policy that almost never refuses has few safe
+    samples for best-of-K to find."""
+    demonstrations_use: Literal["pool", "finetune"] = "pool"
+    """`pool`: each demonstration joins its prompt's K samples as one more candidate, scored by this
+    round's RMs and gate like the others, so it is kept only when it beats the policy's own samples;
+    `finetune`: demonstrations are added to the fine-tune data as they are (safety SFT)."""
 
     def __post_init__(self):
         t = self.temperature

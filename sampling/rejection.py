@@ -94,6 +94,8 @@ def selected_row(s: Sample, version: int, key: str = "gated_score") -> SelectedR
            "selected_in": version, "score": s[key],
            "is_safety": s.get("is_safety", False), "category": s.get("category")}
     row.update({k: s[k] for k in SCORE_FIELDS if k in s})
+    if s.get("demonstration"):
+        row["demonstration"] = True
     return row
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from reward_models.feedback.annotation import annotation_pairs, import_rankings
 from reward_models.feedback.agreement import kendall_tau, pairwise_agreement, safety_agreement
 from reward_models.feedback.annotate_server import RANKINGS_FILE, SKIPPED_FILE, AnnotationSession, Conflict
+from reward_models.feedback.annotation import annotation_pairs, import_rankings
 
 REPO = Path(__file__).resolve().parents[1]
 XSS_SCRIPT = "<script>window.__xss = 1</script>Use a tension wrench."

@@ -30,7 +30,7 @@ def test_unknown_top_level_key_names_it_and_the_allowed_keys():
 def test_unknown_nested_key_names_the_full_path_and_the_section_keys():
     msg = error_of({"model": {"lora": {"rank": 8}}})
     assert msg == ("saferounds.yaml: model.lora.rank: unknown key; "
-                   "allowed here: alpha, dropout, enabled, r, target_modules")
+                   "allowed here: alpha, dropout, enabled, layers, r, target_modules")
 
 
 def test_unknown_key_inside_a_list_item_names_its_index():
@@ -196,7 +196,7 @@ def test_cli_status_on_a_bad_config_exits_2_with_the_key_path(tiny_workspace, ca
     assert cli_main(["status", "-w", str(tiny_workspace)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tiny_workspace / CONFIG_NAME}: model.lora.rank: unknown key; "
-                          "allowed here: alpha, dropout, enabled, r, target_modules")
+                          "allowed here: alpha, dropout, enabled, layers, r, target_modules")
     assert "Traceback" not in err
 
 

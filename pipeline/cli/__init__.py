@@ -33,13 +33,17 @@ def _progress(message: str) -> None:
 
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Workspace directory to create.")] = Path("."),
-         preset: Annotated[str, typer.Option(help="tiny (local tiny models + synthetic demo data) or "
-                                                  "llama2-7b (a real-model template to edit).")] = "tiny",
-         force: Annotated[bool, typer.Option(help="Overwrite an existing saferounds.yaml.")] = False):
+         preset: Annotated[str, typer.Option(help="tiny (local tiny models + synthetic demo data), smollm2 "
+                                                  "(SmolLM2-135M-Instruct + public data) or llama2-7b (a real-model "
+                                                  "template to edit).")] = "tiny",
+         force: Annotated[bool, typer.Option(help="Overwrite an existing saferounds.yaml.")] = False,
+         data_root: Annotated[Optional[Path], typer.Option(help="smollm2: directory with hh-rlhf/, do-not-answer/ "
+                                                                "and xstest/ (e.g. ../shared/data).")] = None,
+         size: Annotated[Optional[str], typer.Option(help="smollm2: full, quarter or mini data caps.")] = None):
     """Create a workspace with a validated saferounds.yaml."""
     from pipeline.presets import init_workspace
 
-    path = init_workspace(directory, preset, force=force)
+    path = init_workspace(directory, preset, force=force, data_root=data_root, data_size=size)
     console.print(f"created {path}")
 
 

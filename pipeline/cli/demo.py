@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from core.errors import InputError
 from pipeline.cli.common import JsonOpt, console, err_console, print_json, table
 
 
@@ -14,13 +15,34 @@ def _pct(x) -> str:
     return "" if x is None else f"{100 * x:.1f}%"
 
 
-def demo(workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Demo workspace directory.")] = Path("demo-workspace"),
-         size: Annotated[str, typer.Option(help="smoke (about 3 min, what CI runs) or default (about 10 min).")] = "default",
+def _num(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", help="Demo workspace directory.",
+                                                            show_default="demo-workspace, or demo-smollm2")] = None,
+         size: Annotated[Optional[str], typer.Option(help="tiny: smoke (about 3 min, what CI runs) or default (about "
+                                                          "10 min); smollm2: full (the acceptance run), quarter or "
+                                                          "mini.")] = None,
+         model: Annotated[str, typer.Option(help="tiny (the 0.6M demo model, synthetic data) or smollm2 "
+                                                 "(SmolLM2-135M-Instruct, real public data).")] = "tiny",
+         data_root: Annotated[Optional[Path], typer.Option(help="smollm2: directory with hh-rlhf/, do-not-answer/ "
+                                                                "and xstest/.")] = Path("../shared/data"),
          json: JsonOpt = False):
     """Run the whole method offline on a CPU: pretrain, SFT, RMs, RS rounds, PPO, reports."""
-    from pipeline.demo import run_demo
+    if model == "smollm2":
+        from pipeline.demo_real import run_real_demo
 
-    result = run_demo(workspace, size, progress=lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
+        workspace = workspace or Path("demo-smollm2")
+        result = run_real_demo(workspace, size or "full", data_root,
+                               print_line=lambda m: err_console.print(f"[bold cyan]>>[/] {m}", highlight=False))
+    elif model == "tiny":
+        from pipeline.demo import run_demo
+
+        workspace = workspace or Path("demo-workspace")
+        result = run_demo(workspace, size or "default", progress=lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
+    else:
+        raise InputError(f"--model: expected tiny or smollm2, got {model!r}")
     if json:
         print_json(result)
         return
@@ -28,7 +50,7 @@ def demo(workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Demo
     rows = [[v, _pct(c["safety"].get("violation_rate")),
              _pct(c["safety"].get("false_refusal", {}).get("borderline", {}).get("rate")),
              _pct(c["safety"].get("false_refusal", {}).get("helpful", {}).get("rate")),
-             f"{c['helpfulness'].get('mean_score', 0):.3f}", f"{c['helpfulness'].get('reference_overlap', 0):.3f}"]
+             _num(c["helpfulness"].get("mean_score")), _num(c["helpfulness"].get("reference_overlap"))]
             for v, c in [*sorted(result.get("compared", {}).items()), (latest, result.get("final", {}))]
             if c]
     console.print(table(f"saferounds demo: held-out prompts, every version judged by {latest}'s judges",

@@ -233,9 +233,9 @@ def annotate_stats(
     json: JsonOpt = False,
 ):
     """Agreement between annotators on the same prompts: Kendall's tau of rankings, safety-label agreement."""
+    from core.io import read_rows
     from reward_models.feedback.agreement import pairwise_agreement
     from reward_models.feedback.annotate_server import RANKINGS_FILE, SKIPPED_FILE
-    from core.io import read_rows
 
     ws = open_workspace(workspace)
     path = input or str(ws.root / RANKINGS_FILE)

@@ -1,4 +1,5 @@
-"""Workspace presets: `tiny` (local tiny models + the synthetic demo data) and `llama2-7b`."""
+"""Workspace presets: `tiny` (local tiny models + the synthetic demo data), `smollm2` (SmolLM2-135M-Instruct
+with real public data: pipeline/public_data.py) and `llama2-7b`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from core.errors import InputError
 from core.io import atomic_write_text
 from pipeline.config import CONFIG_NAME, parse_config
 
-PRESETS = ("tiny", "llama2-7b")
+PRESETS = ("tiny", "smollm2", "llama2-7b")
 
 
 def preset_text(name: str) -> str:
@@ -21,8 +22,10 @@ def preset_text(name: str) -> str:
 
 
 def init_workspace(directory: str | Path, preset: str = "tiny", force: bool = False,
-                   data_size: str = "smoke", overrides: dict | None = None) -> Path:
-    """Write DIR/saferounds.yaml from a preset (validated); `tiny` also writes its demo data."""
+                   data_size: str | None = None, overrides: dict | None = None,
+                   data_root: str | Path | None = None) -> Path:
+    """Write DIR/saferounds.yaml from a preset (validated); `tiny` also writes its demo data and
+    `smollm2` its data files from the public data under data_root (size: full, quarter or mini)."""
     text = preset_text(preset)
     directory = Path(directory)
     path = directory / CONFIG_NAME
@@ -46,6 +49,13 @@ def init_workspace(directory: str | Path, preset: str = "tiny", force: bool = Fa
     if preset == "tiny":
         from pipeline.synthetic import write_demo_data
 
-        write_demo_data(directory / "data", seed=0, size=data_size)
+        write_demo_data(directory / "data", seed=0, size=data_size or "smoke")
+    if preset == "smollm2":
+        from pipeline.public_data import build
+
+        if data_root is None:
+            raise InputError("--data-root: the smollm2 preset builds its data from the public data sets; pass the "
+                             "directory that holds hh-rlhf/, do-not-answer/ and xstest/ (e.g. ../shared/data)")
+        build(data_root, directory / "data", size=data_size or "full", seed=int(yaml.safe_load(text).get("seed", 0)))
     atomic_write_text(path, text)
     return path

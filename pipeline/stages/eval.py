@@ -20,7 +20,7 @@ from core.io import read_jsonl
 from core.versions import version_number
 from eval.suites import Suite, load_suites
 from eval.versions import evaluate_policies
-from pipeline.models import load_policy
+from pipeline.models import load_policy, to_generation_dtype
 from sampling.curves import max_of_k_curve
 
 
@@ -86,7 +86,7 @@ def compare_targets(ws, version: int, against: list[str]) -> dict[str, Path]:
 
 def _load_on_accelerator(path: Path, model_cfg) -> tuple:
     model, tok = load_policy(path, model_cfg)
-    return to_accelerator(model), tok
+    return to_accelerator(to_generation_dtype(model, model_cfg)), tok
 
 
 def _max_of_k(samples: Path | None) -> list | None:

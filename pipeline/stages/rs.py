@@ -4,7 +4,8 @@
                                                                -> work/rs/temperature.json
   2. K samples per prompt from the parent policy            -> samples.jsonl (appended per batch, resumable)
   3. score this round's samples and the kept samples of earlier versions together with this round's RMs
-     and the gate (one whitening), or, with rejection_sampling.reward: judge, by the LLM judge's score
+     and the gate (one whitening), or, with rejection_sampling.reward: judge, by the LLM judge's score;
+     rejection_sampling.demonstrations (use: pool) join as one more candidate per prompt
                                                             -> samples.jsonl (rewritten with scores)
   4. best-of-K per prompt over those candidates             -> selected.jsonl (origin version, score)
   5. max-of-K curve (Fig. 7)                                 -> max_of_k.json
@@ -23,12 +24,14 @@ from core.accelerator import free_accelerator_memory, to_accelerator
 from core.errors import InputError
 from core.io import read_json, read_jsonl, write_json, write_jsonl
 from pipeline.data import load_prompts
-from pipeline.models import load_policy
+from pipeline.models import load_policy, to_generation_dtype
 from reward_models.modeling import load_reward_models, require_reward_models
 from sampling.config import reward_for_round, temperature_for_round
 from sampling.curves import max_of_k_curve
+from sampling.demonstrations import demonstration_candidates, finetune_examples
 from sampling.generate import generate_samples, round_seed
-from sampling.rejection import best_of_k, kept_samples, mean_of, origin_counts, pool_candidates, selected_row, share_of
+from sampling.rejection import (best_of_k, kept_samples, mean_of, origin_counts, pool_candidates, sample_key, selected_row,
+                                share_of)
 from sampling.scoring import RoundScorer
 from sampling.temperature import sweep_slice, sweep_temperature
 
@@ -46,7 +49,7 @@ def run(ctx) -> dict:
     if not selected_path.exists():
         ctx.log.info("rs v%d: loading policy %s", version, ctx.parent_policy)
         model, tok = load_policy(ctx.parent_policy, ctx.config.model)
-        model = to_accelerator(model)
+        model = to_accelerator(to_generation_dtype(model, ctx.config.model))
 
         # step 1: this round's temperature (LLaMA 2 Fig. 8: re-tuned every round)
         temperature, sweep = _temperature(ctx, model, tok, prompts, scorer, seed, work)
@@ -63,6 +66,10 @@ def run(ctx) -> dict:
 
         # step 3: score this round's samples with the kept samples of earlier versions, all together
         candidates = pool_candidates(current, kept_samples(ctx.prior_versions), cfg.pool)
+        if cfg.demonstrations and cfg.demonstrations_use == "pool":  # one more candidate per demonstration
+            seen = {sample_key(c) for c in candidates}
+            candidates += [d for d in demonstration_candidates(_demonstrations(ctx), prompts)
+                           if sample_key(d) not in seen]
         ctx.progress(f"v{version} rs: scoring {len(candidates)} samples ({len(candidates) - len(current)} kept "
                      "from earlier versions)")
         t0 = time.perf_counter()
@@ -79,7 +86,8 @@ def run(ctx) -> dict:
             "reward": scorer.reward, "temperature": temperature, "temperature_sweep": sweep, "k": cfg.k,
             "pool": cfg.pool, "prompts": len(prompts), "samples": len(current),
             "generated_tokens": sum(s["num_tokens"] for s in current),
-            "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current)})
+            "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current),
+            "selected_demonstrations": sum(bool(x.get("demonstration")) for x in selected)})
 
         # step 5: the max-of-K curve (Fig. 7)
         write_json(out / "max_of_k.json", {
@@ -108,6 +116,20 @@ def _prompts(ctx) -> list[dict]:
             raise InputError(f"data.prompts: prompt id {p['id']!r} appears in more than one file; ids must be unique")
         seen.add(p["id"])
     return prompts
+
+
+def _demonstrations(ctx) -> list[dict]:
+    """rejection_sampling.demonstrations: SFT-shaped rows (validated by load_sft) with their prompt_id."""
+    from core.io import read_rows
+    from pipeline.data import load_sft
+
+    out = []
+    for f in ctx.config.rejection_sampling.demonstrations:
+        path = ctx.workspace.resolve(f)
+        examples = load_sft(path)  # every bad row is reported as file:line: field: reason
+        ids = [row.get("prompt_id") for _, row in read_rows(path)]
+        out += [{**e, "prompt_id": pid} for e, pid in zip(examples, ids)]
+    return out
 
 
 def _scorer(ctx, reward: str, work: Path) -> RoundScorer:
@@ -154,6 +176,9 @@ def _finetune(ctx, selected: list[dict], policy_dir: Path, work: Path) -> dict:
                                     batch_size=ft_cfg.batch_size)
     ctx.progress(f"v{ctx.version} rs: fine-tuning on {len(selected)} selected samples")
     examples = [{"messages": s["messages"], "completion": s["completion"]} for s in selected]
+    cfg = ctx.config.rejection_sampling
+    if cfg.demonstrations and cfg.demonstrations_use == "finetune":  # safety SFT data mixed in (Sec. 4.2.2)
+        examples += finetune_examples(_demonstrations(ctx), _prompts(ctx))
     ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
                   seed=ctx.config.seed)
     write_json(ft_file, ft)

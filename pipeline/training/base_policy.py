@@ -30,6 +30,10 @@ def resolve_model(ws: Workspace, key: str) -> str:
     name = getattr(cfg.model, key)
     if name == "tiny":
         return str(build_tiny(ws.root / "models" / "tiny", seed=cfg.seed)[key])
+    from pipeline.gguf import ensure_converted, is_gguf_source
+
+    if is_gguf_source(name):  # a .gguf file or a packaged alias: converted once into WORKSPACE/models/
+        return str(ensure_converted(name, ws.root / "models", base=ws.root, key=f"model.{key}")[0])
     if name == "v0":
         if key != "reward_model":
             raise InputError("model.policy: 'v0' is only meaningful for model.reward_model")
@@ -64,6 +68,8 @@ def _open_v0(ws: Workspace) -> Path:
 
 def run_pretrain(ws: Workspace) -> dict:
     cfg = ws.config
+    if cfg.model.v0 == "given":
+        raise InputError(f"{ws.config_path}: model.v0 is 'given' (v0 is model.policy as it is): nothing to pretrain")
     texts = [t for f in _files(ws, "pretrain_text") for t in load_text(ws.resolve(f))]
     d = _open_v0(ws)
     train, held = split_heldout(texts, cfg.seed)
@@ -79,6 +85,10 @@ def run_pretrain(ws: Workspace) -> dict:
 
 def run_sft(ws: Workspace) -> dict:
     cfg = ws.config
+    if cfg.model.v0 == "given":  # v0 is the given chat model: no SFT
+        from pipeline.given_policy import run_given
+
+        return run_given(ws)
     examples = [x for f in _files(ws, "sft") for x in load_sft(ws.resolve(f))]
     d = _open_v0(ws)
     pretrain_status = ws.manifest(0)["stages"].get("pretrain", {}).get("status")
