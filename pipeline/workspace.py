@@ -246,7 +246,7 @@ class Workspace:
             self._remove(self.rm_dir(kind, n))
             self._remove(self.rm_partial_dir(kind, n))
         self._remove(self.root / "reports" / f"v{n}")
-        for cached in self.root.glob(f"reports/*/generations/v{n}"):
+        for cached in [*self.root.glob(f"reports/*/generations/v{n}"), *self.root.glob(f"reports/*/*/generations/v{n}")]:
             self._remove(cached)
 
     def discard(self, n: int) -> None:

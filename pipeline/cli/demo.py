@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import JsonOpt, console, err_console, print_json, table
+from pipeline.cli.common import JsonOpt, console, print_json, table
+from pipeline.cli.live import VerboseOpt, live, log_message
 
 
 def _pct(x) -> str:
@@ -16,11 +17,14 @@ def _pct(x) -> str:
 
 def demo(workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Demo workspace directory.")] = Path("demo-workspace"),
          size: Annotated[str, typer.Option(help="smoke (about 3 min, what CI runs) or default (about 10 min).")] = "default",
-         json: JsonOpt = False):
+         json: JsonOpt = False, verbose: VerboseOpt = False):
     """Run the whole method offline on a CPU: pretrain, SFT, RMs, RS rounds, PPO, reports."""
     from pipeline.demo import run_demo
 
-    result = run_demo(workspace, size, progress=lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
+    with live(workspace / "logs" / "saferounds.log", verbose) as view:
+        view.note(f"saferounds demo ({size}) in {workspace}: details in {workspace}/versions/vN/logs/stage.log "
+                  f"(-v shows them live); curves: tensorboard --logdir {workspace}/runs")
+        result = run_demo(workspace, size, progress=log_message)
     if json:
         print_json(result)
         return

@@ -5,7 +5,8 @@ cached per version and suite) -> refusal + safety RM (+ LLM judge) verdicts, hel
 -> metrics.json, report.md, report.html (eval/report.py documents the schema).
 
 Output directory: the stage writes ctx.dir/eval/ (versions/vN/eval/ once the version is finished);
-the CLI writes WORKSPACE/reports/vN/ because a finished version is never modified. Generations of
+the CLI writes WORKSPACE/reports/vN/eval/ (`saferounds eval`) or reports/vN/report/ (`saferounds report`)
+because a finished version is never modified. Generations of
 version M for suite S are cached in <out>/generations/vM/S.jsonl, and every such file anywhere in
 the workspace is read back, so nothing is generated twice.
 """
@@ -17,6 +18,7 @@ from typing import Callable
 
 from core.accelerator import to_accelerator
 from core.errors import InputError
+from core.progress import counter, current
 from core.versions import version_number
 from eval.evaluate import judge_records, summarise
 from eval.generate import cached_generate, generation_settings
@@ -42,7 +44,8 @@ def suite_specs(config, root: Path) -> list[str]:
 def cache_files(root: Path, version: str, suite: str) -> list[Path]:
     pats = [f"versions/*/eval/generations/{version}/{suite}.jsonl",
             f"versions/.*.partial/eval/generations/{version}/{suite}.jsonl",
-            f"reports/*/generations/{version}/{suite}.jsonl"]
+            f"reports/*/generations/{version}/{suite}.jsonl",  # before eval and report had their own dirs
+            f"reports/*/*/generations/{version}/{suite}.jsonl"]
     return sorted({p for pat in pats for p in root.glob(pat)})
 
 
@@ -69,9 +72,13 @@ def answers(root: Path, out_dir: Path, version: str, policy: Path, model_cfg, su
     out = {}
     for s in suites:
         cache = out_dir / "generations" / version / f"{s.name}.jsonl"
+        bar = counter(f"eval answers {version} {s.name}", "prompts")
+
+        def report(d, n, s=s, bar=bar):
+            progress(f"eval: {version} {s.name} {d}/{n}")
+            bar(d, n)
         resp, new = cached_generate(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
-                                    batch_size=cfg.batch_size,
-                                    progress=lambda d, n, s=s: progress(f"eval: {version} {s.name} {d}/{n}"))
+                                    batch_size=cfg.batch_size, progress=report)
         out[s.name] = resp
         if new:
             progress(f"eval: {version} {s.name}: generated {new}, cached {len(resp) - new}")
@@ -88,7 +95,8 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
 
     model, tok = load_reward_model(rm_path, model_cfg)
     to_accelerator(model)
-    out = score(model, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
+    out = score(model, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size,
+                progress=lambda n: current().advance(n))
     del model
     gc.collect()
     return out
@@ -134,6 +142,8 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     by_name = {s.name: s for s in suites}
     pairs = [(by_name[s].rows[i]["messages"], responses[v][s][i]) for v, s, i in flat]
     scores = {}
+    current().stage("eval scoring", total=len(pairs) * sum(k in rm_paths for k in ("helpfulness", "safety")),
+                    unit="answers")
     for kind in ("helpfulness", "safety"):
         progress(f"eval: scoring with the {kind} RM")
         scores[kind] = rm_scores(rm_paths.get(kind), config.model, pairs, cfg.batch_size)
@@ -176,7 +186,19 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     write_report(out_dir, metrics, records[name], compared=compared, trend=trend,
                  examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
     _write_records(out_dir, records[name])
+    current().done(headline_summary(metrics))
     return metrics
+
+
+def headline_summary(metrics: dict) -> str:
+    """One line for the progress view: violation %, false refusal %, mean helpfulness score."""
+    s, h = metrics["safety"], metrics["helpfulness"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+    helpful = h.get("mean_score")
+    return (f"{metrics['version']}: violation {pct(s.get('violation_rate'))}, false refusal "
+            f"{pct(s.get('false_refusal_rate'))}, helpfulness {'n/a' if helpful is None else f'{helpful:.3f}'}")
 
 
 def _write_records(out_dir: Path, records: list[dict]) -> None:
@@ -244,11 +266,13 @@ def _llm_win_rate(config, out_dir, mine: list[dict], compared: dict[str, list[di
 
 
 def load_trend(root: Path, exclude: str | None = None) -> list[dict]:
-    """metrics.json of every evaluated version (versions/vN/eval, else reports/vN), oldest first."""
+    """metrics.json of every evaluated version (versions/vN/eval, else reports/vN/eval, reports/vN/report),
+    oldest first."""
     import json
 
     found: dict[str, dict] = {}
-    for pat in ("versions/v*/eval/metrics.json", "reports/v*/metrics.json"):
+    for pat in ("versions/v*/eval/metrics.json", "reports/v*/eval/metrics.json", "reports/v*/report/metrics.json",
+                "reports/v*/metrics.json"):
         for p in sorted(Path(root).glob(pat)):
             try:
                 m = json.loads(p.read_text(encoding="utf-8"))

@@ -6,13 +6,15 @@
   reward  both reward models of this round on the decoded responses, gated (Eq. 4), whitened with
           running statistics across PPO steps when gate.whiten
   writes  ppo_policy/ (save_pretrained, LoRA merged), ppo_log.jsonl (one line per step),
-          tensorboard/ (when tensorboard is installed), work/ppo/ (checkpoints; resumed from)
+          work/ppo/ (checkpoints; resumed from); curves in WORKSPACE/runs/vN/ppo (core.tracking; for
+          `saferounds ppo --out DIR` runs/DIR-name/ppo) when tensorboard is installed
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from core.errors import InputError
+from core.tracking import runs_dir
 from pipeline.data import load_prompts
 from pipeline.models import is_adapter_dir, load_policy
 from pipeline.training.ppo import ScoreFn, make_accelerator, save_policy, train_ppo
@@ -31,6 +33,13 @@ def rm_score_fn(helpfulness, safety, gate: GateConfig, batch_size: int = 16, max
         return gated_reward(s, h, [bool(p.get("is_safety", False)) for p in prompts],
                             threshold=gate.threshold, whitening=False, eps=gate.eps)
     return score_fn
+
+
+def tensorboard_dir(ctx) -> Path:
+    """WORKSPACE/runs/vN/ppo in a round; runs/<--out's name>/ppo outside one."""
+    ws = ctx.workspace
+    inside = Path(ws.versions_dir).resolve() in Path(ctx.dir).resolve().parents
+    return runs_dir(ws.root, f"v{ctx.version}" if inside else Path(ctx.dir).name, "ppo")
 
 
 def start_checkpoint(ctx) -> Path:
@@ -89,7 +98,7 @@ def run(ctx) -> dict:
     prompts = [p for f in ctx.config.data.prompts for p in load_prompts(ctx.workspace.resolve(f))]
     start = start_checkpoint(ctx)
     ref_path = reference_path(ctx, start)
-    accelerator = make_accelerator(out / "tensorboard")
+    accelerator = make_accelerator(tensorboard_dir(ctx).parent)  # the tracker adds the run name, "ppo"
 
     from reward_models.modeling import load_reward_model
 

@@ -24,6 +24,9 @@ import torch
 from core.accelerator import to_accelerator
 from core.errors import InputError
 from core.io import read_json, read_jsonl, write_json, write_jsonl
+from core.progress import counter
+from core.progress import current as current_progress
+from core.tracking import runs_dir
 from core.versions import dir_version
 from pipeline.data import load_prompts
 from pipeline.models import load_policy
@@ -151,7 +154,12 @@ def run(ctx) -> dict:
         return [s if s.get(curve_key) is not None else {**s, curve_key: 0.0} for s in samples]
 
     def progress(what):
-        return lambda done, total: ctx.progress(f"v{version} rs: {what} {done}/{total} prompts")
+        bar = counter(f"rs {what}", "prompts")
+
+        def report(done, total):
+            ctx.progress(f"v{version} rs: {what} {done}/{total} prompts")
+            bar(done, total)
+        return report
 
     selected_path = out / "selected.jsonl"
     if not selected_path.exists():
@@ -195,10 +203,13 @@ def run(ctx) -> dict:
         ctx.progress(f"v{version} rs: scoring {len(candidates)} samples ({len(candidates) - len(current)} kept "
                      "from earlier versions)")
         t0 = time.perf_counter()
+        current_progress().stage("rs scoring", total=len(candidates), unit="samples")
         score(candidates)
+        current_progress().advance(len(candidates))
         timings["score_s"] = round(time.perf_counter() - t0, 3)
         write_jsonl(out / "samples.jsonl", current)
         selected = best_of_k([c for c in candidates if c.get(key) is not None], key, cfg.min_score)
+        current_progress().done(f"{len(candidates)} samples, best of {cfg.k} kept for {len(selected)} prompts")
         if not selected:
             raise InputError(f"rejection_sampling.min_score={cfg.min_score}: no prompt's best sample reaches it, "
                              "so there is nothing to fine-tune on; lower or remove min_score")
@@ -233,7 +244,8 @@ def run(ctx) -> dict:
         ctx.progress(f"v{version} rs: fine-tuning on {len(selected)} selected samples")
         examples = [{"messages": s["messages"], "completion": s["completion"]} for s in selected]
         ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
-                      seed=ctx.config.seed)
+                      seed=ctx.config.seed, name="rs fine-tune",
+                      runs=runs_dir(ctx.workspace.root, f"v{version}", "rs"))
         write_json(ft_file, ft)
 
     def mean(rows, field):
