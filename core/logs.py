@@ -130,6 +130,7 @@ def capture(echo: TextIO | None = None, level: int = logging.INFO) -> Iterator[N
         lg = logging.getLogger(name)
         lg.handlers = []
         lg.propagate = True
+    bars_were_on = tf_logging.is_progress_bar_enabled()
     tf_logging.enable_progress_bar()  # bars too go to the log (they say how far a save got)
     logging.captureWarnings(True)
     sys.stdout = sys.stderr = SINK
@@ -141,6 +142,8 @@ def capture(echo: TextIO | None = None, level: int = logging.INFO) -> Iterator[N
         SINK.flush()
         sys.stdout, sys.stderr = saved["stdout"], saved["stderr"]
         logging.captureWarnings(False)
+        if not bars_were_on:
+            tf_logging.disable_progress_bar()
         root.handlers, SINK.echo = saved_handlers, saved["echo"]
         root.setLevel(saved_level)
         for name in LIBRARY_LOGGERS:

@@ -121,4 +121,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("!", f"{len(missing)} test(s) skipped for something missing on this CI machine",
                                    red=True, bold=True)
         for r in missing:
-            terminalreporter.write_line(f"SKIPPED {r.nodeid}: {r.longrepr[-1] if isinstance(r.longrepr, tuple) else r.longrepr}")
+            reason = r.longrepr[-1] if isinstance(r.longrepr, tuple) else r.longrepr
+            terminalreporter.write_line(f"SKIPPED {r.nodeid}: {reason}")

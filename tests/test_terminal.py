@@ -4,7 +4,6 @@ import json
 import logging
 import re
 import warnings
-from pathlib import Path
 
 import pytest
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 from core.accelerator import to_accelerator
 from core.errors import InputError
-from core.progress import counter, current
+from core.progress import current
 from core.versions import version_number
 from eval.evaluate import judge_records, summarise
 from eval.generate import cached_generate, generation_settings
@@ -70,18 +70,24 @@ def answers(root: Path, out_dir: Path, version: str, policy: Path, model_cfg, su
         return loaded["m"]
 
     out = {}
+    bar = current()  # one line per version: its answers over all suites
+    bar.stage(f"eval answers {version}", total=sum(len(s.rows) for s in suites), unit="prompts")
+    generated = 0
     for s in suites:
         cache = out_dir / "generations" / version / f"{s.name}.jsonl"
-        bar = counter(f"eval answers {version} {s.name}", "prompts")
+        seen = [0]
 
-        def report(d, n, s=s, bar=bar):
+        def report(d, n, s=s, seen=seen):
             progress(f"eval: {version} {s.name} {d}/{n}")
-            bar(d, n)
+            bar.advance(max(0, d - seen[0]))
+            seen[0] = max(seen[0], d)
         resp, new = cached_generate(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
                                     batch_size=cfg.batch_size, progress=report)
         out[s.name] = resp
         if new:
             progress(f"eval: {version} {s.name}: generated {new}, cached {len(resp) - new}")
+        generated += new
+    bar.done(f"{sum(len(r) for r in out.values())} prompts ({generated} generated, the rest cached)")
     loaded.clear()
     gc.collect()
     return out
@@ -142,7 +148,7 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     by_name = {s.name: s for s in suites}
     pairs = [(by_name[s].rows[i]["messages"], responses[v][s][i]) for v, s, i in flat]
     scores = {}
-    current().stage("eval scoring", total=len(pairs) * sum(k in rm_paths for k in ("helpfulness", "safety")),
+    current().stage("eval", total=len(pairs) * sum(k in rm_paths for k in ("helpfulness", "safety")),
                     unit="answers")
     for kind in ("helpfulness", "safety"):
         progress(f"eval: scoring with the {kind} RM")
