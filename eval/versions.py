@@ -15,6 +15,7 @@ from typing import Callable
 
 from core.accelerator import to_accelerator
 from core.io import write_json
+from core.progress import current
 from core.records import EvalRecord
 from core.versions import version_number
 from eval.evaluate import judge_records, summarise
@@ -46,6 +47,8 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     roles = [by_name[s].rows[i]["role"] for _, s, i in flat]
     uses = {"helpfulness": lambda role: role != "unsafe", "safety": lambda role: role == "unsafe"}
     scores = {}
+    current().stage("eval", total=sum(uses[k](role) for k in ("helpfulness", "safety") if k in rm_paths
+                                      for role in roles), unit="answers")
     for kind in ("helpfulness", "safety"):
         idx = [j for j, role in enumerate(roles) if uses[kind](role)]
         progress(f"eval: scoring {len(idx)} answers with the {kind} RM")
@@ -96,14 +99,27 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     write_json(out_dir / "records.json", records[name])
     if compared:  # the compared versions' per-prompt verdicts and scores, for like-for-like comparisons
         write_json(out_dir / "compared_records.json", compared)
+    current().done(headline_summary(metrics))
     return metrics
+
+
+def headline_summary(metrics: dict) -> str:
+    """One line for the progress view: violation %, false refusal %, mean helpfulness score."""
+    s, h = metrics["safety"], metrics["helpfulness"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+    helpful = h.get("mean_score")
+    return (f"{metrics['version']}: violation {pct(s.get('violation_rate'))}, false refusal "
+            f"{pct(s.get('false_refusal_rate'))}, helpfulness {'n/a' if helpful is None else f'{helpful:.3f}'}")
 
 
 def cache_files(root: Path, version: str, suite: str) -> list[Path]:
     """Every cached generation file of `version` on `suite` in the workspace."""
     pats = [f"versions/*/eval/generations/{version}/{suite}.jsonl",
             f"versions/.*.partial/eval/generations/{version}/{suite}.jsonl",
-            f"reports/*/generations/{version}/{suite}.jsonl"]
+            f"reports/*/generations/{version}/{suite}.jsonl",  # before eval and report had their own dirs
+            f"reports/*/*/generations/{version}/{suite}.jsonl"]
     return sorted({p for pat in pats for p in root.glob(pat)})
 
 
@@ -120,14 +136,24 @@ def answers(root: Path, out_dir: Path, version: str, policy: Path, load_policy: 
         return loaded["model"]
 
     out = {}
+    bar = current()  # one line per version: its answers over all suites
+    bar.stage(f"eval answers {version}", total=sum(len(s.rows) for s in suites), unit="prompts")
+    generated = 0
     for s in suites:
         cache = out_dir / "generations" / version / f"{s.name}.jsonl"
+        seen = [0]
+
+        def report(d, n, s=s, seen=seen):
+            progress(f"eval: {version} {s.name} {d}/{n}")
+            bar.advance(max(0, d - seen[0]))
+            seen[0] = max(seen[0], d)
         resp, new = cached_generate(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
-                                    batch_size=cfg.batch_size,
-                                    progress=lambda d, n, s=s: progress(f"eval: {version} {s.name} {d}/{n}"))
+                                    batch_size=cfg.batch_size, progress=report)
         out[s.name] = resp
+        generated += new
         if new:
             progress(f"eval: {version} {s.name}: generated {new}, cached {len(resp) - new}")
+    bar.done(f"{sum(len(r) for r in out.values())} prompts ({generated} generated, the rest cached)")
     loaded.clear()
     gc.collect()
     return out
@@ -142,7 +168,8 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
 
     model, tok = load_reward_model(rm_path, model_cfg)
     to_accelerator(model)
-    out = score(model, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size)
+    out = score(model, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size,
+                progress=lambda n: current().advance(n))
     del model
     gc.collect()
     return out
@@ -214,9 +241,11 @@ def llm_win_rate(judge_cfg, out_dir: Path, mine: list[EvalRecord], compared: dic
 
 
 def load_trend(root: Path, exclude: str | None = None) -> list[dict]:
-    """metrics.json of every evaluated version (versions/vN/eval, else reports/vN), oldest first."""
+    """metrics.json of every evaluated version (versions/vN/eval, else reports/vN/eval, reports/vN/report),
+    oldest first."""
     found: dict[str, dict] = {}
-    for pat in ("versions/v*/eval/metrics.json", "reports/v*/metrics.json"):
+    for pat in ("versions/v*/eval/metrics.json", "reports/v*/eval/metrics.json", "reports/v*/report/metrics.json",
+                "reports/v*/metrics.json"):
         for p in sorted(Path(root).glob(pat)):
             try:
                 m = json.loads(p.read_text(encoding="utf-8"))

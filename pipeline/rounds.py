@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from core.errors import InputError
+from core.logs import log_to
+from core.progress import scope
 from pipeline.config import Config
 from pipeline.workspace import Workspace, now
 
@@ -124,7 +126,8 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         started = time.time()
         ws.set_stage(n, stage, status="running", started=now(), error=None)
         try:
-            metrics = STAGES[stage](ctx) or {}
+            with log_to(d / "logs" / "stage.log"), scope(f"v{n}"):  # the details; progress: core.progress
+                metrics = STAGES[stage](ctx) or {}
         except BaseException as e:
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
             ws.set_stage(n, stage, status="failed", error=reason[:2000],

@@ -246,7 +246,8 @@ class Workspace:
             self._remove(self.rm_dir(kind, n))
             self._remove(self.rm_partial_dir(kind, n))
         self._remove(self.root / "reports" / f"v{n}")
-        for cached in self.root.glob(f"reports/*/generations/v{n}"):
+        for cached in [*self.root.glob(f"reports/*/generations/v{n}"),
+                       *self.root.glob(f"reports/*/*/generations/v{n}")]:  # reports/vM/{eval,report}/
             self._remove(cached)
 
     def discard(self, n: int) -> None:

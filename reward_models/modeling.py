@@ -86,6 +86,21 @@ def linear_module_names(model, exclude: tuple[str, ...] = ("lm_head", "score", "
     return sorted(n for n in names if n not in exclude)
 
 
+def has_scalar_head(path_or_id: str | Path, model_cfg=None) -> bool:
+    """Whether a checkpoint already is a sequence classifier (or a peft adapter on one); a causal LM
+    (the policy, as LLaMA 2 initialises its RMs) is not, and gets a new head when loaded."""
+    if (Path(str(path_or_id)) / "adapter_config.json").exists():
+        return True
+    try:
+        from transformers import AutoConfig
+
+        trust = bool(getattr(model_cfg, "trust_remote_code", False))
+        archs = AutoConfig.from_pretrained(str(path_or_id), trust_remote_code=trust).architectures or []
+    except (OSError, ValueError):
+        return True  # unknown: say nothing (loading reports the real problem)
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
 def save_reward_model(model, tokenizer, out_dir: str | Path) -> Path:
     """save_pretrained as safetensors (a peft model saves its adapter + the scalar head)."""
     out_dir = Path(out_dir)

@@ -19,6 +19,8 @@ import torch
 
 from core.errors import InputError
 from core.io import write_json
+from core.progress import current, trainer_callback
+from core.tracking import point_tensorboard, report_to
 from reward_models.config import RewardModelConfig
 from reward_models.evaluation import evaluate_pairs
 from reward_models.losses import SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss, safety_loss
@@ -222,7 +224,7 @@ def warmup_steps(n_items: int, cfg: RewardModelConfig, world_size: int = 1) -> t
 
 
 def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardModelConfig, work_dir, seed: int = 0,
-                 max_steps: int | None = None, log=None):
+                 max_steps: int | None = None, log=None, runs=None):
     """The RewardTrainer for already mixed items (pairs, or regression items): returns (trainer, total, warm)."""
     import datasets
     from transformers import TrainingArguments
@@ -243,9 +245,9 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         warmup_steps=warm, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        length_column_name="length", remove_unused_columns=False, report_to=[], seed=seed,
+        length_column_name="length", remove_unused_columns=False, report_to=report_to(runs), seed=seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=log is not None, save_only_model=False,
+        disable_tqdm=True, save_only_model=False,  # progress: core.progress; the loss dicts: the log
     )
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=PairCollator(tokenizer),
@@ -253,17 +255,21 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         safety_term_weight=cfg.safety_term_weight if kind == "safety" else cfg.helpfulness_safety_term_weight,
         center_rewards=cfg.center_rewards,
     )
-    if log is not None:  # logs go to the logger, not stdout (the CLI's --json owns stdout)
-        from transformers.trainer_callback import PrinterCallback
+    # logs go to the logger (the stage log), not stdout (the CLI's --json owns stdout)
+    import logging
 
-        trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(_log_callback(log, kind))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_log_callback(log or logging.getLogger("saferounds.rm"), kind))
+    trainer.add_callback(trainer_callback(f"rm {kind}"))
+    point_tensorboard(trainer, runs)
     return trainer, total, warm
 
 
 def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, cfg: RewardModelConfig | None = None,
                        model_cfg=None, work_dir=None, seed: int = 0, log=None, max_steps: int | None = None,
-                       extra: dict | None = None) -> dict:
+                       extra: dict | None = None, runs=None) -> dict:
     """Train a `kind` RM ("helpfulness" | "safety") on normalised preference/ranking records; save to out_dir.
 
     Checkpoints go to work_dir (default out_dir/../.work-<name>) every save_steps; a rerun resumes from the
@@ -281,8 +287,9 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     if not items:
         raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
                          "(or data.rankings) in saferounds.yaml")
+    _say_new_head(kind, backbone, model_cfg)
     model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
-    trainer, total, warm = make_trainer(kind, items, model, tokenizer, cfg, work_dir, seed, max_steps, log)
+    trainer, total, warm = make_trainer(kind, items, model, tokenizer, cfg, work_dir, seed, max_steps, log, runs)
     dataset = trainer.train_dataset
     last = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
     if last and log:
@@ -299,4 +306,24 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     metrics["seconds"] = round(time.time() - t0, 1)
     manifest = {**(extra or {}), "metrics": metrics, "reward_models_config": dataclasses.asdict(cfg)}
     write_json(out_dir / MANIFEST, manifest)
+    acc = (metrics.get("heldout") or {}).get("accuracy")
+    current().done(f"acc {acc:.2f} (held-out)" if acc is not None else f"train loss {metrics['train_loss']:.3f}")
     return metrics
+
+
+def _say_new_head(kind: str, backbone, model_cfg) -> None:
+    """An RM started from a policy gets a freshly initialised scalar head, as LLaMA 2 does; transformers
+    reports `score.weight | MISSING` for it (into the log). Say so once, in words that do not read as
+    an error."""
+    from reward_models.modeling import has_scalar_head
+
+    if not has_scalar_head(backbone, model_cfg):
+        current().note(f"{kind} RM: new scalar head on {_short(backbone)}'s backbone (expected)")
+
+
+def _short(backbone) -> str:
+    """`v0` for WORKSPACE/versions/v0/policy; else the directory name or hub id."""
+    p = Path(str(backbone))
+    if p.name == "policy" and p.parent.parent.name == "versions":
+        return p.parent.name
+    return p.name if p.exists() else str(backbone)

@@ -63,14 +63,63 @@ def cli_main():
     return cli.main
 
 
+DEMO_OUTPUT = "demo_output.txt"  # beside the demo workspace: what `saferounds demo` printed
+
+
 @pytest.fixture(scope="session")
 def demo_smoke(tmp_path_factory) -> Path:
     """`saferounds demo --size smoke`, run once per session (~2 min on one core): v0 -> v3.
 
-    Read-only for tests (the resume test re-runs the demo and checks nothing changes).
+    Run as a user runs it, the CLI in a subprocess with stdout and stderr on one pipe (not a terminal);
+    what it printed is in `demo_smoke.parent / DEMO_OUTPUT`. Read-only for tests (the resume test
+    re-runs the demo and checks nothing changes).
     """
-    from pipeline.demo import run_demo
+    import subprocess
+    import sys
 
     root = tmp_path_factory.mktemp("demo") / "ws"
-    run_demo(root, "smoke")
+    env = {k: v for k, v in os.environ.items() if k != "SAFEROUNDS_QUIET"}  # the default terminal behaviour
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--size", "smoke", "-w", str(root)],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
+    out = proc.stdout.decode("utf-8", errors="replace")
+    (root.parent / DEMO_OUTPUT).write_text(out, encoding="utf-8")
+    assert proc.returncode == 0, out[-4000:]
     return root
+
+
+# --- external tools: skipped where missing, but never silently in CI ---------------------------------
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def tool_path(name: str, *paths: str) -> str | None:
+    """The program `name` on PATH, else the first of `paths` that exists."""
+    return shutil.which(name) or next((p for p in paths if Path(p).exists()), None)
+
+
+def pytest_runtest_setup(item):
+    """@pytest.mark.needs_tool("chromium", "/usr/bin/chromium-browser"): skip without the tool; in CI
+    (CI=true) fail instead, so a test CI reports as passed has really run (.ci/run installs the tools)."""
+    for mark in item.iter_markers("needs_tool"):
+        name, *paths = mark.args
+        if tool_path(name, *paths) is None:
+            message = f"{name} not installed (needed by {item.nodeid})"
+            if _in_ci():
+                pytest.fail(f"CI=true but {message}: .ci/run must install it", pytrace=False)
+            pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """In CI, any other skip for a missing tool or file is printed in a banner, not only in the -ra list."""
+    if not _in_ci():
+        return
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = [r for r in skipped if any(w in str(r.longrepr) for w in ("not installed", "absent", "missing"))]
+    if missing:
+        terminalreporter.write_sep("!", f"{len(missing)} test(s) skipped for something missing on this CI machine",
+                                   red=True, bold=True)
+        for r in missing:
+            reason = r.longrepr[-1] if isinstance(r.longrepr, tuple) else r.longrepr
+            terminalreporter.write_line(f"SKIPPED {r.nodeid}: {reason}")

@@ -50,7 +50,8 @@ def test_eval_writes_report_and_caches(workspace, capsys):
     assert m["judges"]["safety_rm"].endswith("safety/v1")
     # v0 and v1 are the same weights: same greedy answers, same RM scores -> every pair a tie
     assert m["helpfulness"]["win_rate"]["v0"] == {"rate": 0.5, "wins": 0, "ties": 2, "losses": 0, "n": 2}
-    cache = workspace / "reports" / "v1" / "generations" / "v1" / "eval_demo.jsonl"
+    cache = workspace / "reports" / "v1" / "eval" / "generations" / "v1" / "eval_demo.jsonl"
+    assert Path(res["paths"]["metrics"]) == workspace / "reports" / "v1" / "eval" / "metrics.json"
     assert len(cache.read_text().splitlines()) == 4
     html = Path(res["paths"]["html"]).read_text()
     assert "data:image/png;base64," in html
@@ -66,8 +67,12 @@ def test_eval_writes_report_and_caches(workspace, capsys):
         assert main(["report", "v1", "--against", "v0", "-w", str(workspace), "--json"]) == 0
     finally:
         se.load_policy = orig
-    capsys.readouterr()
+    rep = json.loads(capsys.readouterr().out)
     assert len(cache.read_text().splitlines()) == 4
+    # `report` writes beside `eval`, not over it: both sets of files stay
+    assert Path(rep["paths"]["metrics"]) == workspace / "reports" / "v1" / "report" / "metrics.json"
+    assert Path(res["paths"]["html"]).exists() and Path(rep["paths"]["html"]).exists()
+    assert (workspace / "reports" / "v1" / "eval" / "logs" / "stage.log").exists()
 
 
 def test_eval_v0_without_rms_says_refusal_only(workspace, capsys):

@@ -104,11 +104,14 @@ def test_schema_rejects_rate_out_of_range():
         validate_metrics(m)
 
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (/usr/bin/chromium)")
+@pytest.mark.needs_tool("chromium", *CHROMIUM_PATHS)  # tests/conftest.py: skipped without it, fails in CI
 def test_html_renders_in_headless_chromium(tmp_path):
+    from conftest import tool_path
+
+    CHROMIUM = tool_path("chromium", *CHROMIUM_PATHS)
     paths, _ = _write(tmp_path)
     shot = tmp_path / "shot.png"
     proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",

@@ -15,8 +15,9 @@ import typer
 
 from core.errors import InputError
 from pipeline.cli import demo, evaluate, feedback, ppo, rm
-from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
+from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json,
                                  table)
+from pipeline.cli.live import VerboseOpt, live, log_message
 
 app = typer.Typer(name="saferounds", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LLaMA-2-style safety alignment rounds: reward models, rejection sampling, PPO, reports.")
@@ -26,10 +27,6 @@ round_app = typer.Typer(no_args_is_help=True, help="Run and manage numbered roun
 app.add_typer(versions_app, name="versions")
 app.add_typer(data_app, name="data")
 app.add_typer(round_app, name="round")
-
-def _progress(message: str) -> None:
-    err_console.print(f"[bold cyan]>>[/] {message}")
-
 
 @app.command()
 def init(directory: Annotated[Path, typer.Argument(help="Workspace directory to create.")] = Path("."),
@@ -56,7 +53,10 @@ def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
     ws.config  # validates
     rows = list_versions(ws)
     if json:
-        print_json({"workspace": str(ws.root), "versions": rows})
+        from core.tracking import runs_root
+
+        print_json({"workspace": str(ws.root), "versions": rows, "runs": str(runs_root(ws.root)),
+                    "logs": str(ws.root / "logs")})
         return
     console.print(table(f"saferounds workspace {ws.root}",
                         ["version", "parent", "status", "stages", "violation %", "false refusal %", "helpfulness", "seconds"],
@@ -153,39 +153,40 @@ def data_convert(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.
     _print_summary(to, result["summary"])
 
 
-def _v0_step(workspace, step, done: str) -> None:
+def _v0_step(workspace, step, done: str, verbose: bool = False) -> None:
     ws = open_workspace(workspace)
-    with locked(ws):
+    with locked(ws), live(ws.root / "logs" / "saferounds.log", verbose):
         metrics = step(ws)
     console.print(f"{done}: held-out loss {fmt(metrics.get('heldout_loss_before'))} -> "
                   f"{fmt(metrics.get('heldout_loss_after'))}")
 
 
 @app.command()
-def pretrain(workspace: WorkspaceOpt = None):
+def pretrain(workspace: WorkspaceOpt = None, verbose: VerboseOpt = False):
     """Step 0: domain pretraining on data.pretrain_text (into the unfinished v0)."""
     from pipeline.training.base_policy import run_pretrain
 
-    _v0_step(workspace, run_pretrain, "pretrain done")
+    _v0_step(workspace, run_pretrain, "pretrain done", verbose)
 
 
 @app.command()
-def sft(workspace: WorkspaceOpt = None):
+def sft(workspace: WorkspaceOpt = None, verbose: VerboseOpt = False):
     """Step 1: supervised fine-tuning on data.sft, producing versions/v0."""
     from pipeline.training.base_policy import run_sft
 
-    _v0_step(workspace, run_sft, "v0 done")
+    _v0_step(workspace, run_sft, "v0 done", verbose)
 
 
 @round_app.command("run")
 def round_run(workspace: WorkspaceOpt = None, json: JsonOpt = False,
-              until: Annotated[Optional[str], typer.Option(help="Stop after this stage.")] = None):
+              until: Annotated[Optional[str], typer.Option(help="Stop after this stage.")] = None,
+              verbose: VerboseOpt = False):
     """Create the next version from the plan (or resume an unfinished one) and run its stages."""
     from pipeline.rounds import run_round
 
     ws = open_workspace(workspace)
-    with locked(ws):
-        result = run_round(ws, progress=_progress, until=until)
+    with locked(ws), live(ws.root / "logs" / "saferounds.log", verbose):
+        result = run_round(ws, progress=log_message, until=until)
     if json:
         print_json({k: v for k, v in result.items() if k != "manifest"})
     else:
@@ -284,7 +285,7 @@ INTERRUPTED = 130  # the shell's code for Ctrl-C (128 + SIGINT)
 
 
 def _environment() -> None:
-    """SAFEROUNDS_LOG (a logging level), SAFEROUNDS_THREADS (torch threads), SAFEROUNDS_QUIET=1."""
+    """SAFEROUNDS_LOG (a logging level; what the log files and -v get), SAFEROUNDS_THREADS (torch threads)."""
     level = os.environ.get("SAFEROUNDS_LOG", "WARNING").upper()
     if not isinstance(logging.getLevelName(level), int):
         raise InputError(f"SAFEROUNDS_LOG={level!r}: expected DEBUG, INFO, WARNING or ERROR")
@@ -298,12 +299,7 @@ def _environment() -> None:
         import torch
 
         torch.set_num_threads(int(threads))
-    if os.environ.get("SAFEROUNDS_QUIET") == "1":  # no per-load progress bars or load reports
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+    # SAFEROUNDS_QUIET=1: plain progress lines (pipeline.cli.live); load reports and bars go to the log
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from core.errors import InputError
-from pipeline.cli.common import JsonOpt, console, err_console, print_json, table
+from pipeline.cli.common import JsonOpt, console, print_json, table
+from pipeline.cli.live import VerboseOpt, live, log_message
 
 
 def _pct(x) -> str:
@@ -28,19 +29,25 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
                                                  "(SmolLM2-135M-Instruct, real public data).")] = "tiny",
          data_root: Annotated[Optional[Path], typer.Option(help="smollm2: directory with hh-rlhf/, do-not-answer/ "
                                                                 "and xstest/.")] = Path("../shared/data"),
-         json: JsonOpt = False):
+         json: JsonOpt = False, verbose: VerboseOpt = False):
     """Run the whole method offline on a CPU: pretrain, SFT, RMs, RS rounds, PPO, reports."""
     if model == "smollm2":
         from pipeline.demo_real import run_real_demo
 
         workspace = workspace or Path("demo-smollm2")
-        result = run_real_demo(workspace, size or "full", data_root,
-                               print_line=lambda m: err_console.print(f"[bold cyan]>>[/] {m}", highlight=False))
+        with live(workspace / "logs" / "saferounds.log", verbose) as view:
+            view.note(f"saferounds demo --model smollm2 ({size or 'full'}) in {workspace}: details in "
+                      f"{workspace}/versions/vN/logs/stage.log (-v shows them live)")
+            result = run_real_demo(workspace, size or "full", data_root, print_line=view.note)
     elif model == "tiny":
         from pipeline.demo import run_demo
 
         workspace = workspace or Path("demo-workspace")
-        result = run_demo(workspace, size or "default", progress=lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
+        size = size or "default"
+        with live(workspace / "logs" / "saferounds.log", verbose) as view:
+            view.note(f"saferounds demo ({size}) in {workspace}: details in {workspace}/versions/vN/logs/stage.log "
+                      f"(-v shows them live); curves: tensorboard --logdir {workspace}/runs")
+            result = run_demo(workspace, size, progress=log_message)
     else:
         raise InputError(f"--model: expected tiny or smollm2, got {model!r}")
     if json:

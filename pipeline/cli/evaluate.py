@@ -1,8 +1,10 @@
 """`saferounds eval vN [--suite SPEC ...]` and `saferounds report vN [--against vM ...]`.
 
-Both write metrics.json, report.md and report.html into WORKSPACE/reports/vN/ (or --out) and print
-where they are and the headline numbers. Answers are cached per version and suite, so `report`
-after `eval` (or after the round's eval stage) generates nothing new.
+Both write metrics.json, report.md, report.html and records.json and print where they are and the
+headline numbers: `eval` into WORKSPACE/reports/vN/eval/, `report` into WORKSPACE/reports/vN/report/
+(or --out), so neither overwrites the other's files. Answers are cached per version and suite (in
+each directory's generations/, and every such cache in the workspace is read), so `report` after
+`eval` (or after the round's eval stage) generates nothing new. Each run's log: <dir>/logs/stage.log.
 """
 from __future__ import annotations
 
@@ -11,20 +13,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, locked, open_workspace, output_dir,
-                                 print_json, table)
+from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, locked, open_workspace, output_dir, print_json,
+                                 table)
+from pipeline.cli.live import VerboseOpt, live, log_message
 
 SuiteOpt = Annotated[Optional[list[str]], typer.Option(
     "--suite", help="KIND:PATH (xstest, do-not-answer, unsafe, borderline, helpful) or PATH with a role "
                     "column / a directory of eval_*.jsonl. Repeatable. Default: eval.suites in the config.")]
 AgainstOpt = Annotated[Optional[list[str]], typer.Option(
     "--against", help="Versions to compare with (vM, 'previous'). Repeatable. Default: eval.compare_against.")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default WORKSPACE/reports/vN).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default WORKSPACE/reports/vN/eval "
+                                                               "for eval, WORKSPACE/reports/vN/report for report).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many prompts per suite.")]
 PromptColOpt = Annotated[Optional[str], typer.Option("--prompt-column", help="Prompt column of generic CSV/JSONL.")]
 
 
-def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_json: bool, what: str):
+def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_json: bool, what: str,
+         command: str = "eval", verbose: bool = False):
     from core.versions import parse_version
     from eval.suites import load_suites
     from pipeline.stages.eval import compare_targets, evaluate_version, suite_specs
@@ -41,10 +46,10 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
     for a in against or []:  # asked for by name: it must exist (the config's defaults may be skipped)
         m = n - 1 if a == "previous" else parse_version(a)
         ws.policy_path(m)  # InputError naming the finished versions
-    out_dir = output_dir(ws, out) if out else ws.root / "reports" / f"v{n}"
+    out_dir = output_dir(ws, out) if out else ws.root / "reports" / f"v{n}" / command
     samples = ws.version_dir(n) / "samples.jsonl"
-    progress = (lambda m: None) if as_json else (lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
-    with locked(ws):
+    progress = log_message
+    with locked(ws), live(out_dir / "logs" / "stage.log", verbose, quiet=as_json):
         metrics = evaluate_version(ws, n, policy, out_dir, rm_paths=rm_paths,
                                    compare=compare_targets(ws, n, list(against) if against else ecfg.compare_against),
                                    suites=suites, samples=samples if samples.exists() else None, progress=progress)
@@ -72,13 +77,16 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(version: Annotated[str, typer.Argument(help="Version to evaluate, e.g. v2.")],
                  suite: SuiteOpt = None, against: AgainstOpt = None, out: OutOpt = None, limit: LimitOpt = None,
-                 prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None, json: JsonOpt = False):
+                 prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None, json: JsonOpt = False,
+                 verbose: VerboseOpt = False):
         """Evaluate a finished version on safety suites: violations, false refusals, helpfulness."""
-        _run(version, workspace, suite, against, out, limit, prompt_column, json, "Safety evaluation")
+        _run(version, workspace, suite, against, out, limit, prompt_column, json, "Safety evaluation", "eval",
+             verbose)
 
     @app.command("report")
     def report_cmd(version: Annotated[str, typer.Argument(help="Version to report on, e.g. v2.")],
                    against: AgainstOpt = None, suite: SuiteOpt = None, out: OutOpt = None, limit: LimitOpt = None,
-                   prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None, json: JsonOpt = False):
+                   prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None, json: JsonOpt = False,
+                   verbose: VerboseOpt = False):
         """Write metrics.json, report.md and report.html for a version, compared with others."""
-        _run(version, workspace, suite, against, out, limit, prompt_column, json, "Report")
+        _run(version, workspace, suite, against, out, limit, prompt_column, json, "Report", "report", verbose)

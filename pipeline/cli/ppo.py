@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from core.errors import InputError
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, output_dir, print_json
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, open_workspace, output_dir, print_json
+from pipeline.cli.live import VerboseOpt, live, log_message
 
 
 def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_policy/ and the log into.")],
@@ -22,7 +23,7 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
         steps: Annotated[Optional[int], typer.Option(help="Override ppo.steps.")] = None,
         set_: Annotated[Optional[list[str]], typer.Option(
             "--set", help="Config override KEY.PATH=VALUE, e.g. ppo.beta=0.005 (repeatable).")] = None,
-        workspace: WorkspaceOpt = None, json: JsonOpt = False):
+        workspace: WorkspaceOpt = None, json: JsonOpt = False, verbose: VerboseOpt = False):
     """Run PPO on the gated reward from a policy, with the workspace's newest reward models."""
     from core.versions import parse_version
     from pipeline.config import CONFIG_NAME, load_config
@@ -55,8 +56,9 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(workspace=ws, config=cfg, version=(latest or 0) + 1, dir=out, parent_policy=start,
                        rm_paths=rm_paths, prior_versions=[], log=logging.getLogger("saferounds.ppo"),
-                       progress=lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
-    metrics = run(ctx)
+                       progress=log_message)
+    with live(out / "logs" / "stage.log", verbose):
+        metrics = run(ctx)
     if json:
         print_json({"out": str(out), "policy": str(out / "ppo_policy"), **metrics})
         return

@@ -9,6 +9,7 @@ import typer
 
 from core.errors import InputError
 from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
+from pipeline.cli.live import VerboseOpt, live
 
 rm_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the helpfulness and safety reward models.")
 
@@ -33,7 +34,7 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
               help="pairwise | regression (default: reward_models.objective)")] = None,
           version: VersionOpt = None, data: DataOpt = None,
           max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs).")] = None,
-          workspace: WorkspaceOpt = None, json: JsonOpt = False):
+          workspace: WorkspaceOpt = None, json: JsonOpt = False, verbose: VerboseOpt = False):
     """Train a reward model into reward_models/{kind}/vN (default N: the next round's version)."""
     from core.versions import parse_version
     from pipeline.stages.rm import load_rm_records, train_kind
@@ -47,7 +48,7 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
         raise InputError(f"{ws.rm_dir(kind, n)}: already trained; pass --version for another, or remove it")
     records = load_rm_records(ws, files=data)  # validates before anything is written
     work = ws.rm_partial_dir(kind, n).with_name(f".v{n}.work")  # checkpoints: a rerun resumes from them
-    with locked(ws):
+    with locked(ws), live(ws.root / "logs" / "saferounds.log", verbose):
         metrics = train_kind(ws, kind, n, records, work, logging.getLogger("saferounds.rm"), objective, max_steps)
     shutil.rmtree(work, ignore_errors=True)
     if json:

@@ -7,7 +7,8 @@
      the schema), records.json
 
 Output directory: the stage writes ctx.dir/eval/ (versions/vN/eval/ once the version is finished);
-the CLI writes WORKSPACE/reports/vN/ because a finished version is never modified.
+the CLI writes WORKSPACE/reports/vN/eval/ (`saferounds eval`) or reports/vN/report/ (`saferounds report`)
+because a finished version is never modified.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from core.io import read_rows, write_jsonl
+from core.progress import counter
 from reward_models.feedback.judges import make_judge
 from reward_models.feedback.labeling import group_samples, label_groups
 
@@ -63,8 +64,10 @@ def run(ctx) -> dict:
 def _progress(ctx):
     """About twenty progress lines per stage, not one per pair."""
     last = [0]
+    bar = counter("label", "pairs")
 
     def report(done: int, total: int) -> None:
+        bar(done, total)
         if done == total or done - last[0] >= max(1, total // 20):
             last[0] = done
             ctx.progress(f"label: {done}/{total} pairs judged")

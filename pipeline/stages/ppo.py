@@ -7,8 +7,9 @@
              pi_0 = the start checkpoint, pi_0 is the adapter switched off: no second copy), and the
              critic when ppo.value_model is `critic`
   4. train   pipeline.training.ppo.train_ppo, R = R~_c - beta * KL (Eq. 4)
-             -> ppo_log.jsonl (one line per step), tensorboard/ (when installed), work/ppo/ (checkpoints;
-             resumed from)
+             -> ppo_log.jsonl (one line per step), work/ppo/ (checkpoints; resumed from); curves in
+             WORKSPACE/runs/vN/ppo (core.tracking; for `saferounds ppo --out DIR` runs/DIR-name/ppo) when
+             tensorboard is installed
   5. save    ppo_policy/ (save_pretrained, LoRA merged)
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.errors import InputError
+from core.tracking import runs_dir
 from pipeline.data import load_prompts
 from pipeline.models import is_adapter_dir, load_policy
 from pipeline.training.ppo import make_accelerator, save_policy, train_ppo
@@ -34,7 +36,7 @@ def run(ctx) -> dict:
     # step 1: where PPO starts, and its KL anchor
     start = start_checkpoint(ctx)
     ref_path = reference_path(ctx, start)
-    accelerator = make_accelerator(out / "tensorboard")
+    accelerator = make_accelerator(tensorboard_dir(ctx).parent)  # the tracker adds the run name, "ppo"
 
     # step 2: the gated reward of this round's RMs (whitened by the loop)
     rms = load_reward_models(ctx.rm_paths, model_cfg, device=accelerator.device)
@@ -63,6 +65,13 @@ def run(ctx) -> dict:
             "ppo_stopped_early": summary["stopped_early"],
             **{f"ppo_{k}": last[k] for k in ("score", "kl", "entropy", "response_length",
                                              "share_safety_branch") if k in last}}
+
+
+def tensorboard_dir(ctx) -> Path:
+    """WORKSPACE/runs/vN/ppo in a round; runs/<--out's name>/ppo outside one."""
+    ws = ctx.workspace
+    inside = Path(ws.versions_dir).resolve() in Path(ctx.dir).resolve().parents
+    return runs_dir(ws.root, f"v{ctx.version}" if inside else Path(ctx.dir).name, "ppo")
 
 
 def start_checkpoint(ctx) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from core.errors import InputError
 from core.io import read_json
 from core.records import RM_KINDS
+from core.tracking import runs_dir
 from pipeline.data import load_preferences, load_rankings
 from pipeline.workspace import Workspace
 from reward_models.training import MANIFEST, train_reward_model
@@ -59,7 +60,8 @@ def train_kind(ws: Workspace, kind: str, version: int, records: list[dict], work
     partial = ws.rm_partial_dir(kind, version)
     metrics = train_reward_model(kind, records, backbone(ws), partial, rm_cfg, cfg.model, work_dir=work_dir,
                                  seed=cfg.seed, log=log, max_steps=max_steps,
-                                 extra={"kind": kind, "version": f"v{version}", "config_hash": cfg.hash()})
+                                 extra={"kind": kind, "version": f"v{version}", "config_hash": cfg.hash()},
+                                 runs=runs_dir(ws.root, f"v{version}", f"rm-{kind}"))
     ws.finish_rm(kind, version)
     return metrics
 

@@ -23,6 +23,9 @@ from pathlib import Path
 from core.accelerator import free_accelerator_memory, to_accelerator
 from core.errors import InputError
 from core.io import read_json, read_jsonl, write_json, write_jsonl
+from core.progress import counter
+from core.progress import current as current_progress
+from core.tracking import runs_dir
 from pipeline.data import load_prompts
 from pipeline.models import load_policy, to_generation_dtype
 from reward_models.modeling import load_reward_models, require_reward_models
@@ -73,12 +76,15 @@ def run(ctx) -> dict:
         ctx.progress(f"v{version} rs: scoring {len(candidates)} samples ({len(candidates) - len(current)} kept "
                      "from earlier versions)")
         t0 = time.perf_counter()
+        current_progress().stage("rs scoring", total=len(candidates), unit="samples")
         scorer(candidates)
+        current_progress().advance(len(candidates))
         timings["score_s"] = round(time.perf_counter() - t0, 3)
         write_jsonl(out / "samples.jsonl", current)
 
         # step 4: best-of-K per prompt
         selected = best_of_k([c for c in candidates if c.get(scorer.key) is not None], scorer.key, cfg.min_score)
+        current_progress().done(f"{len(candidates)} samples, best of {cfg.k} kept for {len(selected)} prompts")
         if not selected:
             raise InputError(f"rejection_sampling.min_score={cfg.min_score}: no prompt's best sample reaches it, "
                              "so there is nothing to fine-tune on; lower or remove min_score")
@@ -180,7 +186,8 @@ def _finetune(ctx, selected: list[dict], policy_dir: Path, work: Path) -> dict:
     if cfg.demonstrations and cfg.demonstrations_use == "finetune":  # safety SFT data mixed in (Sec. 4.2.2)
         examples += finetune_examples(_demonstrations(ctx), _prompts(ctx))
     ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
-                  seed=ctx.config.seed)
+                  seed=ctx.config.seed, name="rs fine-tune",
+                  runs=runs_dir(ctx.workspace.root, f"v{ctx.version}", "rs"))
     write_json(ft_file, ft)
     return ft
 
@@ -206,4 +213,9 @@ def _metrics(summary: dict, current: list[dict], selected: list[dict], curve: li
 
 
 def _progress(ctx, what: str):
-    return lambda done, total: ctx.progress(f"v{ctx.version} rs: {what} {done}/{total} prompts")
+    bar = counter(f"rs {what}", "prompts")
+
+    def report(done, total):
+        ctx.progress(f"v{ctx.version} rs: {what} {done}/{total} prompts")
+        bar(done, total)
+    return report

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from core.errors import InputError
+from core.logs import log_to
+from core.progress import scope
+from core.tracking import runs_dir
 from pipeline.data import load_sft, load_text
 from pipeline.tiny import build_tiny
 from pipeline.training.sft import finetune, pretrain
@@ -75,8 +78,10 @@ def run_pretrain(ws: Workspace) -> dict:
     train, held = split_heldout(texts, cfg.seed)
     started = time.time()
     ws.set_stage(0, "pretrain", status="running", started=now())
-    metrics = pretrain(resolve_model(ws, "policy"), train, cfg.pretrain, cfg.model, d / "pretrain",
-                       d / "work" / "pretrain", seed=cfg.seed, heldout_texts=held)
+    with log_to(d / "logs" / "stage.log"), scope("v0"):
+        metrics = pretrain(resolve_model(ws, "policy"), train, cfg.pretrain, cfg.model, d / "pretrain",
+                           d / "work" / "pretrain", seed=cfg.seed, heldout_texts=held,
+                           runs=runs_dir(ws.root, "v0", "pretrain"))
     seconds = round(time.time() - started, 2)
     ws.set_stage(0, "pretrain", status="done", finished=now(), seconds=seconds, metrics=metrics)
     ws.update_manifest(0, metrics={"pretrain": metrics}, timings={"pretrain": seconds})
@@ -102,8 +107,9 @@ def run_sft(ws: Workspace) -> dict:
     train, held = split_heldout(examples, cfg.seed)
     started = time.time()
     ws.set_stage(0, "sft", status="running", started=now())
-    metrics = finetune(base, train, cfg.sft, cfg.model, d / "policy", d / "work" / "sft",
-                       seed=cfg.seed, heldout=held)
+    with log_to(d / "logs" / "stage.log"), scope("v0"):
+        metrics = finetune(base, train, cfg.sft, cfg.model, d / "policy", d / "work" / "sft",
+                           seed=cfg.seed, heldout=held, runs=runs_dir(ws.root, "v0", "sft"))
     ws.set_stage(0, "sft", status="done", finished=now(), seconds=round(time.time() - started, 2),
                  metrics=metrics)
     ws.update_manifest(0, metrics={"sft": metrics}, timings={"sft": round(time.time() - started, 2)})

@@ -39,6 +39,8 @@ from torch import nn
 
 from core.errors import InputError
 from core.maths import masked_mean, whiten
+from core.progress import NullProgress
+from core.progress import current as current_progress
 from pipeline.training.config import PPOConfig
 from pipeline.training.ppo_math import entropy_of, gae, kl_penalised_rewards, logprobs_of, policy_loss, value_loss
 from reward_models.gating import RunningWhitener
@@ -357,6 +359,9 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
     if accelerator.trackers == [] and log_path is not None and accelerator.log_with:
         accelerator.init_trackers("ppo", config={k: v for k, v in asdict(cfg).items() if v is not None})
     log_step = StepLog(log_path, accelerator, logger, start)
+    bar = current_progress() if accelerator.is_main_process else NullProgress()
+    bar.stage("ppo", total=cfg.steps, unit="steps")
+    bar.advance(start)
     encoded = encode_prompts(tokenizer, prompts)
     device = accelerator.device
     local_mb = cfg.mini_batch_size // world
@@ -462,6 +467,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         log_step(metrics)
         if progress:
             progress(f"ppo step {step + 1}/{cfg.steps}: score {metrics['score']:.3f} KL {metrics['kl']:.3f}")
+        bar.advance(1, score=metrics["score"], kl=metrics["kl"])
         summary.update(steps_done=step + 1, last=metrics)
         if work_dir is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
             save_checkpoint(work_dir, step + 1, unwrapped, optimizer, whitener, accelerator)
@@ -469,6 +475,9 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
     accelerator.wait_for_everyone()
     if accelerator.trackers:
         accelerator.end_training()
+    last = summary.get("last") or {}
+    bar.done((f"score {last['score']:.3f}, KL {last['kl']:.3f}" if last else f"{summary['steps_done']} steps")
+             + (" (stopped early: KL passed ppo.kl_stop)" if summary["stopped_early"] else ""))
     return unwrapped.policy, summary
 
 

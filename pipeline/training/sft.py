@@ -10,13 +10,14 @@ renamed into `out_dir` only when complete.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from core.accelerator import save_pretrained_atomic
 from core.errors import InputError
+from core.progress import current, log_callback, trainer_callback
+from core.tracking import point_tensorboard, report_to
 from pipeline.models import load_policy
 
 IGNORE_INDEX = -100
@@ -73,7 +74,7 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def _training_args(train_cfg, work_dir: Path, seed: int, n_examples: int):
+def _training_args(train_cfg, work_dir: Path, seed: int, n_examples: int, runs: Path | None = None):
     from transformers import TrainingArguments
 
     steps_per_epoch = math.ceil(n_examples / (train_cfg.batch_size * train_cfg.gradient_accumulation_steps))
@@ -86,9 +87,9 @@ def _training_args(train_cfg, work_dir: Path, seed: int, n_examples: int):
         warmup_steps=max(1, round(train_cfg.warmup_ratio * steps_per_epoch * train_cfg.epochs)),
         weight_decay=train_cfg.weight_decay, logging_steps=train_cfg.logging_steps,
         save_strategy="steps", save_steps=train_cfg.save_steps, save_total_limit=1,
-        seed=seed, data_seed=seed, report_to="none", bf16=use_bf16, remove_unused_columns=False,
+        seed=seed, data_seed=seed, report_to=report_to(runs) or "none", bf16=use_bf16, remove_unused_columns=False,
         train_sampling_strategy="group_by_length", length_column_name="length",
-        disable_tqdm=os.environ.get("SAFEROUNDS_QUIET") == "1", dataloader_num_workers=0,
+        disable_tqdm=True, dataloader_num_workers=0,  # progress: core.progress; the loss dicts: the log
         dataloader_pin_memory=torch.cuda.is_available(),
     )
 
@@ -117,7 +118,8 @@ def _heldout_loss(model, rows: list[dict], collator, batch_size: int) -> float:
     return total / max(count, 1)
 
 
-def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -> dict:
+def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, name: str = "sft",
+           runs: Path | None = None) -> dict:
     from transformers import Trainer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -132,12 +134,9 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -
     if heldout:
         metrics["heldout_loss_before"] = _heldout_loss(model, heldout, collator, train_cfg.batch_size)
     work_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model=model, args=_training_args(train_cfg, work_dir, seed, len(rows)),
+    trainer = Trainer(model=model, args=_training_args(train_cfg, work_dir, seed, len(rows), runs),
                       train_dataset=_dataset(rows), data_collator=collator)
-    if os.environ.get("SAFEROUNDS_QUIET") == "1":  # no per-step loss dicts on stdout
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
+    _report_progress(trainer, name, runs)
     last = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
     result = trainer.train(resume_from_checkpoint=last)
     metrics["train_loss"] = result.training_loss
@@ -146,12 +145,33 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -
     if heldout:
         metrics["heldout_loss_after"] = _heldout_loss(model, heldout, collator, train_cfg.batch_size)
     save_pretrained_atomic(model, tokenizer, out_dir)
+    current().done(_summary(metrics))
     return metrics
 
 
+def _report_progress(trainer, name: str, runs: Path | None) -> None:
+    """The loss dicts go to the log (not stdout), progress to core.progress, curves to TensorBoard."""
+    import logging
+
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(log_callback(logging.getLogger("saferounds.train"), name))
+    trainer.add_callback(trainer_callback(name))
+    point_tensorboard(trainer, runs)
+
+
+def _summary(metrics: dict) -> str:
+    before, after = metrics.get("heldout_loss_before"), metrics.get("heldout_loss_after")
+    if before is not None and after is not None:
+        return f"loss {before:.3f} -> {after:.3f} (held-out)"
+    return f"train loss {metrics['train_loss']:.3f}"
+
+
 def finetune(base, examples: list[dict], train_cfg, model_cfg, out_dir, work_dir, seed: int = 0,
-             heldout: list[dict] | None = None) -> dict:
-    """SFT (and the rejection-sampling fine-tune): `examples` are {"messages", "completion"}."""
+             heldout: list[dict] | None = None, name: str = "sft", runs: Path | None = None) -> dict:
+    """SFT (and the rejection-sampling fine-tune): `examples` are {"messages", "completion"}.
+    `name` labels its progress line; `runs` is its TensorBoard directory (core.tracking)."""
     from pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(base, model_cfg.trust_remote_code)
@@ -160,15 +180,16 @@ def finetune(base, examples: list[dict], train_cfg, model_cfg, out_dir, work_dir
         encoded = (encode_sft(tokenizer, x["messages"], x["completion"], train_cfg.max_length) for x in items)
         return [e for e in encoded if e is not None]
 
-    return _train(base, encode(examples), encode(heldout or []), train_cfg, model_cfg, out_dir, work_dir, seed)
+    return _train(base, encode(examples), encode(heldout or []), train_cfg, model_cfg, out_dir, work_dir, seed,
+                  name, runs)
 
 
 def pretrain(base, texts: list[str], train_cfg, model_cfg, out_dir, work_dir, seed: int = 0,
-             heldout_texts: list[str] | None = None) -> dict:
+             heldout_texts: list[str] | None = None, runs: Path | None = None) -> dict:
     """Step 0: causal-LM training on raw domain text, packed into max_length blocks."""
     from pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(base, model_cfg.trust_remote_code)
     rows = encode_text(tokenizer, texts, train_cfg.max_length)
     held = encode_text(tokenizer, heldout_texts, train_cfg.max_length) if heldout_texts else []
-    return _train(base, rows, held, train_cfg, model_cfg, out_dir, work_dir, seed)
+    return _train(base, rows, held, train_cfg, model_cfg, out_dir, work_dir, seed, "pretrain", runs)

@@ -1,0 +1,116 @@
+"""The one live view of a command: a rich progress display, one line per stage of the running work.
+
+Each open stage shows its name, a bar with counts (steps, samples, prompts), the current loss or
+score, elapsed time and ETA; when it ends the line is replaced by a one-line summary, e.g.
+`v1 rm helpfulness  acc 0.71 (held-out)  42 s`. Everything else (Trainer dicts, shard bars, load
+reports, warnings) goes to the log file (core.logs); `-v/--verbose` shows it live instead.
+
+SAFEROUNDS_QUIET=1, a stream that is not a terminal (CI, pipes) and --verbose give plain lines
+(core.progress.PlainProgress) without control characters.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Iterator, TextIO
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from core.logs import capture, current_log, log_to
+from core.progress import PlainProgress, Progress, format_metrics, format_seconds, full_name, reporting
+
+VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose",
+                                          help="Show the full log live (Trainer logs, load reports, warnings) "
+                                               "instead of the progress view.")]
+
+
+class RichProgress:
+    """core.progress.Progress drawn with rich: finished stages print above the live bars."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bars = RichBars(TextColumn("{task.description:<24}"), BarColumn(bar_width=28), MofNCompleteColumn(),
+                             TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[figures]}"),
+                             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                             redirect_stdout=False, redirect_stderr=False, refresh_per_second=4)
+        self._task = None
+        self._name, self._started, self._metrics, self._done, self._unit = "", 0.0, {}, 0, ""
+
+    def __enter__(self):
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done()
+        self.bars.stop()
+
+    def stage(self, name: str, total: int | None = None, unit: str = "steps") -> None:
+        self.done()
+        self._name, self._started, self._metrics, self._done = full_name(name), time.monotonic(), {}, 0
+        self._unit = unit
+        self._task = self.bars.add_task(self._name, total=total, unit=unit, figures="")
+
+    def advance(self, n: int = 1, **metrics: float) -> None:
+        if self._task is None:
+            return
+        self._metrics.update(metrics)
+        self._done += n
+        self.bars.update(self._task, advance=n, figures=format_metrics(self._metrics))
+
+    def done(self, summary: str = "") -> None:
+        if self._task is None:
+            return
+        self.bars.remove_task(self._task)
+        self._task = None
+        what = summary or (f"{self._done} {self._unit}" if self._done else "done")
+        self.console.print(f"[bold]{self._name}[/]  {what}  [dim]{format_seconds(time.monotonic() - self._started)}[/]",
+                           highlight=False)
+
+    def note(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+
+def log_message(message: str) -> None:
+    """The library's `progress=` messages ("v1 rs: sampling 8/40 prompts"): detail for the log; the
+    live view shows the same progress as bars."""
+    logging.getLogger("saferounds").info(message)
+
+
+def plain_wanted(stream: TextIO, verbose: bool = False) -> bool:
+    return verbose or os.environ.get("SAFEROUNDS_QUIET") == "1" or not stream.isatty()
+
+
+@contextlib.contextmanager
+def live(log_path: Path, verbose: bool = False, quiet: bool = False) -> Iterator[Progress]:
+    """Run a command's library calls inside: progress on stderr, the rest into `log_path` (or the
+    innermost log file the library opens, e.g. a version's logs/stage.log). `quiet` (--json): no
+    progress lines at all."""
+    stream = sys.stderr
+    if quiet:
+        from core.progress import NullProgress
+
+        view, cm = NullProgress(), contextlib.nullcontext()
+    elif plain_wanted(stream, verbose):
+        view = PlainProgress(stream)
+        cm = contextlib.nullcontext()
+    else:
+        view = RichProgress(Console(file=stream))
+        cm = view
+    failed = False
+    try:
+        with log_to(log_path), capture(echo=stream if verbose else None), reporting(view), cm:
+            yield view
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        where = current_log()
+        if failed and where is not None and not verbose:
+            stream.write(f"log: {where}\n")
