@@ -116,9 +116,11 @@ def rm_accuracy(rm_paths: dict[str, Path], version: int) -> dict | None:
 
 def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths: dict[str, Path],
                      compare: dict[str, Path] | None = None, suites: list[Suite] | None = None,
-                     samples: Path | None = None, progress: Callable[[str], None] = lambda m: None) -> dict:
+                     samples: Path | None = None, progress: Callable[[str], None] = lambda m: None,
+                     distill: Path | None = None) -> dict:
     """Evaluate ``policy`` as version vN (and the ``compare`` versions' policies on the same prompts);
-    write the report into out_dir; return metrics.json's dict."""
+    write the report into out_dir (with a context-distillation section when ``distill``, the version's
+    distill.jsonl, exists); return metrics.json's dict."""
     config = ws.config
     cfg = config.eval
     root = Path(ws.root)
@@ -174,7 +176,8 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
         if v not in have:
             trend.append(summarise(v, recs, judges={**judges, "computed_in": f"report of {name}"}))
     write_report(out_dir, metrics, records[name], compared=compared, trend=trend,
-                 examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
+                 examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars,
+                 distill=_distill_rows(distill))
     _write_records(out_dir, records[name])
     return metrics
 
@@ -183,6 +186,14 @@ def _write_records(out_dir: Path, records: list[dict]) -> None:
     from core.io import write_json
 
     write_json(out_dir / "records.json", records)
+
+
+def _distill_rows(path: Path | None) -> list[dict] | None:
+    if path is None or not Path(path).exists():
+        return None
+    from core.io import read_jsonl
+
+    return read_jsonl(Path(path))
 
 
 def _max_of_k(samples: Path | None) -> list | None:
@@ -282,5 +293,6 @@ def run(ctx) -> dict:
     samples = ctx.dir / "samples.jsonl"
     metrics = evaluate_version(ws, ctx.version, policy, ctx.dir / "eval", rm_paths=dict(ctx.rm_paths),
                                compare=compare_targets(ws, ctx.version, cfg.compare_against),
-                               samples=samples if samples.exists() else None, progress=ctx.progress)
+                               samples=samples if samples.exists() else None, progress=ctx.progress,
+                               distill=ctx.dir / "distill.jsonl")
     return {k: v for k, v in metrics.items() if k not in ("suites", "max_of_k")}
