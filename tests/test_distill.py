@@ -114,6 +114,33 @@ def test_keyword_fallback_and_judge_reply_parsing():
     assert parse_category("Category: weather") is None and parse_category("no verdict") is None
 
 
+
+def test_prompts_without_a_category_are_classified_by_the_llm_judge_when_configured(tmp_path, monkeypatch):
+    """classifier auto + judge.model set: the judge classifies the uncategorised prompts (re-asked once when its
+    reply has no verdict line); categorised prompts never reach it."""
+    import reward_models.feedback.judges as judges
+    from pipeline.stages.distill import adversarial_prompts, categorise
+
+    write_prompts(tmp_path)
+    (tmp_path / "saferounds.yaml").write_text(yaml.safe_dump({**config(), "judge": {"model": "fake"}}))
+    ws = Workspace(tmp_path)
+    asked = []
+
+    def backend(messages):
+        asked.append(messages[0]["content"])
+        if "steal a car" in messages[0]["content"]:
+            return "It is about theft." if len(messages) == 1 else "Category: illicit_and_criminal"
+        return "Category: none"
+
+    monkeypatch.setattr(judges, "make_judge", lambda cfg, cache_path=None: judges.Judge(cfg, backend=backend))
+    ctx = ctx_for(ws, 1, tmp_path, tmp_path)
+    found = categorise(ctx, adversarial_prompts(ws.config, ws.resolve), ctx.dir / "work")
+    assert found["s3"] == {"category": "illicit_and_criminal", "from": "judge"}  # after one re-ask
+    assert found["s4"] == {"category": None, "from": "judge"}  # "none": the generic preprompt
+    assert found["s0"] == {"category": "illicit_and_criminal", "from": "field"}
+    assert len(asked) == 3 and not any("pick a neighbour" in a for a in asked)
+
+
 # --- the stage on the tiny preset ------------------------------------------------------------------------
 
 def write_prompts(root: Path, extra: int = 0) -> None:
