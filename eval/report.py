@@ -520,10 +520,13 @@ def render_distill_html(rows: list[dict], cut: int = 600) -> str:
     if not s["rejected_examples"]:
         parts.append("<p>None: every preprompted answer was kept.</p>")
     else:
+        def cell(label: str, text: str, cls: str = "") -> str:
+            return f"<div class='{cls}'>{html.escape(label)}</div><pre>{html.escape(_cut(text, cut))}</pre>"
+
         table = [[html.escape(f"{r['prompt_id']} / {r.get('category') or 'no category'} / {r['preprompt']}"),
-                  f"<pre>{html.escape(_cut(' '.join(m['content'] for m in r['messages'] if m['role'] == 'user'), cut))}</pre>",
-                  f"<div>safety {r['score_plain']:.3f}</div><pre>{html.escape(_cut(r['answer_plain'], cut))}</pre>",
-                  f"<div class='fr'>safety {r['score_pre']:.3f}</div><pre>{html.escape(_cut(r['answer_pre'], cut))}</pre>"]
+                  cell("", " ".join(m["content"] for m in r["messages"] if m["role"] == "user")),
+                  cell(f"safety {r['score_plain']:.3f}", r["answer_plain"]),
+                  cell(f"safety {r['score_pre']:.3f}", r["answer_pre"], "fr")]
                  for r in s["rejected_examples"]]
         parts.append(_html_table(["prompt / category / preprompt", "prompt", "plain answer", "with preprompt"],
                                  table, raw=True))

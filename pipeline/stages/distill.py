@@ -184,7 +184,8 @@ def summarise(rows: list[dict], preprompt_as: str) -> dict:
         k["kept"] += int(r["kept"])
     return {"prompts": len(rows), "selected": len(kept), "kept_share": len(kept) / len(rows) if rows else None,
             "preprompt_as": preprompt_as, "by_preprompt": by_kind,
-            "category_from": {f: sum(r["category_from"] == f for r in rows) for f in sorted({r["category_from"] for r in rows})},
+            "category_from": {f: sum(r["category_from"] == f for r in rows)
+                              for f in sorted({r["category_from"] for r in rows})},
             "mean_safety_plain": mean([r["score_plain"] for r in rows]),
             "mean_safety_pre": mean([r["score_pre"] for r in rows]),
             "mean_gain_kept": mean([r["gain"] for r in kept])}
