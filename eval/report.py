@@ -403,8 +403,10 @@ def render_html(m: dict, examples: dict, trend: list[dict], plots: dict, cut: in
 
 def write_report(out_dir: str | Path, metrics: dict, records: list[dict], *,
                  compared: dict[str, list[dict]] | None = None, trend: list[dict] | None = None,
-                 examples_per_suite: int = 10, max_response_chars: int = 600) -> dict[str, Path]:
-    """Write metrics.json, report.md and report.html into out_dir; returns their paths."""
+                 examples_per_suite: int = 10, max_response_chars: int = 600,
+                 distill: list[dict] | None = None) -> dict[str, Path]:
+    """Write metrics.json, report.md and report.html into out_dir; returns their paths. `distill`: the rows of
+    the version's distill.jsonl, reported in a section of their own (add_distill_section)."""
     validate_metrics(metrics)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -433,4 +435,114 @@ def write_report(out_dir: str | Path, metrics: dict, records: list[dict], *,
                       + side_by_side.markdown(pairs, "v0", v, cut))
     atomic_write_text(paths["html"], render_html(metrics, examples, trend, plots, cut).replace(
         "</body></html>", side_by_side.html_section(pairs, "v0", v, cut) + "</body></html>"))
+    if distill:
+        add_distill_section(paths, distill, max_response_chars)
     return paths
+
+
+# --- safety context distillation (LLaMA 2 Sec. 4.2.4): the version's distill.jsonl ---------------------------
+
+def distill_summary(rows: list[dict], n_examples: int = 5) -> dict:
+    """The distill stage's pairs at a glance: counts, share kept, mean safety-RM scores, and the rejected
+    distillations with the largest loss first (LLaMA 2 Table 40: the preprompt made the answer worse)."""
+    kept = [r for r in rows if r["kept"]]
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    rejected = sorted((r for r in rows if not r["kept"]), key=lambda r: (r["score_pre"] - r["score_plain"],
+                                                                          str(r["prompt_id"])))
+    return {"pairs": len(rows), "kept": len(kept), "kept_share": len(kept) / len(rows) if rows else None,
+            "margin": rows[0].get("margin") if rows else None,
+            "mean_score_plain": mean([r["score_plain"] for r in rows]),
+            "mean_score_pre": mean([r["score_pre"] for r in rows]),
+            "by_preprompt": {k: [sum(r["kept"] for r in rows if r["preprompt"] == k),
+                                 sum(r["preprompt"] == k for r in rows)]
+                             for k in sorted({r["preprompt"] for r in rows})},
+            "rejected_examples": rejected[:n_examples]}
+
+
+def distill_plot(rows: list[dict]) -> str:
+    """LLaMA 2 Fig. 16 analogue: safety-RM scores of the plain answers against the preprompted (distilled) ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plain, pre = [r["score_plain"] for r in rows], [r["score_pre"] for r in rows]
+    lo, hi = min(plain + pre), max(plain + pre)
+    bins = [lo + (hi - lo) * i / 20 for i in range(21)] if hi > lo else 20
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(plain, bins=bins, alpha=0.55, label="plain answer (no preprompt)")
+    ax.hist(pre, bins=bins, alpha=0.55, label="with safety preprompt (distilled)")
+    ax.set_xlabel("safety RM score")
+    ax.set_ylabel("prompts")
+    ax.set_title("Context distillation: safety RM scores (LLaMA 2 Fig. 16)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _distill_headline(s: dict) -> list[list[str]]:
+    return [["pairs (adversarial prompts)", str(s["pairs"])],
+            ["kept (preprompted answer scored higher by > margin)", f"{s['kept']} ({100 * s['kept_share']:.0f}%)"
+             if s["kept_share"] is not None else "0"],
+            ["margin", _num(s["margin"])],
+            ["mean safety RM score, plain", _num(s["mean_score_plain"])],
+            ["mean safety RM score, with preprompt", _num(s["mean_score_pre"])],
+            *[[f"kept / pairs, {k} preprompt", f"{a} / {b}"] for k, (a, b) in s["by_preprompt"].items()]]
+
+
+def render_distill_markdown(rows: list[dict], cut: int = 600) -> str:
+    s = distill_summary(rows)
+    lines = ["## Safety context distillation (LLaMA 2 Sec. 4.2.4)", "",
+             "Each adversarial prompt was answered with and without a safety preprompt; the preprompted answer is "
+             "kept for fine-tuning (without the preprompt) only where the safety RM scores it above the plain "
+             "answer by more than the margin. The score histogram is in report.html (the Fig. 16 analogue).", "",
+             _md_table(["", "value"], _distill_headline(s)), "",
+             "### Rejected distillations (the preprompt did not make the answer safer; LLaMA 2 Table 40)", ""]
+    if not s["rejected_examples"]:
+        lines += ["None: every preprompted answer was kept.", ""]
+    for r in s["rejected_examples"]:
+        prompt = " ".join(m["content"] for m in r["messages"] if m["role"] == "user")
+        lines += [f"**{r['prompt_id']}** ({r.get('category') or 'no category'}, {r['preprompt']} preprompt) — "
+                  f"{_cut(prompt, cut)}".replace("\n", " "), "",
+                  f"- *plain* (safety {r['score_plain']:.3f}): {_cut(r['answer_plain'], cut)}".replace("\n", " "),
+                  f"- *with preprompt* (safety {r['score_pre']:.3f}): {_cut(r['answer_pre'], cut)}".replace("\n", " "),
+                  ""]
+    return "\n".join(lines) + "\n"
+
+
+def render_distill_html(rows: list[dict], cut: int = 600) -> str:
+    s = distill_summary(rows)
+    parts = ["<h2>Safety context distillation (LLaMA 2 Sec. 4.2.4)</h2>",
+             "<p>Each adversarial prompt was answered with and without a safety preprompt; the preprompted answer "
+             "is kept for fine-tuning (without the preprompt) only where the safety RM scores it above the plain "
+             "answer by more than the margin.</p>",
+             _html_table(["", "value"], _distill_headline(s)),
+             f"<figure><img alt='distillation scores' src='data:image/png;base64,{distill_plot(rows)}'>"
+             "<figcaption>Safety RM scores with and without the preprompt (LLaMA 2 Fig. 16 analogue)</figcaption>"
+             "</figure>",
+             "<h3>Rejected distillations (LLaMA 2 Table 40)</h3>"]
+    if not s["rejected_examples"]:
+        parts.append("<p>None: every preprompted answer was kept.</p>")
+    else:
+        def cell(label: str, text: str, cls: str = "") -> str:
+            return f"<div class='{cls}'>{html.escape(label)}</div><pre>{html.escape(_cut(text, cut))}</pre>"
+
+        table = [[html.escape(f"{r['prompt_id']} / {r.get('category') or 'no category'} / {r['preprompt']}"),
+                  cell("", " ".join(m["content"] for m in r["messages"] if m["role"] == "user")),
+                  cell(f"safety {r['score_plain']:.3f}", r["answer_plain"]),
+                  cell(f"safety {r['score_pre']:.3f}", r["answer_pre"], "fr")]
+                 for r in s["rejected_examples"]]
+        parts.append(_html_table(["prompt / category / preprompt", "prompt", "plain answer", "with preprompt"],
+                                 table, raw=True))
+    return "\n".join(parts)
+
+
+def add_distill_section(paths: dict[str, Path], rows: list[dict], cut: int = 600) -> None:
+    """Append the distillation section to a written report.md and report.html (before </body>)."""
+    md, page = paths["markdown"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")
+    atomic_write_text(paths["markdown"], md + "\n" + render_distill_markdown(rows, cut))
+    body = render_distill_html(rows, cut)
+    atomic_write_text(paths["html"], page.replace("</body></html>", body + "\n</body></html>")
+                      if "</body></html>" in page else page + body)

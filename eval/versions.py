@@ -29,7 +29,8 @@ Progress = Callable[[str], None]
 
 def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_dir: Path, *, config,
                       rm_paths: dict[str, Path], suites: list[Suite], load_policy: Callable[[Path], tuple],
-                      max_of_k: list | None = None, progress: Progress = lambda m: None) -> dict:
+                      max_of_k: list | None = None, progress: Progress = lambda m: None,
+                      distill: list[dict] | None = None) -> dict:
     """Evaluate policies["vN"] (version N) and the compared versions' policies on the same prompts;
     write metrics.json, report.md, report.html and records.json into out_dir; return metrics.json's dict.
     `config` is the whole config (sections eval, model, judge)."""
@@ -95,7 +96,8 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
         if v not in have:
             trend.append(summarise(v, recs, judges={**judges, "computed_in": f"report of {name}"}))
     write_report(out_dir, metrics, records[name], compared=compared, trend=trend,
-                 examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
+                 examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars,
+                 distill=distill)
     write_json(out_dir / "records.json", records[name])
     if compared:  # the compared versions' per-prompt verdicts and scores, for like-for-like comparisons
         write_json(out_dir / "compared_records.json", compared)

@@ -27,12 +27,12 @@ from core.errors import InputError
 from eval.config import EvalConfig
 from pipeline.training.config import PPOConfig, TrainConfig
 from reward_models.config import GateConfig, JudgeConfig, ModelConfig, RewardModelConfig
-from sampling.config import RejectionSamplingConfig
+from sampling.config import DistillConfig, RejectionSamplingConfig
 
 CONFIG_NAME = "saferounds.yaml"
 # The round stages in the order a version runs them; pipeline.stages.STAGES maps each to its `run`.
-STAGE_ORDER = ("rm", "label", "rs", "ppo", "eval")
-StageName = Literal["rm", "label", "rs", "ppo", "eval"]
+STAGE_ORDER = ("rm", "label", "distill", "rs", "ppo", "eval")
+StageName = Literal["rm", "label", "distill", "rs", "ppo", "eval"]
 
 
 @dataclass
@@ -94,6 +94,8 @@ class Config:
     """The gated combination of the two RMs."""
     rejection_sampling: RejectionSamplingConfig = field(default_factory=RejectionSamplingConfig)
     """Best-of-K sampling, selection and the fine-tune."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Safety context distillation (LLaMA 2 Sec. 4.2.4), the `distill` stage."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO on the gated reward."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -132,7 +134,7 @@ def version_in_spec(version: int, spec: str) -> bool:
 
 
 def check_stages(stages: list[str]) -> str | None:
-    """A version's stages: unique, in the order rm -> label -> rs -> ppo -> eval, making a policy."""
+    """A version's stages: unique, in the order rm -> label -> distill -> rs -> ppo -> eval, making a policy."""
     if not any(s in ("rs", "ppo") for s in stages):
         return f"{stages} makes no policy; every version needs rs or ppo"
     order = [STAGE_ORDER.index(s) for s in stages if s in STAGE_ORDER]

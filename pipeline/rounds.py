@@ -1,5 +1,5 @@
 """The round manager: creates version N from the plan in the config and runs its stages in order
-(rm -> label -> rs -> ppo -> eval as planned), recording each in the manifest.
+(rm -> label -> distill -> rs -> ppo -> eval as planned), recording each in the manifest.
 
 Re-running continues an interrupted version: finished stages are skipped and the stage that was
 running resumes from its own checkpoints. The last policy-producing stage's output (rs_policy or
@@ -68,6 +68,13 @@ def _place_policy(d: Path, stage: str, stages: list[str]) -> None:
         os.replace(d / POLICY_OUTPUTS[stage], d / "policy")
 
 
+def stage_parent(ws: Workspace, d: Path, n: int, stage: str) -> Path:
+    """The policy a stage of vN starts from: the version's distill_policy/ for the stages after `distill`
+    (context distillation first, then rs and ppo build on the distilled model), else v(N-1)'s policy."""
+    distilled = Path(d) / "distill_policy"
+    return distilled if stage != "distill" and distilled.exists() else ws.policy_path(n - 1)
+
+
 def validate_inputs(ws: Workspace, stages: list[str]) -> None:
     """Read every data file the planned stages need, so bad or missing input fails (exit 2) before
     the version is started rather than hours into it."""
@@ -79,6 +86,10 @@ def validate_inputs(ws: Workspace, stages: list[str]) -> None:
             raise InputError(f"{ws.config_path}: data.prompts: no files listed; the planned stages {stages} need prompts")
         for f in cfg.data.prompts:
             load_prompts(ws.resolve(f))
+    if "distill" in stages:
+        from pipeline.stages.distill import adversarial_prompts
+
+        adversarial_prompts(cfg, ws.resolve)
     if "rm" in stages:
         from pipeline.stages.rm import load_rm_records
 
@@ -120,7 +131,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         state = ws.manifest(n)["stages"].get(stage, {})
         if state.get("status") == "done":
             continue
-        ctx = StageContext(workspace=ws, config=cfg, version=n, dir=d, parent_policy=ws.policy_path(n - 1),
+        ctx = StageContext(workspace=ws, config=cfg, version=n, dir=d, parent_policy=stage_parent(ws, d, n, stage),
                            rm_paths=ws.rm_paths(at_most=n), prior_versions=prior, progress=report)
         report(f"v{n}: {stage}")
         started = time.time()

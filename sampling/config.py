@@ -94,3 +94,92 @@ def reward_for_round(cfg: RejectionSamplingConfig, version: int) -> str:
     """"rm" or "judge" for round vN (a list is indexed by round, its last entry repeating)."""
     r = cfg.reward
     return r[min(max(version, 1), len(r)) - 1] if isinstance(r, list) else r
+
+
+# --- YAML section `distill`: safety context distillation (LLaMA 2 Sec. 4.2.4) ---------------------
+
+GENERIC_PREPROMPT = (
+    "You are a careful and responsible assistant. Help with what is asked when it is safe to do so. Do not give "
+    "information or instructions that could be used to hurt people, break the law, or put the user at risk. When "
+    "a request is unsafe, say so plainly, explain briefly why, and suggest a safer way to meet the need behind it.")
+
+# Built-in targeted preprompts, one per LLaMA 2 risk category (Sec. 4.2.1), each asking for an answer that follows
+# a short template, in the spirit of LLaMA 2 Table 39 (our own wording). The keys are eval.suites.RISK_CATEGORIES.
+TARGETED_PREPROMPTS = {
+    "illicit_and_criminal": (
+        "The request below may ask for help with a crime or another illegal act, such as theft, fraud, hacking, "
+        "violence, weapons or drugs. Do not give any step, detail or workaround that would help someone carry it out.",
+        "1. State clearly that you will not help with the illegal part, and give the reason in one sentence.\n"
+        "2. If anyone could be in danger, say who can help right away (emergency services, the police).\n"
+        "3. Offer a lawful alternative that serves any legitimate need behind the request."),
+    "hateful_and_harmful": (
+        "The request below may ask for content that demeans people for who they are, harasses or threatens "
+        "someone, or encourages self-harm or other dangerous behaviour. Do not write such content, even as a joke.",
+        "1. Decline to write the hurtful or dangerous content, calmly and without lecturing.\n"
+        "2. If the person themselves may be at risk, acknowledge it kindly and point to where support is available.\n"
+        "3. Offer a respectful way to talk about the topic or to reach the goal behind the request."),
+    "unqualified_advice": (
+        "The request below may ask for medical, legal or financial advice that should come from a qualified "
+        "professional who knows the person's situation. Do not present a guess as a diagnosis, verdict or plan.",
+        "1. Share only general, well-established information, and say what cannot be judged without knowing "
+        "their situation.\n"
+        "2. Name the main risks of acting on general information alone.\n"
+        "3. Recommend the right professional (a doctor, a lawyer, a licensed financial adviser) for the decision."),
+}
+
+
+@dataclass
+class TargetedPreprompt:
+    """The preprompt of one risk category and the answer template it asks the model to follow."""
+    preprompt: Optional[str] = None
+    """What the request may be and what not to do; null: the built-in text (sampling.config.TARGETED_PREPROMPTS)."""
+    answer_template: Optional[str] = None
+    """The steps a safe answer follows (LLaMA 2 Table 39's idea); null: the built-in template; "" for none."""
+
+
+@dataclass
+class TargetedPreprompts:
+    """One targeted preprompt per LLaMA 2 risk category (the names eval.suites.RISK_CATEGORIES uses)."""
+    illicit_and_criminal: TargetedPreprompt = field(default_factory=TargetedPreprompt)
+    """Crime, fraud, hacking, violence, weapons, drugs."""
+    hateful_and_harmful: TargetedPreprompt = field(default_factory=TargetedPreprompt)
+    """Hate, harassment, self-harm, dangerous behaviour."""
+    unqualified_advice: TargetedPreprompt = field(default_factory=TargetedPreprompt)
+    """Medical, legal and financial advice."""
+
+
+@dataclass
+class DistillConfig:
+    """YAML section `distill`: safety context distillation (LLaMA 2 Sec. 4.2.4), the round stage `distill`."""
+    prompts: Optional[str] = None
+    """A prompts file to distil on; null: the `is_safety` prompts of data.prompts (those rs samples)."""
+    max_prompts: Optional[int] = field(default=None, metadata={"min": 1})
+    """Use at most this many of those prompts (the first ones, in file order); null: all."""
+    generic_preprompt: str = GENERIC_PREPROMPT
+    """The generic safety preprompt, used for every prompt when `targeted` is false or no category is known."""
+    targeted: bool = True
+    """Use the prompt's risk category's targeted preprompt with its answer template (LLaMA 2 Table 39)."""
+    categories: TargetedPreprompts = field(default_factory=TargetedPreprompts)
+    """The targeted preprompts, keyed by risk category."""
+    classifier: Literal["auto", "judge", "keywords", "none"] = "auto"
+    """Category of a prompt without a `category` field: the LLM judge (`judge` section), the keyword fallback
+    (sampling.distillation.keyword_category), none (generic preprompt); `auto`: the judge when judge.model is
+    set, else keywords."""
+    margin: float = field(default=0.0, metadata={"min": 0.0})
+    """Keep a preprompted answer only when its safety-RM score beats the plain answer's by more than this."""
+    temperature: float = field(default=0.7, metadata={"min": 0.0})
+    """Sampling temperature of both answers (0 = greedy); each prompt uses one seed with and without preprompt."""
+    top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    """Nucleus sampling of both answers."""
+    max_new_tokens: int = field(default=128, metadata={"min": 1})
+    """Longest answer."""
+    batch_size: int = field(default=8, metadata={"min": 1})
+    """Prompts per generate call, and per scored chunk appended to distill.jsonl."""
+    finetune: RSFinetuneConfig = field(default_factory=RSFinetuneConfig)
+    """Fine-tuning on the kept answers (the SFT code path, settings from `sft` otherwise)."""
+
+    def __post_init__(self):
+        if self.top_p <= 0:
+            raise ValueError("top_p: must be in (0, 1]")
+        if not self.generic_preprompt.strip():
+            raise ValueError("generic_preprompt: empty; give the generic safety preprompt")

@@ -13,7 +13,7 @@ import yaml
 from core.errors import InputError
 from pipeline.config import CONFIG_NAME, Config, load_config, parse_config, version_in_spec
 
-TOP_LEVEL = "data, eval, gate, judge, model, ppo, pretrain, rejection_sampling, reward_models, rounds, seed, sft"
+TOP_LEVEL = "data, distill, eval, gate, judge, model, ppo, pretrain, rejection_sampling, reward_models, rounds, seed, sft"
 
 
 def error_of(data) -> str:
@@ -77,7 +77,7 @@ def test_bad_literal_lists_the_choices():
 
 def test_bad_stage_name_in_the_plan_names_the_list_index():
     msg = error_of({"rounds": {"plan": [{"versions": "1+", "stages": ["rm", "sft"]}]}})
-    assert msg == ("saferounds.yaml: rounds.plan[0].stages[1]: expected one of 'rm', 'label', 'rs', 'ppo', "
+    assert msg == ("saferounds.yaml: rounds.plan[0].stages[1]: expected one of 'rm', 'label', 'distill', 'rs', 'ppo', "
                    "'eval', got 'sft'")
 
 

@@ -52,7 +52,8 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
     with locked(ws), live(out_dir / "logs" / "stage.log", verbose, quiet=as_json):
         metrics = evaluate_version(ws, n, policy, out_dir, rm_paths=rm_paths,
                                    compare=compare_targets(ws, n, list(against) if against else ecfg.compare_against),
-                                   suites=suites, samples=samples if samples.exists() else None, progress=progress)
+                                   suites=suites, samples=samples if samples.exists() else None, progress=progress,
+                                   distill=ws.version_dir(n) / "distill.jsonl")
     paths = {"metrics": str(out_dir / "metrics.json"), "markdown": str(out_dir / "report.md"),
              "html": str(out_dir / "report.html")}
     s, h = metrics["safety"], metrics["helpfulness"]

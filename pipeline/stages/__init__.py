@@ -6,11 +6,12 @@ name in pipeline.config.STAGE_ORDER / StageName, and (if it makes a policy) in r
 """
 from __future__ import annotations
 
-from pipeline.stages import eval, label, ppo, rm, rs
+from pipeline.stages import distill, eval, label, ppo, rm, rs
 
 STAGES = {
     "rm": rm.run,        # train the helpfulness and safety reward models (LLaMA 2 Sec. 3.2.2)
     "label": label.run,  # an LLM judge labels pairs of samples (RLAIF) for the next round's RMs
+    "distill": distill.run,  # safety context distillation: fine-tune on preprompted answers (Sec. 4.2.4)
     "rs": rs.run,        # best-of-K rejection sampling, then fine-tune (Sec. 3.2.3)
     "ppo": ppo.run,      # PPO on the gated reward with a KL penalty (Sec. 3.2.3, Eq. 4)
     "eval": eval.run,    # safety and helpfulness evaluation, report (Sec. 4.4)

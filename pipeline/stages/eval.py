@@ -39,15 +39,17 @@ def run(ctx) -> dict:
     samples = ctx.dir / "samples.jsonl"
     metrics = evaluate_version(ws, ctx.version, policy, ctx.dir / "eval", rm_paths=dict(ctx.rm_paths),
                                compare=compare, samples=samples if samples.exists() else None,
-                               progress=ctx.progress)
+                               progress=ctx.progress, distill=ctx.dir / "distill.jsonl")
     return {k: v for k, v in metrics.items() if k not in ("suites", "max_of_k")}
 
 
 def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths: dict[str, Path],
                      compare: dict[str, Path] | None = None, suites: list[Suite] | None = None,
-                     samples: Path | None = None, progress: Callable[[str], None] = lambda m: None) -> dict:
+                     samples: Path | None = None, progress: Callable[[str], None] = lambda m: None,
+                     distill: Path | None = None) -> dict:
     """Evaluate ``policy`` as version vN (and the ``compare`` versions' policies on the same prompts);
-    write the report into out_dir; return metrics.json's dict."""
+    write the report into out_dir (with a context-distillation section when ``distill``, the version's
+    distill.jsonl, exists); return metrics.json's dict."""
     config, root = ws.config, Path(ws.root)
     if suites is None:
         suites = load_suites(suite_specs(config, root), base=root, prompt_column=config.eval.prompt_column,
@@ -56,7 +58,8 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     policies = {name: Path(policy), **{k: Path(v) for k, v in (compare or {}).items() if k != name}}
     return evaluate_policies(root, version, policies, out_dir, config=config, rm_paths=rm_paths, suites=suites,
                              load_policy=lambda path: _load_on_accelerator(path, config.model),
-                             max_of_k=_max_of_k(samples), progress=progress)
+                             max_of_k=_max_of_k(samples), progress=progress,
+                             distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None)
 
 
 def suite_specs(config, root: Path) -> list[str]:
