@@ -141,6 +141,8 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     if cfg.use_llm_judge:
         llm = _llm_safety(config, out_dir, flat, by_name, responses, progress)
 
+    learned, judge_info = _learned_verdicts(root, cfg, pairs, scores["safety"] is not None, progress)
+    use_rm = not (cfg.violation_judge == "harm_classifier" and judge_info.get("harm_classifier"))
     records: dict[str, list[dict]] = {v: [] for v in policies}
     offset = 0
     for v in policies:
@@ -151,7 +153,8 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
                 s.name, s.rows, responses[v][s.name],
                 helpfulness=None if scores["helpfulness"] is None else scores["helpfulness"][sl],
                 safety=None if scores["safety"] is None else scores["safety"][sl],
-                llm_safety=None if llm is None else llm[sl], threshold=cfg.safety_threshold)
+                llm_safety=None if llm is None else llm[sl], threshold=cfg.safety_threshold,
+                learned=None if learned is None else learned[sl], use_safety_rm=use_rm)
             offset += n
 
     compared = {v: r for v, r in records.items() if v != name}
@@ -159,7 +162,7 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
               "helpfulness_rm": str(rm_paths["helpfulness"]) if rm_paths.get("helpfulness") else None,
               "safety_rm": str(rm_paths["safety"]) if rm_paths.get("safety") else None,
               "safety_threshold": cfg.safety_threshold,
-              "llm_judge": config.judge.model if cfg.use_llm_judge else None}
+              "llm_judge": config.judge.model if cfg.use_llm_judge else None, **judge_info}
     judge_win = _llm_win_rate(config, out_dir, records[name], compared, progress) if cfg.use_llm_judge else None
     metrics = summarise(name, records[name], compared=compared, judges=judges,
                         suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
@@ -176,6 +179,30 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
                  examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars)
     _write_records(out_dir, records[name])
     return metrics
+
+
+def _learned_verdicts(root: Path, cfg, pairs: list, have_rm: bool, progress) -> tuple[list[dict] | None, dict]:
+    """The learned judges' verdicts on every (prompt, response) (eval.refusal_judge, eval.violation_judge),
+    and what the report says about them: which judges, their held-out agreement, fallbacks."""
+    from eval.classifiers import load_judges
+
+    need_harm = cfg.violation_judge != "safety_rm"
+    judges = load_judges(root, cfg.refusal_judge, need_harm=need_harm)
+    info = {"refusal": cfg.refusal_judge if judges.refusal else "eval.refusal.is_refusal (patterns)",
+            "violation_judge": cfg.violation_judge, **judges.describe()}
+    notes = list(judges.notes)
+    if cfg.violation_judge == "harm_classifier" and judges.harm is None:
+        notes.append("eval.violation_judge is harm_classifier but none is trained: the safety RM judged violations")
+    if cfg.violation_judge != "harm_classifier" and not have_rm:
+        notes.append("no safety RM: violations were judged without it")
+    if notes:
+        info["judge_notes"] = notes
+    if judges.refusal is None and judges.harm is None:
+        return None, info
+    progress(f"eval: learned judges on {len(pairs)} answers")
+    from eval.evaluate import prompt_text
+
+    return judges.judge([prompt_text(m) for m, _ in pairs], [r for _, r in pairs]), info
 
 
 def _write_records(out_dir: Path, records: list[dict]) -> None:

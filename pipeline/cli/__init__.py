@@ -28,7 +28,7 @@ app.add_typer(round_app, name="round")
 
 # Other areas' command modules: each exposes `app` (a sub-command group) or `register(app)`.
 SUBCOMMANDS = {"pipeline.cli.rm": "rm", "pipeline.cli.evaluate": None, "pipeline.cli.ppo": None,
-               "pipeline.cli.feedback": None, "pipeline.cli.demo": None}
+               "pipeline.cli.feedback": None, "pipeline.cli.demo": None, "pipeline.cli.judges": "judges"}
 
 
 def _progress(message: str) -> None:
