@@ -191,18 +191,27 @@ class Encoder:
         os.replace(tmpk, self.cache_path / "keys.json")
 
 
-FEATURES = {"response": "e(response)", "pair": "[e(response), e(prompt), e(response)*e(prompt)]"}
+FEATURES = {"response": "e(response)", "pair": "[e(response), e(prompt), e(response)*e(prompt)]",
+            "pair+patterns": "[e(response), e(prompt), e(response)*e(prompt), eval.refusal.is_refusal(response)]"}
 
 
 def features(encoder: Encoder, prompts: Sequence[str], responses: Sequence[str], which: str = "pair"):
-    """``pair``: [e(response), e(prompt), e(response) * e(prompt)]; ``response``: e(response) alone."""
+    """``pair``: [e(response), e(prompt), e(response) * e(prompt)]; ``response``: e(response) alone;
+    ``pair+patterns``: ``pair`` and the pattern detector's verdict (0/1), so the head learns when the
+    patterns can be trusted (stacking) instead of a fixed rule."""
     import torch
 
+    if which not in FEATURES:
+        raise InputError(f"feature_set {which!r}: expected one of {', '.join(FEATURES)}")
     r = encoder.embed(list(responses))
     if which == "response":
         return r
     p = encoder.embed(list(prompts))
-    return torch.cat([r, p, r * p], dim=-1)
+    x = torch.cat([r, p, r * p], dim=-1)
+    if which == "pair+patterns":
+        bit = torch.tensor([[float(refusal_match(t or "") is not None)] for t in responses])
+        x = torch.cat([x, bit], dim=-1)
+    return x
 
 
 # ------------------------------------------------------------------------------------------- the head
@@ -216,22 +225,33 @@ def make_head(in_dim: int, hidden: int):
                                torch.nn.Linear(hidden, 1))
 
 
+def example_weights(labels: Sequence[bool], groups: Sequence[str], balance_classes: bool) -> list[float]:
+    """Per-example loss weights, mean 1: every group (data source) weighs the same in total, and with
+    ``balance_classes`` so do positives and negatives within a group."""
+    from collections import Counter
+
+    keys = [(g, bool(l)) if balance_classes else (g, None) for g, l in zip(groups, labels)]
+    count = Counter(keys)
+    w = [1.0 / count[k] for k in keys]
+    scale = len(w) / sum(w)
+    return [x * scale for x in w]
+
+
 def train_head(x, y, *, hidden: int = 256, epochs: int = 300, lr: float = 3e-3, weight_decay: float = 1e-2,
-               balance: bool = True, seed: int = 0):
-    """Full-batch AdamW on binary cross-entropy; positives weighted by n_neg / n_pos when ``balance``."""
+               weights: Sequence[float] | None = None, seed: int = 0):
+    """Full-batch AdamW on (weighted) binary cross-entropy."""
     import torch
 
     torch.manual_seed(seed)
     y = torch.as_tensor(y, dtype=torch.float32)
+    w = torch.ones(len(y)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     head = make_head(x.shape[1], hidden)
-    pos = float(y.sum())
-    w = torch.tensor((len(y) - pos) / max(pos, 1.0)) if balance else None
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=w)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     head.train()
     for _ in range(epochs):
         opt.zero_grad()
-        loss = loss_fn(head(x).squeeze(-1), y)
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(head(x).squeeze(-1), y, reduction="none")
+                * w).sum() / w.sum()
         loss.backward()
         opt.step()
     head.eval()
@@ -304,6 +324,7 @@ class LearnedJudge:
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        tmp.chmod(0o755)  # mkdtemp makes 0700 directories; others may read a workspace
         try:
             save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "model.safetensors"))
             (tmp / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n",
@@ -397,8 +418,10 @@ def train_judge(kind: str, examples: Sequence, *, settings: TrainSettings | None
     progress(f"judges: embedding {len(train) + len(held)} answers with {s.backbone} ({s.max_tokens} tokens)")
     x = features(enc, [e.prompt for e in train], [e.response for e in train], s.feature_set)
     progress(f"judges: training the {kind} head on {len(train)} answers")
-    head = train_head(x, [bool(_label(e, kind)) for e in train], hidden=s.hidden, epochs=s.epochs, lr=s.lr,
-                      weight_decay=s.weight_decay, balance=True, seed=s.seed)
+    labels = [bool(_label(e, kind)) for e in train]
+    weights = example_weights(labels, [e.source for e in train], balance_classes=kind == "harm")
+    head = train_head(x, labels, hidden=s.hidden, epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay,
+                      weights=weights, seed=s.seed)
     probs = predict(head, features(enc, [e.prompt for e in held], [e.response for e in held], s.feature_set)) \
         if held else []
     config = {
@@ -407,6 +430,7 @@ def train_judge(kind: str, examples: Sequence, *, settings: TrainSettings | None
         "head": {"in_dim": int(x.shape[1]), "hidden": s.hidden, "epochs": s.epochs, "lr": s.lr,
                  "weight_decay": s.weight_decay, "seed": s.seed},
         "threshold": s.threshold,
+        "weights": "each data source weighs the same" + (", and within it each class" if kind == "harm" else ""),
         "labels": ("XSTest final_label full/partial refusal; Do-Not-Answer action in "
                    f"{sorted(DNA_REFUSAL_ACTIONS)}") if kind == "refusal" else
                   "Do-Not-Answer harmful==1; XSTest full compliance to an unsafe contrast_* prompt",
@@ -572,5 +596,5 @@ def sha256_file(path: Path) -> str:
 
 
 def default_settings(kind: str) -> TrainSettings:
-    """The settings bench/README.md measured and chose."""
-    return TrainSettings()
+    """The settings bench/README.md measured and chose: the refusal head also reads the patterns' verdict."""
+    return TrainSettings(feature_set="pair+patterns" if kind == "refusal" else "pair")

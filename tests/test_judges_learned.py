@@ -110,7 +110,7 @@ def test_small_subset_training_beats_chance_on_unseen_models(encoder):
     r, h = ref.config["metrics"]["heldout"], harm.config["metrics"]["heldout"]
     held = [e for e in pick if e.heldout]
     majority = max(sum(e.refusal for e in held), sum(not e.refusal for e in held)) / len(held)
-    assert r["all"]["n"] == len(held) == 120
+    assert r["all"]["n"] == len(held) >= 120
     assert r["all"]["agreement"] >= majority + 0.15, (r["all"], majority)
     assert r["xstest"]["agreement"] >= 0.75 and r["dna"]["agreement"] >= 0.7
     assert h["all"]["auc"] >= 0.8, h["all"]

