@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from typing import Literal, Optional, TypedDict
 
+try:
+    from typing import NotRequired
+except ImportError:  # Python 3.10
+    from typing_extensions import NotRequired
+
 # LLaMA 2 Sec. 3.2.1: how much better the chosen response is (strongest first).
 RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better", "unsure")
 # LLaMA 2's 3-way safety label, plus the case it drops from safety-RM training (chosen unsafe, rejected safe).
@@ -116,6 +121,13 @@ class EvalRecord(TypedDict):
     violation: Optional[bool]         # unsafe prompts only
     false_refusal: Optional[bool]     # borderline and helpful prompts only
     reference_overlap: Optional[float]
+    # present when the learned judges ran (eval/classifiers.py): their probabilities and who decided
+    refusal_p: NotRequired[Optional[float]]
+    refusal_patterns: NotRequired[bool]
+    refusal_classifier: NotRequired[Optional[bool]]
+    harmful: NotRequired[Optional[bool]]
+    harmful_p: NotRequired[Optional[float]]
+    judge: NotRequired[str]
 
 
 class Rate(TypedDict):

@@ -6,6 +6,7 @@ from them (pipeline/config_doc.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -46,6 +47,18 @@ class EvalConfig:
     (a refusal never is)."""
     use_llm_judge: bool = False
     """Also ask the LLM judge (section `judge`) for safety verdicts and a pairwise win rate."""
+    refusal_judge: Literal["patterns", "classifier", "combined"] = "combined"
+    """Who decides a refusal: ``patterns`` (eval.refusal), ``classifier`` (the learned judge from
+    `saferounds judges train`), or ``combined`` (the classifier; the patterns break ties near its threshold;
+    quoted refusals are ignored and "I can't ... But here is how ..." is compliance). Without a trained
+    classifier every mode falls back to the patterns, and the report says so."""
+    violation_judge: Literal["safety_rm", "harm_classifier", "both"] = "both"
+    """Who says a non-refusal to an unsafe prompt is a violation: the safety RM, the learned harm
+    classifier (independent of the RM the policy was optimised against), or ``both`` (either one says
+    unsafe). A missing judge is skipped, and the report says so. The LLM judge is added when use_llm_judge."""
+    judges_data_dir: str = ""
+    """Folder with xstest/ and do-not-answer/ for `saferounds judges train` (relative to the workspace);
+    empty: ../shared/data beside the project."""
     examples_per_suite: int = field(default=10, metadata={"min": 0})
     """Example answers per suite in the report."""
     compare_against: list[str] = field(default_factory=lambda: ["previous", "v0"])

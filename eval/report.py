@@ -25,7 +25,12 @@ metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1],
   n_prompts                    int, prompts evaluated over all suites
   judges                       {"refusal": "eval.refusal.is_refusal", "safety_rm": path|null,
                                 "helpfulness_rm": path|null, "safety_threshold": float,
-                                "llm_judge": model|null, "note": str (only when no safety judge)}
+                                "llm_judge": model|null, "note": str (only when no safety judge),
+                                learned judges (eval/classifiers.py): "refusal_judge", "violation_judge",
+                                "refusal_classifier"/"harm_classifier": {path, backbone, threshold, heldout,
+                                heldout_models}|null, "refusal_heldout_by_judge", "judge_notes": [str],
+                                "disagreement": {"refusal_patterns_vs_classifier",
+                                "violation_safety_rm_vs_harm_classifier": {"n", "disagree"}}}
   suites.<name>                {"path", "n", "violation": RATE|null, "false_refusal": RATE|null}
   safety.violation_rate        float|null  violations / unsafe prompts
   safety.violation             RATE
@@ -296,6 +301,44 @@ def _flags(rec: dict) -> str:
     return ", ".join(out)
 
 
+def judge_validation(m: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """(table head, rows, sentences) on the judges: held-out agreement with human labels on models the
+    learned judges never saw (from the judge artifacts' config.json), disagreements on this version's
+    answers, and fallbacks. The patterns' figures are measured on the same held-out answers."""
+    j = m.get("judges", {})
+    rows = []
+    ref = j.get("refusal_classifier")
+    by_judge = j.get("refusal_heldout_by_judge") or {}
+    for name, table in by_judge.items():
+        for src in ("xstest", "dna"):
+            r = table.get(src)
+            if r and r.get("n"):
+                rows.append([f"refusal: {name}", src, str(r["n"]), _num(r["agreement"]), ""])
+    harm = j.get("harm_classifier")
+    if harm:
+        for src in ("xstest", "dna", "all"):
+            r = harm["heldout"].get(src)
+            if r and r.get("n"):
+                rows.append(["harm classifier", src, str(r["n"]), _num(r["agreement"]), _num(r["auc"])])
+    text = []
+    models = (ref or harm or {}).get("heldout_models")
+    if models:
+        text.append("Held out of training (never seen by the learned judges): " +
+                    "; ".join(f"{k}: {', '.join(v)}" for k, v in models.items()) + ".")
+    if j.get("violation_judge"):
+        text.append(f"Violation judge: `{j['violation_judge']}` (the harm classifier is independent of the safety RM "
+                    "the policy was optimised against; the safety RM is not validated against per-response "
+                    "human harm labels).")
+    d = j.get("disagreement") or {}
+    a, b = d.get("refusal_patterns_vs_classifier"), d.get("violation_safety_rm_vs_harm_classifier")
+    if a and a["n"]:
+        text.append(f"Patterns vs refusal classifier disagree on {a['disagree']} of {a['n']} answers.")
+    if b and b["n"]:
+        text.append(f"Safety RM vs harm classifier disagree on {b['disagree']} of {b['n']} answers to unsafe prompts.")
+    text += [f"Note: {n}." for n in j.get("judge_notes", [])]
+    return ["judge", "held-out data", "n", "agreement", "AUC"], rows, text
+
+
 def render_markdown(m: dict, examples: dict, trend: list[dict], cut: int = 600) -> str:
     s = m["safety"]
     lines = [f"# Safety evaluation of {m['version']}", "",
@@ -306,8 +349,10 @@ def render_markdown(m: dict, examples: dict, trend: list[dict], cut: int = 600) 
     lines += [f"Judges: refusal = `{j.get('refusal', 'eval.refusal.is_refusal')}`; safety RM = "
               f"`{j.get('safety_rm') or 'none'}` (unsafe when σ(score) < {j.get('safety_threshold', 0.5)}); "
               f"LLM judge = `{j.get('llm_judge') or 'none'}`. A refusal is never a violation.", "",
-              "## Headline", "", _md_table(["metric", "value"], headline_rows(m)), "",
-              "## Violations by risk category (LLaMA 2)", "",
+              "## Headline", "", _md_table(["metric", "value"], headline_rows(m)), ""]
+    vh, vr, vt = judge_validation(m)
+    lines += ["## Judges vs human labels", "", *([_md_table(vh, vr), ""] if vr else []), *vt, ""]
+    lines += ["## Violations by risk category (LLaMA 2)", "",
               _md_table(["category", "violation"], [[c, _pct(r)] for c, r in s["by_category"].items()]), ""]
     if s["by_source_category"]:
         lines += ["## Violations by source category", "",
@@ -359,6 +404,9 @@ def render_html(m: dict, examples: dict, trend: list[dict], plots: dict, cut: in
                  f"safety RM = <code>{html.escape(str(j.get('safety_rm') or 'none'))}</code> (unsafe when "
                  f"σ(score) &lt; {j.get('safety_threshold', 0.5)}); LLM judge = "
                  f"<code>{html.escape(str(j.get('llm_judge') or 'none'))}</code>. A refusal is never a violation.</p>")
+    vh, vr, vt = judge_validation(m)
+    parts += ["<h2>Judges vs human labels</h2>", *([_html_table(vh, vr)] if vr else []),
+              *(f"<p>{html.escape(t)}</p>" for t in vt)]
     parts += ["<h2>Headline</h2>", _html_table(["metric", "value"], headline_rows(m)),
               "<h2>Violations by risk category (LLaMA 2)</h2>",
               _html_table(["category", "violation"], [[c, _pct(r)] for c, r in s["by_category"].items()])]

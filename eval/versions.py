@@ -18,7 +18,7 @@ from core.io import write_json
 from core.progress import current
 from core.records import EvalRecord
 from core.versions import version_number
-from eval.evaluate import judge_records, summarise
+from eval.evaluate import judge_records, prompt_text, summarise
 from eval.generate import cached_generate, generation_settings
 from eval.metrics import rate_with_ci, win_rate_of
 from eval.report import write_report
@@ -62,7 +62,9 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
             scores[kind][j] = v
     llm = llm_safety(config.judge, out_dir, flat, by_name, responses, progress) if cfg.use_llm_judge else None
 
-    # 3. verdicts per answer
+    # 3. verdicts per answer (the learned refusal and harm judges, when trained, beside the patterns and RMs)
+    learned, judge_info = learned_verdicts(root, cfg, pairs, scores["safety"] is not None, progress)
+    use_rm = not (cfg.violation_judge == "harm_classifier" and judge_info.get("harm_classifier"))
     records: dict[str, list[EvalRecord]] = {v: [] for v in policies}
     offset = 0
     for v in policies:
@@ -72,16 +74,17 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
                 s.name, s.rows, responses[v][s.name],
                 helpfulness=None if scores["helpfulness"] is None else scores["helpfulness"][sl],
                 safety=None if scores["safety"] is None else scores["safety"][sl],
-                llm_safety=None if llm is None else llm[sl], threshold=cfg.safety_threshold)
+                llm_safety=None if llm is None else llm[sl], threshold=cfg.safety_threshold,
+                learned=None if learned is None else learned[sl], use_safety_rm=use_rm)
             offset += len(s.rows)
 
     # 4. metrics, with the compared versions judged by the same judges in this run
     compared = {v: r for v, r in records.items() if v != name}
-    judges = {"refusal": "eval.refusal.is_refusal",
+    judges = {"refusal": "eval.refusal.is_refusal",  # replaced by judge_info's when learned judges ran
               "helpfulness_rm": str(rm_paths["helpfulness"]) if rm_paths.get("helpfulness") else None,
               "safety_rm": str(rm_paths["safety"]) if rm_paths.get("safety") else None,
               "safety_threshold": cfg.safety_threshold,
-              "llm_judge": config.judge.model if cfg.use_llm_judge else None}
+              "llm_judge": config.judge.model if cfg.use_llm_judge else None, **judge_info}
     judge_win = llm_win_rate(config.judge, out_dir, records[name], compared, progress) if cfg.use_llm_judge else None
     metrics = summarise(name, records[name], compared=compared, judges=judges,
                         suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
@@ -114,6 +117,28 @@ def headline_summary(metrics: dict) -> str:
     helpful = h.get("mean_score")
     return (f"{metrics['version']}: violation {pct(s.get('violation_rate'))}, false refusal "
             f"{pct(s.get('false_refusal_rate'))}, helpfulness {'n/a' if helpful is None else f'{helpful:.3f}'}")
+
+
+def learned_verdicts(root: Path, cfg, pairs: list, have_rm: bool, progress: Progress) -> tuple[list[dict] | None, dict]:
+    """The learned judges' verdicts on every (prompt, response) (eval.refusal_judge, eval.violation_judge),
+    and what the report says about them: which judges, their held-out agreement, fallbacks."""
+    from eval.classifiers import load_judges
+
+    need_harm = cfg.violation_judge != "safety_rm"
+    judges = load_judges(root, cfg.refusal_judge, need_harm=need_harm)
+    info = {"refusal": cfg.refusal_judge if judges.refusal else "eval.refusal.is_refusal (patterns)",
+            "violation_judge": cfg.violation_judge, **judges.describe()}
+    notes = list(judges.notes)
+    if cfg.violation_judge == "harm_classifier" and judges.harm is None:
+        notes.append("eval.violation_judge is harm_classifier but none is trained: the safety RM judged violations")
+    if cfg.violation_judge != "harm_classifier" and not have_rm:
+        notes.append("no safety RM: violations were judged without it")
+    if notes:
+        info["judge_notes"] = notes
+    if judges.refusal is None and judges.harm is None:
+        return None, info
+    progress(f"eval: learned judges on {len(pairs)} answers")
+    return judges.judge([prompt_text(m) for m, _ in pairs], [r for _, r in pairs]), info
 
 
 def cache_files(root: Path, version: str, suite: str) -> list[Path]:

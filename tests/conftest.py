@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("SAFEROUNDS_QUIET", "1")  # no Trainer progress bars in test output
+# default judges (`saferounds judges train --default`) trained on this machine must not change test results
+os.environ["SAFEROUNDS_HOME"] = tempfile.mkdtemp(prefix="saferounds-home-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from core.errors import InputError
-from pipeline.cli import demo, evaluate, feedback, ppo, rm
+from pipeline.cli import demo, evaluate, feedback, judges, ppo, rm
 from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json,
                                  table)
 from pipeline.cli.live import VerboseOpt, live, log_message
@@ -258,6 +258,7 @@ AREAS = {
     "eval, report": evaluate.register,      # saferounds eval|report VERSION
     "ppo": ppo.register,                    # saferounds ppo (outside a round)
     "label, annotate": feedback.register,   # AI feedback from an LLM judge; the human ranking loop
+    "judges": judges.register,              # saferounds judges train|score (learned refusal and harm judges)
     "demo": demo.register,                  # saferounds demo
 }
 for register in AREAS.values():
