@@ -233,7 +233,7 @@ def run(ctx) -> dict:
         ctx.progress(f"v{version} rs: fine-tuning on {len(selected)} selected samples")
         examples = [{"messages": s["messages"], "completion": s["completion"]} for s in selected]
         ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
-                      seed=ctx.config.seed)
+                      seed=ctx.config.seed, stage=f"v{version} rs fine-tune")
         write_json(ft_file, ft)
 
     def mean(rows, field):

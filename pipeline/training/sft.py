@@ -117,9 +117,11 @@ def _heldout_loss(model, rows: list[dict], collator, batch_size: int) -> float:
     return total / max(count, 1)
 
 
-def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -> dict:
+def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, stage: str = "sft") -> dict:
     from transformers import Trainer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+
+    from core.checkpoints import last_complete_checkpoint, torn_notes
+    from core.finite import check_value, check_weights, finite_callback
 
     if not rows:
         raise InputError("training data: no usable examples (all were empty after truncation to "
@@ -138,11 +140,16 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    last = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
+    trainer.add_callback(finite_callback(stage))  # NaN/Inf gradients or weights fail the stage at once
+    last = last_complete_checkpoint(work_dir)  # a torn checkpoint-N (kill -9 mid-save) is set aside
     result = trainer.train(resume_from_checkpoint=last)
+    check_value(result.training_loss, stage, result.global_step, "the training loss")
+    check_weights(model, stage, result.global_step)
     metrics["train_loss"] = result.training_loss
     metrics["steps"] = result.global_step
     metrics["resumed_from"] = Path(last).name if last else None
+    if torn_notes(work_dir):
+        metrics["torn_checkpoints"] = torn_notes(work_dir)
     if heldout:
         metrics["heldout_loss_after"] = _heldout_loss(model, heldout, collator, train_cfg.batch_size)
     save_pretrained_atomic(model, tokenizer, out_dir)
@@ -150,7 +157,7 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -
 
 
 def finetune(base, examples: list[dict], train_cfg, model_cfg, out_dir, work_dir, seed: int = 0,
-             heldout: list[dict] | None = None) -> dict:
+             heldout: list[dict] | None = None, stage: str = "sft") -> dict:
     """SFT (and the rejection-sampling fine-tune): `examples` are {"messages", "completion"}."""
     from pipeline.models import load_tokenizer
 
@@ -160,15 +167,15 @@ def finetune(base, examples: list[dict], train_cfg, model_cfg, out_dir, work_dir
         encoded = (encode_sft(tokenizer, x["messages"], x["completion"], train_cfg.max_length) for x in items)
         return [e for e in encoded if e is not None]
 
-    return _train(base, encode(examples), encode(heldout or []), train_cfg, model_cfg, out_dir, work_dir, seed)
+    return _train(base, encode(examples), encode(heldout or []), train_cfg, model_cfg, out_dir, work_dir, seed, stage)
 
 
 def pretrain(base, texts: list[str], train_cfg, model_cfg, out_dir, work_dir, seed: int = 0,
-             heldout_texts: list[str] | None = None) -> dict:
+             heldout_texts: list[str] | None = None, stage: str = "pretrain") -> dict:
     """Step 0: causal-LM training on raw domain text, packed into max_length blocks."""
     from pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(base, model_cfg.trust_remote_code)
     rows = encode_text(tokenizer, texts, train_cfg.max_length)
     held = encode_text(tokenizer, heldout_texts, train_cfg.max_length) if heldout_texts else []
-    return _train(base, rows, held, train_cfg, model_cfg, out_dir, work_dir, seed)
+    return _train(base, rows, held, train_cfg, model_cfg, out_dir, work_dir, seed, stage)
