@@ -111,6 +111,9 @@ def run(ctx) -> dict:
                                 work_dir=out / "work" / "ppo", log_path=out / "ppo_log.jsonl",
                                 whiten_scores=ctx.config.gate.whiten, accelerator=accelerator,
                                 logger=ctx.log, progress=ctx.progress)
+    from core.finite import check_weights
+
+    check_weights(policy, "ppo", summary["steps_done"])  # never save (or finish a version with) a NaN policy
     save_policy(policy, tokenizer, out / "ppo_policy", accelerator)
     last = summary.get("last", {})
     return {"ppo_start": str(start), "ppo_reference": str(ref_path), "ppo_steps": summary["steps_done"],
