@@ -70,3 +70,22 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def disk_full(e: OSError) -> DiskFullError:
+    """A DiskFullError for an ENOSPC OSError: the path it names (or the current directory) and the free
+    space left on that filesystem."""
+    import os
+    import shutil
+
+    if isinstance(e, DiskFullError):
+        return e
+    path = e.filename or os.getcwd()
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    return DiskFullError(path, getattr(e, "needed", None), free)

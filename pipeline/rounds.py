@@ -125,10 +125,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         try:
             metrics = STAGES[stage](ctx) or {}
         except BaseException as e:
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-            ws.set_stage(n, stage, status="failed", error=reason[:2000],
-                         traceback=traceback.format_exc()[-4000:])
-            ws.update_manifest(n, status="failed")
+            record_failure(ws, n, stage, e)
             raise
         seconds = round(time.time() - started, 2)
         if stage in POLICY_OUTPUTS:
@@ -142,13 +139,37 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
     return {"version": n, "status": "complete", "manifest": ws.manifest(n)}
 
 
+def record_failure(ws: Workspace, n: int, stage: str, e: BaseException) -> None:
+    """The stage's failure in the manifest (status interrupted for Ctrl-C, else failed). Best effort: on a
+    full disk even the manifest may not fit, and the cause must still reach the user."""
+    import contextlib
+
+    interrupted = isinstance(e, KeyboardInterrupt)
+    reason = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+    with contextlib.suppress(OSError):
+        ws.set_stage(n, stage, status="interrupted" if interrupted else "failed", error=reason[:2000],
+                     traceback=traceback.format_exc()[-4000:], pid=os.getpid())
+        ws.update_manifest(n, status="interrupted" if interrupted else "failed")
+
+
+def live_status(ws: Workspace, status: str | None, holder: str | None) -> str | None:
+    """A manifest that says `running` while no process holds the workspace lock belongs to a run that
+    died (kill -9, power loss): show `died`, never `running`."""
+    if status == "running" and holder is None:
+        return "died"
+    return status
+
+
 def list_versions(ws: Workspace) -> list[dict]:
     rows = []
+    holder = ws.lock().holder()
     for n in sorted(set(ws.finished_versions()) | set(ws.partial_versions())):
         m = ws.manifest(n)
         order = m.get("plan") or list(m.get("stages", {}))
-        rows.append({"version": m["version"], "parent": m.get("parent"), "status": m.get("status"),
-                     "stages": [{"stage": s, "status": m["stages"].get(s, {}).get("status")} for s in order],
+        rows.append({"version": m["version"], "parent": m.get("parent"),
+                     "status": live_status(ws, m.get("status"), holder),
+                     "stages": [{"stage": s, "status": live_status(ws, m["stages"].get(s, {}).get("status"), holder)}
+                                for s in order],
                      "created": m.get("created"), "finished": m.get("finished"),
                      "seconds": round(sum(m.get("timings", {}).values()), 1),
                      "headline": headline(m)})

@@ -229,3 +229,155 @@ def test_rm_training_resumes_past_a_torn_checkpoint(tiny_models, tmp_path):
     m = train_reward_model("helpfulness", _pairs(), tiny_models["reward_model"], tmp_path / "b", _rm_cfg(),
                            work_dir=work, max_steps=4)
     assert Path(m["resumed_from"]).name == "checkpoint-4" and m["torn_checkpoints"][0]["checkpoint"] == torn.name
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. `round discard`, killed at every rename
+
+def _workspace_with_v1(root: Path):
+    from pipeline.workspace import Workspace
+
+    ws = Workspace(root)
+    for n in (0, 1):
+        if ws.version_dir(n).exists():
+            continue
+        d = ws.begin_version(n, n - 1 if n else None, ["rs"], ["data/prompts.jsonl"])
+        (d / "policy").mkdir()
+        (d / "policy" / "weights.bin").write_bytes(bytes([n]) * 16)
+        ws.set_stage(n, "rs", status="done", seconds=1.0)
+        ws.finish_version(n)
+    for kind in ("helpfulness", "safety"):
+        ws.rm_dir(kind, 1).mkdir(parents=True)
+        (ws.rm_dir(kind, 1) / "manifest.json").write_text("{}")
+    (ws.root / "reports" / "v1").mkdir(parents=True)
+    (ws.root / "reports" / "x" / "generations" / "v1").mkdir(parents=True)
+    return ws
+
+
+def _v1_left(ws) -> list[str]:
+    return sorted(str(p.relative_to(ws.root)) for p in
+                  [ws.version_dir(1), *(ws.rm_dir(k, 1) for k in ("helpfulness", "safety")),
+                   ws.root / "reports" / "v1", ws.root / "reports" / "x" / "generations" / "v1"] if p.exists())
+
+
+def test_discard_killed_at_every_rename_is_finished_by_the_next_command(tiny_workspace, monkeypatch, cli_main):
+    """Was: an interrupted discard left v1's reward models behind and the next round reused them."""
+    import pipeline.workspace as wsm
+
+    real = os.replace
+    ws = _workspace_with_v1(tiny_workspace)
+    all_targets = _v1_left(ws)
+    n_renames = None
+    for kill_at in range(1, 20):
+        calls = {"n": 0}
+
+        def dying_replace(a, b, *args, **kw):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise KeyboardInterrupt("kill -9")  # nothing after this point runs
+            return real(a, b, *args, **kw)
+
+        monkeypatch.setattr(wsm.os, "replace", dying_replace)
+        try:
+            ws.discard(1)
+            n_renames = calls["n"]
+            monkeypatch.setattr(wsm.os, "replace", real)
+            break
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.setattr(wsm.os, "replace", real)
+        left = _v1_left(ws)
+        # a half-discarded v1 is never a usable version: once its directory has gone, it is listed nowhere
+        assert ws.finished_versions() in ([0, 1], [0])
+        if kill_at > 1:
+            assert 1 not in ws.finished_versions() and left != all_targets
+        # the next locking command (here `round discard v1` again, via the CLI) finishes the discard
+        assert cli_main(["round", "discard", "v1", "-w", str(ws.root)]) == 0
+        assert _v1_left(ws) == [] and ws.finished_versions() == [0]
+        assert not list(ws.root.glob(".discarding-*"))
+        ws = _workspace_with_v1(tiny_workspace)
+    assert n_renames == len(all_targets) + 1 and kill_at == n_renames + 1  # every target, then the staging dir
+
+
+def test_an_interrupted_discard_is_finished_before_a_round_runs(tiny_workspace, monkeypatch):
+    import pipeline.workspace as wsm
+    from pipeline.cli.common import locked
+
+    ws = _workspace_with_v1(tiny_workspace)
+    real, calls = os.replace, {"n": 0}
+
+    def dying_replace(a, b, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # v1's directory is gone, its reward models are not
+            raise KeyboardInterrupt
+        return real(a, b, *args, **kw)
+
+    monkeypatch.setattr(wsm.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        ws.discard(1)
+    monkeypatch.setattr(wsm.os, "replace", real)
+    assert ws.rm_versions("safety") == [1]  # left behind for now ...
+    with locked(ws):  # ... the next command that takes the lock (round run, rm train, ...) finishes it
+        pass
+    assert ws.rm_versions("safety") == ws.rm_versions("helpfulness") == [] and _v1_left(ws) == []
+
+
+def test_an_rm_trained_on_other_preference_data_is_not_reused(tiny_workspace):
+    from pipeline.stages.rm import check_reusable, inputs_digest
+    from pipeline.workspace import Workspace
+
+    ws = Workspace(tiny_workspace)
+    done = ws.rm_dir("safety", 1)
+    done.mkdir(parents=True)
+    records = _pairs(4)
+    (done / "manifest.json").write_text(json.dumps({"config_hash": ws.config.hash(),
+                                                    "inputs_sha256": inputs_digest(records, ws.config.reward_models)}))
+    check_reusable(ws, done, 1, records)  # the same inputs: reused
+    records[2] = dict(records[2], chosen="an edited answer")
+    with pytest.raises(Exception, match="trained on different preference data"):
+        check_reusable(ws, done, 1, records)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The lock
+
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(tiny_workspace, cli_main, capsys):
+    target = tiny_workspace / "precious.txt"
+    target.write_text("keep me")
+    (tiny_workspace / ".saferounds.lock").symlink_to(target)
+    assert cli_main(["round", "discard", "v0", "-w", str(tiny_workspace)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{tiny_workspace / '.saferounds.lock'}: the workspace lock is a symlink" in err
+    assert target.read_text() == "keep me"
+
+
+def test_discard_fails_while_ppo_holds_the_lock(tiny_workspace, monkeypatch, cli_main, capsys):
+    """`ppo` used to take no lock: `round discard v1` succeeded while `ppo --policy v1` ran."""
+    import pipeline.stages.ppo as stage
+
+    ws = _workspace_with_v1(tiny_workspace)
+    seen = {}
+
+    def fake_run(ctx):
+        seen["discard"] = cli_main(["round", "discard", "v1", "-w", str(ws.root)])
+        return {"ppo_steps": 0, "ppo_stopped_early": False}
+
+    monkeypatch.setattr(stage, "run", fake_run)
+    monkeypatch.setattr("pipeline.cli.ppo._check_policy", lambda start, cfg: None, raising=False)
+    cli_main(["ppo", "--policy", "v1", "--out", str(tmp := ws.root / "reports" / "p"), "-w", str(ws.root)])
+    assert seen["discard"] == 2 and "in use by pid" in capsys.readouterr().err
+    assert ws.finished_versions() == [0, 1]
+
+
+def test_status_tells_a_dead_run_from_a_live_one(tiny_workspace):
+    from pipeline.rounds import list_versions
+    from pipeline.workspace import Workspace
+
+    ws = Workspace(tiny_workspace)
+    ws.begin_version(7, 6, ["rs", "eval"], [])
+    ws.set_stage(7, "rs", status="running")
+    row = [r for r in list_versions(ws) if r["version"] == "v7"]
+    assert [s["status"] for s in row[0]["stages"]] == ["died", "pending"]  # nobody holds the lock
+    assert row[0]["status"] == "died"
+    with ws.lock():
+        assert [r for r in list_versions(ws) if r["version"] == "v7"][0]["status"] == "running"

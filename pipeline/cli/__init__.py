@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from core.errors import InputError
+from core.errors import DivergedError, InputError, disk_full
 from pipeline.cli import demo, evaluate, feedback, ppo, rm
 from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
                                  table)
@@ -230,7 +231,7 @@ INTERRUPTED = 130  # the shell's code for Ctrl-C (128 + SIGINT)
 
 def _environment() -> None:
     """SAFEROUNDS_LOG (a logging level), SAFEROUNDS_THREADS (torch threads), SAFEROUNDS_QUIET=1."""
-    level = os.environ.get("SAFEROUNDS_LOG", "WARNING").upper()
+    level = (os.environ.get("SAFEROUNDS_LOG") or "WARNING").upper()  # set but empty: the default
     if not isinstance(logging.getLevelName(level), int):
         raise InputError(f"SAFEROUNDS_LOG={level!r}: expected DEBUG, INFO, WARNING or ERROR")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -262,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:  # a runtime failure with one cause: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"error: {disk_full(e)}", file=sys.stderr)
+        return 1
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):

@@ -33,6 +33,8 @@ def locked(ws: Workspace):
     with ws.lock() as lock:
         if lock.stale_from:
             err_console.print(f"[yellow]note:[/] took over a stale lock left by {lock.stale_from}")
+        for n in ws.finish_interrupted_discards():
+            err_console.print(f"[yellow]note:[/] finished the interrupted discard of v{n}")
         yield ws
 
 
