@@ -81,6 +81,24 @@ def validate_inputs(ws: Workspace, stages: list[str]) -> None:
         from pipeline.stages.rm import load_rm_records
 
         load_rm_records(ws)
+    validate_outputs_and_suites(ws, stages)
+
+
+def validate_outputs_and_suites(ws: Workspace, stages: list[str]) -> None:
+    """Checks that used to fail hours in (after the RMs, sampling and the fine-tune), when fixing them
+    blocks the resume ("saferounds.yaml changed"): every eval.suites entry loads (kind known, file there),
+    and no configured output path lies inside a finished version."""
+    from core.versions import ensure_outside_finished_versions
+
+    cfg = ws.config
+    if "label" in stages and cfg.judge.cache_path:
+        ensure_outside_finished_versions(ws.resolve(cfg.judge.cache_path), "judge.cache_path")
+    if "eval" in stages:
+        from eval.suites import load_suites
+        from pipeline.stages.eval import suite_specs
+
+        load_suites(suite_specs(cfg, ws.root), base=ws.root, prompt_column=cfg.eval.prompt_column,
+                    limit=cfg.eval.max_prompts_per_suite)
 
 
 def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,

@@ -16,7 +16,7 @@ class RSFinetuneConfig:
 @dataclass
 class RejectionSamplingConfig:
     """YAML section `rejection_sampling` (LLaMA 2 Sec. 3.2.3)."""
-    k: int = field(default=4, metadata={"min": 1})  # samples per prompt
+    k: int = field(default=4, metadata={"min": 1, "max": 1024})  # samples per prompt
     # A number; a list with one entry per round (v1 takes the first, the last repeats); or "auto":
     # sweep `auto_temperatures` on a held-out slice and keep the best mean max-of-K score (LLaMA 2 Fig. 8).
     temperature: Union[float, list[float], str] = 1.0

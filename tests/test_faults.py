@@ -381,3 +381,160 @@ def test_status_tells_a_dead_run_from_a_live_one(tiny_workspace):
     assert row[0]["status"] == "died"
     with ws.lock():
         assert [r for r in list_versions(ws) if r["version"] == "v7"][0]["status"] == "running"
+
+
+# ---------------------------------------------------------------------------------------------
+# 5-6, 9. Red team: bad input fails early with exit 2 and a precise message, and writes nothing
+
+def _set(root: Path, **changes) -> None:
+    import yaml
+
+    cfg = yaml.safe_load((root / "saferounds.yaml").read_text())
+    for dotted, value in changes.items():
+        node = cfg
+        *path, last = dotted.split("__")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    (root / "saferounds.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.lstat().st_size for p in root.rglob("*")
+            if ".saferounds.lock" not in p.name and "models/tiny" not in str(p.relative_to(root))}
+
+
+def _samples(path: Path, k: int) -> Path:
+    path.write_text("".join(json.dumps({"prompt_id": str(i), "messages": [{"role": "user", "content": f"q{i}"}],
+                                        "response": f"answer {i}.{j}"}) + "\n" for i in range(2) for j in range(k)))
+    return path
+
+
+def _pref(path: Path, **fields) -> Path:
+    row = {"prompt": "how do I bake bread?", "chosen": "knead, rise, bake", "rejected": "no", **fields}
+    path.write_text(json.dumps(row) + "\n")
+    return path
+
+
+RED_TEAM = {
+    # kind of bad input: (argv builder, expected message fragment)
+    "label -o into a finished version": (
+        lambda ws, tmp: ["label", "-i", str(_samples(tmp / "s.jsonl", 2)), "-o", str(ws / "versions/v1/x.jsonl"),
+                         "--judge", "openai:m@http://127.0.0.1:9", "-w", str(ws)],
+        "inside the finished version"),
+    "label --cache into a finished version": (
+        lambda ws, tmp: ["label", "-i", str(_samples(tmp / "s.jsonl", 2)), "-o", str(tmp / "o.jsonl"),
+                         "--cache", str(ws / "versions/v1/c.sqlite"), "--judge", "openai:m@http://127.0.0.1:9",
+                         "-w", str(ws)],
+        "--cache"),
+    "label on empty input": (
+        lambda ws, tmp: ["label", "-i", str(_touch(tmp / "e.jsonl")), "-o", str(tmp / "o.jsonl"),
+                         "--judge", "openai:m@http://127.0.0.1:9", "-w", str(ws)],
+        "no samples to label"),
+    "label with one response per prompt": (
+        lambda ws, tmp: ["label", "-i", str(_samples(tmp / "s.jsonl", 1)), "-o", str(tmp / "o.jsonl"),
+                         "--judge", "openai:m@http://127.0.0.1:9", "-w", str(ws)],
+        "every prompt has one response"),
+    "NaN margin": (lambda ws, tmp: ["data", "validate", str(_raw(tmp / "p.jsonl", '{"prompt": "q", "chosen": "a", '
+                                                                 '"rejected": "b", "margin": NaN}'))],
+                   "p.jsonl:1: margin: expected a finite number"),
+    "negative margin": (lambda ws, tmp: ["data", "validate", str(_pref(tmp / "p.jsonl", margin=-1))],
+                        "p.jsonl:1: margin: must be >= 0"),
+    "chosen_safe: \"yes\"": (lambda ws, tmp: ["data", "validate", str(_pref(tmp / "p.jsonl", chosen_safe="yes",
+                                                                                rejected_safe=False))],
+                             "p.jsonl:1: chosen_safe: expected true or false"),
+    "k: 1000000000": (lambda ws, tmp: (_set(ws, rejection_sampling__k=1_000_000_000), ["status", "-w", str(ws)])[1],
+                      "rejection_sampling.k: 1000000000 is out of range"),
+    "ppo.steps: 10**12": (lambda ws, tmp: (_set(ws, ppo__steps=10 ** 12), ["status", "-w", str(ws)])[1],
+                          "ppo.steps: 1000000000000 is out of range"),
+    "JSON nested 100k deep": (lambda ws, tmp: ["data", "validate", str(_raw(tmp / "deep.json", "[" * 100_000 + "]" * 100_000))],
+                              "nested more than"),
+    "JSONL nested 100k deep": (lambda ws, tmp: ["data", "validate", str(_raw(tmp / "deep.jsonl", '{"a":' + "[" * 100_000 + "]" * 100_000 + "}"))],
+                               "deep.jsonl:1: json: nested more than"),
+    "unknown eval suite kind (round run)": (
+        lambda ws, tmp: (_set(ws, eval__suites=["toxic:data/eval_unsafe.jsonl"]), ["round", "run", "-w", str(ws)])[1],
+        "unknown suite kind 'toxic'"),
+    "missing eval suite file (round run)": (
+        lambda ws, tmp: (_set(ws, eval__suites=["unsafe:data/nope.jsonl"]), ["round", "run", "-w", str(ws)])[1],
+        "nope.jsonl: file not found"),
+    "eval suite that is a symlink loop (round run)": (
+        lambda ws, tmp: (_loop(ws / "data" / "loop.jsonl"), _set(ws, eval__suites=["unsafe:data/loop.jsonl"]),
+                         ["round", "run", "-w", str(ws)])[2],
+        "loop.jsonl: a symlink loop"),
+    "judge.cache_path inside a finished version (round run)": (
+        lambda ws, tmp: (_set(ws, judge__cache_path="versions/v1/cache.sqlite", judge__model="m",
+                              rounds__plan=[{"versions": "2+", "stages": ["label", "rs", "eval"]}]),
+                         ["round", "run", "-w", str(ws)])[1],
+        "judge.cache_path"),
+    "sft with a pickle-only model": (
+        lambda ws, tmp: (shutil.rmtree(ws / "versions"), _pickle_model(ws / "pm"), _set(ws, model__policy="pm"),
+                         ["sft", "-w", str(ws)])[3],
+        "holds only pickle weights"),
+    "ppo with a pickle-only model": (
+        lambda ws, tmp: (_pickle_model(ws / "pm"), ["ppo", "--policy", str(ws / "pm"), "--out", str(ws / "reports/p"),
+                                                    "-w", str(ws)])[1],
+        "holds only pickle weights"),
+    "rm eval --out / ppo --out into a finished version": (
+        lambda ws, tmp: ["ppo", "--policy", "v1", "--out", str(ws / "versions/v1/p"), "-w", str(ws)],
+        "inside the finished version"),
+}
+
+
+def _touch(p: Path) -> Path:
+    p.write_text("")
+    return p
+
+
+def _raw(p: Path, text: str) -> Path:
+    p.write_text(text + "\n")
+    return p
+
+
+def _loop(p: Path) -> None:
+    p.symlink_to(p.name)
+
+
+def _pickle_model(d: Path) -> None:
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    torch.save({"w": torch.zeros(1)}, d / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("case", sorted(RED_TEAM))
+def test_red_team_bad_input_exits_2_with_a_precise_message_and_writes_nothing(case, tiny_workspace, tmp_path,
+                                                                              cli_main, capsys):
+    ws = _workspace_with_v1(tiny_workspace)
+    shutil.rmtree(ws.partial_dir(2), ignore_errors=True)
+    build, expected = RED_TEAM[case]
+    argv = build(ws.root, tmp_path)
+    before = _tree(ws.root)
+    code = cli_main(argv)
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2, err
+    assert expected in err and "Traceback" not in err and err.count("error:") == 1
+    assert _tree(ws.root) == before  # wrote nothing (no .vN.partial, no empty report dir, no file in v1)
+
+
+def test_an_empty_saferounds_log_means_the_default(cli_main, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("SAFEROUNDS_LOG", "")
+    assert cli_main(["data", "validate", str(_pref(tmp_path / "p.jsonl"))]) == 0
+
+
+def test_an_unterminated_string_is_reported_once_at_its_column(tmp_path):
+    from core.errors import InputError
+    from core.io import read_rows
+
+    p = _raw(tmp_path / "x.jsonl", '{"a": "abc')
+    with pytest.raises(InputError) as e:
+        read_rows(p)
+    assert "starting at column 7" in str(e.value) and "at at" not in str(e.value)
+
+
+def test_demo_help_and_readme_agree_on_the_smoke_duration():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    from pipeline.cli.demo import demo
+    import inspect
+
+    assert "~1.5 min (`smoke`)" in readme
+    assert "about 1.5 min" in str(inspect.signature(demo).parameters["size"].default.__class__) or \
+        "about 1.5 min" in (Path(__file__).resolve().parents[1] / "pipeline/cli/demo.py").read_text()

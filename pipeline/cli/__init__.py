@@ -266,10 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     except DivergedError as e:  # a runtime failure with one cause: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
+    except Exception as e:  # a full disk, however a library wrapped it: one line naming the path
+        from core.accelerator import _no_space
+
+        if not _no_space(e):
             raise
-        print(f"error: {disk_full(e)}", file=sys.stderr)
+        plain = e if isinstance(e, OSError) and e.errno == errno.ENOSPC else OSError(errno.ENOSPC, str(e), None)
+        print(f"error: {disk_full(plain)}", file=sys.stderr)
         return 1
     except typer.Exit as e:
         return e.exit_code

@@ -15,7 +15,7 @@ def _pct(x) -> str:
 
 
 def demo(workspace: Annotated[Path, typer.Option("-w", "--workspace", help="Demo workspace directory.")] = Path("demo-workspace"),
-         size: Annotated[str, typer.Option(help="smoke (about 3 min, what CI runs) or default (about 10 min).")] = "default",
+         size: Annotated[str, typer.Option(help="smoke (about 1.5 min on 2 CPU cores, what CI runs) or default (about 3 min).")] = "default",
          json: JsonOpt = False):
     """Run the whole method offline on a CPU: pretrain, SFT, RMs, RS rounds, PPO, reports."""
     from pipeline.demo import run_demo
