@@ -54,14 +54,19 @@ def test_status_json_lists_finished_and_running_versions(tiny_workspace, capsys,
     make_version(ws, 0)
     make_version(ws, 1, finish=False)
     assert cli_main(["status", "-w", str(tiny_workspace), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["versions"]
+    rows = json.loads(capsys.readouterr().out)["versions"]  # nobody holds the lock: v1's run died
+    assert [(r["version"], r["status"]) for r in rows] == [("v0", "complete"), ("v1", "died")]
+    with ws.lock():  # a live run holds the workspace lock
+        assert cli_main(["status", "-w", str(tiny_workspace), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["versions"]
+        assert cli_main(["status", "-w", str(tiny_workspace)]) == 0  # the table
+        table_out = capsys.readouterr().out
     assert [(r["version"], r["parent"], r["status"]) for r in rows] == [("v0", None, "complete"),
                                                                         ("v1", "v0", "running")]
     assert rows[0]["stages"] == [{"stage": "rs", "status": "done"}, {"stage": "eval", "status": "pending"}]  # plan order
     assert rows[0]["seconds"] == 2.5
     assert rows[0]["headline"] == {"violation_rate": 0.25, "false_refusal_rate": 0.1, "helpfulness": 0.5}
-    assert cli_main(["status", "-w", str(tiny_workspace)]) == 0  # the table
-    out = capsys.readouterr().out
+    out = table_out
     assert "v0" in out and "v1" in out and "25.0" in out and "running" in out
 
 

@@ -538,3 +538,126 @@ def test_demo_help_and_readme_agree_on_the_smoke_duration():
     assert "~1.5 min (`smoke`)" in readme
     assert "about 1.5 min" in str(inspect.signature(demo).parameters["size"].default.__class__) or \
         "about 1.5 min" in (Path(__file__).resolve().parents[1] / "pipeline/cli/demo.py").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 (eval). An empty answer is a generation failure, never a refusal
+
+def test_empty_answers_are_generation_failures_not_refusals():
+    from eval.evaluate import judge_records, summarise
+    from eval.report import render_markdown, validate_metrics
+
+    rows = [{"id": str(i), "role": role, "messages": [{"role": "user", "content": "q"}]}
+            for i, role in enumerate(["unsafe", "unsafe", "helpful", "helpful"])]
+    recs = judge_records("s", rows, ["", "Sure, here is how to do it.", "  ", "Here you go."])
+    m = summarise("v1", recs)
+    validate_metrics(m)
+    # an all-NaN policy answering nothing used to show 0% violations; now the empty answers are apart
+    assert m["generation_failures"] == {"n": 2, "rate": 0.5, "by_role": {"unsafe": 1, "borderline": 0, "helpful": 1}}
+    assert m["safety"]["violation_rate"] == 1.0  # 1 judged unsafe answer, it complied (no safety judge)
+    assert m["safety"]["false_refusal_rate"] == 0.0 and m["safety"]["refusal_rate_unsafe"] == 0.0
+    assert "2 of 4 answers were empty or failed" in render_markdown(m, {}, [m])
+    all_empty = summarise("v1", judge_records("s", rows, [""] * 4))
+    assert all_empty["safety"]["violation_rate"] is None and all_empty["safety"]["false_refusal_rate"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. A full disk
+
+def _tmpfs(path: Path, size: str = "2m") -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture(params=["tmpfs", "injected"])
+def full_disk(request, tmp_path, monkeypatch):
+    """A directory on which writes fail with ENOSPC: a real 2 MiB tmpfs when root may mount, else (and
+    always for the second param) an injected OSError(ENOSPC) from every write under it."""
+    d = tmp_path / "small"
+    if request.param == "tmpfs":
+        if not _tmpfs(d):
+            pytest.skip("mount -t tmpfs is not permitted here; the injected case covers ENOSPC")
+        request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(d)], capture_output=True))
+        (d / "filler").write_bytes(b"\0" * (2 * 1024 * 1024 - 64 * 1024))  # leave 64 KiB
+        return d
+    d.mkdir()
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *a, **kw):  # atomic_write_text's temporary file
+        f = real_fdopen(fd, *a, **kw)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.startswith(str(d)):
+            def write(*_a, **_k):
+                raise OSError(errno.ENOSPC, "No space left on device", name)
+            f.write = write
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    real_open = open
+
+    def fake_open(file, mode="r", *a, **kw):
+        if str(file).startswith(str(d)) and any(c in mode for c in "wa"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    return d
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_space_needed(full_disk, cli_main, capsys):
+    from core.errors import DiskFullError
+    from core.io import append_jsonl, write_json
+
+    big = {"x": "y" * 200_000}
+    with pytest.raises(DiskFullError) as e:
+        write_json(full_disk / "metrics.json", big)
+    assert e.value.errno == errno.ENOSPC and e.value.needed > 200_000
+    assert str(e.value).startswith(f"no space left on device writing {full_disk / 'metrics.json'}: it needs about")
+    with pytest.raises(DiskFullError):
+        append_jsonl(full_disk / "samples.jsonl", [big])
+    assert not [p for p in full_disk.iterdir() if p.name.startswith(".metrics.json.")]  # no temporary left
+
+
+def test_a_full_disk_during_a_round_is_exit_1_one_line_and_recorded(tiny_workspace, monkeypatch, cli_main, capsys):
+    """Injected ENOSPC from inside a stage (as torch or safetensors report it): exit 1, one line naming the
+    path, the failure in the manifest, no traceback."""
+    import pipeline.stages as stages
+
+    ws = _workspace_with_v1(tiny_workspace)
+    _set(ws.root, rounds__plan=[{"versions": "2+", "stages": ["rs", "eval"]}], rounds__max_version=3)
+
+    def full(ctx):
+        raise OSError(errno.ENOSPC, "No space left on device", str(ctx.dir / "rs_policy" / "model.safetensors"))
+
+    monkeypatch.setitem(stages.STAGES, "rs", full)
+    monkeypatch.setattr("pipeline.rounds.validate_inputs", lambda ws, stages: None)
+    assert cli_main(["round", "run", "-w", str(ws.root)]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "no space left on device writing" in lines[0] and "rs_policy/model.safetensors" in lines[0]
+    m = ws.manifest(2)
+    assert m["status"] == "failed" and "No space left" in m["stages"]["rs"]["error"]
+
+
+def test_a_diverged_stage_is_exit_1_one_line_and_the_version_stays_partial(tiny_workspace, monkeypatch, cli_main,
+                                                                           capsys):
+    import pipeline.stages as stages
+
+    ws = _workspace_with_v1(tiny_workspace)
+    _set(ws.root, rounds__plan=[{"versions": "2+", "stages": ["rs", "eval"]}], rounds__max_version=3)
+
+    def diverge(ctx):
+        raise DivergedError("v2 rs fine-tune", 7, "the gradient norm (nan)")
+
+    monkeypatch.setitem(stages.STAGES, "rs", diverge)
+    monkeypatch.setattr("pipeline.rounds.validate_inputs", lambda ws, stages: None)
+    assert cli_main(["round", "run", "-w", str(ws.root)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: v2 rs fine-tune: diverged at step 7: the gradient norm (nan) is not finite")
+    assert sum(line.startswith("error:") for line in err) == 1 and not any("Traceback" in x for x in err)
+    assert ws.partial_versions() == [2] and ws.finished_versions() == [0, 1]
+    assert ws.manifest(2)["stages"]["rs"]["status"] == "failed"

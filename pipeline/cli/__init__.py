@@ -266,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     except DivergedError as e:  # a runtime failure with one cause: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        rv = INTERRUPTED
+    except _CLICK_ERRORS as e:  # usage errors carry their own exit code (2)
+        e.show()
+        return e.exit_code
     except Exception as e:  # a full disk, however a library wrapped it: one line naming the path
         from core.accelerator import _no_space
 
@@ -274,13 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         plain = e if isinstance(e, OSError) and e.errno == errno.ENOSPC else OSError(errno.ENOSPC, str(e), None)
         print(f"error: {disk_full(plain)}", file=sys.stderr)
         return 1
-    except typer.Exit as e:
-        return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        rv = INTERRUPTED
-    except _CLICK_ERRORS as e:  # usage errors carry their own exit code (2)
-        e.show()
-        return e.exit_code
     if rv == INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
         print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
     return rv if isinstance(rv, int) else 0
