@@ -84,6 +84,28 @@ def validate_inputs(ws: Workspace, stages: list[str]) -> None:
     validate_outputs_and_suites(ws, stages)
 
 
+def validate_plan(ws: Workspace, n: int, stages: list[str]) -> None:
+    """What vN's stages need from earlier versions is there before .vN.partial is created: rs and ppo
+    need both reward models, from an `rm` stage of vN or an earlier version. With overlapping
+    rounds.plan entries (the last match wins) the message names the entries that cover vN."""
+    from pipeline.config import version_in_spec
+
+    if "rm" in stages or not {"rs", "ppo"} & set(stages):
+        return
+    from sampling.config import reward_for_round
+
+    if reward_for_round(ws.config.rejection_sampling, n) == "judge" and "ppo" not in stages:
+        return
+    missing = [k for k in ("helpfulness", "safety") if k not in ws.rm_paths(at_most=n)]
+    if not missing:
+        return
+    covering = [f"{{versions: {e.versions!r}, stages: {list(e.stages)}}}" for e in ws.config.rounds.plan
+                if version_in_spec(n, e.versions)]
+    overlap = f"; entries {' and '.join(covering)} all cover v{n} and the last one wins" if len(covering) > 1 else ""
+    raise InputError(f"rounds.plan: v{n} runs {stages} but there is no {' or '.join(missing)} reward model yet; "
+                     f"plan an `rm` stage for v{n}{overlap}")
+
+
 def validate_outputs_and_suites(ws: Workspace, stages: list[str]) -> None:
     """Checks that used to fail hours in (after the RMs, sampling and the fine-tune), when fixing them
     blocks the resume ("saferounds.yaml changed"): every eval.suites entry loads (kind known, file there),
@@ -119,6 +141,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
     if until is not None and until not in stages:
         raise InputError(f"--until {until}: v{n} runs {', '.join(stages)}; name one of those")
     validate_inputs(ws, stages)
+    validate_plan(ws, n, stages)
     data = cfg.data
     inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings
     d = ws.begin_version(n, n - 1, stages, inputs)

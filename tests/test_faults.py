@@ -661,3 +661,19 @@ def test_a_diverged_stage_is_exit_1_one_line_and_the_version_stays_partial(tiny_
     assert sum(line.startswith("error:") for line in err) == 1 and not any("Traceback" in x for x in err)
     assert ws.partial_versions() == [2] and ws.finished_versions() == [0, 1]
     assert ws.manifest(2)["stages"]["rs"]["status"] == "failed"
+
+
+def test_an_overlapping_plan_that_drops_rm_fails_before_the_version_is_created(tiny_workspace, cli_main, capsys):
+    """Was: v1 started (.v1.partial created) and its rs stage failed late for want of reward models."""
+    _set(tiny_workspace, rounds__plan=[{"versions": "1", "stages": ["rm", "rs", "eval"]},
+                                       {"versions": "1+", "stages": ["rs", "eval"]}])
+    from pipeline.workspace import Workspace
+
+    ws = Workspace(tiny_workspace)
+    d = ws.begin_version(0, None, ["sft"], [])
+    ws.finish_version(0)
+    assert d.name == ".v0.partial"
+    assert cli_main(["round", "run", "-w", str(tiny_workspace)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no helpfulness or safety reward model yet" in err and "all cover v1 and the last one wins" in err
+    assert ws.partial_versions() == [] and ws.finished_versions() == [0]
