@@ -61,9 +61,29 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | Path) -> Path:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    except Exception as e:  # ENOSPC comes as OSError, or wrapped by safetensors / torch
+        if not _no_space(e):
+            raise
+        from core.errors import disk_full
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = sum(p.numel() * p.element_size() for p in model.parameters())
+        err = disk_full(OSError(28, "No space left on device", str(tmp)))
+        raise type(err)(out_dir, needed, err.free) from None
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def _no_space(e: BaseException) -> bool:
+    import errno
+
+    while e is not None:
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

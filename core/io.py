@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from pathlib import Path
@@ -46,10 +48,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise _disk_full(path, len(text.encode("utf-8"))) from None
         raise
+
+
+def _disk_full(path, needed: int | None):
+    from core.errors import DiskFullError
+
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    return DiskFullError(path, needed, free)
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -108,10 +125,15 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     if not blob:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise _disk_full(path, len(blob.encode("utf-8"))) from None
+        raise
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
@@ -152,7 +174,10 @@ def _read_jsonl(path: Path, text: str, errors: RowErrors | None = None) -> list[
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            errors.add(n, "json", f"not valid JSON ({e.msg} at column {e.colno})")
+            errors.add(n, "json", f"not valid JSON ({json_problem(e)})")
+            continue
+        except RecursionError:
+            errors.add(n, "json", f"nested more than {MAX_JSON_DEPTH} levels deep")
             continue
         if not isinstance(obj, dict):
             errors.add(n, "json", f"expected a JSON object, got {type(obj).__name__}")
@@ -163,11 +188,21 @@ def _read_jsonl(path: Path, text: str, errors: RowErrors | None = None) -> list[
     return rows
 
 
+MAX_JSON_DEPTH = 1000  # about Python's recursion limit: deeper JSON is refused, never a RecursionError
+
+
+def json_problem(e: json.JSONDecodeError) -> str:
+    """"MSG at column N" (json's "Unterminated string starting at" already ends with "at")."""
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
+
+
 def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: json: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: json: nested more than {MAX_JSON_DEPTH} levels deep") from None
     wrapped = isinstance(data, dict) and isinstance(data.get("data"), list)
     if isinstance(data, dict):  # {"data": [...]} or a single object
         data = data.get("data", [data])
@@ -292,6 +327,22 @@ def _read_hub(spec: str) -> list[tuple[int, dict]]:
     return list(enumerate((dict(r) for r in ds), start=1))
 
 
+def missing_path_message(path: Path) -> str:
+    """Why `path` cannot be opened: a symlink loop, a dangling symlink, or no such file."""
+    import errno
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{path}: a symlink loop (the link points back at itself); fix or remove the link"
+        if path.is_symlink():
+            return f"{path}: a symlink to {os.readlink(path)}, which does not exist"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"{path}: permission denied"
+    return f"{path}: file not found"
+
+
 def read_rows(path: str | Path, errors: RowErrors | None = None) -> list[tuple[int, dict]]:
     """Rows of a record file as (line or row number, dict), in file order.
 
@@ -301,7 +352,7 @@ def read_rows(path: str | Path, errors: RowErrors | None = None) -> list[tuple[i
         return _read_hub(path)
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: file not found")
+        raise InputError(missing_path_message(path))
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a .jsonl, .json, .csv or .parquet file")
     kind = _base_suffix(path)

@@ -35,3 +35,23 @@ def partial_dir_version(path: str | Path) -> int | None:
     """N of a version directory under construction, named .vN.partial, else None."""
     m = _PARTIAL_DIR.fullmatch(Path(path).name)
     return int(m.group(1)) if m else None
+
+
+def finished_version_of(path: str | Path) -> Path | None:
+    """The finished version directory (versions/vN or reward_models/KIND/vN with its manifest.json) that
+    `path` lies in or is, or None. Symlinks are resolved, so a link into a version counts as inside it."""
+    p = Path(path).expanduser().resolve()
+    for d in (p, *p.parents):
+        if _DIR.fullmatch(d.name) and (d.parent.name == "versions" or d.parent.parent.name == "reward_models") \
+                and (d / "manifest.json").is_file():
+            return d
+    return None
+
+
+def ensure_outside_finished_versions(path: str | Path, what: str) -> Path:
+    """The one check every output path goes through: finished versions are never written into."""
+    inside = finished_version_of(path)
+    if inside is not None:
+        raise InputError(f"{what} {path}: inside the finished version {inside}, which is never modified; "
+                         "write somewhere else (e.g. WORKSPACE/reports/...)")
+    return Path(path)

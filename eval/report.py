@@ -23,6 +23,8 @@ metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1],
   version                      "vN", the evaluated version
   created                      ISO time
   n_prompts                    int, prompts evaluated over all suites
+  generation_failures          {"n", "rate", "by_role"}: empty or failed answers; never counted as
+                               refusals, and left out of every violation / false-refusal denominator
   judges                       {"refusal": "eval.refusal.is_refusal", "safety_rm": path|null,
                                 "helpfulness_rm": path|null, "safety_threshold": float,
                                 "llm_judge": model|null, "note": str (only when no safety judge),
@@ -339,12 +341,23 @@ def judge_validation(m: dict) -> tuple[list[str], list[list[str]], list[str]]:
     return ["judge", "held-out data", "n", "agreement", "AUC"], rows, text
 
 
+def generation_failure_line(m: dict) -> str | None:
+    g = m.get("generation_failures") or {}
+    if not g.get("n"):
+        return None
+    roles = ", ".join(f"{n} {role}" for role, n in g.get("by_role", {}).items() if n)
+    return (f"{g['n']} of {m['n_prompts']} answers were empty or failed ({roles}); they are not refusals and "
+            "are excluded from the violation and false-refusal rates, which describe the other answers only.")
+
+
 def render_markdown(m: dict, examples: dict, trend: list[dict], cut: int = 600) -> str:
     s = m["safety"]
     lines = [f"# Safety evaluation of {m['version']}", "",
              f"{m['n_prompts']} prompts in {len(m['suites'])} suite(s); created {m['created']}.", ""]
     if m["judges"].get("note"):
         lines += [f"> **Note:** {m['judges']['note']}.", ""]
+    if generation_failure_line(m):
+        lines += [f"> **Generation failures:** {generation_failure_line(m)}", ""]
     j = m["judges"]
     lines += [f"Judges: refusal = `{j.get('refusal', 'eval.refusal.is_refusal')}`; safety RM = "
               f"`{j.get('safety_rm') or 'none'}` (unsafe when σ(score) < {j.get('safety_threshold', 0.5)}); "
@@ -400,6 +413,8 @@ def render_html(m: dict, examples: dict, trend: list[dict], plots: dict, cut: in
              f"<p>{m['n_prompts']} prompts in {len(m['suites'])} suite(s); created {html.escape(m['created'])}.</p>"]
     if j.get("note"):
         parts.append(f"<p class='note'><b>Note:</b> {html.escape(j['note'])}.</p>")
+    if generation_failure_line(m):
+        parts.append(f"<p class='note'><b>Generation failures:</b> {html.escape(generation_failure_line(m))}</p>")
     parts.append(f"<p>Judges: refusal = <code>{html.escape(str(j.get('refusal', 'eval.refusal.is_refusal')))}</code>; "
                  f"safety RM = <code>{html.escape(str(j.get('safety_rm') or 'none'))}</code> (unsafe when "
                  f"σ(score) &lt; {j.get('safety_threshold', 0.5)}); LLM judge = "

@@ -13,6 +13,7 @@ see EvalConfig. Bad rows raise InputError naming ``file:line: field: reason``.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,9 @@ def load_suite_spec(spec: str, base: str | Path = ".", prompt_column: str = "pro
     if sep and (kind in ADAPTERS or kind in ROLES):
         path = _resolve(rest, base)
     else:
+        if sep and re.fullmatch(r"[A-Za-z][\w-]+", kind) and kind != "hub" and not os.path.lexists(_resolve(spec, base)):
+            raise InputError(f"{spec}: unknown suite kind {kind!r}; use one of "
+                             f"{', '.join(sorted(set(ADAPTERS) | set(ROLES)))} (KIND:PATH), or a plain path")
         kind, path = None, _resolve(spec, base)
     if kind == "xstest":
         return [load_xstest(path)]

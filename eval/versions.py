@@ -199,6 +199,9 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
                 progress=lambda n: current().advance(n))
     del model
     gc.collect()
+    from core.finite import check_scores
+
+    check_scores(out, "eval", f"the RM {Path(rm_path).parent.name}/{Path(rm_path).name} score")  # NaN is never "safe"
     return out
 
 

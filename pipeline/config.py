@@ -224,6 +224,17 @@ def _convert(value: Any, tp, key: str, errors: list[str]):
     return value
 
 
+INT_CEILING = 10_000_000  # no count, size or step setting is sensibly larger; catches 1e9 typos early
+SEED_CEILING = 2 ** 32 - 1
+
+
+def default_max(name: str, tp) -> int | None:
+    """The ceiling of an integer setting with no explicit max (seeds: 32 bits; everything else 10^7)."""
+    if tp is int or tp == Optional[int]:
+        return SEED_CEILING if name == "seed" else INT_CEILING
+    return None
+
+
 def build(cls, data: Any, prefix: str = "", errors: list[str] | None = None):
     """Make dataclass `cls` from a mapping, validating every key; errors collect in `errors`."""
     own = errors is None
@@ -246,7 +257,7 @@ def build(cls, data: Any, prefix: str = "", errors: list[str] | None = None):
             continue
         key = f"{prefix}.{name}" if prefix else name
         value = _convert(data[name], hints[name], key, errors)
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        lo, hi = f.metadata.get("min"), f.metadata.get("max", default_max(name, hints[name]))
         if isinstance(value, float) and not math.isfinite(value):
             errors.append(f"{key}: {value!r} is not a finite number")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -223,6 +223,26 @@ def _response(value, field, line, errors):
     return None, _text({field: value}, field, line, errors)
 
 
+SAFETY_FLAGS = ("chosen_safe", "rejected_safe", "chosen_unsafe_rejected_safe")
+
+
+def _safety_flags(row, line, errors, csv_file: bool) -> dict:
+    """Per-response safety booleans must be booleans: "yes" (or 1) in JSON would silently mean "no
+    safety label" to the RM. CSV cells are text, so there "true"/"false" are read as booleans."""
+    out = {}
+    for field in SAFETY_FLAGS:
+        value = row.get(field)
+        if value is None or (csv_file and value == ""):
+            continue
+        if isinstance(value, bool):
+            out[field] = value
+        elif csv_file and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            out[field] = value.strip().lower() == "true"
+        else:
+            errors.add(line, field, f"expected true or false (a JSON boolean), got {value!r}")
+    return out
+
+
 def load_preferences(path, source: str | None = None) -> list[PreferencePair]:
     """Preference pairs; HH-RLHF transcripts and TRL implicit-prompt pairs are converted."""
     errors, out = RowErrors(path), []
@@ -272,21 +292,25 @@ def load_preferences(path, source: str | None = None) -> list[PreferencePair]:
         src = _choice(row, "source", RM_KINDS, line, errors) or source or \
             ("safety" if safety_label else "helpfulness")
         margin = row.get("margin")
-        if margin in ("", None) or (isinstance(margin, float) and margin != margin):
+        if margin in ("", None):  # (a blank CSV cell; a NaN is an error below, never "no margin")
             margin = None
         else:
             try:
                 margin = float(margin)
                 if isinstance(row.get("margin"), bool) or not math.isfinite(margin):
                     raise ValueError
+                if margin < 0:
+                    errors.add(line, "margin", f"must be >= 0 (how much better chosen is), got {row.get('margin')!r}")
+                    margin = None
             except (TypeError, ValueError):
                 errors.add(line, "margin", f"expected a finite number, got {row.get('margin')!r}")
                 margin = None
+        safe_flags = _safety_flags(row, line, errors, csv_file=str(path).lower().removesuffix(".gz").endswith(".csv"))
         if None in (prompt, chosen, rejected):
             continue
         record = {k: v for k, v in row.items() if k not in ("messages",)}
         record.update(prompt=prompt, chosen=chosen, rejected=rejected, rating=rating, margin=margin,
-                      safety_label=safety_label, source=src)
+                      safety_label=safety_label, source=src, **safe_flags)
         out.append(record)
     errors.raise_if_any()
     return _nonempty(out, path)

@@ -49,6 +49,26 @@ def load_tokenizer(path_or_id: str | Path, trust_remote_code: bool = False):
     return tok
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def check_loadable(path_or_id: str | Path, what: str) -> None:
+    """Refuse, before anything is created, a local model directory that holds only pickle weights
+    (loading those could run code; models load safetensors only) or no weights at all."""
+    p = Path(str(path_or_id))
+    if str(path_or_id).startswith("hub:") or not p.exists():
+        return  # a hub id (or `tiny`, built later): checked when loaded
+    if p.is_file():
+        raise InputError(f"{what}: {p} is a file; pass a model directory (config.json + *.safetensors)")
+    if any(p.glob("*.safetensors")) or is_adapter_dir(p):
+        return
+    pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InputError(f"{what}: {p} holds only pickle weights ({', '.join(pickles[:3])}), which are refused "
+                         "(they can run code when loaded); convert them to safetensors")
+    raise InputError(f"{what}: {p} holds no model weights (*.safetensors)")
+
+
 def load_policy(path_or_id: str | Path, model_cfg, for_training: bool = False):
     """Return (model, tokenizer). A directory holding a peft adapter loads its base plus the adapter.
 

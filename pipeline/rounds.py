@@ -94,6 +94,46 @@ def validate_inputs(ws: Workspace, stages: list[str]) -> None:
         from pipeline.stages.rm import load_rm_records
 
         load_rm_records(ws)
+    validate_outputs_and_suites(ws, stages)
+
+
+def validate_plan(ws: Workspace, n: int, stages: list[str]) -> None:
+    """What vN's stages need from earlier versions is there before .vN.partial is created: rs and ppo
+    need both reward models, from an `rm` stage of vN or an earlier version. With overlapping
+    rounds.plan entries (the last match wins) the message names the entries that cover vN."""
+    from pipeline.config import version_in_spec
+
+    if "rm" in stages or not {"rs", "ppo"} & set(stages):
+        return
+    from sampling.config import reward_for_round
+
+    if reward_for_round(ws.config.rejection_sampling, n) == "judge" and "ppo" not in stages:
+        return
+    missing = [k for k in ("helpfulness", "safety") if k not in ws.rm_paths(at_most=n)]
+    if not missing:
+        return
+    covering = [f"{{versions: {e.versions!r}, stages: {list(e.stages)}}}" for e in ws.config.rounds.plan
+                if version_in_spec(n, e.versions)]
+    overlap = f"; entries {' and '.join(covering)} all cover v{n} and the last one wins" if len(covering) > 1 else ""
+    raise InputError(f"rounds.plan: v{n} runs {stages} but there is no {' or '.join(missing)} reward model yet; "
+                     f"plan an `rm` stage for v{n}{overlap}")
+
+
+def validate_outputs_and_suites(ws: Workspace, stages: list[str]) -> None:
+    """Checks that used to fail hours in (after the RMs, sampling and the fine-tune), when fixing them
+    blocks the resume ("saferounds.yaml changed"): every eval.suites entry loads (kind known, file there),
+    and no configured output path lies inside a finished version."""
+    from core.versions import ensure_outside_finished_versions
+
+    cfg = ws.config
+    if "label" in stages and cfg.judge.cache_path:
+        ensure_outside_finished_versions(ws.resolve(cfg.judge.cache_path), "judge.cache_path")
+    if "eval" in stages:
+        from eval.suites import load_suites
+        from pipeline.stages.eval import suite_specs
+
+        load_suites(suite_specs(cfg, ws.root), base=ws.root, prompt_column=cfg.eval.prompt_column,
+                    limit=cfg.eval.max_prompts_per_suite)
 
 
 def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
@@ -114,6 +154,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
     if until is not None and until not in stages:
         raise InputError(f"--until {until}: v{n} runs {', '.join(stages)}; name one of those")
     validate_inputs(ws, stages)
+    validate_plan(ws, n, stages)
     data = cfg.data
     inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings \
         + cfg.rejection_sampling.demonstrations
@@ -140,10 +181,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
             with log_to(d / "logs" / "stage.log"), scope(f"v{n}"):  # the details; progress: core.progress
                 metrics = STAGES[stage](ctx) or {}
         except BaseException as e:
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-            ws.set_stage(n, stage, status="failed", error=reason[:2000],
-                         traceback=traceback.format_exc()[-4000:])
-            ws.update_manifest(n, status="failed")
+            record_failure(ws, n, stage, e)
             raise
         seconds = round(time.time() - started, 2)
         if stage in POLICY_OUTPUTS:
@@ -157,13 +195,37 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
     return {"version": n, "status": "complete", "manifest": ws.manifest(n)}
 
 
+def record_failure(ws: Workspace, n: int, stage: str, e: BaseException) -> None:
+    """The stage's failure in the manifest (status interrupted for Ctrl-C, else failed). Best effort: on a
+    full disk even the manifest may not fit, and the cause must still reach the user."""
+    import contextlib
+
+    interrupted = isinstance(e, KeyboardInterrupt)
+    reason = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+    with contextlib.suppress(OSError):
+        ws.set_stage(n, stage, status="interrupted" if interrupted else "failed", error=reason[:2000],
+                     traceback=traceback.format_exc()[-4000:], pid=os.getpid())
+        ws.update_manifest(n, status="interrupted" if interrupted else "failed")
+
+
+def live_status(ws: Workspace, status: str | None, holder: str | None) -> str | None:
+    """A manifest that says `running` while no process holds the workspace lock belongs to a run that
+    died (kill -9, power loss): show `died`, never `running`."""
+    if status == "running" and holder is None:
+        return "died"
+    return status
+
+
 def list_versions(ws: Workspace) -> list[dict]:
     rows = []
+    holder = ws.lock().holder()
     for n in sorted(set(ws.finished_versions()) | set(ws.partial_versions())):
         m = ws.manifest(n)
         order = m.get("plan") or list(m.get("stages", {}))
-        rows.append({"version": m["version"], "parent": m.get("parent"), "status": m.get("status"),
-                     "stages": [{"stage": s, "status": m["stages"].get(s, {}).get("status")} for s in order],
+        rows.append({"version": m["version"], "parent": m.get("parent"),
+                     "status": live_status(ws, m.get("status"), holder),
+                     "stages": [{"stage": s, "status": live_status(ws, m["stages"].get(s, {}).get("status"), holder)}
+                                for s in order],
                      "created": m.get("created"), "finished": m.get("finished"),
                      "seconds": round(sum(m.get("timings", {}).values()), 1),
                      "headline": headline(m)})

@@ -14,10 +14,12 @@ included), and the next process takes the stale lock over and says so.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 import socket
+import stat
 import time
 from importlib import metadata
 from pathlib import Path
@@ -51,9 +53,38 @@ class WorkspaceLock:
         self.fd: int | None = None
         self.stale_from: str | None = None
 
+    def _open(self, flags: int) -> int:
+        """Open the lock file, never through a symlink (a symlinked lock would truncate its target)."""
+        try:
+            fd = os.open(self.path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EMLINK) or self.path.is_symlink():
+                raise InputError(f"{self.path}: the workspace lock is a symlink (to {os.readlink(self.path)}); "
+                                 "remove it (it is recreated as a plain file)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InputError(f"{self.path}: the workspace lock is not a regular file; remove it")
+        return fd
+
+    def holder(self) -> str | None:
+        """Who holds the lock now ("pid N on HOST"), or None when no live process does (read-only)."""
+        if not self.path.exists() or self.path.is_symlink():
+            return None
+        fd = self._open(os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def acquire(self) -> "WorkspaceLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open(os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -239,22 +270,63 @@ class Workspace:
         os.replace(path, trash)
         shutil.rmtree(trash)
 
-    def _discard_derived(self, n: int) -> None:
-        """What vN made outside its directory goes with it: its reward models and its reports
-        (and cached answers of vN in other reports), so a rebuilt vN never reuses them."""
+    def _discard_targets(self, n: int) -> list[Path]:
+        """Everything vN owns, the version itself first: its directory (finished or partial), its reward
+        models (finished, partial and their work dirs) and its reports (and cached answers of vN in other
+        reports), so a rebuilt vN never reuses any of them."""
+        out = [self.version_dir(n), self.partial_dir(n)]
         for kind in RM_KINDS:
-            self._remove(self.rm_dir(kind, n))
-            self._remove(self.rm_partial_dir(kind, n))
-        self._remove(self.root / "reports" / f"v{n}")
-        for cached in [*self.root.glob(f"reports/*/generations/v{n}"),
-                       *self.root.glob(f"reports/*/*/generations/v{n}")]:  # reports/vM/{eval,report}/
-            self._remove(cached)
+            out += [self.rm_dir(kind, n), self.rm_partial_dir(kind, n), self.rm_dir(kind, n).parent / f".v{n}.work"]
+        out.append(self.root / "reports" / f"v{n}")
+        out += sorted([*self.root.glob(f"reports/*/generations/v{n}"),
+                       *self.root.glob(f"reports/*/*/generations/v{n}")])  # reports/vM/{eval,report}/
+        return out + [t.with_name(f".{t.name.lstrip('.')}.discarded") for t in out]  # left by older versions
+
+    def discarding_dir(self, n: int) -> Path:
+        return self.root / f".discarding-v{n}"
+
+    def interrupted_discards(self) -> list[int]:
+        return sorted(int(p.name[len(".discarding-v"):]) for p in self.root.glob(".discarding-v*")
+                      if p.name[len(".discarding-v"):].isdigit())
+
+    def _discard_all(self, n: int) -> None:
+        """Discard vN across its version, RMs and reports, resumable from any point: the staging
+        directory .discarding-vN is created first (from then on the discard is decided), each target is
+        renamed into it (the version first, so it disappears at once), then the staging directory is
+        deleted. A run killed anywhere leaves .discarding-vN, and the next discard, `round run` or
+        `rm train` finishes it before doing anything else."""
+        stage = self.discarding_dir(n)
+        stage.mkdir(exist_ok=True)
+        for i, target in enumerate(self._discard_targets(n)):
+            if os.path.lexists(target):
+                rel = str(target.relative_to(self.root)).replace(os.sep, "__")
+                os.replace(target, stage / f"{i:03d}-{rel}")
+        trash = stage.with_name(stage.name + ".deleting")
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.replace(stage, trash)  # once renamed, nothing of vN is reachable: deleting is only cleanup
+        shutil.rmtree(trash)
+
+    def finish_interrupted_discards(self) -> list[int]:
+        """Complete every discard that was killed part-way; returns their versions."""
+        done = self.interrupted_discards()
+        for n in done:
+            self._discard_all(n)
+        self.completed_discards = getattr(self, "completed_discards", []) + done
+        for leftover in self.root.glob(".discarding-v*.deleting"):
+            shutil.rmtree(leftover)
+        return done
 
     def discard(self, n: int) -> None:
         """Remove an unfinished version, or the newest finished one, with its reward models and reports."""
+        if n in self.interrupted_discards():  # a discard of vN was killed part-way: finish it
+            self._discard_all(n)
+            return
+        if n in getattr(self, "completed_discards", []):  # finished just now, when the lock was taken
+            return
+        self.finish_interrupted_discards()
         if self.partial_dir(n).exists():
-            self._remove(self.partial_dir(n))
-            self._discard_derived(n)
+            self._discard_all(n)
             return
         done = self.finished_versions()
         if n not in done:
@@ -264,8 +336,7 @@ class Workspace:
         building = [p for p in self.partial_versions() if p > n]
         if building:
             raise InputError(f"v{n}: v{building[0]} is being built on it; discard v{building[0]} first")
-        self._remove(self.version_dir(n))
-        self._discard_derived(n)
+        self._discard_all(n)
 
     # -- reward models ----------------------------------------------------------------------
     def rm_dir(self, kind: str, n: int) -> Path:

@@ -277,7 +277,10 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     (training loss, steps, data mix, held-out accuracy block); they, `extra` and the config are written to
     out_dir/manifest.json.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import set_seed
+
+    from core.checkpoints import last_complete_checkpoint, torn_notes
+    from core.finite import check_value, check_weights, finite_callback
 
     cfg = cfg or RewardModelConfig()
     out_dir = Path(out_dir)
@@ -288,19 +291,26 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
         raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
                          "(or data.rankings) in saferounds.yaml")
     _say_new_head(kind, backbone, model_cfg)
+    set_seed(seed)  # a backbone without a scalar head gets a fresh one: its init must be seeded too
     model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
     trainer, total, warm = make_trainer(kind, items, model, tokenizer, cfg, work_dir, seed, max_steps, log, runs)
+    stage = f"{kind} RM training"
+    trainer.add_callback(finite_callback(stage))
     dataset = trainer.train_dataset
-    last = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+    last = last_complete_checkpoint(work_dir, log)  # a torn checkpoint-N is set aside, not resumed from
     if last and log:
         log.info("resuming %s RM training from %s", kind, last)
     result = trainer.train(resume_from_checkpoint=last)
     model = trainer.model
+    check_value(result.training_loss, stage, trainer.state.global_step, "the training loss")
+    check_weights(model, stage, trainer.state.global_step)
     save_reward_model(model, tokenizer, out_dir)  # a LoRA RM saves adapter + head; load_reward_model reloads it
     metrics = {"kind": kind, "backbone": str(backbone), "objective": cfg.objective, "train_items": len(dataset),
                "steps": trainer.state.global_step, "warmup_steps": warm, "planned_steps": total,
                "train_loss": round(float(result.training_loss), 6), **stats,
                "resumed_from": str(last) if last else None}
+    if torn_notes(work_dir):
+        metrics["torn_checkpoints"] = torn_notes(work_dir)
     if held:
         metrics["heldout"] = evaluate_pairs(model, tokenizer, held, cfg.score_batch_size, cfg.max_length)
     metrics["seconds"] = round(time.time() - t0, 1)

@@ -23,7 +23,7 @@ class RSFinetuneConfig:
 @dataclass
 class RejectionSamplingConfig:
     """YAML section `rejection_sampling` (LLaMA 2 Sec. 3.2.3)."""
-    k: int = field(default=4, metadata={"min": 1})
+    k: int = field(default=4, metadata={"min": 1, "max": 1024})
     """Samples per prompt."""
     temperature: Union[float, list[float], str] = 1.0
     """A number; a list with one entry per round (v1 takes the first, the last repeats); or `auto`: sweep

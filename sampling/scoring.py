@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+from core.finite import check_scores
 from core.maths import sigmoid
 from reward_models.config import GateConfig
 from reward_models.gating import gated_reward
@@ -30,9 +31,11 @@ def add_rm_scores(samples: list[dict], helpfulness_rm, safety_rm, batch_size: in
     prompts = [s["messages"] for s in samples]
     responses = [s["response"] for s in samples]
     for field, (model, tok) in (("helpfulness", helpfulness_rm), ("safety", safety_rm)):
-        for s, v in zip(samples, score(model, tok, prompts, responses, batch_size=batch_size,
-                                       max_length=max_length)):
-            s[field] = float(v)
+        values = [float(v) for v in score(model, tok, prompts, responses, batch_size=batch_size,
+                                          max_length=max_length)]
+        check_scores(values, "scoring", f"the {field} RM's score")  # NaN must never be selected
+        for s, v in zip(samples, values):
+            s[field] = v
 
 
 def add_gate(samples: Sequence[dict], gate: GateConfig) -> None:

@@ -37,7 +37,7 @@ def test_init_creates_a_valid_workspace_and_refuses_to_overwrite(tmp_path, capsy
 
 def test_init_with_an_unknown_preset_exits_2_and_writes_nothing(tmp_path, capsys, cli_main):
     assert cli_main(["init", str(tmp_path / "x"), "--preset", "gpt5"]) == 2
-    assert "--preset: expected one of tiny, llama2-7b, got 'gpt5'" in capsys.readouterr().err
+    assert "--preset: expected one of tiny, smollm2, llama2-7b, got 'gpt5'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
@@ -50,18 +50,24 @@ def test_the_llama2_preset_writes_a_config_without_demo_data(tmp_path, cli_main)
 def test_status_json_lists_finished_and_running_versions(tiny_workspace, capsys, cli_main):
     ws = Workspace(tiny_workspace)
     assert cli_main(["status", "-w", str(tiny_workspace), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"workspace": str(ws.root), "versions": []}
+    assert json.loads(capsys.readouterr().out) == {"workspace": str(ws.root), "versions": [],
+                                                   "runs": str(ws.root / "runs"), "logs": str(ws.root / "logs")}
     make_version(ws, 0)
     make_version(ws, 1, finish=False)
     assert cli_main(["status", "-w", str(tiny_workspace), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["versions"]
+    rows = json.loads(capsys.readouterr().out)["versions"]  # nobody holds the lock: v1's run died
+    assert [(r["version"], r["status"]) for r in rows] == [("v0", "complete"), ("v1", "died")]
+    with ws.lock():  # a live run holds the workspace lock
+        assert cli_main(["status", "-w", str(tiny_workspace), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["versions"]
+        assert cli_main(["status", "-w", str(tiny_workspace)]) == 0  # the table
+        table_out = capsys.readouterr().out
     assert [(r["version"], r["parent"], r["status"]) for r in rows] == [("v0", None, "complete"),
                                                                         ("v1", "v0", "running")]
     assert rows[0]["stages"] == [{"stage": "rs", "status": "done"}, {"stage": "eval", "status": "pending"}]  # plan order
     assert rows[0]["seconds"] == 2.5
     assert rows[0]["headline"] == {"violation_rate": 0.25, "false_refusal_rate": 0.1, "helpfulness": 0.5}
-    assert cli_main(["status", "-w", str(tiny_workspace)]) == 0  # the table
-    out = capsys.readouterr().out
+    out = table_out
     assert "v0" in out and "v1" in out and "25.0" in out and "running" in out
 
 

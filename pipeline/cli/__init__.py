@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -13,10 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from core.errors import InputError
+from core.errors import DivergedError, InputError, disk_full
 from pipeline.cli import demo, evaluate, feedback, judges, ppo, rm
-from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json,
-                                 table)
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
 from pipeline.cli.live import VerboseOpt, live, log_message
 
 app = typer.Typer(name="saferounds", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -132,7 +132,7 @@ def _print_summary(kind: str, s: dict) -> None:
         console.print(f"  responses: {s['records']} ({s['unsafe']} unsafe) — unsafe by category: "
                       + (", ".join(f"{c} {n}" for c, n in s["by_category"].items()) or "none"))
     if s["dropped"]:
-        console.print(f"    dropped: " + ", ".join(f"{k} {n}" for k, n in s["dropped"].items()))
+        console.print("    dropped: " + ", ".join(f"{k} {n}" for k, n in s["dropped"].items()))
 
 
 @data_app.command("convert")
@@ -287,7 +287,7 @@ INTERRUPTED = 130  # the shell's code for Ctrl-C (128 + SIGINT)
 
 def _environment() -> None:
     """SAFEROUNDS_LOG (a logging level; what the log files and -v get), SAFEROUNDS_THREADS (torch threads)."""
-    level = os.environ.get("SAFEROUNDS_LOG", "WARNING").upper()
+    level = (os.environ.get("SAFEROUNDS_LOG") or "WARNING").upper()  # set but empty: the default
     if not isinstance(logging.getLevelName(level), int):
         raise InputError(f"SAFEROUNDS_LOG={level!r}: expected DEBUG, INFO, WARNING or ERROR")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:  # a runtime failure with one cause: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
@@ -321,6 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERRORS as e:  # usage errors carry their own exit code (2)
         e.show()
         return e.exit_code
+    except Exception as e:  # a full disk, however a library wrapped it: one line naming the path
+        from core.accelerator import _no_space
+
+        if not _no_space(e):
+            raise
+        plain = e if isinstance(e, OSError) and e.errno == errno.ENOSPC else OSError(errno.ENOSPC, str(e), None)
+        print(f"error: {disk_full(plain)}", file=sys.stderr)
+        return 1
     if rv == INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
         print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)
     return rv if isinstance(rv, int) else 0

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.errors import InputError
+from core.versions import ensure_outside_finished_versions
 from pipeline.workspace import Workspace
 
 console = Console()
@@ -33,12 +34,15 @@ def locked(ws: Workspace):
     with ws.lock() as lock:
         if lock.stale_from:
             err_console.print(f"[yellow]note:[/] took over a stale lock left by {lock.stale_from}")
+        for n in ws.finish_interrupted_discards():
+            err_console.print(f"[yellow]note:[/] finished the interrupted discard of v{n}")
         yield ws
 
 
 def output_dir(ws: Workspace, path: Path) -> Path:
     """An --out directory: anywhere but inside versions/ (finished versions are never modified, and a
     version under construction belongs to its round)."""
+    ensure_outside_finished_versions(path, "--out")
     path = Path(path).resolve()
     if path == ws.versions_dir or ws.versions_dir in path.parents:
         raise InputError(f"--out {path}: inside {ws.versions_dir}, which only rounds write; choose another "

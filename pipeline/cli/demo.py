@@ -22,8 +22,8 @@ def _num(x) -> str:
 
 def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", help="Demo workspace directory.",
                                                             show_default="demo-workspace, or demo-smollm2")] = None,
-         size: Annotated[Optional[str], typer.Option(help="tiny: smoke (about 3 min, what CI runs) or default (about "
-                                                          "10 min); smollm2: full (the acceptance run), quarter or "
+         size: Annotated[Optional[str], typer.Option(help="tiny: smoke (about 1.5 min on 2 cores, what CI runs) or default (about "
+                                                          "3 min); smollm2: full (the acceptance run), quarter or "
                                                           "mini.")] = None,
          model: Annotated[str, typer.Option(help="tiny (the 0.6M demo model, synthetic data) or smollm2 "
                                                  "(SmolLM2-135M-Instruct, real public data).")] = "tiny",

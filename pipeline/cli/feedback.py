@@ -10,6 +10,7 @@ import typer
 
 from core.errors import InputError
 from core.io import write_jsonl
+from core.versions import ensure_outside_finished_versions
 from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json, table
 
 annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: rank K samples per prompt on a local page "
@@ -76,9 +77,12 @@ def label(
     cfg, ws = _judge_config(workspace, judge, {"guideline": guideline, "max_pairs_per_prompt": max_pairs,
                                                "concurrency": concurrency})
     groups = group_samples(read_rows(input), where=input)  # bad input fails before any request or write
+    check_label_groups(groups, input, mode)
     cache_path = cache or (Path(cfg.cache_path) if cfg.cache_path else Path(str(output) + ".judge_cache.sqlite"))
     if cfg.cache_path and not cache and not cache_path.is_absolute():
         cache_path = ws / cache_path
+    ensure_outside_finished_versions(output, "--output")
+    ensure_outside_finished_versions(cache_path, "--cache" if cache else "judge.cache_path")
     done = {"n": 0}
 
     def progress(i: int, total: int) -> None:
@@ -109,6 +113,16 @@ def label(
         print_json(summary)
     else:
         console.print(table("label", list(summary), [list(summary.values())]))
+
+
+def check_label_groups(groups: list[dict], where: str, mode: str) -> None:
+    """Labelling needs something to compare: no samples, or one response per prompt (no pair to judge),
+    is bad input, not a run that writes an empty file and exits 0."""
+    if not groups:
+        raise InputError(f"{where}: no samples to label (the file is empty)")
+    if mode == "pairs" and all(len(g["responses"]) < 2 for g in groups):
+        raise InputError(f"{where}: every prompt has one response; pairwise labels need at least two "
+                         "different responses per prompt (K >= 2 samples), or use --mode scores")
 
 
 @annotate_app.command("export")

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from core.errors import InputError
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, open_workspace, output_dir, print_json
+from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, output_dir, print_json
 from pipeline.cli.live import VerboseOpt, live, log_message
 
 
@@ -25,12 +25,25 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
             "--set", help="Config override KEY.PATH=VALUE, e.g. ppo.beta=0.005 (repeatable).")] = None,
         workspace: WorkspaceOpt = None, json: JsonOpt = False, verbose: VerboseOpt = False):
     """Run PPO on the gated reward from a policy, with the workspace's newest reward models."""
+    ws = open_workspace(workspace)
+    with locked(ws):  # a version in use by PPO cannot be discarded under it
+        _ppo(ws, out, policy, steps, set_, json, verbose)
+
+
+def _check_policy(start: Path, cfg) -> None:
+    """A start policy that would be refused (e.g. pickle weights) fails before --out is created."""
+    from pipeline.models import check_loadable
+
+    check_loadable(start, "--policy")
+
+
+def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] | None, json: bool,
+         verbose: bool) -> None:
     from core.versions import parse_version
     from pipeline.config import CONFIG_NAME, load_config
     from pipeline.rounds import StageContext
     from pipeline.stages.ppo import run
 
-    ws = open_workspace(workspace)
     overrides = list(set_ or []) + ([f"ppo.steps={steps}"] if steps is not None else [])
     cfg = load_config(ws.root / CONFIG_NAME, overrides)
     latest = ws.latest()
@@ -53,6 +66,7 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
     if (out / "rs_policy").exists():
         raise InputError(f"--out {out}: holds an rs_policy/, which PPO would start from instead of --policy; "
                          "use an empty directory")
+    _check_policy(start, cfg)
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(workspace=ws, config=cfg, version=(latest or 0) + 1, dir=out, parent_policy=start,
                        rm_paths=rm_paths, prior_versions=[], log=logging.getLogger("saferounds.ppo"),

@@ -58,7 +58,10 @@ def run(ctx) -> dict:
                                 whiten_scores=ctx.config.gate.whiten, accelerator=accelerator,
                                 logger=ctx.log, progress=ctx.progress)
 
-    # step 5: save the policy
+    # step 5: save the policy (never a NaN one: a diverged run fails the stage instead)
+    from core.finite import check_weights
+
+    check_weights(policy, "ppo", summary["steps_done"])
     save_policy(policy, tokenizer, out / "ppo_policy", accelerator)
     last = summary.get("last", {})
     return {"ppo_start": str(start), "ppo_reference": str(ref_path), "ppo_steps": summary["steps_done"],

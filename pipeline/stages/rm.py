@@ -60,10 +60,32 @@ def train_kind(ws: Workspace, kind: str, version: int, records: list[dict], work
     partial = ws.rm_partial_dir(kind, version)
     metrics = train_reward_model(kind, records, backbone(ws), partial, rm_cfg, cfg.model, work_dir=work_dir,
                                  seed=cfg.seed, log=log, max_steps=max_steps,
-                                 extra={"kind": kind, "version": f"v{version}", "config_hash": cfg.hash()},
+                                 extra={"kind": kind, "version": f"v{version}", "config_hash": cfg.hash(),
+                                        "inputs_sha256": inputs_digest(records, rm_cfg)},
                                  runs=runs_dir(ws.root, f"v{version}", f"rm-{kind}"))
     ws.finish_rm(kind, version)
     return metrics
+
+
+def inputs_digest(records: list[dict], rm_cfg) -> str:
+    """sha256 of what an RM is trained on: every preference record (in order) and the reward_models config."""
+    import dataclasses
+    import hashlib
+
+    blob = json.dumps({"records": records, "config": dataclasses.asdict(rm_cfg)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_reusable(ws: Workspace, done: Path, n: int, records: list[dict]) -> None:
+    """An RM already in reward_models/{kind}/vN is reused only when it was trained on exactly the current
+    preference data and config; otherwise the round refuses (it never trains on stale data silently)."""
+    manifest = read_json(done / MANIFEST) if (done / MANIFEST).exists() else {}
+    if manifest.get("config_hash") != ws.config.hash():
+        raise InputError(f"{done}: trained under a different saferounds.yaml than v{n} runs with; "
+                         f"delete it (or `saferounds round discard v{n}`) to retrain")
+    if manifest.get("inputs_sha256") != inputs_digest(records, ws.config.reward_models):
+        raise InputError(f"{done}: trained on different preference data than v{n} has now (sha256 of the "
+                         f"records differs); delete it (or `saferounds round discard v{n}`) to retrain")
 
 
 def summary(metrics: dict) -> dict:
@@ -83,10 +105,7 @@ def run(ctx) -> dict:
     for kind in RM_KINDS:
         done = ws.rm_dir(kind, n)
         if done.exists():  # trained earlier (resume, or `saferounds rm train` before the round)
-            trained_with = read_json(done / MANIFEST).get("config_hash") if (done / MANIFEST).exists() else None
-            if trained_with != ws.config.hash():
-                raise InputError(f"{done}: trained under a different saferounds.yaml than v{n} runs with; "
-                                 f"delete it (or `saferounds round discard v{n}`) to retrain")
+            check_reusable(ws, done, n, records)
             ctx.log.info("reusing %s", done)
             out[kind] = summary(read_json(done / MANIFEST).get("metrics", {})) if (done / MANIFEST).exists() else {}
             continue

@@ -7,6 +7,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -65,8 +66,24 @@ def _open_v0(ws: Workspace) -> Path:
     if ws.version_dir(0).exists():
         raise InputError("v0: already finished; a finished version is never modified "
                          "(start a new workspace to redo SFT)")
+    if not ws.partial_dir(0).exists():  # a model that would be refused fails before .v0.partial exists
+        from pipeline.models import check_loadable
+
+        check_loadable(resolve_model(ws, "policy"), "model.policy")
     inputs = ws.config.data.pretrain_text + ws.config.data.sft
     return ws.begin_version(0, None, ["pretrain", "sft"], inputs)
+
+
+@contextlib.contextmanager
+def _recorded(ws: Workspace, stage: str):
+    """A v0 stage that fails (diverged, full disk, Ctrl-C) says so in v0's manifest, as round stages do."""
+    from pipeline.rounds import record_failure
+
+    try:
+        yield
+    except BaseException as e:
+        record_failure(ws, 0, stage, e)
+        raise
 
 
 def run_pretrain(ws: Workspace) -> dict:
@@ -78,7 +95,7 @@ def run_pretrain(ws: Workspace) -> dict:
     train, held = split_heldout(texts, cfg.seed)
     started = time.time()
     ws.set_stage(0, "pretrain", status="running", started=now())
-    with log_to(d / "logs" / "stage.log"), scope("v0"):
+    with _recorded(ws, "pretrain"), log_to(d / "logs" / "stage.log"), scope("v0"):
         metrics = pretrain(resolve_model(ws, "policy"), train, cfg.pretrain, cfg.model, d / "pretrain",
                            d / "work" / "pretrain", seed=cfg.seed, heldout_texts=held,
                            runs=runs_dir(ws.root, "v0", "pretrain"))
@@ -107,7 +124,7 @@ def run_sft(ws: Workspace) -> dict:
     train, held = split_heldout(examples, cfg.seed)
     started = time.time()
     ws.set_stage(0, "sft", status="running", started=now())
-    with log_to(d / "logs" / "stage.log"), scope("v0"):
+    with _recorded(ws, "sft"), log_to(d / "logs" / "stage.log"), scope("v0"):
         metrics = finetune(base, train, cfg.sft, cfg.model, d / "policy", d / "work" / "sft",
                            seed=cfg.seed, heldout=held, runs=runs_dir(ws.root, "v0", "sft"))
     ws.set_stage(0, "sft", status="done", finished=now(), seconds=round(time.time() - started, 2),

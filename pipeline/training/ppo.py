@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from core.errors import InputError
+from core.finite import check_scores, check_value, total_norm
 from core.maths import masked_mean, whiten
 from core.progress import NullProgress
 from core.progress import current as current_progress
@@ -241,7 +242,7 @@ def save_checkpoint(work_dir: Path, step: int, model: PolicyAndValue, optimizer,
         tmp = work_dir / "latest.tmp"
         tmp.write_text(ckpt.name)
         tmp.replace(work_dir / "latest")
-        old = sorted(p for p in work_dir.glob("step_*") if p.name != ckpt.name)
+        old = sorted(p for p in work_dir.glob("step_*") if p.name != ckpt.name and p.name[5:].isdigit())
         for p in old[: max(len(old) - keep + 1, 0)]:
             for f in p.iterdir():
                 f.unlink()
@@ -249,13 +250,31 @@ def save_checkpoint(work_dir: Path, step: int, model: PolicyAndValue, optimizer,
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(work_dir: Path, model: PolicyAndValue, optimizer, whitener, accelerator) -> int:
-    """Restore the newest checkpoint; returns the step to continue from (0 when there is none)."""
+def _readable_state(work_dir: Path, logger=None) -> tuple[Path, dict] | None:
+    """(checkpoint dir, state) of the newest PPO checkpoint whose state.pt loads; a torn one (a kill or a
+    full disk in the middle of torch.save) is set aside as step_N.torn with a note, and an older one used."""
+    from core.checkpoints import set_aside
+
     latest = work_dir / "latest"
-    if not latest.exists():
+    named = [work_dir / latest.read_text().strip()] if latest.exists() else []
+    for ckpt in named + sorted(work_dir.glob("step_[0-9]*[0-9]"), reverse=True):
+        if not ckpt.is_dir():
+            continue
+        try:
+            return ckpt, torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            set_aside(ckpt, f"state.pt unreadable ({type(e).__name__})", logger)
+    return None
+
+
+def load_checkpoint(work_dir: Path, model: PolicyAndValue, optimizer, whitener, accelerator, logger=None) -> int:
+    """Restore the newest complete checkpoint; returns the step to continue from (0 when there is none)."""
+    if not (work_dir / "latest").exists() and not any(work_dir.glob("step_*")):
         return 0
-    ckpt = work_dir / latest.read_text().strip()
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    found = _readable_state(work_dir, logger)
+    if found is None:
+        return 0
+    ckpt, state = found
     params = dict(model.named_parameters())
     missing = set(state["model"]) ^ {n for n, p in params.items() if p.requires_grad}
     if missing:
@@ -353,7 +372,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
 
     torch.manual_seed(cfg.seed * 1_000_003 + rank)  # each process samples differently
     random.seed(cfg.seed + rank)
-    start = load_checkpoint(work_dir, unwrapped, optimizer, whitener, accelerator) if work_dir else 0
+    start = load_checkpoint(work_dir, unwrapped, optimizer, whitener, accelerator, logger) if work_dir else 0
     if start:
         logger.info("ppo: resuming from step %d (%s)", start, work_dir)
     if accelerator.trackers == [] and log_path is not None and accelerator.log_with:
@@ -393,6 +412,8 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
             t = time.perf_counter()
             score, used_safety = score_fn([prompts[i] for i in idx[rows]], texts)
             t_score += time.perf_counter() - t
+            check_scores(torch.as_tensor(score, dtype=torch.float32).tolist(), f"ppo step {step + 1}",
+                         "the reward-model score")
             if used_safety is None:
                 used_safety = torch.zeros(len(texts), dtype=torch.bool)
             chunks.append(Rollout(q_ids, q_mask, r_ids, r_mask, logp, ref_logp, values,
@@ -441,9 +462,14 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
                                            cfg.clip_ratio)
                 vl, vf_stats = value_loss(new_values, batch.values[mb, :width], returns[mb, :width], mb_mask,
                                           cfg.clip_value)
+                check_value(pg + cfg.vf_coef * vl, "ppo", step + 1, "the loss")
                 accelerator.backward(pg + cfg.vf_coef * vl)
                 if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    check_value(accelerator.clip_grad_norm_(params, cfg.max_grad_norm), "ppo", step + 1,
+                                "the gradient norm")
+                else:
+                    check_value(total_norm(p.grad for p in params if p.grad is not None), "ppo", step + 1,
+                                "the gradient norm")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 with torch.no_grad():
@@ -468,6 +494,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         if progress:
             progress(f"ppo step {step + 1}/{cfg.steps}: score {metrics['score']:.3f} KL {metrics['kl']:.3f}")
         bar.advance(1, score=metrics["score"], kl=metrics["kl"])
+        check_value(total_norm(params), "ppo", step + 1, "the weight norm")
         summary.update(steps_done=step + 1, last=metrics)
         if work_dir is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
             save_checkpoint(work_dir, step + 1, unwrapped, optimizer, whitener, accelerator)

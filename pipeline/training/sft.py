@@ -121,7 +121,9 @@ def _heldout_loss(model, rows: list[dict], collator, batch_size: int) -> float:
 def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, name: str = "sft",
            runs: Path | None = None) -> dict:
     from transformers import Trainer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+
+    from core.checkpoints import last_complete_checkpoint, torn_notes
+    from core.finite import check_value, check_weights, finite_callback
 
     if not rows:
         raise InputError("training data: no usable examples (all were empty after truncation to "
@@ -137,11 +139,16 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, n
     trainer = Trainer(model=model, args=_training_args(train_cfg, work_dir, seed, len(rows), runs),
                       train_dataset=_dataset(rows), data_collator=collator)
     _report_progress(trainer, name, runs)
-    last = get_last_checkpoint(str(work_dir)) if work_dir.exists() else None
+    trainer.add_callback(finite_callback(name))  # NaN/Inf gradients or weights fail the stage at once
+    last = last_complete_checkpoint(work_dir)  # a torn checkpoint-N (kill -9 mid-save) is set aside
     result = trainer.train(resume_from_checkpoint=last)
+    check_value(result.training_loss, name, result.global_step, "the training loss")
+    check_weights(model, name, result.global_step)
     metrics["train_loss"] = result.training_loss
     metrics["steps"] = result.global_step
     metrics["resumed_from"] = Path(last).name if last else None
+    if torn_notes(work_dir):
+        metrics["torn_checkpoints"] = torn_notes(work_dir)
     if heldout:
         metrics["heldout_loss_after"] = _heldout_loss(model, heldout, collator, train_cfg.batch_size)
     save_pretrained_atomic(model, tokenizer, out_dir)
