@@ -25,6 +25,13 @@ def workspace(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ws")
     built = build_tiny(root / "_tiny", seed=0)
+    # the untrained tiny policy would stop at once, and an empty answer is a generation failure (neither a
+    # refusal nor a violation): make it say something
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_pretrained(built["policy"])
+    gen.min_new_tokens = 4
+    gen.save_pretrained(built["policy"])
     for v in ("v0", "v1"):
         (root / "versions" / v).mkdir(parents=True)
         shutil.copytree(built["policy"], root / "versions" / v / "policy")
@@ -34,7 +41,7 @@ def workspace(tmp_path_factory):
     (root / "data" / "eval_demo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SUITE))
     (root / "saferounds.yaml").write_text(
         "model: {policy: tiny, reward_model: tiny}\n"
-        "eval: {suites: [data/eval_demo.jsonl], max_new_tokens: 8, batch_size: 4}\n")
+        "eval: {suites: [data/eval_demo.jsonl], max_new_tokens: 48, batch_size: 4}\n")
     return root
 
 

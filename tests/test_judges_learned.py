@@ -45,8 +45,10 @@ def _synthetic_examples() -> list[Example]:
 
 
 @pytest.fixture(scope="module")
-def encoder(request):
-    return Encoder(max_tokens=64, cache_dir=Path(request.config.cache.mkdir("saferounds-judge-embeddings")))
+def encoder(request, tmp_path_factory):
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    where = cache.mkdir("saferounds-judge-embeddings") if cache else tmp_path_factory.mktemp("embeddings")
+    return Encoder(max_tokens=64, cache_dir=Path(where))
 
 
 @pytest.fixture(scope="module")
