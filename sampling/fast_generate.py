@@ -2,11 +2,13 @@
 
 Measured on SmolLM2-135M (bench/fast_generate.py, bench/README.md): a CPU decode step at batch 32 is
 bound by the Linear layers' matrix products (the 576x49152 LM head alone is a fifth of them) and, at
-top-p < 1, by sorting the 49k-token vocabulary of every row. Two levers pay:
+top-p < 1, by sorting the 49k-token vocabulary of every row. Two levers were measured:
 
 - int8 dynamic quantisation of every nn.Linear (per-output-channel int8 weights, activations quantised
   per call; fbgemm/x86 kernels on AVX2): about 2x the fp32 matrix throughput where the CPU lacks native
-  bf16. CPUs with avx512_bf16/AMX keep the bf16 path of sampling.precision instead (`auto`).
+  bf16 (CPUs with avx512_bf16/AMX keep the bf16 path of sampling.precision under `auto`). It is opt-in
+  (`model.generation_quantize: int8`): on SmolLM2-135M it moves the next-token distribution by 2.2 nats
+  of KL (per-tensor activation scales cannot hold its outlier activations; bench/int8_kl.py).
 - the nucleus from a top-k: the smallest prefix of the descending probabilities whose mass reaches top_p
   almost always lies within the 256 most likely tokens, so `torch.topk` replaces a full sort of the
   vocabulary; rows whose nucleus is larger fall back to the full sort. Same tokens as the full sort
