@@ -1,6 +1,6 @@
 """K samples per prompt from a policy (LLaMA 2 Sec. 3.2.3, rejection sampling), batched and resumable.
 
-- One `generate` call per batch of prompts with num_return_sequences=K, left padding, prompts grouped
+- One `generate` call per batch of prompts, each repeated K times, left padding, prompts grouped
   by token length so little padding is computed, EOS stop, max_new_tokens.
 - Deterministic per prompt: each sample draws its token at each step by inverse CDF from a uniform
   number that is a counter-based hash of (seed, prompt id, sample index, step), so a sample does not
