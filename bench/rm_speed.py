@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -59,7 +60,17 @@ def run_ours(backbone, pairs, a, work) -> float:
     timer = _timer(a.skip)
     trainer.add_callback(timer)
     trainer.train()
-    return steps_per_s(timer, a.skip, a.steps)
+    return steps_per_s(timer, a.skip, a.steps), held_out_accuracy(trainer.model, tok, a)
+
+
+def held_out_accuracy(model, tok, a) -> float | None:
+    """Accuracy on pairs neither side trained on (the next --held-out pairs of the file), same scorer."""
+    if not a.held_out:
+        return None
+    from reward_models.evaluation import evaluate_pairs
+
+    model.eval()
+    return evaluate_pairs(model, tok, a.held_pairs, batch_size=8, max_length=a.max_length)["accuracy"]
 
 
 def run_trl(backbone, pairs, a, work) -> float:
@@ -85,7 +96,7 @@ def run_trl(backbone, pairs, a, work) -> float:
     timer = _timer(a.skip)
     trainer.add_callback(timer)
     trainer.train()
-    return steps_per_s(timer, a.skip, a.steps)
+    return steps_per_s(timer, a.skip, a.steps), held_out_accuracy(trainer.model, tok, a)
 
 
 def main() -> None:
@@ -102,30 +113,50 @@ def main() -> None:
     ap.add_argument("--trl-gradient-checkpointing", action="store_true",
                     help="TRL's RewardConfig default (True); off by default here to match ours")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-out", type=int, default=0, help="pairs after the training ones to measure accuracy on")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
     import trl
 
     from pipeline.data import hh_pairs
 
-    pairs = hh_pairs(DATA, source="helpfulness")[0][: a.pairs]
+    every = hh_pairs(DATA, source="helpfulness")[0]
+    pairs, a.held_pairs = every[: a.pairs], every[a.pairs: a.pairs + a.held_out]
     tmp = Path(tempfile.mkdtemp(prefix="rm_speed_"))
     backbone = a.backbone
     if backbone == "tiny":
         from pipeline.tiny import build_tiny
 
         backbone = str(build_tiny(tmp / "tiny")["reward_model"])
-    ours, theirs = [], []
-    for r in range(a.repeats):
-        ours.append(run_ours(backbone, pairs, a, tmp / f"ours{r}"))
-        theirs.append(run_trl(backbone, pairs, a, tmp / f"trl{r}"))
+    elif backbone == "smollm2":  # SmolLM2-135M-Instruct, a fresh scalar head on the converted checkpoint
+        from pipeline.gguf import ensure_converted
+
+        backbone = str(ensure_converted("smollm2-135m", ROOT / ".bench-models")[0])
+    ours, theirs, acc, loads = [], [], {"ours": [], "trl": []}, []
+    for r in range(a.repeats):  # alternate the order, so a change in machine load hits both sides
+        for side in (("ours", "trl") if r % 2 == 0 else ("trl", "ours")):
+            loads.append(os.getloadavg()[0])
+            sps, held = (run_ours if side == "ours" else run_trl)(backbone, pairs, a, tmp / f"{side}{r}")
+            (ours if side == "ours" else theirs).append(sps)
+            acc[side].append(held)
+            print(side, r, round(sps, 4), held, round(loads[-1], 2), flush=True)
     o, t = statistics.median(ours), statistics.median(theirs)
-    print(json.dumps({"backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size,
+    out = {"held_out_pairs": a.held_out, "held_out_accuracy": acc, "load1": [round(x, 2) for x in loads],
+           "threads": a.threads, "pairs": a.pairs, "skip": a.skip}
+    print(json.dumps({**out, "backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size,
                       "max_length": a.max_length, "steps": a.steps, "group_by_length": a.group_by_length,
                       "trl_gradient_checkpointing": a.trl_gradient_checkpointing,
                       "ours_steps_per_s": [round(x, 3) for x in ours], "trl_steps_per_s": [round(x, 3) for x in theirs],
                       "median_ours": round(o, 3), "median_trl": round(t, 3), "ratio_ours_over_trl": round(o / t, 3)}))
+    if a.json:
+        a.json.write_text(json.dumps(out | {
+            "backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size, "max_length": a.max_length,
+            "steps": a.steps, "group_by_length": a.group_by_length, "lr": a.lr,
+            "ours_steps_per_s": [round(x, 4) for x in ours], "trl_steps_per_s": [round(x, 4) for x in theirs],
+            "ratio_ours_over_trl": round(o / t, 3)}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

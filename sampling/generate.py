@@ -1,6 +1,6 @@
 """K samples per prompt from a policy (LLaMA 2 Sec. 3.2.3, rejection sampling), batched and resumable.
 
-- One `generate` call per batch of prompts with num_return_sequences=K, left padding, prompts grouped
+- One `generate` call per batch of prompts, each repeated K times, left padding, prompts grouped
   by token length so little padding is computed, EOS stop, max_new_tokens.
 - Deterministic per prompt: each sample draws its token at each step by inverse CDF from a uniform
   number that is a counter-based hash of (seed, prompt id, sample index, step), so a sample does not
@@ -22,6 +22,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from core.io import append_jsonl, recover_jsonl
 from core.records import Sample
+from sampling.fast_generate import nucleus_choice
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9
@@ -79,19 +80,17 @@ class SeededSampler(LogitsProcessor):
             choice = scores.argmax(-1, keepdim=True)
         else:
             probs = torch.softmax(scores / self.temperature, dim=-1)
-            if self.top_p < 1.0:  # nucleus: the smallest prefix (by probability) whose mass reaches top_p
-                probs, order = probs.sort(dim=-1, descending=True)
-                probs = probs * ((probs.cumsum(-1) - probs) < self.top_p)
-            cdf = probs.cumsum(-1)
-            u = uniform_noise(self.row_seeds, input_ids.shape[1] - self.prompt_length).to(cdf.dtype)
-            # the first token whose cumulative mass exceeds u * total: never a token without mass
-            choice = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
-            over = choice >= cdf.shape[-1]  # u * total rounded up to the total: take the last token with mass
-            if over.any():
-                last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)
-                choice = torch.where(over, last, choice)
-            if self.top_p < 1.0:
-                choice = order.gather(-1, choice)
+            u = uniform_noise(self.row_seeds, input_ids.shape[1] - self.prompt_length)
+            if self.top_p < 1.0:  # nucleus: searched among the top-k first (sampling.fast_generate)
+                choice = nucleus_choice(probs, self.top_p, u)
+            else:
+                cdf = probs.cumsum(-1)
+                # the first token whose cumulative mass exceeds u * total: never a token without mass
+                choice = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1])[:, None], right=True)
+                over = choice >= cdf.shape[-1]  # u * total rounded up to the total: the last token with mass
+                if over.any():
+                    last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)
+                    choice = torch.where(over, last, choice)
         return torch.full_like(scores, float("-inf")).scatter(-1, choice, 0.0)
 
 
@@ -140,9 +139,12 @@ def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature
                          dtype=torch.long, device=device)
     prompt_length = enc["input_ids"].shape[1]
     sampler = SeededSampler(seeds, temperature, top_p, prompt_length)
+    # each prompt's row repeated K times (what num_return_sequences does); the sampler returns one-hot
+    # logits, so greedy decoding takes its token: no second softmax + multinomial over the vocabulary
+    enc = {name: t.repeat_interleave(k, dim=0) for name, t in enc.items()}
     out = model.generate(
-        **enc, do_sample=True, num_return_sequences=k, max_new_tokens=max_new_tokens,
-        logits_processor=LogitsProcessorList([sampler]), temperature=1.0, top_p=1.0, top_k=None,
+        **enc, do_sample=False, max_new_tokens=max_new_tokens,
+        logits_processor=LogitsProcessorList([sampler]), temperature=None, top_p=None, top_k=None,
         eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id,
     )
     new = out[:, prompt_length:].tolist()
