@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core import distributed as dist
 from core.errors import InputError
 from pipeline.config import Config
 from pipeline.workspace import Workspace, now
@@ -100,7 +101,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         stages = cfg.stages_for(n)  # validated with the config (pipeline.config.check_stages)
     if until is not None and until not in stages:
         raise InputError(f"--until {until}: v{n} runs {', '.join(stages)}; name one of those")
-    validate_inputs(ws, stages)
+    dist.all_ranks(validate_inputs, ws, stages)  # bad input fails every rank before anything is written
     data = cfg.data
     inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings \
         + cfg.rejection_sampling.demonstrations
@@ -113,7 +114,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
             ws.update_manifest(n, inputs=now_hashes, inputs_changed_on_resume=changed)
     ws.update_manifest(n, status="running")
     prior = [ws.version_dir(v) for v in ws.finished_versions() if 0 < v < n]
-    report = progress or (lambda message: None)
+    report = progress if progress and dist.is_main() else (lambda message: None)  # one voice: rank 0
     for stage in stages:
         state = ws.manifest(n)["stages"].get(stage, {})
         if state.get("status") == "done":
@@ -124,7 +125,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         started = time.time()
         ws.set_stage(n, stage, status="running", started=now(), error=None)
         try:
-            metrics = STAGES[stage](ctx) or {}
+            metrics = dist.all_ranks(STAGES[stage], ctx) or {}  # every rank; a failure on one fails all
         except BaseException as e:
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
             ws.set_stage(n, stage, status="failed", error=reason[:2000],
@@ -133,7 +134,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
             raise
         seconds = round(time.time() - started, 2)
         if stage in POLICY_OUTPUTS:
-            _place_policy(d, stage, stages)
+            dist.run_on_main(_place_policy, d, stage, stages)
         ws.set_stage(n, stage, status="done", finished=now(), seconds=seconds, metrics=metrics)
         ws.update_manifest(n, metrics={stage: metrics}, timings={stage: seconds},
                            reward_models={k: p.name for k, p in ws.rm_paths(at_most=n).items()})

@@ -10,13 +10,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
 
 import torch
 
+from core import distributed as dist
 from core.errors import InputError
 from core.io import write_json
 from reward_models.config import RewardModelConfig
@@ -232,8 +232,9 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
     else:
         cols = pair_features(tokenizer, items, cfg.margin, cfg.max_length)
     dataset = datasets.Dataset.from_dict(cols)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    total, warm = warmup_steps(len(dataset), cfg, world)
+    # under a launcher each global batch of cfg.batch_size is split across the ranks (split_batches):
+    # the optimizer takes the same steps on the same batches as one process
+    total, warm = warmup_steps(len(dataset), cfg)
     args = TrainingArguments(
         output_dir=str(work_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
@@ -246,6 +247,7 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         length_column_name="length", remove_unused_columns=False, report_to=[], seed=seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=log is not None, save_only_model=False,
+        **dist.trainer_kwargs(cfg.batch_size, "reward_models.batch_size"),
     )
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=PairCollator(tokenizer),
@@ -289,7 +291,8 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
         log.info("resuming %s RM training from %s", kind, last)
     result = trainer.train(resume_from_checkpoint=last)
     model = trainer.model
-    save_reward_model(model, tokenizer, out_dir)  # a LoRA RM saves adapter + head; load_reward_model reloads it
+    # a LoRA RM saves adapter + head; load_reward_model reloads it. Rank 0 writes (a sharded engine gathers first)
+    dist.save_trained(trainer, lambda: save_reward_model(model, tokenizer, out_dir), out_dir, tokenizer)
     metrics = {"kind": kind, "backbone": str(backbone), "objective": cfg.objective, "train_items": len(dataset),
                "steps": trainer.state.global_step, "warmup_steps": warm, "planned_steps": total,
                "train_loss": round(float(result.training_loss), 6), **stats,
@@ -298,5 +301,5 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
         metrics["heldout"] = evaluate_pairs(model, tokenizer, held, cfg.score_batch_size, cfg.max_length)
     metrics["seconds"] = round(time.time() - t0, 1)
     manifest = {**(extra or {}), "metrics": metrics, "reward_models_config": dataclasses.asdict(cfg)}
-    write_json(out_dir / MANIFEST, manifest)
+    dist.run_on_main(write_json, out_dir / MANIFEST, manifest)
     return metrics

@@ -306,9 +306,20 @@ def _environment() -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
+def _one_voice() -> None:
+    """Under `accelerate launch` only rank 0 prints results and progress; every rank still prints
+    its `error:` line (core.distributed names the rank that failed)."""
+    from core import distributed as dist
+
+    if not dist.is_main():
+        console.quiet = err_console.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - print_json writes here
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         _environment()
+        _one_voice()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from core.distributed import run_on_main
 from core.errors import InputError
 from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
 
@@ -49,7 +50,7 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
     work = ws.rm_partial_dir(kind, n).with_name(f".v{n}.work")  # checkpoints: a rerun resumes from them
     with locked(ws):
         metrics = train_kind(ws, kind, n, records, work, logging.getLogger("saferounds.rm"), objective, max_steps)
-    shutil.rmtree(work, ignore_errors=True)
+    run_on_main(shutil.rmtree, work, ignore_errors=True)
     if json:
         print_json({"kind": kind, "version": f"v{n}", "path": str(ws.rm_dir(kind, n)), **metrics})
         return

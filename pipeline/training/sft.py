@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from core import distributed as dist
 from core.accelerator import save_pretrained_atomic
 from core.errors import InputError
 from pipeline.models import load_policy
@@ -90,6 +91,7 @@ def _training_args(train_cfg, work_dir: Path, seed: int, n_examples: int):
         train_sampling_strategy="group_by_length", length_column_name="length",
         disable_tqdm=os.environ.get("SAFEROUNDS_QUIET") == "1", dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        **dist.trainer_kwargs(train_cfg.batch_size, "sft.batch_size"),
     )
 
 
@@ -145,7 +147,7 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed) -
     metrics["resumed_from"] = Path(last).name if last else None
     if heldout:
         metrics["heldout_loss_after"] = _heldout_loss(model, heldout, collator, train_cfg.batch_size)
-    save_pretrained_atomic(model, tokenizer, out_dir)
+    dist.save_trained(trainer, lambda: save_pretrained_atomic(model, tokenizer, out_dir), out_dir, tokenizer)
     return metrics
 
 
