@@ -84,7 +84,7 @@ def _group():
     if not td.is_initialized():
         from accelerate import PartialState
 
-        seconds = float(os.environ.get(TIMEOUT_ENV, 3 * 3600))
+        seconds = float(os.environ.get(TIMEOUT_ENV, 3 * 3600))  # 10800 s
         PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=seconds))
     return td
 
