@@ -148,7 +148,12 @@ def test_full_round_two_processes_equals_one_process(with_v0, tmp_path):
     r2 = run_cli(two, 2, "round", "run")
     assert r2.returncode == 0, r2.stdout[-2000:] + r2.stderr[-5000:]
     a, b = one / "versions" / "v1", two / "versions" / "v1"
-    assert read_rows(b / "selected.jsonl") == read_rows(a / "selected.jsonl")
+    # the RMs trained on 2 ranks sum their gradients in another order: scores agree to float rounding
+    # (~1e-7), and the same sample wins every prompt
+    pick = ("prompt_id", "sample_index", "completion")
+    s1, s2 = read_rows(a / "selected.jsonl"), read_rows(b / "selected.jsonl")
+    assert [[r[k] for k in pick] for r in s2] == [[r[k] for k in pick] for r in s1]
+    assert _close([r["score"] for r in s2], [r["score"] for r in s1])
     m1, m2 = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (a, b))
     for block in ("safety", "helpfulness"):
         assert json.dumps(m2[block], sort_keys=True) == json.dumps(m1[block], sort_keys=True) or \

@@ -97,10 +97,13 @@ def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
     model, tok = load_reward_model(ws.rm_dir(kind, n), ws.config.model)
     metrics = {"data": source, **evaluate_pairs(model, tok, pairs, cfg.score_batch_size, cfg.max_length)}
     path = ws.rm_dir(kind, n) / MANIFEST
-    with locked(ws):
+    def record() -> None:  # rank 0 writes under a launch
         manifest = jsonlib.loads(path.read_text()) if path.exists() else {}
         manifest["eval"] = metrics
         write_json(path, manifest)
+
+    with locked(ws):
+        run_on_main(record)
     if json:
         print_json({"kind": kind, "version": f"v{n}", **metrics})
     else:
