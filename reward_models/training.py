@@ -179,6 +179,10 @@ def _trainer_class():
 
         def __init__(self, *args, safety_term_weight: float = 0.0, center_rewards: float = 0.0, **kwargs):
             super().__init__(*args, **kwargs)
+            # our losses are means over the batch's pairs, not sums over items: Trainer must divide by the
+            # accumulation steps itself and must not rescale by the number of processes (it does both
+            # for models whose forward takes loss kwargs, which would double the loss on 2 ranks)
+            self.model_accepts_loss_kwargs = False
             self.safety_term_weight = safety_term_weight
             self.center_rewards = center_rewards
 
@@ -283,6 +287,9 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     if not items:
         raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
                          "(or data.rankings) in saferounds.yaml")
+    from transformers import set_seed
+
+    set_seed(seed)  # the new scalar head is initialised here: from the seed, not from what ran before
     model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
     trainer, total, warm = make_trainer(kind, items, model, tokenizer, cfg, work_dir, seed, max_steps, log)
     dataset = trainer.train_dataset

@@ -148,21 +148,23 @@ def test_full_round_two_processes_equals_one_process(with_v0, tmp_path):
     r2 = run_cli(two, 2, "round", "run")
     assert r2.returncode == 0, r2.stdout[-2000:] + r2.stderr[-5000:]
     a, b = one / "versions" / "v1", two / "versions" / "v1"
-    # the RMs trained on 2 ranks sum their gradients in another order: scores agree to float rounding
-    # (~1e-7), and the same sample wins every prompt
-    pick = ("prompt_id", "sample_index", "completion")
-    s1, s2 = read_rows(a / "selected.jsonl"), read_rows(b / "selected.jsonl")
-    assert [[r[k] for k in pick] for r in s2] == [[r[k] for k in pick] for r in s1]
-    assert _close([r["score"] for r in s2], [r["score"] for r in s1])
-    m1, m2 = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (a, b))
-    for block in ("safety", "helpfulness"):
-        assert json.dumps(m2[block], sort_keys=True) == json.dumps(m1[block], sort_keys=True) or \
-            _close(m2[block], m1[block])
+    gen = ("prompt_id", "sample_index", "response", "num_tokens")
+    assert [[r[k] for k in gen] for r in read_rows(b / "samples.jsonl")] == \
+        [[r[k] for k in gen] for r in read_rows(a / "samples.jsonl")]  # the same samples, token for token
     rm1, rm2 = (json.loads((d / "manifest.json").read_text())["metrics"]["rm"] for d in (a, b))
     for kind in ("helpfulness", "safety"):
         assert rm2[kind]["steps"] == rm1[kind]["steps"]
-        assert rm2[kind]["train_loss"] == pytest.approx(rm1[kind]["train_loss"], rel=1e-4)
-        assert rm2[kind]["heldout_accuracy"] == rm1[kind]["heldout_accuracy"]
+        # (train_loss is what rank 0 saw: the mean over its half of each batch, so it is not compared)
+        assert rm2[kind]["heldout_accuracy"] == rm1[kind]["heldout_accuracy"], (rm1, rm2)
+    # the RMs trained on 2 ranks sum their gradients in another order: scores agree to float rounding,
+    # and the same sample wins every prompt
+    s1, s2 = read_rows(a / "selected.jsonl"), read_rows(b / "selected.jsonl")
+    assert _close([r["score"] for r in s2], [r["score"] for r in s1])
+    pick = ("prompt_id", "sample_index", "completion")
+    assert [[r[k] for k in pick] for r in s2] == [[r[k] for k in pick] for r in s1]
+    m1, m2 = (json.loads((d / "eval" / "metrics.json").read_text()) for d in (a, b))
+    for block in ("safety", "helpfulness"):
+        assert _close(m2[block], m1[block])
 
 
 def _close(x, y) -> bool:
