@@ -3,6 +3,7 @@ selection and metrics as one process; a kill -9 mid-sampling resumes with every 
 bad input fails before any rank writes. The CLI runs as a subprocess (`-m pipeline.cli`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -90,6 +91,22 @@ def with_v0(tmp_path_factory) -> Path:
         train_kind(Workspace(root), kind, 1, records, root / "work-rm" / kind, logging.getLogger("t"), max_steps=2)
     shutil.rmtree(root / "work-rm")
     return root
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (from /proc)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
 
 
 def copy_ws(src: Path, dst: Path) -> Path:
@@ -193,7 +210,10 @@ def test_kill_9_mid_sampling_then_rerun_keeps_every_sample_once(with_v0, tmp_pat
         time.sleep(0.2)
     else:
         pytest.fail("the shards never appeared")
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once
+    # kill -9 the launch: the ranks (torchrun starts each in its own session) and the launcher at once
+    for pid in [*descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     partial = ws / "versions" / ".v1.partial"
     assert not (partial / "selected.jsonl").exists()
