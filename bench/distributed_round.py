@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+os.environ.setdefault("SAFEROUNDS_QUIET", "1")  # stdout carries only the JSON
 
 from test_distributed_round import run_cli, small_round  # noqa: E402  (the tests' launch helpers)
 
