@@ -41,7 +41,9 @@ def quantization_config(model_cfg):
 def to_accelerator(model):
     """Move a model to the GPU when there is one (quantised models were placed when loaded)."""
     if torch.cuda.is_available() and not getattr(model, "is_quantized", False) and model.device.type == "cpu":
-        model.to("cuda")
+        from core.distributed import device
+
+        model.to(device())  # cuda:LOCAL_RANK under a launcher
     return model
 
 

@@ -110,3 +110,63 @@ def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: d
         generate(model, tokenizer, [rows[i]["messages"] for i in missing], batch_size=batch_size,
                  on_batch=save, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
     return [cached[k] for k in keys], len(missing)
+
+
+def _shard_file(cache_file: Path, rank: int) -> Path:
+    """A rank's own cache file beside the shared one (named so that cache globs never read it)."""
+    return cache_file.with_name(f".{cache_file.stem}.rank{rank}.jsonl")
+
+
+def merge_cache_shards(cache_file: str | Path) -> int:
+    """Append the rank files' rows missing from cache_file to it, then delete them (rank 0 only)."""
+    cache_file = Path(cache_file)
+    have = set(read_cache([cache_file]))
+    files = sorted(cache_file.parent.glob(f".{cache_file.stem}.rank*.jsonl"))
+    added = 0
+    for f in files:
+        fresh = [r for r in recover_jsonl(f) if isinstance(r, dict) and r.get("key") not in have]
+        have.update(r["key"] for r in fresh)
+        if fresh:
+            append_jsonl(cache_file, fresh)
+            added += len(fresh)
+    for f in files:
+        f.unlink()
+    return added
+
+
+def cached_generate_sharded(load: Callable[[], tuple], rows: Sequence[dict], settings: dict, cache_file: str | Path,
+                            extra_caches: Iterable[str | Path] = (), batch_size: int = 8,
+                            progress: Callable[[int, int], None] | None = None) -> int:
+    """cached_generate across the ranks of a launch (core.distributed): the missing rows are batched
+    exactly as one process batches them, batch b goes to rank b % world size (with the torch seed of
+    batch b when sampling), each rank appends to its own file and rank 0 merges them into cache_file.
+    Every rank calls it; returns the number newly generated. The answers are then read from the cache."""
+    from core import distributed as dist
+
+    cache_file = Path(cache_file)
+    extra_caches = list(extra_caches)
+    dist.run_on_main(merge_cache_shards, cache_file)  # rows a killed launch left
+    keys = [generation_key(r["messages"], settings) for r in rows]
+    cached = read_cache([*extra_caches, cache_file])
+    missing = [i for i, k in enumerate(keys) if k not in cached]
+    missing.sort(key=lambda i: (sum(len(m["content"]) for m in rows[i]["messages"]), i))
+    batches = [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
+    mine = [(b, batch) for b, batch in enumerate(batches) if b % dist.world_size() == dist.rank()]
+    own = _shard_file(cache_file, dist.rank())
+
+    def work() -> None:
+        if not mine:
+            return
+        own.parent.mkdir(parents=True, exist_ok=True)
+        model, tokenizer = load()
+        for n_done, (b, batch) in enumerate(mine, 1):
+            texts = generate(model, tokenizer, [rows[i]["messages"] for i in batch], batch_size=len(batch),
+                             batch_offset=b, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
+            append_jsonl(own, [{"id": rows[i]["id"], "key": keys[i], "response": t, "settings": settings}
+                               for i, t in zip(batch, texts)])
+            if progress:
+                progress(len(rows) - len(missing) + sum(len(x) for _, x in mine[:n_done]), len(rows))
+
+    dist.all_ranks(work)
+    dist.run_on_main(merge_cache_shards, cache_file)
+    return len(missing)

@@ -19,7 +19,7 @@ from core.progress import current
 from core.records import EvalRecord
 from core.versions import version_number
 from eval.evaluate import judge_records, prompt_text, summarise
-from eval.generate import cached_generate, generation_settings
+from eval.generate import cached_generate, cached_generate_sharded, generation_settings
 from eval.metrics import rate_with_ci, win_rate_of
 from eval.report import write_report
 from eval.suites import Suite
@@ -184,6 +184,30 @@ def answers(root: Path, out_dir: Path, version: str, policy: Path, load_policy: 
     loaded.clear()
     gc.collect()
     return out
+
+
+def generate_answers(root: Path, out_dir: Path, policies: dict[str, Path], load_policy: Callable[[Path], tuple],
+                     suites: list[Suite], cfg, progress: Progress = lambda m: None) -> None:
+    """Every rank of a launch calls this before rank 0 runs evaluate_policies: the missing answers of
+    every version are generated in shares (eval.generate.cached_generate_sharded) and merged into the
+    caches by rank 0, so evaluate_policies then finds them all cached."""
+    settings = generation_settings(cfg)
+    for version, policy in policies.items():
+        loaded: dict = {}
+
+        def once(version=version, policy=policy):
+            if "model" not in loaded:
+                progress(f"eval: loading {version} policy from {policy}")
+                loaded["model"] = load_policy(policy)
+            return loaded["model"]
+
+        for s in suites:
+            cache = out_dir / "generations" / version / f"{s.name}.jsonl"
+            cached_generate_sharded(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
+                                    batch_size=cfg.batch_size,
+                                    progress=lambda d, n, s=s, v=version: progress(f"eval: {v} {s.name} {d}/{n}"))
+        loaded.clear()
+        gc.collect()
 
 
 def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], batch_size: int) -> list[float] | None:

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from core.distributed import run_on_main
 from core.errors import InputError
 from core.io import read_json
 from pipeline.presets import init_workspace
@@ -55,7 +56,7 @@ def run_demo(directory: str | Path, size: str = "default",
     ws = Workspace(directory)
     if not ws.exists():
         say(f"writing the tiny preset and synthetic data ({size}) to {directory}")
-        init_workspace(directory, "tiny", data_size=size, overrides=SIZES[size])
+        run_on_main(init_workspace, directory, "tiny", data_size=size, overrides=SIZES[size])
         ws = Workspace(directory)
     with ws.lock():
         if 0 not in ws.finished_versions():

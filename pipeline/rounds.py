@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from core import distributed as dist
 from core.errors import InputError
 from core.logs import log_to
 from core.progress import scope
@@ -153,8 +154,8 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         stages = cfg.stages_for(n)  # validated with the config (pipeline.config.check_stages)
     if until is not None and until not in stages:
         raise InputError(f"--until {until}: v{n} runs {', '.join(stages)}; name one of those")
-    validate_inputs(ws, stages)
-    validate_plan(ws, n, stages)
+    dist.all_ranks(validate_inputs, ws, stages)  # bad input fails every rank before anything is written
+    dist.all_ranks(validate_plan, ws, n, stages)
     data = cfg.data
     inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings \
         + cfg.rejection_sampling.demonstrations
@@ -167,7 +168,7 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
             ws.update_manifest(n, inputs=now_hashes, inputs_changed_on_resume=changed)
     ws.update_manifest(n, status="running")
     prior = [ws.version_dir(v) for v in ws.finished_versions() if 0 < v < n]
-    report = progress or (lambda message: None)
+    report = progress if progress and dist.is_main() else (lambda message: None)  # one voice: rank 0
     for stage in stages:
         state = ws.manifest(n)["stages"].get(stage, {})
         if state.get("status") == "done":
@@ -179,13 +180,13 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         ws.set_stage(n, stage, status="running", started=now(), error=None)
         try:
             with log_to(d / "logs" / "stage.log"), scope(f"v{n}"):  # the details; progress: core.progress
-                metrics = STAGES[stage](ctx) or {}
+                metrics = dist.all_ranks(STAGES[stage], ctx) or {}  # every rank; a failure on one fails all
         except BaseException as e:
             record_failure(ws, n, stage, e)
             raise
         seconds = round(time.time() - started, 2)
         if stage in POLICY_OUTPUTS:
-            _place_policy(d, stage, stages)
+            dist.run_on_main(_place_policy, d, stage, stages)
         ws.set_stage(n, stage, status="done", finished=now(), seconds=seconds, metrics=metrics)
         ws.update_manifest(n, metrics={stage: metrics}, timings={stage: seconds},
                            reward_models={k: p.name for k, p in ws.rm_paths(at_most=n).items()})

@@ -18,12 +18,12 @@ import errno
 import fcntl
 import os
 import shutil
-import socket
 import stat
 import time
 from importlib import metadata
 from pathlib import Path
 
+from core import distributed as dist
 from core.errors import InputError
 from core.io import read_json, sha256_file, write_json
 from core.records import RM_KINDS
@@ -83,6 +83,11 @@ class WorkspaceLock:
             os.close(fd)
 
     def acquire(self) -> "WorkspaceLock":
+        # Under a launcher rank 0 holds the lock for the whole launch; every rank hears a refusal.
+        self.stale_from = dist.run_on_main(self._take)
+        return self
+
+    def _take(self) -> str | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = self._open(os.O_RDWR | os.O_CREAT)
         try:
@@ -96,11 +101,12 @@ class WorkspaceLock:
         if previous:  # the holder died without releasing: the kernel freed the flock, the note stayed
             self.stale_from = previous
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        os.pwrite(fd, dist.launch_name().encode(), 0)  # this pid, or the launch it leads
         os.fsync(fd)
         self.fd = fd
-        return self
+        return self.stale_from
 
+    @dist.main_only
     def release(self) -> None:
         if self.fd is None:
             return
@@ -190,6 +196,7 @@ class Workspace:
     def policy_path(self, n: int) -> Path:
         return self.require_finished(n) / "policy"
 
+    @dist.main_only  # rank 0 writes; the other ranks wait and get its result
     def begin_version(self, n: int, parent: int | None, stages: list[str], inputs: list[str | Path]) -> Path:
         """Create (or reopen, to resume) the partial directory of version n."""
         if self.version_dir(n).exists():
@@ -227,6 +234,7 @@ class Workspace:
                 out[str(item)] = sha256_file(p)
         return out
 
+    @dist.main_only
     def update_manifest(self, n: int, **changes) -> dict:
         """Merge `changes` into the partial version's manifest (dict values merge one level)."""
         d = self._partial_or_fail(n)
@@ -239,6 +247,7 @@ class Workspace:
         write_json(d / "manifest.json", manifest)
         return manifest
 
+    @dist.main_only
     def set_stage(self, n: int, stage: str, **fields) -> None:
         d = self._partial_or_fail(n)
         manifest = read_json(d / "manifest.json")
@@ -251,6 +260,7 @@ class Workspace:
             raise InputError(f"v{n}: not under construction; finished versions are never modified")
         return d
 
+    @dist.main_only
     def finish_version(self, n: int) -> Path:
         """Mark complete and rename the partial directory into place (atomic on one filesystem)."""
         self.update_manifest(n, status="complete", finished=now())
@@ -317,6 +327,7 @@ class Workspace:
             shutil.rmtree(leftover)
         return done
 
+    @dist.main_only
     def discard(self, n: int) -> None:
         """Remove an unfinished version, or the newest finished one, with its reward models and reports."""
         if n in self.interrupted_discards():  # a discard of vN was killed part-way: finish it
@@ -360,6 +371,7 @@ class Workspace:
         found = {kind: self.latest_rm(kind, at_most) for kind in RM_KINDS}
         return {kind: self.rm_dir(kind, v) for kind, v in found.items() if v is not None}
 
+    @dist.main_only
     def finish_rm(self, kind: str, n: int) -> Path:
         os.replace(self.rm_partial_dir(kind, n), self.rm_dir(kind, n))
         return self.rm_dir(kind, n)

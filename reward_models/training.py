@@ -10,13 +10,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
 
 import torch
 
+from core import distributed as dist
 from core.errors import InputError
 from core.io import write_json
 from core.progress import current, trainer_callback
@@ -181,6 +181,10 @@ def _trainer_class():
 
         def __init__(self, *args, safety_term_weight: float = 0.0, center_rewards: float = 0.0, **kwargs):
             super().__init__(*args, **kwargs)
+            # our losses are means over the batch's pairs, not sums over items: Trainer must divide by the
+            # accumulation steps itself and must not rescale by the number of processes (it does both
+            # for models whose forward takes loss kwargs, which would double the loss on 2 ranks)
+            self.model_accepts_loss_kwargs = False
             self.safety_term_weight = safety_term_weight
             self.center_rewards = center_rewards
 
@@ -234,8 +238,9 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
     else:
         cols = pair_features(tokenizer, items, cfg.margin, cfg.max_length)
     dataset = datasets.Dataset.from_dict(cols)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    total, warm = warmup_steps(len(dataset), cfg, world)
+    # under a launcher each global batch of cfg.batch_size is split across the ranks (split_batches):
+    # the optimizer takes the same steps on the same batches as one process
+    total, warm = warmup_steps(len(dataset), cfg)
     args = TrainingArguments(
         output_dir=str(work_dir), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
@@ -248,6 +253,7 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         length_column_name="length", remove_unused_columns=False, report_to=report_to(runs), seed=seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True, save_only_model=False,  # progress: core.progress; the loss dicts: the log
+        **dist.trainer_kwargs(cfg.batch_size, "reward_models.batch_size"),
     )
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=PairCollator(tokenizer),
@@ -304,7 +310,8 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     model = trainer.model
     check_value(result.training_loss, stage, trainer.state.global_step, "the training loss")
     check_weights(model, stage, trainer.state.global_step)
-    save_reward_model(model, tokenizer, out_dir)  # a LoRA RM saves adapter + head; load_reward_model reloads it
+    # a LoRA RM saves adapter + head; load_reward_model reloads it. Rank 0 writes (a sharded engine gathers first)
+    dist.save_trained(trainer, lambda: save_reward_model(model, tokenizer, out_dir), out_dir, tokenizer)
     metrics = {"kind": kind, "backbone": str(backbone), "objective": cfg.objective, "train_items": len(dataset),
                "steps": trainer.state.global_step, "warmup_steps": warm, "planned_steps": total,
                "train_loss": round(float(result.training_loss), 6), **stats,
@@ -315,7 +322,7 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
         metrics["heldout"] = evaluate_pairs(model, tokenizer, held, cfg.score_batch_size, cfg.max_length)
     metrics["seconds"] = round(time.time() - t0, 1)
     manifest = {**(extra or {}), "metrics": metrics, "reward_models_config": dataclasses.asdict(cfg)}
-    write_json(out_dir / MANIFEST, manifest)
+    dist.run_on_main(write_json, out_dir / MANIFEST, manifest)
     acc = (metrics.get("heldout") or {}).get("accuracy")
     current().done(f"acc {acc:.2f} (held-out)" if acc is not None else f"train loss {metrics['train_loss']:.3f}")
     return metrics

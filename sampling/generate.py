@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from core.io import append_jsonl, recover_jsonl
+from core.io import append_jsonl, read_jsonl, recover_jsonl
 from core.records import Sample
 from sampling.fast_generate import nucleus_choice
 
@@ -169,13 +169,17 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperatu
                      top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 8, seed: int = 0,
                      out_path: Optional[Path] = None, origin_version: Optional[int] = None,
                      show_progress: Optional[bool] = None, on_batch: Optional[Callable[[int, int], None]] = None,
-                     stats: Optional[dict] = None) -> list[Sample]:
+                     stats: Optional[dict] = None, resume_from: Sequence[Path] = (),
+                     shard: Optional[tuple[int, int]] = None) -> list[Sample]:
     """K samples for every prompt ({"id", "messages", "is_safety"?, "category"?}), in prompt order.
 
     With out_path, samples are appended to it batch by batch and an existing file is resumed (see the
     module docstring). A tqdm bar shows on a terminal (show_progress=None) or when asked; on_batch(done,
     total) reports complete prompts after each batch. origin_version, when given, is stored on every sample. `stats` (a dict) receives
-    generate_s, new_tokens and new_samples for this call.
+    generate_s, new_tokens and new_samples for this call. Under a launcher (sampling.shards): samples
+    in `resume_from` (read, never written) count as done, and shard=(rank, world) generates only the
+    batches b with b % world == rank (the batches of one process, so samples equal its bit for bit)
+    and returns only their samples.
     """
     from tqdm.auto import tqdm
 
@@ -186,7 +190,7 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperatu
                 "max_new_tokens": int(max_new_tokens), "seed": int(seed)}
     done: dict[tuple[str, int], dict] = {}
     if out_path is not None:
-        existing = recover_jsonl(Path(out_path))
+        existing = recover_jsonl(Path(out_path)) + [r for p in resume_from if Path(p).exists() for r in read_jsonl(p)]
         _check_settings(existing, settings, set(ids), Path(out_path))
         done = {(str(r["prompt_id"]), int(r["sample_index"])): r for r in existing}
 
@@ -201,7 +205,9 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperatu
     disable = None if show_progress is None else not show_progress  # None: a bar on terminals only
     with tqdm(total=len(prompts), initial=n_done, disable=disable, desc="sampling",
               unit="prompt") as bar:
-        for batch in plan_batches(lengths, batch_size):
+        for b, batch in enumerate(plan_batches(lengths, batch_size)):
+            if shard is not None and b % shard[1] != shard[0]:
+                continue  # another rank's batch
             todo = sum(not complete(ids[i]) for i in batch)
             if todo == 0:
                 continue
@@ -226,4 +232,4 @@ def generate_samples(model, tokenizer, prompts: list[dict], *, k: int, temperatu
                 on_batch(sum(complete(pid) for pid in ids), len(prompts))
     if stats is not None:
         stats.update(generate_s=time.perf_counter() - t0, new_tokens=new_tokens, new_samples=new_samples)
-    return [done[(pid, j)] for pid in ids for j in range(k)]
+    return [done[(pid, j)] for pid in ids for j in range(k) if shard is None or (pid, j) in done]

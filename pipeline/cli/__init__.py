@@ -16,7 +16,8 @@ import typer
 
 from core.errors import DivergedError, InputError, disk_full
 from pipeline.cli import demo, evaluate, feedback, judges, ppo, rm
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
+from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
+                                 table)
 from pipeline.cli.live import VerboseOpt, live, log_message
 
 app = typer.Typer(name="saferounds", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -303,9 +304,20 @@ def _environment() -> None:
     # SAFEROUNDS_QUIET=1: plain progress lines (pipeline.cli.live); load reports and bars go to the log
 
 
+def _one_voice() -> None:
+    """Under `accelerate launch` only rank 0 prints results and progress; every rank still prints
+    its `error:` line (core.distributed names the rank that failed)."""
+    from core import distributed as dist
+
+    if not dist.is_main():
+        console.quiet = err_console.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - print_json writes here
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         _environment()
+        _one_voice()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from core.distributed import run_on_main
 from core.errors import InputError
 from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
 from pipeline.cli.live import VerboseOpt, live
@@ -50,7 +51,7 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
     work = ws.rm_partial_dir(kind, n).with_name(f".v{n}.work")  # checkpoints: a rerun resumes from them
     with locked(ws), live(ws.root / "logs" / "saferounds.log", verbose):
         metrics = train_kind(ws, kind, n, records, work, logging.getLogger("saferounds.rm"), objective, max_steps)
-    shutil.rmtree(work, ignore_errors=True)
+    run_on_main(shutil.rmtree, work, ignore_errors=True)
     if json:
         print_json({"kind": kind, "version": f"v{n}", "path": str(ws.rm_dir(kind, n)), **metrics})
         return
@@ -97,10 +98,13 @@ def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
     model, tok = load_reward_model(ws.rm_dir(kind, n), ws.config.model)
     metrics = {"data": source, **evaluate_pairs(model, tok, pairs, cfg.score_batch_size, cfg.max_length)}
     path = ws.rm_dir(kind, n) / MANIFEST
-    with locked(ws):
+    def record() -> None:  # rank 0 writes under a launch
         manifest = jsonlib.loads(path.read_text()) if path.exists() else {}
         manifest["eval"] = metrics
         write_json(path, manifest)
+
+    with locked(ws):
+        run_on_main(record)
     if json:
         print_json({"kind": kind, "version": f"v{n}", **metrics})
     else:

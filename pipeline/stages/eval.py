@@ -15,12 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from core import distributed as dist
 from core.accelerator import to_accelerator
 from core.errors import InputError
 from core.io import read_jsonl
 from core.versions import version_number
 from eval.suites import Suite, load_suites
-from eval.versions import evaluate_policies
+from eval.versions import evaluate_policies, generate_answers
 from pipeline.models import load_policy, to_generation_dtype
 from sampling.curves import max_of_k_curve
 
@@ -56,10 +57,14 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
                              limit=config.eval.max_prompts_per_suite)
     name = f"v{version}"
     policies = {name: Path(policy), **{k: Path(v) for k, v in (compare or {}).items() if k != name}}
-    return evaluate_policies(root, version, policies, out_dir, config=config, rm_paths=rm_paths, suites=suites,
-                             load_policy=lambda path: _load_on_accelerator(path, config.model),
-                             max_of_k=_max_of_k(samples), progress=progress,
-                             distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None)
+    load = lambda path: _load_on_accelerator(path, config.model)  # noqa: E731
+    if dist.active():  # every rank generates its share of the missing answers; rank 0 merges them
+        generate_answers(root, Path(out_dir), policies, load, suites, config.eval,
+                         progress if dist.is_main() else (lambda m: None))
+    # rank 0 scores, judges and writes the report (every answer is cached by now)
+    return dist.run_on_main(evaluate_policies, root, version, policies, out_dir, config=config, rm_paths=rm_paths,
+                            suites=suites, load_policy=load, max_of_k=_max_of_k(samples), progress=progress,
+                            distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None)
 
 
 def suite_specs(config, root: Path) -> list[str]:

@@ -20,6 +20,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from core import distributed as dist
 from core.accelerator import free_accelerator_memory, to_accelerator
 from core.errors import InputError
 from core.io import read_json, read_jsonl, write_json, write_jsonl
@@ -32,10 +33,11 @@ from reward_models.modeling import load_reward_models, require_reward_models
 from sampling.config import reward_for_round, temperature_for_round
 from sampling.curves import max_of_k_curve
 from sampling.demonstrations import demonstration_candidates, finetune_examples
-from sampling.generate import generate_samples, round_seed
+from sampling.generate import round_seed
 from sampling.rejection import (best_of_k, kept_samples, mean_of, origin_counts, pool_candidates, sample_key, selected_row,
                                 share_of)
 from sampling.scoring import RoundScorer
+from sampling.shards import generate_sharded
 from sampling.temperature import sweep_slice, sweep_temperature
 
 
@@ -54,61 +56,70 @@ def run(ctx) -> dict:
         model, tok = load_policy(ctx.parent_policy, ctx.config.model)
         model = to_accelerator(to_generation_dtype(model, ctx.config.model))
 
-        # step 1: this round's temperature (LLaMA 2 Fig. 8: re-tuned every round)
-        temperature, sweep = _temperature(ctx, model, tok, prompts, scorer, seed, work)
+        # step 1: this round's temperature (LLaMA 2 Fig. 8: re-tuned every round); rank 0 sweeps
+        temperature, sweep = dist.run_on_main(_temperature, ctx, model, tok, prompts, scorer, seed, work)
 
-        # step 2: K samples per prompt, appended batch by batch
+        # step 2: K samples per prompt, appended batch by batch (sharded by batch across ranks)
         gen_stats: dict = {}
-        current = generate_samples(model, tok, prompts, k=cfg.k, temperature=temperature, top_p=cfg.top_p,
+        current = generate_sharded(model, tok, prompts, k=cfg.k, temperature=temperature, top_p=cfg.top_p,
                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed,
-                                   out_path=out / "samples.jsonl", origin_version=version,
-                                   on_batch=_progress(ctx, "sampling"), stats=gen_stats)
+                                   out_path=out / "samples.jsonl", shard_dir=work / "shards",
+                                   origin_version=version, on_batch=_progress(ctx, "sampling"), stats=gen_stats)
         timings["generate_s"] = round(gen_stats["generate_s"], 3)
         del model, tok
         free_accelerator_memory()
-
-        # step 3: score this round's samples with the kept samples of earlier versions, all together
-        candidates = pool_candidates(current, kept_samples(ctx.prior_versions), cfg.pool)
-        if cfg.demonstrations and cfg.demonstrations_use == "pool":  # one more candidate per demonstration
-            seen = {sample_key(c) for c in candidates}
-            candidates += [d for d in demonstration_candidates(_demonstrations(ctx), prompts)
-                           if sample_key(d) not in seen]
-        ctx.progress(f"v{version} rs: scoring {len(candidates)} samples ({len(candidates) - len(current)} kept "
-                     "from earlier versions)")
-        t0 = time.perf_counter()
-        current_progress().stage("rs scoring", total=len(candidates), unit="samples")
-        scorer(candidates)
-        current_progress().advance(len(candidates))
-        timings["score_s"] = round(time.perf_counter() - t0, 3)
-        write_jsonl(out / "samples.jsonl", current)
-
-        # step 4: best-of-K per prompt
-        selected = best_of_k([c for c in candidates if c.get(scorer.key) is not None], scorer.key, cfg.min_score)
-        current_progress().done(f"{len(candidates)} samples, best of {cfg.k} kept for {len(selected)} prompts")
-        if not selected:
-            raise InputError(f"rejection_sampling.min_score={cfg.min_score}: no prompt's best sample reaches it, "
-                             "so there is nothing to fine-tune on; lower or remove min_score")
-        write_json(work / "summary.json", {
-            "reward": scorer.reward, "temperature": temperature, "temperature_sweep": sweep, "k": cfg.k,
-            "pool": cfg.pool, "prompts": len(prompts), "samples": len(current),
-            "generated_tokens": sum(s["num_tokens"] for s in current),
-            "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current),
-            "selected_demonstrations": sum(bool(x.get("demonstration")) for x in selected)})
-
-        # step 5: the max-of-K curve (Fig. 7)
-        write_json(out / "max_of_k.json", {
-            "version": version, "temperature": temperature, "k": cfg.k, "score": scorer.curve_key,
-            "points": max_of_k_curve(scorer.for_curves(current), scorer.curve_key),
-            **({"points_whitened": max_of_k_curve(current, "gated_score")} if scorer.reward == "rm" else {})})
-        write_jsonl(selected_path, [selected_row(s, version, scorer.key) for s in selected])
-        scorer.release()
-        free_accelerator_memory()
+        # steps 3-5: rank 0 scores, selects and writes; the others wait for selected.jsonl
+        dist.run_on_main(_select, ctx, scorer, prompts, current, temperature, sweep, timings)
 
     # step 6: fine-tune the parent on the selected samples (the SFT code path)
     selected = read_jsonl(selected_path)
     ft = _finetune(ctx, selected, out / "rs_policy", work)
     return _metrics(read_json(work / "summary.json"), read_jsonl(out / "samples.jsonl"), selected,
                     read_json(out / "max_of_k.json")["points"], ft, timings)
+
+
+def _select(ctx, scorer: RoundScorer, prompts: list[dict], current: list[dict], temperature: float,
+            sweep: dict | None, timings: dict) -> None:
+    """Steps 3-5 (rank 0): score, best-of-K, summary, max-of-K curve, selected.jsonl."""
+    cfg, version, out = ctx.config.rejection_sampling, ctx.version, Path(ctx.dir)
+    work = out / "work" / "rs"
+    selected_path = out / "selected.jsonl"
+    # step 3: score this round's samples with the kept samples of earlier versions, all together
+    candidates = pool_candidates(current, kept_samples(ctx.prior_versions), cfg.pool)
+    if cfg.demonstrations and cfg.demonstrations_use == "pool":  # one more candidate per demonstration
+        seen = {sample_key(c) for c in candidates}
+        candidates += [d for d in demonstration_candidates(_demonstrations(ctx), prompts)
+                       if sample_key(d) not in seen]
+    ctx.progress(f"v{version} rs: scoring {len(candidates)} samples ({len(candidates) - len(current)} kept "
+                 "from earlier versions)")
+    t0 = time.perf_counter()
+    current_progress().stage("rs scoring", total=len(candidates), unit="samples")
+    scorer(candidates)
+    current_progress().advance(len(candidates))
+    timings["score_s"] = round(time.perf_counter() - t0, 3)
+    write_jsonl(out / "samples.jsonl", current)
+
+    # step 4: best-of-K per prompt
+    selected = best_of_k([c for c in candidates if c.get(scorer.key) is not None], scorer.key, cfg.min_score)
+    current_progress().done(f"{len(candidates)} samples, best of {cfg.k} kept for {len(selected)} prompts")
+    if not selected:
+        raise InputError(f"rejection_sampling.min_score={cfg.min_score}: no prompt's best sample reaches it, "
+                         "so there is nothing to fine-tune on; lower or remove min_score")
+    write_json(work / "summary.json", {
+        "reward": scorer.reward, "temperature": temperature, "temperature_sweep": sweep, "k": cfg.k,
+        "pool": cfg.pool, "prompts": len(prompts), "samples": len(current),
+        "generated_tokens": sum(s["num_tokens"] for s in current),
+        "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current),
+        "selected_demonstrations": sum(bool(x.get("demonstration")) for x in selected)})
+
+    # step 5: the max-of-K curve (Fig. 7)
+    write_json(out / "max_of_k.json", {
+        "version": version, "temperature": temperature, "k": cfg.k, "score": scorer.curve_key,
+        "points": max_of_k_curve(scorer.for_curves(current), scorer.curve_key),
+        **({"points_whitened": max_of_k_curve(current, "gated_score")} if scorer.reward == "rm" else {})})
+    write_jsonl(selected_path, [selected_row(s, version, scorer.key) for s in selected])
+    scorer.release()
+    free_accelerator_memory()
 
 
 def _prompts(ctx) -> list[dict]:
@@ -188,7 +199,7 @@ def _finetune(ctx, selected: list[dict], policy_dir: Path, work: Path) -> dict:
     ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
                   seed=ctx.config.seed, name="rs fine-tune",
                   runs=runs_dir(ctx.workspace.root, f"v{ctx.version}", "rs"))
-    write_json(ft_file, ft)
+    dist.run_on_main(write_json, ft_file, ft)
     return ft
 
 

@@ -12,6 +12,7 @@ import random
 import time
 from pathlib import Path
 
+from core import distributed as dist
 from core.errors import InputError
 from core.logs import log_to
 from core.progress import scope
@@ -33,11 +34,11 @@ def resolve_model(ws: Workspace, key: str) -> str:
     cfg = ws.config
     name = getattr(cfg.model, key)
     if name == "tiny":
-        return str(build_tiny(ws.root / "models" / "tiny", seed=cfg.seed)[key])
+        return str(dist.run_on_main(build_tiny, ws.root / "models" / "tiny", seed=cfg.seed)[key])  # rank 0 writes
     from pipeline.gguf import ensure_converted, is_gguf_source
 
     if is_gguf_source(name):  # a .gguf file or a packaged alias: converted once into WORKSPACE/models/
-        return str(ensure_converted(name, ws.root / "models", base=ws.root, key=f"model.{key}")[0])
+        return str(dist.run_on_main(ensure_converted, name, ws.root / "models", base=ws.root, key=f"model.{key}")[0])
     if name == "v0":
         if key != "reward_model":
             raise InputError("model.policy: 'v0' is only meaningful for model.reward_model")
@@ -110,7 +111,7 @@ def run_sft(ws: Workspace) -> dict:
     if cfg.model.v0 == "given":  # v0 is the given chat model: no SFT
         from pipeline.given_policy import run_given
 
-        return run_given(ws)
+        return dist.run_on_main(run_given, ws)
     examples = [x for f in _files(ws, "sft") for x in load_sft(ws.resolve(f))]
     d = _open_v0(ws)
     pretrain_status = ws.manifest(0)["stages"].get("pretrain", {}).get("status")

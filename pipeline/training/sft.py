@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from core import distributed as dist
 from core.accelerator import save_pretrained_atomic
 from core.errors import InputError
 from core.progress import current, log_callback, trainer_callback
@@ -91,6 +92,7 @@ def _training_args(train_cfg, work_dir: Path, seed: int, n_examples: int, runs: 
         train_sampling_strategy="group_by_length", length_column_name="length",
         disable_tqdm=True, dataloader_num_workers=0,  # progress: core.progress; the loss dicts: the log
         dataloader_pin_memory=torch.cuda.is_available(),
+        **dist.trainer_kwargs(train_cfg.batch_size, "sft.batch_size"),
     )
 
 
@@ -151,7 +153,7 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, n
         metrics["torn_checkpoints"] = torn_notes(work_dir)
     if heldout:
         metrics["heldout_loss_after"] = _heldout_loss(model, heldout, collator, train_cfg.batch_size)
-    save_pretrained_atomic(model, tokenizer, out_dir)
+    dist.save_trained(trainer, lambda: save_pretrained_atomic(model, tokenizer, out_dir), out_dir, tokenizer)
     current().done(_summary(metrics))
     return metrics
 
