@@ -72,9 +72,9 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def disk_full(e: OSError) -> DiskFullError:
-    """A DiskFullError for an ENOSPC OSError: the path it names (or the current directory) and the free
-    space left on that filesystem."""
+def disk_full(e: OSError, needed: int | None = None) -> DiskFullError:
+    """A DiskFullError for an ENOSPC OSError: the path it names (or the current directory), the bytes the
+    write needed when known, and the free space left on that filesystem."""
     import os
     import shutil
 
@@ -88,4 +88,4 @@ def disk_full(e: OSError) -> DiskFullError:
         free = shutil.disk_usage(probe).free
     except OSError:
         free = None
-    return DiskFullError(path, getattr(e, "needed", None), free)
+    return DiskFullError(path, needed if needed is not None else getattr(e, "needed", None), free)

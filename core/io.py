@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tempfile
 import zlib
 from pathlib import Path
@@ -57,16 +56,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _disk_full(path, needed: int | None):
-    from core.errors import DiskFullError
+    from core.errors import disk_full
 
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError:
-        free = None
-    return DiskFullError(path, needed, free)
+    return disk_full(OSError(28, "No space left on device", str(path)), needed)
 
 
 def write_json(path: str | Path, obj) -> None:
