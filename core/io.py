@@ -24,7 +24,7 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from core.errors import InputError, RowErrors
 
@@ -109,6 +109,28 @@ def read_jsonl(path: str | Path) -> list[dict]:
     """Read a finished JSONL file (no repair)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def merge_jsonl_shards(out_path: str | Path, shards: Iterable[str | Path], key: Callable[[dict], object]) -> int:
+    """Append the shards' rows whose key(row) is not yet in out_path to it, then delete the shards; returns
+    the number of rows added. A kill between the append and the deletion leaves rows in both places: the
+    next merge skips them, so none is lost or doubled."""
+    out_path = Path(out_path)
+    have = {key(r) for r in recover_jsonl(out_path) if isinstance(r, dict)}
+    shards = [Path(f) for f in shards]
+    added = 0
+    for f in shards:
+        fresh = []
+        for r in recover_jsonl(f):
+            if isinstance(r, dict) and key(r) not in have:
+                have.add(key(r))
+                fresh.append(r)
+        if fresh:
+            append_jsonl(out_path, fresh)
+            added += len(fresh)
+    for f in shards:
+        f.unlink()
+    return added
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

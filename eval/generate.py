@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from core.io import append_jsonl, recover_jsonl
+from core.io import append_jsonl, merge_jsonl_shards, recover_jsonl
 
 GEN_SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
 
@@ -120,18 +120,8 @@ def _shard_file(cache_file: Path, rank: int) -> Path:
 def merge_cache_shards(cache_file: str | Path) -> int:
     """Append the rank files' rows missing from cache_file to it, then delete them (rank 0 only)."""
     cache_file = Path(cache_file)
-    have = set(read_cache([cache_file]))
-    files = sorted(cache_file.parent.glob(f".{cache_file.stem}.rank*.jsonl"))
-    added = 0
-    for f in files:
-        fresh = [r for r in recover_jsonl(f) if isinstance(r, dict) and r.get("key") not in have]
-        have.update(r["key"] for r in fresh)
-        if fresh:
-            append_jsonl(cache_file, fresh)
-            added += len(fresh)
-    for f in files:
-        f.unlink()
-    return added
+    return merge_jsonl_shards(cache_file, sorted(cache_file.parent.glob(f".{cache_file.stem}.rank*.jsonl")),
+                              lambda r: r.get("key"))
 
 
 def cached_generate_sharded(load: Callable[[], tuple], rows: Sequence[dict], settings: dict, cache_file: str | Path,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core import distributed as dist
-from core.io import append_jsonl, recover_jsonl
+from core.io import merge_jsonl_shards
 from sampling.generate import generate_samples
 
 
@@ -32,22 +32,7 @@ def shard_files(out_path: Path, shard_dir: Path) -> list[Path]:
 def merge_shards(out_path: Path, shard_dir: Path) -> int:
     """Append the shards' rows missing from out_path to it, then delete the shards (rank 0 only).
     Returns the number of rows added."""
-    out_path = Path(out_path)
-    have = {_key(r) for r in recover_jsonl(out_path)}
-    added = 0
-    files = shard_files(out_path, shard_dir)
-    for f in files:
-        fresh = []
-        for r in recover_jsonl(f):
-            if _key(r) not in have:
-                have.add(_key(r))
-                fresh.append(r)
-        if fresh:
-            append_jsonl(out_path, fresh)
-            added += len(fresh)
-    for f in files:
-        f.unlink()
-    return added
+    return merge_jsonl_shards(out_path, shard_files(out_path, shard_dir), _key)
 
 
 def generate_sharded(model, tokenizer, prompts: list[dict], *, out_path: Path, shard_dir: Path,

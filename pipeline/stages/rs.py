@@ -73,7 +73,7 @@ def run(ctx) -> dict:
 
     # step 6: fine-tune the parent on the selected samples (the SFT code path)
     selected = read_jsonl(selected_path)
-    ft = _finetune(ctx, selected, out / "rs_policy", work)
+    ft = _finetune(ctx, prompts, selected, out / "rs_policy", work)
     return _metrics(read_json(work / "summary.json"), read_jsonl(out / "samples.jsonl"), selected,
                     read_json(out / "max_of_k.json")["points"], ft, timings)
 
@@ -181,7 +181,7 @@ def _temperature(ctx, model, tok, prompts, scorer: RoundScorer, seed: int, work:
     return float(sweep["temperature"]), sweep
 
 
-def _finetune(ctx, selected: list[dict], policy_dir: Path, work: Path) -> dict:
+def _finetune(ctx, prompts: list[dict], selected: list[dict], policy_dir: Path, work: Path) -> dict:
     """Fine-tune the parent policy on the selected rows (rejection_sampling.finetune over the sft settings)."""
     ft_file = work / "finetune.json"
     if ft_file.exists() and policy_dir.exists():
@@ -195,7 +195,7 @@ def _finetune(ctx, selected: list[dict], policy_dir: Path, work: Path) -> dict:
     examples = [{"messages": s["messages"], "completion": s["completion"]} for s in selected]
     cfg = ctx.config.rejection_sampling
     if cfg.demonstrations and cfg.demonstrations_use == "finetune":  # safety SFT data mixed in (Sec. 4.2.2)
-        examples += finetune_examples(_demonstrations(ctx), _prompts(ctx))
+        examples += finetune_examples(_demonstrations(ctx), prompts)
     ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
                   seed=ctx.config.seed, name="rs fine-tune",
                   runs=runs_dir(ctx.workspace.root, f"v{ctx.version}", "rs"))
