@@ -64,7 +64,12 @@ def acceptance(ws: Path) -> dict:
         for stage, s in man.get("timings", {}).items():
             seconds[f"{man['version']} {stage}"] = s
     conversion = next((json.loads(p.read_text()).get("seconds") for p in ws.glob("models/*/source.json")), None)
-    total = sum(seconds.values()) + (conversion or 0)
+    # the conversion runs inside v0's `given` stage (already in its seconds); the judges are trained
+    # outside any version (WS/judges), each config records its own seconds
+    judges = sum(json.loads(p.read_text()).get("seconds", 0) for p in ws.glob("judges/*/config.json"))
+    if judges:
+        seconds["judges"] = round(judges, 1)
+    total = sum(seconds.values())
     return {"version": f"v{latest}", "v0": a, "final": b, "win_rate_vs_v0": win, "stage_seconds": seconds,
             "conversion_seconds": conversion, "total_minutes": round(total / 60, 1),
             "examples": [{"suite": y["suite"], "role": y["role"], "prompt": y["prompt"], "v0": x["response"],
@@ -102,7 +107,7 @@ def print_table(acc: dict, wall: float | None = None) -> None:
     for name, x, y, target, ok in rows:
         print(f"| {name} | {x} | {y} | {target} | {'' if ok is None else 'yes' if ok else 'NO'} |")
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in acc["stage_seconds"].items())
-          + (f", GGUF conversion {acc['conversion_seconds']:.0f}" if acc["conversion_seconds"] else ""))
+          + (f" (of which GGUF conversion {acc['conversion_seconds']:.0f})" if acc["conversion_seconds"] else ""))
     if wall is not None:
         print(f"wall clock of this invocation: {wall / 60:.1f} min")
     print("\nexamples (v0 | final):")

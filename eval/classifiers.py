@@ -564,9 +564,12 @@ def refusal_heldout_by_judge(judge: LearnedJudge, examples: Sequence) -> dict:
 
 def train_judges(out_root: Path, kinds: Sequence[str], data_dir: Path | None = None, *,
                  settings: dict[str, TrainSettings] | None = None, cache_dir: Path | None = None,
-                 examples: Sequence | None = None, progress=lambda m: None) -> dict[str, Path]:
+                 examples: Sequence | None = None, exclude_prompts: Sequence[str] = (),
+                 progress=lambda m: None) -> dict[str, Path]:
     """Train ``kinds`` on the labelled data in ``data_dir`` and save each into ``out_root/<kind>/``
-    atomically. ``examples`` (tests) replaces reading the data files."""
+    atomically. ``examples`` (tests) replaces reading the data files. Training examples whose prompt
+    is one of ``exclude_prompts`` (compared case- and whitespace-insensitively) are dropped, so a judge
+    never trains on the prompts it will judge (the eval suites); the held-out models stay as they are."""
     from eval.classifier_data import data_files, default_data_dir, load_examples
 
     if examples is None:
@@ -575,6 +578,9 @@ def train_judges(out_root: Path, kinds: Sequence[str], data_dir: Path | None = N
         examples = load_examples(data_dir)
     else:
         files = {}
+    excluded = {_normal_prompt(p) for p in exclude_prompts}
+    before = len(examples)
+    examples = [e for e in examples if e.heldout or _normal_prompt(e.prompt) not in excluded]
     settings = settings or {}
     out = {}
     encoders: dict[tuple, Encoder] = {}
@@ -584,9 +590,14 @@ def train_judges(out_root: Path, kinds: Sequence[str], data_dir: Path | None = N
         judge = train_judge(kind, examples, settings=s, encoder=enc, data_files=files, progress=progress)
         if kind == "refusal":
             judge.config["metrics"]["heldout_by_judge"] = refusal_heldout_by_judge(judge, examples)
+        judge.config["excluded_prompts"] = {"prompts": len(excluded), "training_examples_dropped": before - len(examples)}
         out[kind] = judge.save(Path(out_root) / kind)
         progress(f"judges: saved the {kind} judge to {out[kind]}")
     return out
+
+
+def _normal_prompt(text: str) -> str:
+    return " ".join((text or "").split()).lower()
 
 
 def sha256_file(path: Path) -> str:

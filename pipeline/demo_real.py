@@ -1,7 +1,9 @@
 """`saferounds demo --model smollm2`: the method on a real chat model, in one command.
 
 init the `smollm2` preset (SmolLM2-135M-Instruct, public data: pipeline/public_data.py) -> v0 = the
-model as given (GGUF converted once) -> helpfulness and safety RMs from v0 (LoRA) -> rejection
+model as given (GGUF converted once) -> the learned refusal and harm judges (eval/classifiers.py,
+trained once into WS/judges on XSTest + Do-Not-Answer labels minus every eval-suite prompt; not for
+`mini`, where the patterns and the safety RM judge) -> helpfulness and safety RMs from v0 (LoRA) -> rejection
 sampling with safe demonstrations in the pool -> eval on held-out XSTest, Do-Not-Answer and HH
 helpful prompts against v0 -> report with both versions' answers side by side.
 
@@ -42,9 +44,9 @@ SIZES: dict[str, dict] = {
 }
 # Expected seconds per step on 2 uncontended cores (bench/smollm2_demo.py measures them), for the ETA.
 ESTIMATES: dict[str, dict[str, float]] = {
-    "full": {"v0": 30, "rm": 900, "rs": 900, "eval": 900},
-    "quarter": {"v0": 30, "rm": 240, "rs": 240, "eval": 240},
-    "mini": {"v0": 30, "rm": 30, "rs": 30, "eval": 30},
+    "full": {"v0": 45, "judges": 240, "rm": 500, "rs": 900, "distill": 300, "eval": 1000},
+    "quarter": {"v0": 45, "judges": 240, "rm": 150, "rs": 280, "distill": 100, "eval": 320},
+    "mini": {"v0": 30, "rm": 30, "rs": 30, "distill": 30, "eval": 30},
 }
 _COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
 
@@ -110,9 +112,30 @@ class _TrainerLogs(logging.Handler):
             self.say(msg.split(": {")[0] + (f" (loss {m.group(1)})" if (m := re.search(r"'loss': ([0-9.]+)", msg)) else ""))
 
 
-def planned_steps(ws: Workspace) -> list[str]:
+JUDGED_SIZES = ("full", "quarter")  # sizes whose run trains the learned judges (mini: CI, minutes matter)
+
+
+def planned_steps(ws: Workspace, judges: bool = False) -> list[str]:
     cfg = ws.config
-    return ["v0"] + [f"v{n} {s}" for n in range(1, cfg.rounds.max_version + 1) for s in cfg.stages_for(n)]
+    return ["v0"] + (["judges"] if judges else []) + \
+        [f"v{n} {s}" for n in range(1, cfg.rounds.max_version + 1) for s in cfg.stages_for(n)]
+
+
+def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Callable[[str], None]) -> dict | None:
+    """The learned refusal and harm judges of the workspace, trained once (skipped when both exist), on the
+    labelled data minus every prompt of the workspace's eval suites. Returns {kind: held-out metrics}."""
+    from eval.classifiers import KINDS, train_judges, user_home, workspace_judges_dir
+    from pipeline.stages.eval import eval_prompt_texts
+
+    root = workspace_judges_dir(ws.root)
+    if all((root / k / "config.json").exists() for k in KINDS):
+        return None
+    saved = train_judges(root, list(KINDS), Path(data_root) if data_root else None,
+                         cache_dir=user_home() / "embeddings", exclude_prompts=eval_prompt_texts(ws), progress=say)
+    import json
+
+    return {k: json.loads((p / "config.json").read_text(encoding="utf-8"))["metrics"]["heldout"]["all"]
+            for k, p in saved.items()}
 
 
 def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Path | None = None,
@@ -134,7 +157,8 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
         print_line(f"writing the smollm2 preset ({size}) and its data from {data_root} to {directory}")
         init_workspace(directory, "smollm2", data_size=size, overrides=SIZES[size], data_root=data_root)
         ws = Workspace(directory)
-    progress = Progress(print_line, planned_steps(ws), ESTIMATES[size])
+    judged = size in JUDGED_SIZES
+    progress = Progress(print_line, planned_steps(ws, judged), ESTIMATES[size])
     handler = _TrainerLogs(progress.say)
     log = logging.getLogger("saferounds")
     log.addHandler(handler)
@@ -149,6 +173,13 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
                 progress.end("v0")
             else:
                 progress.done["v0"] = 0.0
+            if judged:
+                progress.begin("judges")
+                got = train_workspace_judges(ws, data_root, progress.say)
+                for kind, m in (got or {}).items():
+                    progress.say(f"judges: {kind} held-out agreement {m['agreement']:.3f} (n={m['n']}, "
+                                 f"models {', '.join(m['models'])})")
+                progress.end("judges")
             for n in ws.finished_versions():  # resumed: finished versions count as done
                 for s in (ws.manifest(n).get("plan") or []) if n > 0 else []:
                     progress.done[f"v{n} {s}"] = 0.0
@@ -167,7 +198,7 @@ def _round(ws: Workspace, progress: Progress) -> None:
     current: list[str] = []
 
     def say(message: str) -> None:
-        m = re.fullmatch(r"v(\d+): (rm|label|rs|ppo|eval)", message)
+        m = re.fullmatch(r"v(\d+): (rm|label|distill|rs|ppo|eval)", message)
         if m:
             if current:
                 progress.end(current.pop())

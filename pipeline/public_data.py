@@ -53,7 +53,7 @@ MAX_PAIRS_PER_QUESTION = 2
 # caps per run size: rm_helpful / rm_safety (HH pairs; Do-Not-Answer pairs are added to the safety RM
 # up to dna_pairs), rs_* prompts per source, eval_* held-out prompts (XSTest: eval_xstest, 0 = all 450)
 SIZES = {
-    "full": dict(rm_helpful=160, rm_safety=96, dna_pairs=96, rs_red_team=48, rs_dna=64, rs_helpful=64,
+    "full": dict(rm_helpful=200, rm_safety=96, dna_pairs=128, rs_red_team=40, rs_dna=64, rs_helpful=48,
                  eval_dna=120, eval_helpful=64, eval_xstest=0),
     "quarter": dict(rm_helpful=40, rm_safety=24, dna_pairs=24, rs_red_team=12, rs_dna=16, rs_helpful=16,
                     eval_dna=30, eval_helpful=16, eval_xstest=100),

