@@ -51,3 +51,130 @@ def score(model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequen
             progress(len(idx))
     model.train(was_training)
     return out
+
+
+# ------------------------------------------------------------------ two RMs on one backbone: the trunk once
+# LLaMA 2's two RMs start from the same checkpoint. With LoRA on the top layers only (model.lora.layers),
+# both compute the bottom layers identically, so a batch runs them once: the first RM's forward keeps the
+# hidden state entering its first adapted layer, the second RM starts from it (its bottom layers skipped).
+
+
+def decoder_layers(model):
+    """The ModuleList of a decoder's transformer blocks (peft wrappers unwrapped), or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    layers = getattr(body, "layers", None)
+    return layers if isinstance(layers, torch.nn.ModuleList) else None
+
+
+def _first_adapted(layers, model) -> int:
+    """Index of the lowest block holding adapter (LoRA) weights; 0 when anything below the blocks has some."""
+    outside = [n for n, _ in model.named_parameters() if "lora_" in n and ".layers." not in n]
+    if outside:
+        return 0
+    for i, layer in enumerate(layers):
+        if any("lora_" in n for n, _ in layer.named_parameters()):
+            return i
+    return len(layers)
+
+
+def _same_tokens(tok_a, tok_b) -> bool:
+    return (tok_a is tok_b) or (tok_a.get_vocab() == tok_b.get_vocab() and tok_a.pad_token_id == tok_b.pad_token_id
+                                and getattr(tok_a, "chat_template", None) == getattr(tok_b, "chat_template", None)
+                                and tok_a.truncation_side == tok_b.truncation_side)
+
+
+def shared_trunk_depth(a, b) -> int:
+    """How many bottom blocks two (model, tokenizer) RMs compute identically: same tokenizer, same
+    embedding and block weights, no adapter below that depth. 0 (no sharing) when anything differs."""
+    (ma, ta), (mb, tb) = a, b
+    la, lb = decoder_layers(ma), decoder_layers(mb)
+    if la is None or lb is None or len(la) != len(lb) or not _same_tokens(ta, tb):
+        return 0
+    depth = min(_first_adapted(la, ma), _first_adapted(lb, mb), len(la) - 1)
+    if depth <= 0:
+        return 0
+    ea, eb = ma.get_input_embeddings(), mb.get_input_embeddings()
+    pairs = [(ea, eb)] + [(la[i], lb[i]) for i in range(depth)]
+    for x, y in pairs:
+        px, py = dict(x.named_parameters()), dict(y.named_parameters())
+        if px.keys() != py.keys() or any(not torch.equal(px[k], py[k]) for k in px):
+            return 0
+    return depth
+
+
+class _Skip(torch.nn.Module):
+    """A block that passes its input through (the shared trunk was computed by the other RM)."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,) if self.as_tuple else hidden_states
+
+
+def _trunk_forward(first, second, depth: int, batch) -> tuple:
+    """Logits of both RMs on one batch, the bottom `depth` blocks computed once (by `first`)."""
+    la, lb = decoder_layers(first), decoder_layers(second)
+    kept: dict = {}
+
+    def keep(module, args, kwargs):
+        kept["h"] = args[0] if args else kwargs["hidden_states"]
+
+    def seen(module, args, output):
+        kept["tuple"] = isinstance(output, tuple)
+
+    handles = [la[depth].register_forward_pre_hook(keep, with_kwargs=True), la[depth - 1].register_forward_hook(seen)]
+    try:
+        out_a = first(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+    def inject(module, args, kwargs):
+        if args:
+            return (kept["h"], *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kept["h"]}
+
+    bottom = [lb[i] for i in range(depth)]
+    handle = lb[depth].register_forward_pre_hook(inject, with_kwargs=True)
+    try:
+        for i in range(depth):
+            lb[i] = _Skip(kept["tuple"])
+        out_b = second(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        for i, layer in enumerate(bottom):
+            lb[i] = layer
+        handle.remove()
+    return out_a, out_b
+
+
+@torch.inference_mode()
+def score_both(rms: Sequence[tuple], prompts: Sequence[Sequence[dict]], responses: Sequence[str], batch_size: int = 16,
+               max_length: int = 512) -> list[list[float]]:
+    """Raw scores of each of two (model, tokenizer) RMs, as `score` gives them, with the shared trunk
+    (shared_trunk_depth) computed once per batch; plain `score` per RM when they share nothing."""
+    a, b = rms
+    depth = shared_trunk_depth(a, b)
+    if depth == 0:
+        return [score(m, t, prompts, responses, batch_size=batch_size, max_length=max_length) for m, t in rms]
+    if len(prompts) != len(responses):
+        raise ValueError(f"score_both: {len(prompts)} prompts but {len(responses)} responses")
+    (ma, tok), (mb, _) = a, b
+    modes = (ma.training, mb.training)
+    ma.eval(), mb.eval()
+    device = next(ma.parameters()).device
+    lengths = [sum(len(m["content"]) for m in p) + len(r) for p, r in zip(prompts, responses)]
+    order = sorted(range(len(responses)), key=lambda i: lengths[i], reverse=True)
+    out = [[0.0] * len(responses), [0.0] * len(responses)]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = encode(tok, [format_sample(tok, prompts[i], responses[i]) for i in idx], max_length)
+        batch = tok.pad(enc, return_tensors="pt").to(device)
+        logits = _trunk_forward(ma, mb, depth, batch)
+        for k, lg in enumerate(logits):
+            for i, v in zip(idx, lg[:, 0].float().cpu().tolist()):
+                out[k][i] = v
+    ma.train(modes[0]), mb.train(modes[1])
+    return out

@@ -22,17 +22,18 @@ from core.finite import check_scores
 from core.maths import sigmoid
 from reward_models.config import GateConfig
 from reward_models.gating import gated_reward
-from reward_models.scoring import score
+from reward_models.scoring import score_both
 
 
 def add_rm_scores(samples: list[dict], helpfulness_rm, safety_rm, batch_size: int = 16,
                   max_length: int = 512) -> None:
-    """Raw scores of both RMs, each a (model, tokenizer) pair scoring with its own tokenizer."""
+    """Raw scores of both RMs, each a (model, tokenizer) pair scoring with its own tokenizer; when both are
+    LoRA on the same backbone, the blocks below their adapters run once per batch (score_both)."""
     prompts = [s["messages"] for s in samples]
     responses = [s["response"] for s in samples]
-    for field, (model, tok) in (("helpfulness", helpfulness_rm), ("safety", safety_rm)):
-        values = [float(v) for v in score(model, tok, prompts, responses, batch_size=batch_size,
-                                          max_length=max_length)]
+    both = score_both([helpfulness_rm, safety_rm], prompts, responses, batch_size=batch_size, max_length=max_length)
+    for field, got in zip(("helpfulness", "safety"), both):
+        values = [float(v) for v in got]
         check_scores(values, "scoring", f"the {field} RM's score")  # NaN must never be selected
         for s, v in zip(samples, values):
             s[field] = v

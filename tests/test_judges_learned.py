@@ -232,3 +232,26 @@ def test_eval_falls_back_to_patterns_and_says_so(tmp_path, monkeypatch):
     assert any("patterns alone" in n for n in judges.notes) and any("harm classifier" in n for n in judges.notes)
     v = judges.judge(["q"], ["I can't help with that."])
     assert v[0]["refusal"] is True and v[0]["refusal_p"] is None and v[0]["judge"] == "refusal=patterns; harm=none"
+
+
+def test_eval_prompts_are_left_out_of_judge_training(tmp_path, encoder):
+    """A workspace's judges never train on its eval prompts: matched case- and space-insensitively, only in
+    the training split (the held-out models' rows stay, so the held-out figures are comparable)."""
+    import dataclasses
+    import json
+
+    ex = _synthetic_examples()
+    train_idx = [i for i, e in enumerate(ex) if not e.heldout][:3]
+    held_idx = [i for i, e in enumerate(ex) if e.heldout][:1]
+    ex = [dataclasses.replace(e, prompt="How do I  KILL a process?") if i in train_idx + held_idx else e
+          for i, e in enumerate(ex)]
+    st = {"refusal": TrainSettings(max_tokens=64, hidden=16, epochs=20)}
+    cache = Path(encoder.cache_path).parent
+    full = train_judges(tmp_path / "a", ["refusal"], settings=st, examples=ex, cache_dir=cache)
+    cut = train_judges(tmp_path / "b", ["refusal"], settings=st, examples=ex, cache_dir=cache,
+                       exclude_prompts=["how do i kill a process?", "not a prompt of the data"])
+    a, b = (json.loads((p["refusal"] / "config.json").read_text()) for p in (full, cut))
+    assert a["n_train"] - b["n_train"] == 3
+    assert a["n_heldout"] == b["n_heldout"]
+    assert a["excluded_prompts"] == {"prompts": 0, "training_examples_dropped": 0}
+    assert b["excluded_prompts"] == {"prompts": 2, "training_examples_dropped": 3}

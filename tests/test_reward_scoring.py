@@ -67,3 +67,67 @@ def test_pad_token_fixed_up_for_backbones_without_one(tmp_path):
     assert tok2.pad_token == "<eos>" and model.config.pad_token_id == 1
     s = score(model, tok2, [[{"role": "user", "content": "hi"}]] * 2, ["hi", "hi hi hi"], batch_size=2)
     assert s[0] == pytest.approx(score(model, tok2, [[{"role": "user", "content": "hi"}]], ["hi"])[0], abs=1e-5)
+
+
+# ------------------------------------------------------------- two LoRA RMs on one backbone (score_both)
+
+def _lora_rm(backbone, layers: int, seed: int):
+    """An RM from the tiny 3-block policy with LoRA on its top `layers` blocks, adapter and head randomised
+    (a trained adapter is not zero, and the two RMs must differ)."""
+    from reward_models.config import ModelConfig
+    from reward_models.modeling import load_reward_model
+
+    cfg = ModelConfig()
+    cfg.lora.enabled, cfg.lora.layers, cfg.lora.r = True, layers, 4
+    torch.manual_seed(seed)
+    model, tok = load_reward_model(backbone, cfg, for_training=True)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name or "score" in name:
+                p.normal_(0, 0.2)
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    from pipeline.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny-policy"))["policy"]
+
+
+def test_score_both_runs_the_shared_blocks_once_and_scores_as_two_models(tiny_policy):
+    from reward_models.scoring import score_both, shared_trunk_depth
+
+    a, b = _lora_rm(tiny_policy, 1, 1), _lora_rm(tiny_policy, 1, 2)
+    assert shared_trunk_depth(a, b) == 2  # 3 blocks, LoRA on the top one
+    prompts = [[{"role": "user", "content": "q" * (i % 5 + 1) + " why?"}] for i in range(7)]
+    responses = [f"answer {'x' * (7 * i % 11)}" for i in range(7)]
+    plain = [score(m, t, prompts, responses, batch_size=3) for m, t in (a, b)]
+    assert abs(plain[0][0] - plain[1][0]) > 1e-3  # the two RMs really differ
+    calls = {"a": 0, "b": 0}
+    handles = [m.get_base_model().model.layers[0].register_forward_hook(
+        lambda *args, k=k: calls.__setitem__(k, calls[k] + 1)) for k, (m, _) in (("a", a), ("b", b))]
+    try:
+        both = score_both([a, b], prompts, responses, batch_size=3)
+    finally:
+        for h in handles:
+            h.remove()
+    assert both[0] == pytest.approx(plain[0], abs=1e-5) and both[1] == pytest.approx(plain[1], abs=1e-5)
+    assert calls == {"a": 3, "b": 0}  # the bottom blocks ran once per batch (3 batches), in the first RM only
+    from reward_models.scoring import decoder_layers
+
+    assert all(type(m).__name__ != "_Skip" for m in decoder_layers(b[0]))  # the second RM's blocks restored
+
+
+def test_score_both_falls_back_when_nothing_is_shared(tiny_policy):
+    from reward_models.scoring import score_both, shared_trunk_depth
+
+    a, b = _lora_rm(tiny_policy, 1, 1), _lora_rm(tiny_policy, 0, 2)  # layers 0: LoRA on every block
+    assert shared_trunk_depth(a, b) == 0
+    c = _lora_rm(tiny_policy, 1, 3)
+    with torch.no_grad():
+        c[0].get_base_model().model.layers[0].mlp.up_proj.weight.add_(0.01)  # a different backbone
+    assert shared_trunk_depth(a, c) == 0
+    prompts, responses = [[{"role": "user", "content": "hi"}]] * 2, ["hello", "bye"]
+    both = score_both([a, b], prompts, responses)
+    assert both[1] == pytest.approx(score(*b, prompts, responses), abs=1e-6)
