@@ -95,6 +95,27 @@ def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0)
     return diffs[int(0.025 * n)], diffs[int(0.975 * n)]
 
 
+def llamacpp_side(tok, prompts, a) -> dict:
+    """bench/llamacpp_node.mjs on the same prompts (same chat template text), K, max_new_tokens, temperature,
+    top-p and threads, with as many sequences decoded together as our batches have rows."""
+    import subprocess
+    import tempfile
+
+    from pipeline.gguf import locate
+    from sampling.generate import format_prompt
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"prompts": [format_prompt(tok, p["messages"]) for p in prompts], "temperature": a.temperature,
+                   "top_p": a.top_p}, f)
+    cmd = ["node", str(ROOT / "bench" / "llamacpp_node.mjs"), f.name, str(locate("smollm2-135m")), "--k", str(a.k),
+           "--max-new-tokens", str(a.max_new_tokens), "--threads", str(a.threads),
+           "--parallel", str(a.batch_prompts * a.k)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env=dict(os.environ, NODE_PATH=str(a.node_modules)))
+    os.unlink(f.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
@@ -107,6 +128,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sides", default="plain,ours-fp32,ours-int8")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--node-modules", type=Path, default=Path("/work/.bench-node-llamacpp/node_modules"),
+                    help="node-llama-cpp's install, for the `llamacpp` side (bench/llamacpp_node.mjs)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -131,6 +154,13 @@ def main() -> None:
     for r in range(a.rounds):
         for side in (sides if r % 2 == 0 else sides[::-1]):
             load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
+            if side == "llamacpp":  # llama.cpp on the GGUF itself, in its own process: its own CPU clock
+                got = llamacpp_side(tok, prompts, a)
+                runs[side].append({"round": r, "seconds": got["wall_s"], "cpu_seconds": got["cpu_s"],
+                                   "tokens": got["generated_tokens"], "tok_s": got["tok_per_wall_s"],
+                                   "tok_per_cpu_s": got["tok_per_cpu_s"], "load1": round(load0, 2)})
+                print(side, runs[side][-1], flush=True)
+                continue
             if side == "plain":
                 torch.manual_seed(r)
                 out = plain_side(fp32, tok, prompts, batches, a, eos_ids)
@@ -149,14 +179,14 @@ def main() -> None:
     tps = {s: statistics.median(x["tok_per_cpu_s"] for x in runs[s]) for s in sides}
     wall = {s: statistics.median(x["tok_s"] for x in runs[s]) for s in sides}
     quality = {}
-    for side in sides:
+    for side in [s for s in sides if s != "llamacpp"]:  # llama.cpp samples its own Q4_1 weights: a speed limit only
         lp = mean_logprobs(fp32, tok, samples[side])
         quality[side] = {"mean_logprob": round(statistics.fmean(lp), 4), "std": round(statistics.stdev(lp), 4),
                          "eos_share": round(sum(x["finish_reason"] == "eos" for x in samples[side]) / len(lp), 3),
                          "mean_tokens": round(statistics.fmean(x["num_tokens"] for x in samples[side]), 1),
                          "_lp": lp}
     base = sides[0]
-    for side in sides[1:]:
+    for side in [s for s in sides[1:] if s in quality]:
         lo, hi = bootstrap_diff(quality[base]["_lp"], quality[side]["_lp"])
         quality[side]["diff_vs_" + base + "_ci95"] = [round(lo, 4), round(hi, 4)]
     for q in quality.values():

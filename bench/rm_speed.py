@@ -29,20 +29,40 @@ DATA = ROOT / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jso
 
 
 def _timer(skip: int):
+    """Wall and process-CPU marks at the end of step `skip` (0: the start of training) and of the last step."""
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
-        marks: dict = {}
+        def __init__(self):
+            self.marks, self.cpu = {}, {}
+
+        def _mark(self, step):
+            self.marks[step], self.cpu[step] = time.perf_counter(), time.process_time()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if skip == 0:
+                self._mark(0)
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step in (skip, state.max_steps):
-                self.marks[state.global_step] = time.perf_counter()
+                self._mark(state.global_step)
 
     return Timer()
 
 
-def steps_per_s(timer, skip: int, steps: int) -> float:
-    return (steps - skip) / (timer.marks[steps] - timer.marks[skip])
+def steps_per_s(timer, skip: int, steps: int) -> tuple[float, float]:
+    """(steps per wall second, steps per CPU second of this process) between the two marks."""
+    return ((steps - skip) / (timer.marks[steps] - timer.marks[skip]),
+            (steps - skip) / (timer.cpu[steps] - timer.cpu[skip]))
+
+
+def _model_cfg(a):
+    from reward_models.config import ModelConfig
+
+    cfg = ModelConfig()
+    if a.lora_layers >= 0:
+        cfg.lora.enabled, cfg.lora.layers, cfg.lora.r, cfg.lora.alpha = True, a.lora_layers, 16, 32
+    return cfg
 
 
 def run_ours(backbone, pairs, a, work) -> float:
@@ -51,7 +71,7 @@ def run_ours(backbone, pairs, a, work) -> float:
     from reward_models.training import make_trainer
 
     torch.manual_seed(a.seed)
-    model, tok = load_reward_model(backbone, for_training=True)
+    model, tok = load_reward_model(backbone, _model_cfg(a), for_training=True)
     cfg = RewardModelConfig(learning_rate=a.lr, batch_size=a.batch_size, max_length=a.max_length,
                             save_steps=10_000, logging_steps=10_000, group_by_length=a.group_by_length,
                             margin="none", weight_decay=0.0)
@@ -82,7 +102,7 @@ def run_trl(backbone, pairs, a, work) -> float:
     from reward_models.training import pair_features, warmup_steps
 
     torch.manual_seed(a.seed)
-    model, tok = load_reward_model(backbone, for_training=True)
+    model, tok = load_reward_model(backbone, _model_cfg(a), for_training=True)
     cols = pair_features(tok, pairs, "none", a.max_length)  # identical token ids to ours
     ds = datasets.Dataset.from_dict({"chosen_ids": cols["chosen_input_ids"], "rejected_ids": cols["rejected_input_ids"]})
     _, warm = warmup_steps(len(pairs), RewardModelConfig(batch_size=a.batch_size))
@@ -103,8 +123,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="tiny")
     ap.add_argument("--pairs", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--skip", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=0, help="0: one epoch over --pairs")
+    ap.add_argument("--skip", type=int, default=0,
+                    help="steps left out of the timing (0: time every step; with length-grouped batches the "
+                         "first batch is the longest, so skipping it would favour ours)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -115,8 +137,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--held-out", type=int, default=0, help="pairs after the training ones to measure accuracy on")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lora-layers", type=int, default=-1,
+                    help="-1: train every weight (full fine-tune); N >= 0: LoRA r=16 on the top N blocks "
+                         "(0 = every block), the same model on both sides")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    a.steps = a.steps or -(-a.pairs // a.batch_size)
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
     import trl
@@ -136,16 +162,21 @@ def main() -> None:
 
         backbone = str(ensure_converted("smollm2-135m", ROOT / ".bench-models")[0])
     ours, theirs, acc, loads = [], [], {"ours": [], "trl": []}, []
+    cpu = {"ours": [], "trl": []}
     for r in range(a.repeats):  # alternate the order, so a change in machine load hits both sides
         for side in (("ours", "trl") if r % 2 == 0 else ("trl", "ours")):
             loads.append(os.getloadavg()[0])
-            sps, held = (run_ours if side == "ours" else run_trl)(backbone, pairs, a, tmp / f"{side}{r}")
+            (sps, cps), held = (run_ours if side == "ours" else run_trl)(backbone, pairs, a, tmp / f"{side}{r}")
             (ours if side == "ours" else theirs).append(sps)
+            cpu[side].append(cps)
             acc[side].append(held)
-            print(side, r, round(sps, 4), held, round(loads[-1], 2), flush=True)
+            print(side, r, round(sps, 4), round(cps, 4), held, round(loads[-1], 2), flush=True)
     o, t = statistics.median(ours), statistics.median(theirs)
+    oc, tc = statistics.median(cpu["ours"]), statistics.median(cpu["trl"])
     out = {"held_out_pairs": a.held_out, "held_out_accuracy": acc, "load1": [round(x, 2) for x in loads],
-           "threads": a.threads, "pairs": a.pairs, "skip": a.skip}
+           "threads": a.threads, "pairs": a.pairs, "skip": a.skip, "lora_layers": a.lora_layers,
+           "ours_steps_per_cpu_s": [round(x, 4) for x in cpu["ours"]],
+           "trl_steps_per_cpu_s": [round(x, 4) for x in cpu["trl"]], "ratio_per_cpu_s": round(oc / tc, 3)}
     print(json.dumps({**out, "backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size,
                       "max_length": a.max_length, "steps": a.steps, "group_by_length": a.group_by_length,
                       "trl_gradient_checkpointing": a.trl_gradient_checkpointing,

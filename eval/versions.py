@@ -53,7 +53,8 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     for kind in ("helpfulness", "safety"):
         idx = [j for j, role in enumerate(roles) if uses[kind](role)]
         progress(f"eval: scoring {len(idx)} answers with the {kind} RM")
-        got = rm_scores(rm_paths.get(kind), config.model, [pairs[j] for j in idx], cfg.batch_size)
+        got = rm_scores(rm_paths.get(kind), config.model, [pairs[j] for j in idx], cfg.batch_size,
+                        config.reward_models.max_length)
         if got is None:
             scores[kind] = None if rm_paths.get(kind) is None else [None] * len(pairs)
             continue
@@ -210,8 +211,11 @@ def generate_answers(root: Path, out_dir: Path, policies: dict[str, Path], load_
         gc.collect()
 
 
-def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], batch_size: int) -> list[float] | None:
-    """Raw scores of one RM on (prompt messages, response) pairs; None without an RM."""
+def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], batch_size: int,
+              max_length: int = 512) -> list[float] | None:
+    """Raw scores of one RM on (prompt messages, response) pairs; None without an RM. `max_length` is the
+    RM's training length (reward_models.max_length): it scores what it was trained to read, the end of the
+    conversation when longer (left truncation), as rs and PPO do."""
     if rm_path is None or not pairs:
         return None
     from reward_models.modeling import load_reward_model
@@ -220,7 +224,7 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
     model, tok = load_reward_model(rm_path, model_cfg)
     to_accelerator(model)
     out = score(model, tok, [p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size,
-                progress=lambda n: current().advance(n))
+                max_length=max_length, progress=lambda n: current().advance(n))
     del model
     gc.collect()
     from core.finite import check_scores
