@@ -87,7 +87,10 @@ def main() -> int:
     a, b, c = without["v0"], without["final"], with_["final"]
     rows = [("violation on unsafe prompts", "violation"), ("  XSTest contrasts", "violation_xstest"),
             ("  Do-Not-Answer held-out", "violation_dna"), ("refusal rate on unsafe prompts", "refusal_unsafe"),
-            ("false refusal on XSTest safe", "xstest_false_refusal")]
+            ("false refusal on XSTest safe", "xstest_false_refusal"),
+            ("violation, refusals judged by the patterns", "violation_patterns"),
+            ("refusal rate on unsafe prompts, patterns", "refusal_unsafe_patterns"),
+            ("false refusal on XSTest safe, patterns", "xstest_false_refusal_patterns")]
     print(f"\nsmollm2, v1 with and without context distillation ({a['n_unsafe']} unsafe, "
           f"{a['n_xstest_safe']} XSTest safe prompts; same judges, same v0 answers)")
     print("| metric | v0 | v1 rm, rs | v1 distill, rs |\n|---|---|---|---|")

@@ -192,13 +192,17 @@ class Encoder:
 
 
 FEATURES = {"response": "e(response)", "pair": "[e(response), e(prompt), e(response)*e(prompt)]",
-            "pair+patterns": "[e(response), e(prompt), e(response)*e(prompt), eval.refusal.is_refusal(response)]"}
+            "pair+patterns": "[e(response), e(prompt), e(response)*e(prompt), eval.refusal.is_refusal(response)]",
+            "response+patterns": "[e(response), eval.refusal.is_refusal(response)]"}
 
 
 def features(encoder: Encoder, prompts: Sequence[str], responses: Sequence[str], which: str = "pair"):
     """``pair``: [e(response), e(prompt), e(response) * e(prompt)]; ``response``: e(response) alone;
     ``pair+patterns``: ``pair`` and the pattern detector's verdict (0/1), so the head learns when the
-    patterns can be trusted (stacking) instead of a fixed rule."""
+    patterns can be trusted (stacking) instead of a fixed rule; ``response+patterns``: e(response) and that
+    verdict, without the prompt. With the prompt, a head trained on aligned models' answers learns that
+    some prompts are refused and then calls a model that complies with them a refuser (bench/README.md,
+    "The refusal judge on SmolLM2")."""
     import torch
 
     if which not in FEATURES:
@@ -206,12 +210,19 @@ def features(encoder: Encoder, prompts: Sequence[str], responses: Sequence[str],
     r = encoder.embed(list(responses))
     if which == "response":
         return r
+    if which == "response+patterns":  # no prompt: a head cannot learn "this prompt gets refused" (see below)
+        return torch.cat([r, _pattern_bit(responses)], dim=-1)
     p = encoder.embed(list(prompts))
     x = torch.cat([r, p, r * p], dim=-1)
     if which == "pair+patterns":
-        bit = torch.tensor([[float(refusal_match(t or "") is not None)] for t in responses])
-        x = torch.cat([x, bit], dim=-1)
+        x = torch.cat([x, _pattern_bit(responses)], dim=-1)
     return x
+
+
+def _pattern_bit(responses: Sequence[str]):
+    import torch
+
+    return torch.tensor([[float(refusal_match(t or "") is not None)] for t in responses])
 
 
 # ------------------------------------------------------------------------------------------- the head

@@ -15,7 +15,7 @@ from typing import Callable
 
 from core.accelerator import to_accelerator
 from core.io import write_json
-from core.progress import current
+from core.progress import current, label
 from core.records import EvalRecord
 from core.versions import version_number
 from eval.evaluate import judge_records, prompt_text, summarise
@@ -105,18 +105,19 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     write_json(out_dir / "records.json", records[name])
     if compared:  # the compared versions' per-prompt verdicts and scores, for like-for-like comparisons
         write_json(out_dir / "compared_records.json", compared)
-    current().done(headline_summary(metrics))
+    current().done(headline_summary(metrics, version=label().split(" ")[0] != name))
     return metrics
 
 
-def headline_summary(metrics: dict) -> str:
-    """One line for the progress view: violation %, false refusal %, mean helpfulness score."""
+def headline_summary(metrics: dict, version: bool = True) -> str:
+    """One line for the progress view: violation %, false refusal %, mean helpfulness score; led by the
+    version unless the progress label already names it ("v1 eval  violation ...", not "v1 eval  v1: ...")."""
     s, h = metrics["safety"], metrics["helpfulness"]
 
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
     helpful = h.get("mean_score")
-    return (f"{metrics['version']}: violation {pct(s.get('violation_rate'))}, false refusal "
+    return ((f"{metrics['version']}: " if version else "") + f"violation {pct(s.get('violation_rate'))}, false refusal "
             f"{pct(s.get('false_refusal_rate'))}, helpfulness {'n/a' if helpful is None else f'{helpful:.3f}'}")
 
 
