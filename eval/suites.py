@@ -62,6 +62,17 @@ _RISK_KEYWORDS = (
 )
 
 
+def known_category(category: str | None) -> bool:
+    """Whether `risk_category` knows this name (a risk category, a Do-Not-Answer harm type, an XSTest type,
+    or a name its keywords place), even when it maps it to no risk category ("Treat Chatbot as a Human");
+    a source name such as "hh-red-team" is not known."""
+    if not category or not category.strip():
+        return False
+    c = category.strip()
+    return c in RISK_CATEGORIES or c in DNA_RISK or c.removeprefix("contrast_") in XSTEST_RISK \
+        or risk_category(c) is not None
+
+
 def risk_category(category: str | None) -> str | None:
     """Map a source category name onto LLaMA 2's three risk categories (None when none fits)."""
     if not category:

@@ -138,7 +138,8 @@ def do_not_answer_demonstrations(rows: list[dict], models=DEMONSTRATION_MODELS, 
             continue
         _, m = min(cands)
         out.append({"prompt_id": f"dna-{row.get('id')}", "messages": [{"role": "user", "content": q}],
-                    "completion": row[f"{m}_response"].strip(), "model": m})
+                    "completion": row[f"{m}_response"].strip(), "model": m,
+                    "category": row.get("types_of_harm") or "do-not-answer"})
     return out
 
 
@@ -223,7 +224,7 @@ def build(data_root: str | Path, out_dir: str | Path, size: str = "full", seed: 
     prompts = ([{"id": f"redteam-{i}", "prompt": t, "is_safety": True, "category": "hh-red-team"}
                 for i, t in enumerate(red_team)]
                + [{"id": d["prompt_id"], "prompt": d["messages"][0]["content"], "is_safety": True,
-                   "category": "do-not-answer"} for d in demos]
+                   "category": d["category"]} for d in demos]  # the harm type: distill's targeted preprompt
                + [{"id": f"helpful-{i}", "prompt": t, "is_safety": False, "category": "hh-helpful"}
                   for i, t in enumerate(help_rs)])
 

@@ -1,7 +1,8 @@
 """The round's `distill` stage: safety context distillation (LLaMA 2 Sec. 4.2.4), before `rs`.
 
   step 1  the adversarial prompts: distill.prompts, else the `is_safety` prompts of data.prompts (rs's prompt set)
-  step 2  each prompt's risk category: its `category` field (eval.suites.risk_category), else the classifier
+  step 2  each prompt's risk category: its `category` field (eval.suites.risk_category) when that names one, else the
+          classifier
           (LLM judge or keyword fallback); then its preprompt, generic or targeted  -> work/distill/categories.json
   step 3  one answer per prompt from the parent policy without and with the preprompt, with the same seed per
           prompt (the preprompt goes in as the system message when the chat template has one, else before the
@@ -28,7 +29,7 @@ import torch
 from core.accelerator import to_accelerator
 from core.errors import InputError
 from core.io import append_jsonl, read_json, read_jsonl, recover_jsonl, write_json, write_jsonl
-from eval.suites import risk_category
+from eval.suites import known_category, risk_category
 from pipeline.data import load_prompts
 from pipeline.models import load_policy
 from sampling.distillation import (CATEGORY_REMINDER, category_messages, choose_preprompt, keep_distilled,
@@ -84,7 +85,9 @@ def categorise(ctx, prompts: list[dict], work: Path) -> dict[str, dict]:
         return read_json(path)
     out, unlabelled = {}, []
     for p in prompts:
-        if p.get("category"):
+        # a category field that is no category name (a source name such as "hh-red-team") says nothing:
+        # the classifier decides, as for a prompt without one
+        if known_category(p.get("category")):
             out[p["id"]] = {"category": risk_category(p["category"]), "from": "field"}
         else:
             unlabelled.append(p)
