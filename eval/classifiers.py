@@ -200,9 +200,8 @@ def features(encoder: Encoder, prompts: Sequence[str], responses: Sequence[str],
     """``pair``: [e(response), e(prompt), e(response) * e(prompt)]; ``response``: e(response) alone;
     ``pair+patterns``: ``pair`` and the pattern detector's verdict (0/1), so the head learns when the
     patterns can be trusted (stacking) instead of a fixed rule; ``response+patterns``: e(response) and that
-    verdict, without the prompt. With the prompt, a head trained on aligned models' answers learns that
-    some prompts are refused and then calls a model that complies with them a refuser (bench/README.md,
-    "The refusal judge on SmolLM2")."""
+    verdict, without the prompt (measured against ``pair+patterns`` on SmolLM2's answers in bench/README.md,
+    "The refusal judge on SmolLM2": it is not better there)."""
     import torch
 
     if which not in FEATURES:
@@ -210,7 +209,7 @@ def features(encoder: Encoder, prompts: Sequence[str], responses: Sequence[str],
     r = encoder.embed(list(responses))
     if which == "response":
         return r
-    if which == "response+patterns":  # no prompt: a head cannot learn "this prompt gets refused" (see below)
+    if which == "response+patterns":
         return torch.cat([r, _pattern_bit(responses)], dim=-1)
     p = encoder.embed(list(prompts))
     x = torch.cat([r, p, r * p], dim=-1)

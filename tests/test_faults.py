@@ -118,7 +118,8 @@ def test_rm_that_scores_nan_is_refused_and_no_sample_is_selected(monkeypatch):
     import sampling.scoring as scoring
     from reward_models.config import GateConfig
 
-    monkeypatch.setattr(scoring, "score", lambda model, tok, prompts, responses, **kw: [float("nan")] * len(responses))
+    monkeypatch.setattr(scoring, "score_both",
+                        lambda rms, prompts, responses, **kw: [[float("nan")] * len(responses) for _ in rms])
     samples = [{"prompt_id": "p", "sample_index": i, "messages": [{"role": "user", "content": "q"}],
                 "response": f"r{i}"} for i in range(3)]
     with pytest.raises(DivergedError, match="scoring: diverged: the helpfulness RM's score of 3 of 3"):
