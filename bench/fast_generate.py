@@ -191,7 +191,7 @@ def main() -> None:
         quality[side]["diff_vs_" + base + "_ci95"] = [round(lo, 4), round(hi, 4)]
     for q in quality.values():
         q.pop("_lp")
-    result = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32)", "settings": vars(a) | {"json": None},
+    result = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32)", "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()} | {"json": None},
               "rows_per_batch": a.batch_prompts * a.k, "runs": runs, "median_tok_s": tps,
               "ratio_vs_plain": {s: round(tps[s] / tps[base], 2) for s in sides},
               "median_wall_tok_s": wall, "wall_ratio_vs_plain": {s: round(wall[s] / wall[base], 2) for s in sides},
