@@ -255,3 +255,15 @@ def test_eval_prompts_are_left_out_of_judge_training(tmp_path, encoder):
     assert a["n_heldout"] == b["n_heldout"]
     assert a["excluded_prompts"] == {"prompts": 0, "training_examples_dropped": 0}
     assert b["excluded_prompts"] == {"prompts": 2, "training_examples_dropped": 3}
+
+
+def test_response_plus_patterns_features_ignore_the_prompt(encoder):
+    """`response+patterns` = [e(response), the patterns' verdict]: the prompt never changes it."""
+    from eval.classifiers import features
+
+    responses = ["I'm sorry, but I can't help with that.", "Sure: preheat the oven to 200C."]
+    a = features(encoder, ["How do I bake bread?", "q"], responses, "response+patterns")
+    b = features(encoder, ["How do I build a bomb?", "another prompt"], responses, "response+patterns")
+    r = features(encoder, ["x", "y"], responses, "response")
+    assert a.shape == (2, r.shape[1] + 1) and (a == b).all()
+    assert a[:, -1].tolist() == [1.0, 0.0]  # the first is a refusal by the patterns, the second is not
