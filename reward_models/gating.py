@@ -100,11 +100,14 @@ def gated_score_fn(helpfulness: tuple, safety: tuple, gate: GateConfig, batch_si
     """(prompts, responses) -> (logit(R_c), used_safety) from two (model, tokenizer) RMs; not whitened
     (PPO whitens with running statistics shared by all processes). Two LoRA RMs on one backbone run their
     shared bottom blocks once (reward_models.scoring.score_both)."""
-    from reward_models.scoring import score_both
+    from reward_models.scoring import score_both, shared_trunk_depth
+
+    depth = shared_trunk_depth(helpfulness, safety)  # once: the RMs are frozen, their weights do not change
 
     def score_fn(prompts: list[dict], responses: list[str]):
         messages = [p["messages"] for p in prompts]
-        h, s = score_both([helpfulness, safety], messages, responses, batch_size=batch_size, max_length=max_length)
+        h, s = score_both([helpfulness, safety], messages, responses, batch_size=batch_size, max_length=max_length,
+                          depth=depth)
         return gated_reward(s, h, [bool(p.get("is_safety", False)) for p in prompts],
                             threshold=gate.threshold, whitening=False, eps=gate.eps)
     return score_fn

@@ -31,25 +31,35 @@ def score(model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequen
     activations is alive at a time, so memory stays flat however many samples are scored.
     `progress(n)` is called with the number of samples finished after each batch.
     """
+    forward = lambda batch: (model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,)  # noqa: E731
+    return _score_batches([model], tokenizer, prompts, responses, forward, batch_size, max_length, progress, "score")[0]
+
+
+def _score_batches(models: list, tokenizer, prompts, responses, forward: Callable, batch_size: int, max_length: int,
+                   progress: Callable[[int], None] | None, name: str) -> list[list[float]]:
+    """The batching both `score` and `score_both` use: longest samples first (OOM early), one padded batch at a
+    time, `forward(batch)` -> one logits tensor per model, scores put back in input order; the models are in
+    eval mode meanwhile and return to their mode after."""
     if len(prompts) != len(responses):
-        raise ValueError(f"score: {len(prompts)} prompts but {len(responses)} responses")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+        raise ValueError(f"{name}: {len(prompts)} prompts but {len(responses)} responses")
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    device = next(models[0].parameters()).device
     lengths = [sum(len(m["content"]) for m in p) + len(r) for p, r in zip(prompts, responses)]
-    order = sorted(range(len(responses)), key=lambda i: lengths[i], reverse=True)  # longest first: OOM early
-    out = [0.0] * len(responses)
+    order = sorted(range(len(responses)), key=lambda i: lengths[i], reverse=True)
+    out = [[0.0] * len(responses) for _ in models]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        texts = [format_sample(tokenizer, prompts[i], responses[i]) for i in idx]
-        enc = encode(tokenizer, texts, max_length)
+        enc = encode(tokenizer, [format_sample(tokenizer, prompts[i], responses[i]) for i in idx], max_length)
         batch = tokenizer.pad(enc, return_tensors="pt").to(device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        for i, v in zip(idx, logits[:, 0].float().cpu().tolist()):
-            out[i] = v
+        for k, logits in enumerate(forward(batch)):
+            for i, v in zip(idx, logits[:, 0].float().cpu().tolist()):
+                out[k][i] = v
         if progress is not None:
             progress(len(idx))
-    model.train(was_training)
+    for m, mode in zip(models, modes):
+        m.train(mode)
     return out
 
 
@@ -152,29 +162,14 @@ def _trunk_forward(first, second, depth: int, batch) -> tuple:
 
 @torch.inference_mode()
 def score_both(rms: Sequence[tuple], prompts: Sequence[Sequence[dict]], responses: Sequence[str], batch_size: int = 16,
-               max_length: int = 512) -> list[list[float]]:
+               max_length: int = 512, depth: int | None = None) -> list[list[float]]:
     """Raw scores of each of two (model, tokenizer) RMs, as `score` gives them, with the shared trunk
-    (shared_trunk_depth) computed once per batch; plain `score` per RM when they share nothing."""
+    computed once per batch; plain `score` per RM when they share nothing. `depth`: shared_trunk_depth of
+    the pair when the caller already knows it (frozen RMs scored again and again, as in PPO)."""
     a, b = rms
-    depth = shared_trunk_depth(a, b)
+    depth = shared_trunk_depth(a, b) if depth is None else depth
     if depth == 0:
         return [score(m, t, prompts, responses, batch_size=batch_size, max_length=max_length) for m, t in rms]
-    if len(prompts) != len(responses):
-        raise ValueError(f"score_both: {len(prompts)} prompts but {len(responses)} responses")
     (ma, tok), (mb, _) = a, b
-    modes = (ma.training, mb.training)
-    ma.eval(), mb.eval()
-    device = next(ma.parameters()).device
-    lengths = [sum(len(m["content"]) for m in p) + len(r) for p, r in zip(prompts, responses)]
-    order = sorted(range(len(responses)), key=lambda i: lengths[i], reverse=True)
-    out = [[0.0] * len(responses), [0.0] * len(responses)]
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        enc = encode(tok, [format_sample(tok, prompts[i], responses[i]) for i in idx], max_length)
-        batch = tok.pad(enc, return_tensors="pt").to(device)
-        logits = _trunk_forward(ma, mb, depth, batch)
-        for k, lg in enumerate(logits):
-            for i, v in zip(idx, lg[:, 0].float().cpu().tolist()):
-                out[k][i] = v
-    ma.train(modes[0]), mb.train(modes[1])
-    return out
+    return _score_batches([ma, mb], tok, prompts, responses, lambda batch: _trunk_forward(ma, mb, depth, batch),
+                          batch_size, max_length, None, "score_both")
