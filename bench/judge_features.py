@@ -32,14 +32,13 @@ def main() -> int:
     args = ap.parse_args()
 
     from eval.classifier_data import load_examples
-    from eval.classifiers import (Encoder, Judges, default_settings, train_judge, user_home, _normal_prompt)
+    from eval.classifiers import Encoder, Judges, default_settings, train_judge, user_home, without_prompts
     from eval.refusal import refusal_match
     from pipeline.stages.eval import eval_prompt_texts
     from pipeline.workspace import Workspace
 
     ws = Workspace(args.workspace)
-    excluded = {_normal_prompt(p) for p in eval_prompt_texts(ws)}
-    examples = [e for e in load_examples(args.data_dir) if e.heldout or _normal_prompt(e.prompt) not in excluded]
+    examples = without_prompts(load_examples(args.data_dir), eval_prompt_texts(ws))
     ev = args.workspace / "versions" / "v1" / "eval"
     records = {"v1": json.loads((ev / "records.json").read_text()),
                "v0": json.loads((ev / "compared_records.json").read_text())["v0"]}

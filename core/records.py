@@ -14,6 +14,7 @@ Who writes what:
 """
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional, TypedDict
 
 try:
@@ -145,3 +146,10 @@ class WinRate(TypedDict):
     ties: int
     losses: int
     n: int
+
+
+def normalise_prompt(text: str) -> str:
+    """The key under which two prompts are the same prompt: lower case, each run of whitespace one space.
+    The public-data split (pipeline.public_data) and the judges' exclusion of eval prompts
+    (eval.classifiers.without_prompts) compare prompts by it."""
+    return re.sub(r"\s+", " ", text or "").strip().lower()

