@@ -124,16 +124,15 @@ def planned_steps(ws: Workspace, judges: bool = False) -> list[str]:
 def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Callable[[str], None]) -> dict | None:
     """The learned refusal and harm judges of the workspace, trained once (skipped when both exist), on the
     labelled data minus every prompt of the workspace's eval suites. Returns {kind: held-out metrics}."""
-    from eval.classifiers import KINDS, train_judges, user_home, workspace_judges_dir
-    from pipeline.stages.eval import eval_prompt_texts
+    import json
+
+    from eval.classifiers import KINDS, workspace_judges_dir
+    from pipeline.stages.eval import train_learned_judges
 
     root = workspace_judges_dir(ws.root)
     if all((root / k / "config.json").exists() for k in KINDS):
         return None
-    saved = train_judges(root, list(KINDS), Path(data_root) if data_root else None,
-                         cache_dir=user_home() / "embeddings", exclude_prompts=eval_prompt_texts(ws), progress=say)
-    import json
-
+    saved = train_learned_judges(ws, root, list(KINDS), Path(data_root) if data_root else None, progress=say)
     return {k: json.loads((p / "config.json").read_text(encoding="utf-8"))["metrics"]["heldout"]["all"]
             for k, p in saved.items()}
 

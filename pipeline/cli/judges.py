@@ -68,7 +68,7 @@ def train(workspace: WorkspaceOpt = None,
           json: JsonOpt = False):
     """Train the refusal and/or harm judge on XSTest + Do-Not-Answer human labels (model-disjoint split).
     With a workspace, labelled answers to its eval-suite prompts are left out of training."""
-    from eval.classifiers import KINDS, default_judges_dir, train_judges, user_home, workspace_judges_dir
+    from eval.classifiers import KINDS, default_judges_dir, workspace_judges_dir
 
     if kind not in (*KINDS, "both"):
         raise InputError(f"--kind {kind!r}: expected refusal, harm or both")
@@ -88,13 +88,10 @@ def train(workspace: WorkspaceOpt = None,
         from eval.classifiers import default_settings
 
         settings = {k: replace(default_settings(k), backbone=backbone) for k in kinds}
-    exclude: list[str] = []
-    if ws is not None and not keep_eval_prompts:
-        from pipeline.stages.eval import eval_prompt_texts
+    from pipeline.stages.eval import train_learned_judges
 
-        exclude = eval_prompt_texts(ws)
-    saved = train_judges(root, kinds, data, settings=settings, cache_dir=user_home() / "embeddings",
-                         exclude_prompts=exclude, progress=progress)
+    saved = train_learned_judges(ws, root, kinds, data, settings=settings, keep_eval_prompts=keep_eval_prompts,
+                                 progress=progress)
     results = {}
     for k, path in saved.items():
         cfg = _json.loads((path / "config.json").read_text(encoding="utf-8"))

@@ -75,6 +75,18 @@ def eval_prompt_texts(ws) -> list[str]:
     return [m["content"] for s in suites for row in s.rows for m in row["messages"] if m.get("role") == "user"]
 
 
+def train_learned_judges(ws, out_root: Path, kinds: list[str], data_dir: Path | None, *, settings: dict | None = None,
+                         keep_eval_prompts: bool = False, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """eval.classifiers.train_judges into `out_root` with the user-wide embedding cache; with a workspace
+    (`ws` not None), minus its eval prompts unless `keep_eval_prompts`. `judges train` and the smollm2 demo
+    train through it. Returns {kind: saved directory}."""
+    from eval.classifiers import train_judges, user_home
+
+    exclude = eval_prompt_texts(ws) if ws is not None and not keep_eval_prompts else []
+    return train_judges(out_root, kinds, data_dir, settings=settings, cache_dir=user_home() / "embeddings",
+                        exclude_prompts=exclude, progress=progress)
+
+
 def suite_specs(config, root: Path) -> list[str]:
     """eval.suites, else data.heldout_prompts, else the eval_*.jsonl beside the first prompts file."""
     if config.eval.suites:
