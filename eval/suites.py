@@ -62,34 +62,35 @@ _RISK_KEYWORDS = (
 )
 
 
+def _lookup(category: str | None) -> tuple[bool, str | None]:
+    """(whether the name is one the mapping knows, its LLaMA 2 risk category or None)."""
+    if not category or not category.strip():
+        return False, None
+    c = category.strip()
+    if c in RISK_CATEGORIES:
+        return True, c
+    if c in DNA_RISK:
+        return True, DNA_RISK[c]
+    t = c.removeprefix("contrast_")
+    if t in XSTEST_RISK:
+        return True, XSTEST_RISK[t]
+    low = c.lower()
+    for risk, pattern in _RISK_KEYWORDS:
+        if re.search(pattern, low):
+            return True, risk
+    return False, None
+
+
 def known_category(category: str | None) -> bool:
     """Whether `risk_category` knows this name (a risk category, a Do-Not-Answer harm type, an XSTest type,
     or a name its keywords place), even when it maps it to no risk category ("Treat Chatbot as a Human");
     a source name such as "hh-red-team" is not known."""
-    if not category or not category.strip():
-        return False
-    c = category.strip()
-    return c in RISK_CATEGORIES or c in DNA_RISK or c.removeprefix("contrast_") in XSTEST_RISK \
-        or risk_category(c) is not None
+    return _lookup(category)[0]
 
 
 def risk_category(category: str | None) -> str | None:
     """Map a source category name onto LLaMA 2's three risk categories (None when none fits)."""
-    if not category:
-        return None
-    c = category.strip()
-    if c in RISK_CATEGORIES:
-        return c
-    if c in DNA_RISK:
-        return DNA_RISK[c]
-    t = c.removeprefix("contrast_")
-    if t in XSTEST_RISK:
-        return XSTEST_RISK[t]
-    low = c.lower()
-    for risk, pattern in _RISK_KEYWORDS:
-        if re.search(pattern, low):
-            return risk
-    return None
+    return _lookup(category)[1]
 
 
 @dataclass
