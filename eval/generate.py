@@ -79,6 +79,16 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], *, max_new_tok
     return out
 
 
+def _missing(rows: Sequence[dict], settings: dict, caches: list) -> tuple[list[str], dict, list[int]]:
+    """(cache key per row, the cached answers, the rows without one): the missing rows sorted by prompt length,
+    so prompts of similar length share a batch and little padding is computed."""
+    keys = [generation_key(r["messages"], settings) for r in rows]
+    cached = read_cache(caches)
+    missing = [i for i, k in enumerate(keys) if k not in cached]
+    missing.sort(key=lambda i: (sum(len(m["content"]) for m in rows[i]["messages"]), i))
+    return keys, cached, missing
+
+
 def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: dict, cache_file: str | Path,
                     extra_caches: Iterable[str | Path] = (), batch_size: int = 8,
                     progress: Callable[[int, int], None] | None = None) -> tuple[list[str], int]:
@@ -87,11 +97,7 @@ def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: d
     load() -> (model, tokenizer) is called only when something is missing. New answers are appended
     to ``cache_file``. Returns (responses in row order, number newly generated)."""
     cache_file = Path(cache_file)
-    keys = [generation_key(r["messages"], settings) for r in rows]
-    cached = read_cache([*extra_caches, cache_file])
-    missing = [i for i, k in enumerate(keys) if k not in cached]
-    # batched by length: prompts of similar length share a batch, so little padding is computed
-    missing.sort(key=lambda i: (sum(len(m["content"]) for m in rows[i]["messages"]), i))
+    keys, cached, missing = _missing(rows, settings, [*extra_caches, cache_file])
     if missing:
         model, tokenizer = load()
         done = [len(rows) - len(missing)]
@@ -136,10 +142,7 @@ def cached_generate_sharded(load: Callable[[], tuple], rows: Sequence[dict], set
     cache_file = Path(cache_file)
     extra_caches = list(extra_caches)
     dist.run_on_main(merge_cache_shards, cache_file)  # rows a killed launch left
-    keys = [generation_key(r["messages"], settings) for r in rows]
-    cached = read_cache([*extra_caches, cache_file])
-    missing = [i for i, k in enumerate(keys) if k not in cached]
-    missing.sort(key=lambda i: (sum(len(m["content"]) for m in rows[i]["messages"]), i))
+    keys, cached, missing = _missing(rows, settings, [*extra_caches, cache_file])
     batches = [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
     mine = [(b, batch) for b, batch in enumerate(batches) if b % dist.world_size() == dist.rank()]
     own = _shard_file(cache_file, dist.rank())
