@@ -5,6 +5,9 @@ same length-sorted batches, same K, temperature, top-p, max_new_tokens, torch th
   plain      fp32 model, `model.generate(do_sample=True, temperature, top_p, num_return_sequences=K)`
   ours-fp32  sampling.generate.generate_samples on the fp32 model (the sampler's own changes only)
   ours-int8  generate_samples on the model prepared by `model.generation_quantize: int8`
+  ours-lmhead  generate_samples on the model prepared by `model.generation_quantize: lm_head` (int8 LM head,
+             candidates re-scored in fp32); with the same seeds as ours-fp32, so its samples should be the
+             same token sequences: the share of identical samples is reported
 Tokens/s counts generated tokens up to and including EOS, per second of the process's CPU time (one
 torch thread; on a shared machine the fairer clock) and per wall second. Quality: every sample of round 0 is scored
 by the fp32 policy itself (mean log-prob per response token, teacher-forced, temperature 1), and we
@@ -137,18 +140,22 @@ def main() -> None:
 
     from pipeline.gguf import ensure_converted
     from pipeline.models import load_tokenizer
-    from sampling.fast_generate import quantize_int8
+    from sampling.fast_generate import quantize_int8, quantize_lm_head
     from sampling.generate import _eos_ids, format_prompt, generate_samples, plan_batches
 
     ckpt, _ = ensure_converted("smollm2-135m", MODELS)
     tok = load_tokenizer(ckpt)
     fp32 = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    int8 = quantize_int8(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval())
+    sides = a.sides.split(",")
+    prepared = {"ours-fp32": fp32}
+    if "ours-int8" in sides:
+        prepared["ours-int8"] = quantize_int8(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval())
+    if "ours-lmhead" in sides:
+        prepared["ours-lmhead"] = quantize_lm_head(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval())
     prompts = load_prompts(a.prompts)
     lengths = [len(tok(format_prompt(tok, p["messages"]), add_special_tokens=False)["input_ids"]) for p in prompts]
     batches = plan_batches(lengths, a.batch_prompts)
     eos_ids = _eos_ids(fp32, tok)
-    sides = a.sides.split(",")
     runs = {s: [] for s in sides}
     samples = {}
     for r in range(a.rounds):
@@ -165,7 +172,7 @@ def main() -> None:
                 torch.manual_seed(r)
                 out = plain_side(fp32, tok, prompts, batches, a, eos_ids)
             else:
-                out = generate_samples(int8 if side == "ours-int8" else fp32, tok, prompts, k=a.k,
+                out = generate_samples(prepared[side], tok, prompts, k=a.k,
                                        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
                                        batch_size=a.batch_prompts, seed=r, show_progress=False)
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -191,6 +198,11 @@ def main() -> None:
         quality[side]["diff_vs_" + base + "_ci95"] = [round(lo, 4), round(hi, 4)]
     for q in quality.values():
         q.pop("_lp")
+    if "ours-fp32" in samples:  # same seeds, same sampler: a quality-keeping model draws the same tokens
+        ref = {(x["prompt_id"], x["sample_index"]): x["response"] for x in samples["ours-fp32"]}
+        for side in [s for s in quality if s.startswith("ours-") and s != "ours-fp32"]:
+            same = [ref.get((x["prompt_id"], x["sample_index"])) == x["response"] for x in samples[side]]
+            quality[side]["identical_to_ours_fp32"] = round(sum(same) / len(same), 3)
     result = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32)", "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()} | {"json": None},
               "rows_per_batch": a.batch_prompts * a.k, "runs": runs, "median_tok_s": tps,
               "ratio_vs_plain": {s: round(tps[s] / tps[base], 2) for s in sides},
