@@ -11,7 +11,8 @@ peak RSS is its own. trl goes in its own environment, never the project's:
     /work/benchenv-ppo/bin/python bench/ppo_vs_trl.py --profile  # + cProfile top functions per side
 
 Sides: `ours-critic` (separate critic = TRL's layout, the like-for-like row), `ours-head` (our
-default: value head on the policy), `trl`. The first PPO step is warm-up and not timed.
+default: value head on the policy; old log-probs and values from the sampling pass, ppo.rollout_logprobs:
+auto), `ours-head-forward` (the same with a second forward for them, as TRL does), `trl`. The first PPO step is warm-up and not timed.
 """
 from __future__ import annotations
 
@@ -119,11 +120,12 @@ def load_models(paths):
     return tok, policy, ref, rm, value
 
 
-def run_ours(a, paths, value_model: str) -> list[float]:
+def run_ours(a, paths, side: str) -> list[float]:
     from pipeline.training.config import PPOConfig
     from pipeline.training.ppo import train_ppo
     from reward_models.scoring import score
 
+    _, value_model, *rest = side.split("-")  # ours-head, ours-critic, ours-head-forward
     tok, policy, ref, rm, value = load_models(paths)
     rm.eval().requires_grad_(False)
     data = prompts(a.prompts)
@@ -134,10 +136,11 @@ def run_ours(a, paths, value_model: str) -> list[float]:
 
     cfg = PPOConfig(steps=a.steps, batch_size=a.batch, mini_batch_size=a.mini_batch, ppo_epochs=a.epochs,
                     rollout_batch_size=a.batch, learning_rate=a.lr, beta=a.beta, max_new_tokens=a.response_length,
-                    temperature=1.0, value_model=value_model, save_every=10_000, seed=0)
+                    temperature=1.0, value_model=value_model, save_every=10_000, seed=0,
+                    rollout_logprobs=rest[0] if rest else "auto")
     stamps: list[tuple[float, float]] = []
     train_ppo(policy, tok, data, score_fn, cfg, ref_policy=ref, critic=value if value_model == "critic" else None,
-              log_path=WORK / f"log-{value_model}.jsonl", progress=lambda _: stamps.append(now()))
+              log_path=WORK / f"log-{side}.jsonl", progress=lambda _: stamps.append(now()))
     return stamps
 
 
@@ -191,7 +194,7 @@ def worker(a) -> None:
         prof = cProfile.Profile()
         prof.enable()
     t0 = time.perf_counter()
-    stamps = run_trl(a, paths) if a.worker == "trl" else run_ours(a, paths, a.worker.split("-")[1])
+    stamps = run_trl(a, paths) if a.worker == "trl" else run_ours(a, paths, a.worker)
     if prof is not None:
         import io
         import pstats
@@ -200,17 +203,22 @@ def worker(a) -> None:
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(45)
         (WORK / f"profile-{a.worker}.txt").write_text(out.getvalue())
     pairs = list(zip(stamps[1:], stamps[:-1]))  # step 1 (warm-up) excluded
-    lengths = []
+    lengths, phases = [], {}
     if a.worker != "trl":
-        lengths = [json.loads(l)["response_length"] for l in (WORK / f"log-{a.worker.split('-')[1]}.jsonl").open()]
+        log = [json.loads(l) for l in (WORK / f"log-{a.worker}.jsonl").open()]
+        lengths = [r["response_length"] for r in log]
+        # wall seconds per phase of each timed step: sampling, the rollout's other passes, the PPO epochs
+        phases = {"generate_s": [r["generate_s"] for r in log[1:]],
+                  "rollout_other_s": [r["rollout_s"] - r["generate_s"] for r in log[1:]],
+                  "train_s": [r["step_s"] - r["rollout_s"] for r in log[1:]]}
     print(json.dumps({"side": a.worker, "step_s": [b[0] - c[0] for b, c in pairs],
                       "step_cpu_s": [b[1] - c[1] for b, c in pairs], "first_step_s": stamps[0][0] - t0,
-                      "response_length": lengths, "rss_start_mb": before, "peak_rss_mb": peak_rss_mb()}))
+                      "response_length": lengths, "phases": phases, "rss_start_mb": before, "peak_rss_mb": peak_rss_mb()}))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", choices=["ours-critic", "ours-head", "trl"])
+    p.add_argument("--worker", choices=["ours-critic", "ours-head", "ours-head-forward", "trl"])
     p.add_argument("--sides", default="ours-critic,ours-head,trl")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=32)
@@ -263,6 +271,8 @@ def main() -> None:
                                             "response_length": []})
             for k in agg:
                 agg[k] += r[k] if isinstance(r[k], list) else [r[k]]
+            for k, v in r.get("phases", {}).items():
+                agg.setdefault("phases", {}).setdefault(k, []).extend(v)
     (WORK / f"results-{a.policy}-{a.scenario}-{a.rm}.json").write_text(json.dumps(results, indent=2))
 
     def median(xs):
@@ -279,6 +289,8 @@ def main() -> None:
         mean_len = sum(r["response_length"]) / len(r["response_length"]) if r["response_length"] else float("nan")
         print(f"{side:<12} {cpu[side]:>10.3f} {median(r['step_s']):>11.3f} {peak[side]:>11.0f} {growth:>9.0f} "
               f"{mean_len:>8.1f}")
+        if r.get("phases"):
+            print("  wall s per phase (median): " + ", ".join(f"{k} {median(v):.2f}" for k, v in r["phases"].items()))
     if "trl" in results:
         for side in results:
             if side != "trl":

@@ -154,3 +154,55 @@ def test_sizes_are_checked(tiny):
     _, tok, load = tiny
     with pytest.raises(InputError, match="ppo.mini_batch_size"):
         train_ppo(load(), tok, TRAIN, gated_score, small_cfg(mini_batch_size=3))
+
+
+def test_sampling_pass_gives_the_forward_pass_logprobs_and_values(tiny):
+    """ppo.rollout_logprobs: sampling keeps log pi and V from the decode steps; they must equal the separate
+    forward's (left-padded prompts of different lengths, rows that stop at EOS early)."""
+    from pipeline.training.ppo import (PolicyAndValue, encode_prompts, forward_response, generate_scored, left_pad,
+                                       logprobs_of, trim)
+
+    _, tok, load = tiny
+    model = PolicyAndValue(load()).eval()
+    torch.nn.init.normal_(model.value_head.weight, std=0.5)  # a value head that is not all zeros
+    cfg = small_cfg(max_new_tokens=10, temperature=0.7)
+    q_ids, q_mask = left_pad(encode_prompts(tok, TRAIN[:6] + [prompt(7, "a much longer topic " * 3)]), tok.pad_token_id)
+    torch.manual_seed(1)
+    first, _, _, _ = generate_scored(model, q_ids, q_mask, cfg, tok.pad_token_id, tok.eos_token_id)
+    stop = int(first[:, 3].mode().values)  # a token the tiny model does sample: rows end early at it
+    torch.manual_seed(1)
+    r_ids, r_mask, logp, values = generate_scored(model, q_ids, q_mask, cfg, tok.pad_token_id, stop)
+    assert (q_mask == 0).any() and r_mask.sum(1).min() < r_mask.shape[1]  # padding on both sides was exercised
+    q_ids, q_mask, r_ids2, r_mask2 = trim(q_ids, q_mask, r_ids, r_mask)
+    assert torch.equal(r_ids2, r_ids)
+    with torch.no_grad():
+        logits, ref_values = forward_response(model, q_ids, q_mask, r_ids, r_mask, cfg.temperature)
+    m = r_mask.bool()
+    assert torch.allclose(logp[m], logprobs_of(logits, r_ids)[m], atol=1e-4)
+    assert torch.allclose(values[m], ref_values[m], atol=1e-4)
+    assert values[m].std() > 0.01  # the head really read the hidden states
+
+
+def test_rollout_logprobs_setting_picks_the_pass(tiny):
+    from pipeline.training.ppo import rollout_from_sampling
+
+    _, _, load = tiny
+    policy = load()
+    assert rollout_from_sampling(small_cfg(), policy) is True  # auto: fp32 policy, value head
+    assert rollout_from_sampling(small_cfg(value_model="critic"), policy) is False
+    assert rollout_from_sampling(small_cfg(rollout_logprobs="forward"), policy) is False
+    assert rollout_from_sampling(small_cfg(), policy.to(torch.bfloat16)) is False  # bf16: rounding differs more
+    assert rollout_from_sampling(small_cfg(rollout_logprobs="sampling"), policy) is True
+
+
+def test_sampling_and_forward_rollouts_train_alike(tiny):
+    """The same run with old log-probs from the sampling pass and from a second forward: same samples,
+    the same metrics up to float rounding."""
+    _, tok, load = tiny
+    logs = {}
+    for where in ("sampling", "forward"):
+        torch.manual_seed(0)
+        _, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=2, rollout_logprobs=where))
+        logs[where] = summary["last"]
+    for key in ("score", "kl", "policy_loss", "value_loss", "entropy", "response_length"):
+        assert logs["sampling"][key] == pytest.approx(logs["forward"][key], rel=1e-3, abs=1e-5), key

@@ -80,6 +80,13 @@ class PPOConfig:
     value_model: Literal["head", "critic"] = "head"
     """`head`: a scalar head on the policy (no second model); `critic`: a separate critic started from the
     helpfulness RM, as in InstructGPT (pipeline/training/ppo.py explains the choice)."""
+    rollout_logprobs: Literal["auto", "sampling", "forward"] = "auto"
+    """Where the rollout's old log-probs and values come from. `forward`: a second no-grad forward of the
+    policy over prompt + response after sampling (what TRL and OpenRLHF do). `sampling`: kept from the
+    sampling pass itself (the logits and last hidden state of each decode step), which saves that forward;
+    exact up to float rounding between a cached decode step and a full forward. `auto`: `sampling` when the
+    value model is the head and the policy computes in fp32 (where the rounding is ~1e-6), else `forward`
+    (bf16 or quantised policies, whose cached and full passes differ by more)."""
     reference: Literal["v0", "start"] = "start"
     """The KL anchor pi_0: the round's starting checkpoint, or v0."""
     kl_stop: Optional[float] = field(default=None, metadata={"min": 0.0})

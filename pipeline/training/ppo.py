@@ -148,18 +148,50 @@ def response_mask(responses: torch.Tensor, eos_id: int | None) -> torch.Tensor:
 def generate(policy, q_ids, q_mask, cfg: PPOConfig, pad_id: int, eos_id: int | None,
              do_sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample responses (B, R) and their mask; R is the longest response in the batch."""
+    responses, mask, _, _ = _sample(policy, q_ids, q_mask, cfg, pad_id, eos_id, do_sample)
+    return responses, mask
+
+
+@torch.no_grad()
+def generate_scored(unwrapped: "PolicyAndValue", q_ids, q_mask, cfg: PPOConfig, pad_id: int, eos_id: int | None):
+    """Sample responses with their old log-probs log pi(token) at cfg.temperature and values V(s_t),
+    both taken from the sampling pass (ppo.rollout_logprobs: sampling): (responses, mask, logprobs, values)."""
+    return _sample(unwrapped.policy, q_ids, q_mask, cfg, pad_id, eos_id, True, value_head=unwrapped.value_head)
+
+
+def _sample(policy, q_ids, q_mask, cfg: PPOConfig, pad_id: int, eos_id: int | None, do_sample: bool,
+            value_head: nn.Module | None = None):
     was_training = policy.training
     policy.eval()  # KV cache on, even with gradient checkpointing
+    scored = value_head is not None
     out = policy.generate(input_ids=q_ids, attention_mask=q_mask, do_sample=do_sample,
                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature if do_sample else None,
                           top_p=cfg.top_p if do_sample else None, top_k=0 if do_sample else None,
-                          pad_token_id=pad_id, eos_token_id=eos_id)
+                          pad_token_id=pad_id, eos_token_id=eos_id, return_dict_in_generate=True,
+                          output_logits=scored, output_hidden_states=scored)
     policy.train(was_training)
-    responses = out[:, q_ids.shape[1]:]
+    responses = out.sequences[:, q_ids.shape[1]:]
     mask = response_mask(responses, eos_id)
     width = max(int(mask.sum(1).max()), 1)
     responses, mask = responses[:, :width], mask[:, :width]
-    return responses.masked_fill(mask == 0, pad_id), mask
+    responses = responses.masked_fill(mask == 0, pad_id)
+    if not scored:
+        return responses, mask, None, None
+    # step t's raw logits predict token t; its last hidden state (the prompt's last position at step 0) is s_t
+    logits = torch.stack(out.logits[:width], 1).float() / cfg.temperature
+    hidden = torch.cat([out.hidden_states[0][-1][:, -1:]] + [h[-1] for h in out.hidden_states[1:width]], 1)
+    values = value_head(hidden.float()).squeeze(-1)
+    return responses, mask, logprobs_of(logits, responses), values
+
+
+def rollout_from_sampling(cfg: PPOConfig, policy) -> bool:
+    """ppo.rollout_logprobs: whether old log-probs and values come from the sampling pass (see the config)."""
+    if cfg.rollout_logprobs != "auto":
+        return cfg.rollout_logprobs == "sampling"
+    quantised = getattr(policy, "is_quantized", False) or getattr(policy, "is_loaded_in_4bit", False) \
+        or getattr(policy, "is_loaded_in_8bit", False)
+    dtypes = {p.dtype for p in policy.parameters() if p.is_floating_point()}
+    return cfg.value_model == "head" and not quantised and dtypes == {torch.float32}
 
 
 def trim(q_ids, q_mask, r_ids, r_mask):
@@ -385,6 +417,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
     device = accelerator.device
     local_mb = cfg.mini_batch_size // world
     summary: dict = {"steps_done": start, "stopped_early": False}
+    from_sampling = rollout_from_sampling(cfg, unwrapped.policy)
 
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
@@ -398,13 +431,17 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
             rows = slice(c, c + cfg.rollout_batch_size)
             q_ids, q_mask = q_all[rows].to(device), qm_all[rows].to(device)
             t = time.perf_counter()
-            r_ids, r_mask = generate(unwrapped.policy, q_ids, q_mask, cfg, pad_id, eos_id)
+            if from_sampling:
+                r_ids, r_mask, logp, values = generate_scored(unwrapped, q_ids, q_mask, cfg, pad_id, eos_id)
+            else:
+                r_ids, r_mask = generate(unwrapped.policy, q_ids, q_mask, cfg, pad_id, eos_id)
             t_gen += time.perf_counter() - t
             q_ids, q_mask, r_ids, r_mask = trim(q_ids, q_mask, r_ids, r_mask)
             with torch.no_grad():
-                logits, values = forward_response(unwrapped, q_ids, q_mask, r_ids, r_mask, cfg.temperature)
-                logp = logprobs_of(logits, r_ids)
-                del logits
+                if not from_sampling:
+                    logits, values = forward_response(unwrapped, q_ids, q_mask, r_ids, r_mask, cfg.temperature)
+                    logp = logprobs_of(logits, r_ids)
+                    del logits
                 ref_logp = reference_logprobs(ref_policy, unwrapped, q_ids, q_mask, r_ids, r_mask,
                                               cfg.temperature)
             texts = tokenizer.batch_decode(r_ids.masked_fill(r_mask == 0, pad_id).tolist(),
