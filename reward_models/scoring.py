@@ -16,10 +16,20 @@ def format_sample(tokenizer, prompt: Sequence[dict], response: str) -> str:
     return "\n".join(f"{PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
 
 
-def encode(tokenizer, texts: list[str], max_length: int):
-    """Tokenize formatted samples; a chat template already wrote its special tokens, so add none twice."""
+def encode(tokenizer, texts: list[str], max_length: int | None):
+    """Tokenize formatted samples; a chat template already wrote its special tokens, so add none twice.
+
+    Over-long samples lose their *first* tokens (the start of the conversation), never the end: what an RM
+    judges is the response, and cutting the end of a long dialogue would cut the response away (at 128 tokens
+    that made half of HH-RLHF's chosen/rejected pairs identical). max_length None: no truncation."""
     add_special = not getattr(tokenizer, "chat_template", None)
-    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=add_special)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return tokenizer(texts, truncation=max_length is not None, max_length=max_length,
+                         add_special_tokens=add_special)
+    finally:
+        tokenizer.truncation_side = side
 
 
 @torch.inference_mode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import random
 import time
@@ -131,11 +132,25 @@ def training_set(kind: str, records: list[dict], cfg: RewardModelConfig, seed: i
 # ---------------------------------------------------------------------------------------------
 # Features, collator and the Trainer subclass.
 
+def truncate_pair(chosen: list[int], rejected: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Fit a pair into max_length tokens by cutting the same number of leading tokens from both (they share
+    their prompt, so both keep the same context and their whole responses); when the shorter one is not that
+    long, each keeps its own last max_length tokens."""
+    cut = max(len(chosen), len(rejected)) - max_length
+    if cut <= 0:
+        return chosen, rejected
+    if cut < min(len(chosen), len(rejected)):
+        return chosen[cut:], rejected[cut:]
+    return chosen[-max_length:], rejected[-max_length:]
+
+
 def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: int) -> dict[str, list]:
-    """Columns for pairwise training: token ids of chosen/rejected, margin, safety targets, length."""
-    chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], max_length)
-    rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs],
-                      max_length)
+    """Columns for pairwise training: token ids of chosen/rejected (truncate_pair), margin, safety targets,
+    length."""
+    chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], None)
+    rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs], None)
+    fitted = [truncate_pair(c, r, max_length) for c, r in zip(chosen["input_ids"], rejected["input_ids"])]
+    chosen, rejected = {"input_ids": [c for c, _ in fitted]}, {"input_ids": [r for _, r in fitted]}
     targets = [safety_targets(p) for p in pairs]
     return {
         "chosen_input_ids": chosen["input_ids"], "rejected_input_ids": rejected["input_ids"],
@@ -145,6 +160,12 @@ def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: i
         "has_safety": [t is not None for t in targets],
         "length": [max(len(c), len(r)) for c, r in zip(chosen["input_ids"], rejected["input_ids"])],
     }
+
+
+def drop_identical(cols: dict[str, list]) -> tuple[dict[str, list], int]:
+    """The pair columns without rows whose chosen and rejected token ids are the same, and how many went."""
+    keep = [i for i, (c, r) in enumerate(zip(cols["chosen_input_ids"], cols["rejected_input_ids"])) if c != r]
+    return {k: [v[i] for i in keep] for k, v in cols.items()}, len(cols["chosen_input_ids"]) - len(keep)
 
 
 def regression_features(tokenizer, items: list[dict], max_length: int) -> dict[str, list]:
@@ -236,7 +257,12 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
     if cfg.objective == "regression":
         cols = regression_features(tokenizer, items, cfg.max_length)
     else:
-        cols = pair_features(tokenizer, items, cfg.margin, cfg.max_length)
+        cols, same = drop_identical(pair_features(tokenizer, items, cfg.margin, cfg.max_length))
+        if same:  # their two scores are one score: the loss's gradient is exactly zero, only time is spent
+            (log or logging.getLogger("saferounds.rm")).info(
+                "%s RM: %d of %d pairs have identical chosen and rejected tokens; left out", kind, same, len(items))
+        if not cols["chosen_input_ids"]:
+            raise InputError(f"reward_models: every {kind} pair has identical chosen and rejected texts")
     dataset = datasets.Dataset.from_dict(cols)
     # under a launcher each global batch of cfg.batch_size is split across the ranks (split_batches):
     # the optimizer takes the same steps on the same batches as one process
@@ -262,8 +288,6 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         center_rewards=cfg.center_rewards,
     )
     # logs go to the logger (the stage log), not stdout (the CLI's --json owns stdout)
-    import logging
-
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)

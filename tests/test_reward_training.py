@@ -158,3 +158,47 @@ def test_cosine_schedule_to_10_percent_with_warmup(tiny, tmp_path):
     lrs = [x["learning_rate"] / 1e-3 for x in state["log_history"] if "learning_rate" in x]
     assert lrs[:6] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert min(lrs[6:]) >= 0.1 - 1e-9 and lrs[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_truncate_pair_keeps_both_responses_and_a_shared_context():
+    from reward_models.training import truncate_pair
+
+    prompt = list(range(100, 190))  # 90 prompt tokens, then the two answers
+    chosen, rejected = prompt + [1] * 30, prompt + [2] * 20
+    c, r = truncate_pair(chosen, rejected, 64)
+    assert len(c) == 64 and len(r) == 54  # the same 56 leading tokens cut from both
+    assert c[-30:] == [1] * 30 and r[-20:] == [2] * 20  # whole responses kept
+    assert c[:34] == r[:34] == prompt[56:]  # the same context before them
+    assert truncate_pair(chosen, rejected, 200) == (chosen, rejected)
+    long_c, short_r = [7] * 300, [8] * 10  # the shorter one is shorter than the cut: each keeps its end
+    assert truncate_pair(long_c, short_r, 64) == ([7] * 64, [8] * 10)
+
+
+def test_long_dialogues_keep_their_responses_apart(tiny):
+    """Right truncation made long pairs identical (the responses cut away); pairs now differ, and the rare
+    identical pair is left out of training (its gradient is zero)."""
+    from reward_models.modeling import load_reward_model
+    from reward_models.training import drop_identical
+
+    _, tok = load_reward_model(tiny)
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 20}
+               for i in range(8)]
+    pairs = [{**_pair(1), "prompt": history + [{"role": "user", "content": "and?"}], "chosen": "Good answer.",
+              "rejected": "Bad answer."}, {**_pair(2), "chosen": "Same.", "rejected": "Same."}]
+    cols = pair_features(tok, pairs, "none", 48)
+    assert all(len(c) <= 48 and len(r) <= 48 for c, r in zip(cols["chosen_input_ids"], cols["rejected_input_ids"]))
+    assert cols["chosen_input_ids"][0] != cols["rejected_input_ids"][0]
+    kept, dropped = drop_identical(cols)
+    assert dropped == 1 and kept["chosen_input_ids"] == cols["chosen_input_ids"][:1]
+    assert {k: len(v) for k, v in kept.items()} == {k: 1 for k in cols}
+
+
+def test_scoring_truncates_the_start_not_the_response(tiny):
+    from reward_models.modeling import load_reward_model
+    from reward_models.scoring import encode
+
+    _, tok = load_reward_model(tiny)
+    side = tok.truncation_side
+    ids = encode(tok, ["start " * 60 + "THE END"], 16)["input_ids"][0]
+    assert len(ids) == 16 and tok.decode(ids).rstrip().endswith("THE END")
+    assert tok.truncation_side == side  # the tokenizer is left as it was
