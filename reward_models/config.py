@@ -109,6 +109,11 @@ class RewardModelConfig:
     """Tokens per prompt + response; longer samples keep their end (the response)."""
     group_by_length: bool = True
     """Batch samples of similar length together (less padding)."""
+    share_prompt: bool = True
+    """Pairwise training feeds each pair as one row: the prompt once, then the chosen and the rejected
+    response, the rejected one masked from the chosen one (a block-causal attention mask, positions
+    restarting after the prompt). Exact for causal decoders, checked against separate scoring on the first
+    pairs before training (else the two are scored as separate rows, as with `false`)."""
     save_steps: int = field(default=200, metadata={"min": 1})
     """Checkpoint every N optimiser steps (an interrupted run resumes from the last)."""
     logging_steps: int = field(default=10, metadata={"min": 1})

@@ -193,6 +193,97 @@ class PairCollator:
         return batch
 
 
+# ---------------------------------------------------------------------------------------------
+# Shared-prompt rows: a pair's chosen and rejected texts share their prompt tokens, so one row holds the
+# prompt once and both responses, with a block-causal mask; every position sees exactly what it would see
+# in its own sequence, so the two scores are those of separate scoring, for fewer tokens.
+
+
+def shared_prefix_length(chosen: list[int], rejected: list[int]) -> int:
+    """Tokens both sequences start with, leaving each at least one token of its own (its score's position)."""
+    limit, k = min(len(chosen), len(rejected)) - 1, 0
+    while k < limit and chosen[k] == rejected[k]:
+        k += 1
+    return k
+
+
+def packed_length(chosen: list[int], rejected: list[int]) -> int:
+    return len(chosen) + len(rejected) - shared_prefix_length(chosen, rejected)
+
+
+class SharedPromptCollator:
+    """Pairs as one right-padded row each: prompt, chosen response, rejected response. Returns input_ids,
+    a 4-D boolean attention mask [B, 1, N, N] (causal, the rejected response blind to the chosen one),
+    position_ids (the rejected response restarts where the chosen one started) and the index of each
+    response's last token (where its score is read)."""
+
+    def __init__(self, tokenizer):
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        rows, spans = [], []
+        for f in features:
+            c, r = f["chosen_input_ids"], f["rejected_input_ids"]
+            p = shared_prefix_length(c, r)
+            rows.append(c + r[p:])
+            spans.append((p, len(c), len(c) + len(r) - p))
+        width = max(len(x) for x in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.tril(torch.ones(width, width, dtype=torch.bool)).repeat(len(rows), 1, 1)
+        for i, (row, (p, c_end, end)) in enumerate(zip(rows, spans)):
+            ids[i, :end] = torch.tensor(row)
+            pos[i, :c_end] = torch.arange(c_end)
+            pos[i, c_end:end] = torch.arange(p, p + end - c_end)
+            mask[i, c_end:, p:c_end] = False  # the rejected response (and the padding) never sees the chosen one
+        batch = {"input_ids": ids, "attention_mask": mask[:, None], "position_ids": pos,
+                 "chosen_last": torch.tensor([c_end - 1 for _, c_end, _ in spans]),
+                 "rejected_last": torch.tensor([end - 1 for _, _, end in spans])}
+        for key in ("margin", "safe_chosen", "safe_rejected"):
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
+        batch["has_safety"] = torch.tensor([f["has_safety"] for f in features], dtype=torch.bool)
+        return batch
+
+
+def score_head(model):
+    """The sequence-classification head (`score`) of an RM, through peft and DDP wrappers; None if it has none."""
+    base = getattr(model, "module", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return getattr(base, "score", None)
+
+
+def shared_prompt_scores(model, inputs) -> torch.Tensor:
+    """[chosen scores..., rejected scores...] of a SharedPromptCollator batch (one forward pass)."""
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                position_ids=inputs["position_ids"], output_hidden_states=True)
+    hidden = out.hidden_states[-1]  # the final (normed) hidden states, what the head pools
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    picked = torch.cat([hidden[rows, inputs["chosen_last"]], hidden[rows, inputs["rejected_last"]]])
+    return score_head(model)(picked)[:, 0].float()
+
+
+@torch.no_grad()
+def shared_prompt_is_exact(model, tokenizer, cols: dict[str, list], n: int = 4, tol: float = 1e-3) -> bool:
+    """Whether shared-prompt rows give this model the scores of separate rows, on the first n pairs (a causal
+    decoder with a `score` head does; a bidirectional encoder, or one that ignores the 4-D mask, does not)."""
+    if score_head(model) is None or not cols["chosen_input_ids"]:
+        return False
+    features = [{k: v[i] for k, v in cols.items()} for i in range(min(n, len(cols["chosen_input_ids"])))]
+    was_training = model.training
+    model.eval()
+    try:
+        plain = PairCollator(tokenizer)(features)
+        device = next(model.parameters()).device
+        ref = model(input_ids=plain["input_ids"].to(device), attention_mask=plain["attention_mask"].to(device)).logits
+        packed = SharedPromptCollator(tokenizer)(features)
+        got = shared_prompt_scores(model, {k: v.to(device) for k, v in packed.items()})
+    except Exception:  # an architecture that rejects 4-D masks or position ids: separate rows
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(got, ref[:, 0].float(), atol=tol, rtol=tol))
+
+
 def _trainer_class():
     from transformers import Trainer
 
@@ -210,8 +301,10 @@ def _trainer_class():
             self.center_rewards = center_rewards
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            scores = logits[:, 0].float()
+            if "chosen_last" in inputs:  # SharedPromptCollator: one row per pair
+                scores = shared_prompt_scores(model, inputs)
+            else:
+                scores = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, 0].float()
             if "reward" in inputs:
                 loss = regression_loss(scores, inputs["reward"])
                 return (loss, {"scores": scores}) if return_outputs else loss
@@ -263,6 +356,14 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
                 "%s RM: %d of %d pairs have identical chosen and rejected tokens; left out", kind, same, len(items))
         if not cols["chosen_input_ids"]:
             raise InputError(f"reward_models: every {kind} pair has identical chosen and rejected texts")
+    collator = PairCollator(tokenizer)
+    if cfg.objective != "regression" and cfg.share_prompt:
+        if shared_prompt_is_exact(model, tokenizer, cols):
+            collator = SharedPromptCollator(tokenizer)
+            cols["length"] = [packed_length(c, r) for c, r in zip(cols["chosen_input_ids"], cols["rejected_input_ids"])]
+        else:
+            (log or logging.getLogger("saferounds.rm")).info(
+                "%s RM: shared-prompt rows do not reproduce this model's scores; chosen and rejected go as separate rows", kind)
     dataset = datasets.Dataset.from_dict(cols)
     # under a launcher each global batch of cfg.batch_size is split across the ranks (split_batches):
     # the optimizer takes the same steps on the same batches as one process
@@ -282,7 +383,7 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         **dist.trainer_kwargs(cfg.batch_size, "reward_models.batch_size"),
     )
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=dataset, data_collator=PairCollator(tokenizer),
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=tokenizer,
         safety_term_weight=cfg.safety_term_weight if kind == "safety" else cfg.helpfulness_safety_term_weight,
         center_rewards=cfg.center_rewards,

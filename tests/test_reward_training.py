@@ -202,3 +202,64 @@ def test_scoring_truncates_the_start_not_the_response(tiny):
     ids = encode(tok, ["start " * 60 + "THE END"], 16)["input_ids"][0]
     assert len(ids) == 16 and tok.decode(ids).rstrip().endswith("THE END")
     assert tok.truncation_side == side  # the tokenizer is left as it was
+
+
+def _varied_pairs():
+    history = [{"role": "user", "content": "first " * 5}, {"role": "assistant", "content": "reply " * 4}]
+    return [
+        _pair(1, rating="better"),
+        {**_pair(2), "prompt": history + [{"role": "user", "content": "go on"}], "chosen": "a long good answer " * 5,
+         "rejected": "no"},
+        {**_pair(3), "chosen": "same start and then more", "rejected": "same start"},  # one a prefix of the other
+        _pair(4, chosen="short"),
+    ]
+
+
+def test_shared_prompt_rows_score_and_train_like_separate_rows(tiny):
+    """One row per pair (prompt once, block-causal mask) gives the scores, loss and gradients of scoring chosen
+    and rejected as separate rows, with fewer tokens."""
+    from reward_models.modeling import load_reward_model
+    from reward_models.training import SharedPromptCollator, shared_prompt_scores
+
+    model, tok = load_reward_model(tiny, for_training=True)
+    model.eval()  # no dropout: the two passes must see the same network
+    feats = pair_features(tok, _varied_pairs(), "large", 128)
+    rows = [{k: v[i] for k, v in feats.items()} for i in range(4)]
+    plain, packed = PairCollator(tok)(rows), SharedPromptCollator(tok)(rows)
+    assert packed["input_ids"].numel() < plain["input_ids"].numel()
+    trainer = object.__new__(_trainer_class())
+    trainer.safety_term_weight, trainer.center_rewards = 0.5, 0.1  # every loss term on
+    grads = []
+    for batch in (plain, packed):
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    with torch.no_grad():
+        ref = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits[:, 0]
+        got = shared_prompt_scores(model, packed)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_make_trainer_shares_prompts_only_where_exact(tiny, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from reward_models.modeling import load_reward_model
+    from reward_models.training import SharedPromptCollator, make_trainer
+
+    model, tok = load_reward_model(tiny, for_training=True)
+    cfg = RewardModelConfig(batch_size=2)
+    trainer, _, _ = make_trainer("helpfulness", _varied_pairs(), model, tok, cfg, tmp_path / "a")
+    assert isinstance(trainer.data_collator, SharedPromptCollator)
+    trainer, _, _ = make_trainer("helpfulness", _varied_pairs(), model, tok, RewardModelConfig(batch_size=2, share_prompt=False),
+                                 tmp_path / "b")
+    assert isinstance(trainer.data_collator, PairCollator)
+    # a bidirectional encoder cannot share a prompt between two responses: separate rows
+    bert = BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=1,
+                                                    pad_token_id=tok.pad_token_id))
+    trainer, _, _ = make_trainer("helpfulness", _varied_pairs(), bert, tok, cfg, tmp_path / "c")
+    assert isinstance(trainer.data_collator, PairCollator)
