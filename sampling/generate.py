@@ -124,6 +124,22 @@ def _check_settings(rows: list[dict], settings: dict, known: set[str], path: Pat
 
 
 @torch.no_grad()
+@torch.inference_mode()
+def shared_prompt_cache(model, enc: dict, k: int):
+    """The KV cache of each prompt but its last token, computed once and repeated for its K samples (None when
+    K = 1 or the prompts are one token long). generate then runs only the last prompt token and the new ones:
+    the prefill costs 1/K of what K copies of the prompt would (K copies of the same keys and values)."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if k <= 1 or ids.shape[1] < 2:
+        return None
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)  # what generate gives real tokens (padding is masked)
+    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+                use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)
+    return cache
+
+
 def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature: float, top_p: float,
                    max_new_tokens: int, seed: int, eos_ids: list[int]) -> list[Sample]:
     """K samples for each prompt of one batch, as records (prompt-major, sample_index 0..K-1)."""
@@ -139,11 +155,12 @@ def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature
                          dtype=torch.long, device=device)
     prompt_length = enc["input_ids"].shape[1]
     sampler = SeededSampler(seeds, temperature, top_p, prompt_length)
+    cache = shared_prompt_cache(model, enc, k)
     # each prompt's row repeated K times (what num_return_sequences does); the sampler returns one-hot
     # logits, so greedy decoding takes its token: no second softmax + multinomial over the vocabulary
     enc = {name: t.repeat_interleave(k, dim=0) for name, t in enc.items()}
     out = model.generate(
-        **enc, do_sample=False, max_new_tokens=max_new_tokens,
+        **enc, **({} if cache is None else {"cache": cache}), do_sample=False, max_new_tokens=max_new_tokens,
         logits_processor=LogitsProcessorList([sampler]), temperature=None, top_p=None, top_k=None,
         eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id,
     )

@@ -89,6 +89,29 @@ def test_deterministic_and_independent_of_batching(tiny):
     assert {r["is_safety"] for r in a if r["prompt_id"] == "p3"} == {True}
 
 
+def test_shared_prompt_prefill_draws_the_same_samples(tiny, monkeypatch):
+    """K samples of a prompt share one prefill of it (its KV cache repeated K times): the samples are those
+    of K separate prefills, token for token, and the model sees 1/K of the prompt tokens."""
+    import sampling.generate as gen
+
+    _, model, tok = tiny
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].numel()), with_kwargs=True)
+    try:
+        shared = generate_samples(model, tok, prompts(6), k=4, temperature=1.0, top_p=0.9, max_new_tokens=10,
+                                  batch_size=3, seed=5, show_progress=False)
+        shared_tokens, seen[:] = sum(seen), []
+        monkeypatch.setattr(gen, "shared_prompt_cache", lambda *a: None)
+        separate = generate_samples(model, tok, prompts(6), k=4, temperature=1.0, top_p=0.9, max_new_tokens=10,
+                                    batch_size=3, seed=5, show_progress=False)
+        separate_tokens = sum(seen)
+    finally:
+        hook.remove()
+    assert [s["response"] for s in shared] == [s["response"] for s in separate]
+    assert len({s["response"] for s in shared}) > 12  # real sampling, not one answer repeated
+    assert shared_tokens < 0.6 * separate_tokens
+
+
 def test_eos_stops_a_sample(tiny):
     _, model, tok = tiny
     eos = tok.eos_token_id
