@@ -3,11 +3,11 @@
 Sides, alternated round by round in one process (so machine load hits all of them), same prompts in the
 same length-sorted batches, same K, temperature, top-p, max_new_tokens, torch threads:
   plain      fp32 model, `model.generate(do_sample=True, temperature, top_p, num_return_sequences=K)`
-  ours-fp32  sampling.generate.generate_samples on the fp32 model (the sampler's own changes only)
+  ours-fp32  sampling.generate.generate_samples on the fp32 model (the sampler's own changes only: one
+             prefill per prompt for its K samples, the top-k-first nucleus, the one-hot pick)
   ours-int8  generate_samples on the model prepared by `model.generation_quantize: int8`
-  ours-lmhead  generate_samples on the model prepared by `model.generation_quantize: lm_head` (int8 LM head,
-             candidates re-scored in fp32); with the same seeds as ours-fp32, so its samples should be the
-             same token sequences: the share of identical samples is reported
+Sides other than ours-fp32 that use the seeded sampler get the same seeds, so the share of their samples
+that are the same token sequences as ours-fp32's is reported too.
 Tokens/s counts generated tokens up to and including EOS, per second of the process's CPU time (one
 torch thread; on a shared machine the fairer clock) and per wall second. Quality: every sample of round 0 is scored
 by the fp32 policy itself (mean log-prob per response token, teacher-forced, temperature 1), and we
@@ -140,7 +140,7 @@ def main() -> None:
 
     from pipeline.gguf import ensure_converted
     from pipeline.models import load_tokenizer
-    from sampling.fast_generate import quantize_int8, quantize_lm_head
+    from sampling.fast_generate import quantize_int8
     from sampling.generate import _eos_ids, format_prompt, generate_samples, plan_batches
 
     ckpt, _ = ensure_converted("smollm2-135m", MODELS)
@@ -150,8 +150,6 @@ def main() -> None:
     prepared = {"ours-fp32": fp32}
     if "ours-int8" in sides:
         prepared["ours-int8"] = quantize_int8(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval())
-    if "ours-lmhead" in sides:
-        prepared["ours-lmhead"] = quantize_lm_head(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval())
     prompts = load_prompts(a.prompts)
     lengths = [len(tok(format_prompt(tok, p["messages"]), add_special_tokens=False)["input_ids"]) for p in prompts]
     batches = plan_batches(lengths, a.batch_prompts)

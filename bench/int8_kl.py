@@ -1,8 +1,7 @@
 """Next-token KL of int8 dynamic quantisation variants vs fp32 on SmolLM2-135M (teacher-forced, 3 chat turns).
 
 Which Linear layers int8 can touch without moving the distribution: all / no lm_head / no lm_head nor
-down_proj / attention only / the LM head only / LM head and attention / the LM head re-scored
-(`lm_head_rescored`, model.generation_quantize: lm_head). Prints (mean KL in nats, top-1 agreement) per variant.
+down_proj / attention only / the LM head only / LM head and attention. Prints (mean KL in nats, top-1 agreement) per variant.
 
     .venv/bin/python bench/int8_kl.py [VARIANT ...]
 """
@@ -35,9 +34,6 @@ variants={"all":names,"no_lm_head":[n for n in names if n!="lm_head"],
  "lm_head_and_attn":["lm_head"]+[n for n in names if "self_attn" in n]}
 only=sys.argv[1:]  # variant names to run (default: all)
 variants={k:v for k,v in variants.items() if not only or k in only}
-if not only or "lm_head_rescored" in only:  # model.generation_quantize: lm_head (int8 head, top-256 re-scored in fp32)
-    from sampling.fast_generate import quantize_lm_head
-    print("lm_head_rescored",1,kl(quantize_lm_head(copy.deepcopy(m))),flush=True)
 for v,ns in variants.items():
     q=quantize_dynamic(copy.deepcopy(m),{n:per_channel_dynamic_qconfig for n in ns},dtype=torch.qint8)
     print(v,len(ns),kl(q),flush=True)

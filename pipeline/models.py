@@ -121,10 +121,9 @@ def to_generation_dtype(model, model_cfg):
 
     if getattr(model, "is_quantized", False) or torch.cuda.is_available():
         return model  # on a GPU model.dtype already chose; quantised weights stay as loaded
-    from sampling.fast_generate import quantize_for_generation, quantize_mode
+    from sampling.fast_generate import quantize_int8, wants_int8
 
-    mode = quantize_mode(getattr(model_cfg, "generation_quantize", "none"))
-    if mode is not None:  # model.generation_quantize: int8 layers (all, or the re-scored LM head)
-        return quantize_for_generation(model.float(), mode)
+    if wants_int8(getattr(model_cfg, "generation_quantize", "none")):
+        return quantize_int8(model)  # model.generation_quantize: int8 Linear layers instead of a dtype cast
     want = generation_dtype(getattr(model_cfg, "generation_dtype", "auto"), "cpu")
     return model.to(want) if model.dtype != want else model

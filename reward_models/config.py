@@ -56,15 +56,13 @@ class ModelConfig:
     """Precision of the policy when it generates (rs samples, eval answers) on a CPU: `auto` is bf16
     where the CPU has native bf16 matrix units (avx512_bf16 / AMX), else fp32 (emulated bf16 is slower).
     Training keeps model.dtype."""
-    generation_quantize: Literal["auto", "none", "int8", "lm_head"] = "auto"
-    """Quantisation of the policy when it generates (rs samples, eval answers) on a CPU. `lm_head`: int8
-    logits over the vocabulary choose each row's 256 candidate tokens, whose logits are recomputed exactly
-    in fp32; the other layers stay as they are. On SmolLM2-135M 1.2x the fp32 sampler's tokens/s, next-token
-    KL vs fp32 ~2e-3 nats on sampled text (bench/README.md); vocabularies of 1,024 tokens or fewer keep their fp32
-    head. `int8`: every Linear layer dynamically quantised (per-channel weights, fbgemm/x86 kernels), 2.1x
-    but NOT quality-preserving on SmolLM2-135M (next-token KL 2.2 nats, samples' fp32 log-prob -3.2 vs
-    -1.8). `auto`: `lm_head` on CPUs with an int8 engine and without native bf16, else generation_dtype
-    alone; `none` never quantises. PPO rollouts and training keep model.dtype."""
+    generation_quantize: Literal["auto", "none", "int8"] = "none"
+    """Quantisation of the policy when it generates (rs samples, eval answers) on a CPU: `int8` replaces
+    every Linear layer by a dynamically quantised int8 one (per-channel weights, fbgemm/x86 kernels), 2.1x
+    the fp32 sampler's tokens/s on an AVX2 CPU but NOT quality-preserving on SmolLM2-135M (next-token KL
+    2.2 nats vs fp32, samples' fp32 log-prob -3.2 vs -1.8: bench/README.md), so off by default; `auto`
+    uses int8 on CPUs with an int8 engine and without native bf16, else generation_dtype; `none` never.
+    PPO rollouts and training keep model.dtype."""
 
 
 @dataclass

@@ -9,10 +9,9 @@ top-p < 1, by sorting the 49k-token vocabulary of every row. Two levers were mea
   bf16 (CPUs with avx512_bf16/AMX keep the bf16 path of sampling.precision under `auto`). It is opt-in
   (`model.generation_quantize: int8`): on SmolLM2-135M it moves the next-token distribution by 2.2 nats
   of KL (per-tensor activation scales cannot hold its outlier activations; bench/int8_kl.py).
-- an int8 LM head re-scored in fp32 (`model.generation_quantize: lm_head`): the 576x49152 LM head is a
-  third of a decode step at batch 32 (it reads 113 MB of weights per step); int8 logits over the whole
-  vocabulary find each row's 256 candidates, and their logits are then recomputed exactly in fp32. Only
-  the tail beyond the candidates is approximate (int8): next-token KL vs fp32 ~2e-3 nats on sampled text.
+- one prefill per prompt, not per sample (sampling.generate.shared_prompt_cache): the K samples of a prompt
+  start from one KV cache of it, repeated K times; at K = 4 on XSTest prompts this alone took the sampler
+  from 1.3x to 1.8x plain `generate` (bench/README.md), the same tokens.
 - the nucleus from a top-k: the smallest prefix of the descending probabilities whose mass reaches top_p
   almost always lies within the 256 most likely tokens, so `torch.topk` replaces a full sort of the
   vocabulary; rows whose nucleus is larger fall back to the full sort. Same tokens as the full sort
@@ -24,7 +23,7 @@ import functools
 
 import torch
 
-QUANTIZE_SETTINGS = ("auto", "none", "int8", "lm_head")
+QUANTIZE_SETTINGS = ("auto", "none", "int8")
 TOPK_FIRST = 256
 
 
@@ -38,33 +37,21 @@ def int8_engine() -> str | None:
     return None
 
 
-def quantize_mode(setting: str = "auto", native_bf16: bool | None = None, engine: str | None = "detect") -> str | None:
-    """What `model.generation_quantize` means here: "int8" (every Linear), "lm_head" (the re-scored int8
-    LM head) or None (no quantisation: the generation_dtype path). `none` never quantises, `int8` and
-    `lm_head` do where an int8 engine exists, `auto` chooses `lm_head` on CPUs with an int8 engine and
-    without native bf16 (where bf16 is the better path)."""
+def wants_int8(setting: str = "auto", native_bf16: bool | None = None, engine: str | None = "detect") -> bool:
+    """Whether `model.generation_quantize` means int8 here: `int8` does (if an engine exists), `none` does
+    not, `auto` does on CPUs with an int8 engine and without native bf16 (where bf16 is the better path)."""
     if setting not in QUANTIZE_SETTINGS:
         raise ValueError(f"generation_quantize: expected one of {', '.join(QUANTIZE_SETTINGS)}, got {setting!r}")
     engine = int8_engine() if engine == "detect" else engine
     if setting == "none" or engine is None:
-        return None
-    if setting in ("int8", "lm_head"):
-        return setting
+        return False
+    if setting == "int8":
+        return True
     if native_bf16 is None:
         from sampling.precision import _cpu_bf16
 
         native_bf16 = _cpu_bf16()
-    return None if native_bf16 else "lm_head"
-
-
-def wants_int8(setting: str = "auto", native_bf16: bool | None = None, engine: str | None = "detect") -> bool:
-    """Whether `model.generation_quantize` quantises anything here (see quantize_mode)."""
-    return quantize_mode(setting, native_bf16, engine) is not None
-
-
-def quantize_for_generation(model, mode: str):
-    """The model prepared for generation by quantize_mode's answer ("int8" or "lm_head")."""
-    return quantize_int8(model) if mode == "int8" else quantize_lm_head(model)
+    return not native_bf16
 
 
 def quantize_int8(model):
@@ -84,74 +71,6 @@ def quantize_int8(model):
                              dtype=torch.qint8, inplace=True)
     q.generation_quantized = "int8"
     return q
-
-
-class RescoredInt8Head(torch.nn.Module):
-    """An LM head for sampling: int8 logits over the vocabulary pick each row's k candidates, whose logits
-    are then recomputed in fp32 from the original weight. The candidates' logits are exact (the nucleus
-    at top-p almost always lies among the 256 most likely tokens, sampling.fast_generate's premise); the
-    tail's are int8 approximations. Rows whose k candidates hold under 99% of the probability (flat
-    distributions, where a top-p nucleus can reach past them) get 8k re-scored candidates. On SmolLM2-135M:
-    next-token KL vs fp32 ~1e-4 nats (bench/README.md)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, k: int = TOPK_FIRST):
-        super().__init__()
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-        from torch.ao.quantization import per_channel_dynamic_qconfig
-
-        self.weight, self.bias = weight.detach().float(), None if bias is None else bias.detach().float()
-        self.k, self.wide = min(k, weight.shape[0]), min(8 * k, weight.shape[0])
-        fp32 = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        fp32.weight = torch.nn.Parameter(self.weight, requires_grad=False)
-        if bias is not None:
-            fp32.bias = torch.nn.Parameter(self.bias, requires_grad=False)
-        fp32.qconfig = per_channel_dynamic_qconfig
-        self.approx = DynamicLinear.from_float(fp32)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        shape = hidden.shape[:-1]
-        x = hidden.reshape(-1, hidden.shape[-1]).float()
-        logits = self.approx(x)
-        top = self._rescore(x, logits, self.k)
-        # flat rows (candidates under 99% of the mass at T = 1): 8x as many candidates, for those rows only
-        mass = (top.logsumexp(-1) - logits.logsumexp(-1)).exp()
-        flat = (mass < 0.99).nonzero().flatten()
-        if len(flat) and self.wide > self.k:
-            rows = logits[flat]
-            self._rescore(x[flat], rows, self.wide)
-            logits[flat] = rows
-        return logits.view(*shape, -1)
-
-    def _rescore(self, x: torch.Tensor, logits: torch.Tensor, k: int) -> torch.Tensor:
-        """Replace, in place, the int8 logits of each row's k most likely tokens by their fp32 values (returned)."""
-        cand = logits.topk(k, dim=-1).indices
-        union, where = torch.unique(cand, return_inverse=True)  # rows of one prompt share most candidates
-        exact = x @ self.weight[union].t()
-        if self.bias is not None:
-            exact = exact + self.bias[union]
-        exact = exact.gather(-1, where)
-        logits.scatter_(-1, cand, exact)
-        return exact
-
-
-def quantize_lm_head(model, k: int = TOPK_FIRST):
-    """The model with its output embedding replaced by a RescoredInt8Head (for generation only; the other
-    layers keep their weights and dtype). The model must be fp32 and on the CPU. A vocabulary of at most
-    4k tokens keeps its fp32 head: the candidates would be most of it."""
-    head = model.get_output_embeddings()
-    if head is None or head.weight.shape[0] <= 4 * k:
-        return model
-    engine = int8_engine()
-    if engine is None:
-        raise RuntimeError("generation_quantize=lm_head: this torch build has no x86/fbgemm quantized engine")
-    torch.backends.quantized.engine = engine
-    import warnings
-
-    with warnings.catch_warnings():  # torch.ao's eager quantisation API announces its move to torchao
-        warnings.simplefilter("ignore")
-        model.set_output_embeddings(RescoredInt8Head(head.weight, getattr(head, "bias", None), k=k))
-    model.generation_quantized = "lm_head"
-    return model
 
 
 def nucleus_choice(probs: torch.Tensor, top_p: float, u: torch.Tensor, k: int = TOPK_FIRST) -> torch.Tensor:

@@ -123,7 +123,6 @@ def _check_settings(rows: list[dict], settings: dict, known: set[str], path: Pat
                                  "delete the file to sample again with the new settings")
 
 
-@torch.no_grad()
 @torch.inference_mode()
 def shared_prompt_cache(model, enc: dict, k: int):
     """The KV cache of each prompt but its last token, computed once and repeated for its K samples (None when
@@ -140,6 +139,7 @@ def shared_prompt_cache(model, enc: dict, k: int):
     return cache
 
 
+@torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[dict], *, k: int, temperature: float, top_p: float,
                    max_new_tokens: int, seed: int, eos_ids: list[int]) -> list[Sample]:
     """K samples for each prompt of one batch, as records (prompt-major, sample_index 0..K-1)."""
