@@ -65,7 +65,7 @@ def _model_cfg(a):
     return cfg
 
 
-def run_ours(backbone, pairs, a, work) -> float:
+def run_ours(backbone, pairs, a, work, share_prompt: bool = True) -> float:
     from reward_models.modeling import load_reward_model
     from reward_models.config import RewardModelConfig
     from reward_models.training import make_trainer
@@ -74,7 +74,7 @@ def run_ours(backbone, pairs, a, work) -> float:
     model, tok = load_reward_model(backbone, _model_cfg(a), for_training=True)
     cfg = RewardModelConfig(learning_rate=a.lr, batch_size=a.batch_size, max_length=a.max_length,
                             save_steps=10_000, logging_steps=10_000, group_by_length=a.group_by_length,
-                            margin="none", weight_decay=0.0)
+                            margin="none", weight_decay=0.0, share_prompt=share_prompt)
     trainer, _, warm = make_trainer("helpfulness", pairs, model, tok, cfg, work, a.seed, a.steps,
                                     logging.getLogger("bench"))
     timer = _timer(a.skip)
@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("--lora-layers", type=int, default=-1,
                     help="-1: train every weight (full fine-tune); N >= 0: LoRA r=16 on the top N blocks "
                          "(0 = every block), the same model on both sides")
+    ap.add_argument("--sides", default="ours,trl",
+                    help="ours (shared-prompt rows when exact), ours-rows (chosen and rejected as separate rows), trl")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     a.steps = a.steps or -(-a.pairs // a.batch_size)
@@ -161,22 +163,27 @@ def main() -> None:
         from pipeline.gguf import ensure_converted
 
         backbone = str(ensure_converted("smollm2-135m", ROOT / ".bench-models")[0])
-    ours, theirs, acc, loads = [], [], {"ours": [], "trl": []}, []
-    cpu = {"ours": [], "trl": []}
-    for r in range(a.repeats):  # alternate the order, so a change in machine load hits both sides
-        for side in (("ours", "trl") if r % 2 == 0 else ("trl", "ours")):
+    sides = a.sides.split(",")
+    rates, acc, cpu, loads = {s: [] for s in sides}, {s: [] for s in sides}, {s: [] for s in sides}, []
+    runners = {"ours": run_ours, "trl": run_trl,
+               "ours-rows": lambda *x: run_ours(*x, share_prompt=False)}  # pairs as separate rows (share_prompt off)
+    for r in range(a.repeats):  # alternate the order, so a change in machine load hits every side
+        for side in (sides if r % 2 == 0 else sides[::-1]):
             loads.append(os.getloadavg()[0])
-            (sps, cps), held = (run_ours if side == "ours" else run_trl)(backbone, pairs, a, tmp / f"{side}{r}")
-            (ours if side == "ours" else theirs).append(sps)
+            (sps, cps), held = runners[side](backbone, pairs, a, tmp / f"{side}{r}")
+            rates[side].append(sps)
             cpu[side].append(cps)
             acc[side].append(held)
             print(side, r, round(sps, 4), round(cps, 4), held, round(loads[-1], 2), flush=True)
+    ours, theirs = rates["ours"], rates["trl"]
     o, t = statistics.median(ours), statistics.median(theirs)
     oc, tc = statistics.median(cpu["ours"]), statistics.median(cpu["trl"])
     out = {"held_out_pairs": a.held_out, "held_out_accuracy": acc, "load1": [round(x, 2) for x in loads],
            "threads": a.threads, "pairs": a.pairs, "skip": a.skip, "lora_layers": a.lora_layers,
            "ours_steps_per_cpu_s": [round(x, 4) for x in cpu["ours"]],
-           "trl_steps_per_cpu_s": [round(x, 4) for x in cpu["trl"]], "ratio_per_cpu_s": round(oc / tc, 3)}
+           "trl_steps_per_cpu_s": [round(x, 4) for x in cpu["trl"]], "ratio_per_cpu_s": round(oc / tc, 3),
+           "steps_per_cpu_s": {s: [round(x, 4) for x in v] for s, v in cpu.items()},
+           "ratio_per_cpu_s_vs_trl": {s: round(statistics.median(v) / tc, 3) for s, v in cpu.items()}}
     print(json.dumps({**out, "backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size,
                       "max_length": a.max_length, "steps": a.steps, "group_by_length": a.group_by_length,
                       "trl_gradient_checkpointing": a.trl_gradient_checkpointing,
