@@ -147,18 +147,18 @@ def truncate_pair(chosen: list[int], rejected: list[int], max_length: int) -> tu
 def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: int) -> dict[str, list]:
     """Columns for pairwise training: token ids of chosen/rejected (truncate_pair), margin, safety targets,
     length."""
-    chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], None)
-    rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs], None)
-    fitted = [truncate_pair(c, r, max_length) for c, r in zip(chosen["input_ids"], rejected["input_ids"])]
-    chosen, rejected = {"input_ids": [c for c, _ in fitted]}, {"input_ids": [r for _, r in fitted]}
+    chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], None)["input_ids"]
+    rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs], None)["input_ids"]
+    chosen, rejected = map(list, zip(*(truncate_pair(c, r, max_length) for c, r in zip(chosen, rejected)))) \
+        if pairs else ([], [])
     targets = [safety_targets(p) for p in pairs]
     return {
-        "chosen_input_ids": chosen["input_ids"], "rejected_input_ids": rejected["input_ids"],
+        "chosen_input_ids": chosen, "rejected_input_ids": rejected,
         "margin": [pair_margin(p, margin_scale) for p in pairs],
         "safe_chosen": [t[0] if t else 0.0 for t in targets],
         "safe_rejected": [t[1] if t else 0.0 for t in targets],
         "has_safety": [t is not None for t in targets],
-        "length": [max(len(c), len(r)) for c, r in zip(chosen["input_ids"], rejected["input_ids"])],
+        "length": [max(len(c), len(r)) for c, r in zip(chosen, rejected)],
     }
 
 
@@ -347,13 +347,13 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
     import datasets
     from transformers import TrainingArguments
 
+    log = log or logging.getLogger("saferounds.rm")
     if cfg.objective == "regression":
         cols = regression_features(tokenizer, items, cfg.max_length)
     else:
         cols, same = drop_identical(pair_features(tokenizer, items, cfg.margin, cfg.max_length))
         if same:  # their two scores are one score: the loss's gradient is exactly zero, only time is spent
-            (log or logging.getLogger("saferounds.rm")).info(
-                "%s RM: %d of %d pairs have identical chosen and rejected tokens; left out", kind, same, len(items))
+            log.info("%s RM: %d of %d pairs have identical chosen and rejected tokens; left out", kind, same, len(items))
         if not cols["chosen_input_ids"]:
             raise InputError(f"reward_models: every {kind} pair has identical chosen and rejected texts")
     collator = PairCollator(tokenizer)
@@ -362,8 +362,8 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
             collator = SharedPromptCollator(tokenizer)
             cols["length"] = [packed_length(c, r) for c, r in zip(cols["chosen_input_ids"], cols["rejected_input_ids"])]
         else:
-            (log or logging.getLogger("saferounds.rm")).info(
-                "%s RM: shared-prompt rows do not reproduce this model's scores; chosen and rejected go as separate rows", kind)
+            log.info("%s RM: shared-prompt rows do not reproduce this model's scores; chosen and rejected go "
+                     "as separate rows", kind)
     dataset = datasets.Dataset.from_dict(cols)
     # under a launcher each global batch of cfg.batch_size is split across the ranks (split_batches):
     # the optimizer takes the same steps on the same batches as one process
@@ -392,7 +392,7 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_log_callback(log or logging.getLogger("saferounds.rm"), kind))
+    trainer.add_callback(_log_callback(log, kind))
     trainer.add_callback(trainer_callback(f"rm {kind}"))
     point_tensorboard(trainer, runs)
     return trainer, total, warm
