@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 XSTEST = ROOT / ".." / "shared" / "data" / "xstest" / "xstest_prompts.csv"
 
-import sampling.generate as gen  # noqa: E402
-from reward_models.config import GateConfig
-from reward_models.scoring import score  # noqa: E402
-from sampling.rejection import best_of_k  # noqa: E402
-from sampling.scoring import add_gate, score_samples  # noqa: E402
+import saferounds.sampling.generate as gen  # noqa: E402
+from saferounds.reward_models.config import GateConfig
+from saferounds.reward_models.scoring import score  # noqa: E402
+from saferounds.sampling.rejection import best_of_k  # noqa: E402
+from saferounds.sampling.scoring import add_gate, score_samples  # noqa: E402
 
 
 def load_xstest(n: int) -> list[dict]:
@@ -56,7 +56,7 @@ def build_models(kind: str, device: str, work: Path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, \
         LlamaForCausalLM
 
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     paths = build_tiny(work / "tiny")
     tok = AutoTokenizer.from_pretrained(paths["policy"])

@@ -4,7 +4,7 @@ on 2 CPU cores), and whether two runs with the same seed give the same metrics.
     .venv/bin/python bench/demo_time.py                 # smoke and default, one run each
     .venv/bin/python bench/demo_time.py --size default --repeat 2   # + the determinism check
 
-Each run is a fresh subprocess (`python -m pipeline.cli demo`) in a fresh directory, timed by the
+Each run is a fresh subprocess (`python -m saferounds.pipeline.cli demo`) in a fresh directory, timed by the
 wall clock; the headline metrics are read back from the final version's metrics.json.
 """
 
@@ -39,7 +39,7 @@ def run_once(size: str, root: Path) -> tuple[float, dict]:
     shutil.rmtree(ws, ignore_errors=True)
     env = dict(os.environ, SAFEROUNDS_QUIET="1")
     started = time.time()
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "-w", str(ws), "--size", size, "--json"],
+    subprocess.run([sys.executable, "-m", "saferounds.pipeline.cli", "demo", "-w", str(ws), "--size", size, "--json"],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.time() - started, headline(ws)
 

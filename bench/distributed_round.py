@@ -29,10 +29,10 @@ def template(root: Path, prompts: int) -> Path:
     """v0 (short SFT) and the v1 reward models, built in this process."""
     import logging
 
-    from pipeline.presets import init_workspace
-    from pipeline.stages.rm import load_rm_records, train_kind
-    from pipeline.training.base_policy import run_sft
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.presets import init_workspace
+    from saferounds.pipeline.stages.rm import load_rm_records, train_kind
+    from saferounds.pipeline.training.base_policy import run_sft
+    from saferounds.pipeline.workspace import Workspace
 
     init_workspace(root, "tiny", data_size="smoke", overrides={"sft": {"epochs": 2}})
     small_round(root, prompts=prompts, plan=["rm", "rs", "eval"], k=4, tokens=24)

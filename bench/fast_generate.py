@@ -46,7 +46,7 @@ def load_prompts(n: int) -> list[dict]:
 
 
 def plain_side(model, tok, prompts, batches, a, eos_ids) -> list[dict]:
-    from sampling.generate import format_prompt
+    from saferounds.sampling.generate import format_prompt
 
     tok.padding_side = "left"
     out = []
@@ -70,7 +70,7 @@ def plain_side(model, tok, prompts, batches, a, eos_ids) -> list[dict]:
 @torch.inference_mode()
 def mean_logprobs(model, tok, samples, batch_size=16) -> list[float]:
     """Mean log-prob per response token under `model` (teacher-forced), one number per sample."""
-    from sampling.generate import format_prompt
+    from saferounds.sampling.generate import format_prompt
 
     tok.padding_side = "right"
     vals = []
@@ -104,8 +104,8 @@ def llamacpp_side(tok, prompts, a) -> dict:
     import subprocess
     import tempfile
 
-    from pipeline.gguf import locate
-    from sampling.generate import format_prompt
+    from saferounds.pipeline.gguf import locate
+    from saferounds.sampling.generate import format_prompt
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"prompts": [format_prompt(tok, p["messages"]) for p in prompts], "temperature": a.temperature,
@@ -138,10 +138,10 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from pipeline.gguf import ensure_converted
-    from pipeline.models import load_tokenizer
-    from sampling.fast_generate import quantize_int8
-    from sampling.generate import _eos_ids, format_prompt, generate_samples, plan_batches
+    from saferounds.pipeline.gguf import ensure_converted
+    from saferounds.pipeline.models import load_tokenizer
+    from saferounds.sampling.fast_generate import quantize_int8
+    from saferounds.sampling.generate import _eos_ids, format_prompt, generate_samples, plan_batches
 
     ckpt, _ = ensure_converted("smollm2-135m", MODELS)
     tok = load_tokenizer(ckpt)

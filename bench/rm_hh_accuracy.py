@@ -41,9 +41,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
 
-    from pipeline.data import hh_pairs
-    from reward_models.config import RewardModelConfig
-    from reward_models.training import split_by_prompt, train_reward_model
+    from saferounds.pipeline.data import hh_pairs
+    from saferounds.reward_models.config import RewardModelConfig
+    from saferounds.reward_models.training import split_by_prompt, train_reward_model
 
     pairs, counts = hh_pairs(DATA, source="safety")
     train, test = split_by_prompt(pairs, 0.5, seed=args.seed)
@@ -52,7 +52,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rm_hh_"))
     backbone = args.backbone
     if backbone == "tiny":
-        from pipeline.tiny import build_tiny
+        from saferounds.pipeline.tiny import build_tiny
 
         backbone = str(build_tiny(tmp / "tiny")["reward_model"])
     cfg = RewardModelConfig(learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs,
@@ -61,8 +61,8 @@ def main() -> None:
     t0 = time.time()
     metrics = train_reward_model("safety", train, backbone, tmp / "rm", cfg, seed=args.seed,
                                  log=logging.getLogger("bench"))
-    from reward_models.evaluation import evaluate_pairs
-    from reward_models.modeling import load_reward_model
+    from saferounds.reward_models.evaluation import evaluate_pairs
+    from saferounds.reward_models.modeling import load_reward_model
 
     model, tok = load_reward_model(tmp / "rm")
     held = evaluate_pairs(model, tok, test, cfg.score_batch_size, cfg.max_length)

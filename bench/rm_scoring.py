@@ -33,10 +33,10 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("SAFEROUNDS_THREADS", "2")))
 
-    from core.io import read_jsonl
-    from pipeline.workspace import Workspace
-    from reward_models.modeling import load_reward_models
-    from reward_models.scoring import score, score_both, shared_trunk_depth
+    from saferounds.core.io import read_jsonl
+    from saferounds.pipeline.workspace import Workspace
+    from saferounds.reward_models.modeling import load_reward_models
+    from saferounds.reward_models.scoring import score, score_both, shared_trunk_depth
 
     ws = Workspace(args.workspace)
     cfg = ws.config

@@ -57,7 +57,7 @@ def steps_per_s(timer, skip: int, steps: int) -> tuple[float, float]:
 
 
 def _model_cfg(a):
-    from reward_models.config import ModelConfig
+    from saferounds.reward_models.config import ModelConfig
 
     cfg = ModelConfig()
     if a.lora_layers >= 0:
@@ -66,9 +66,9 @@ def _model_cfg(a):
 
 
 def run_ours(backbone, pairs, a, work, share_prompt: bool = True) -> float:
-    from reward_models.modeling import load_reward_model
-    from reward_models.config import RewardModelConfig
-    from reward_models.training import make_trainer
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.config import RewardModelConfig
+    from saferounds.reward_models.training import make_trainer
 
     torch.manual_seed(a.seed)
     model, tok = load_reward_model(backbone, _model_cfg(a), for_training=True)
@@ -87,7 +87,7 @@ def held_out_accuracy(model, tok, a) -> float | None:
     """Accuracy on pairs neither side trained on (the next --held-out pairs of the file), same scorer."""
     if not a.held_out:
         return None
-    from reward_models.evaluation import evaluate_pairs
+    from saferounds.reward_models.evaluation import evaluate_pairs
 
     model.eval()
     return evaluate_pairs(model, tok, a.held_pairs, batch_size=8, max_length=a.max_length)["accuracy"]
@@ -97,9 +97,9 @@ def run_trl(backbone, pairs, a, work) -> float:
     import datasets
     from trl import RewardConfig, RewardTrainer
 
-    from reward_models.modeling import load_reward_model
-    from reward_models.config import RewardModelConfig
-    from reward_models.training import pair_features, warmup_steps
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.config import RewardModelConfig
+    from saferounds.reward_models.training import pair_features, warmup_steps
 
     torch.manual_seed(a.seed)
     model, tok = load_reward_model(backbone, _model_cfg(a), for_training=True)
@@ -149,18 +149,18 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import trl
 
-    from pipeline.data import hh_pairs
+    from saferounds.pipeline.data import hh_pairs
 
     every = hh_pairs(DATA, source="helpfulness")[0]
     pairs, a.held_pairs = every[: a.pairs], every[a.pairs: a.pairs + a.held_out]
     tmp = Path(tempfile.mkdtemp(prefix="rm_speed_"))
     backbone = a.backbone
     if backbone == "tiny":
-        from pipeline.tiny import build_tiny
+        from saferounds.pipeline.tiny import build_tiny
 
         backbone = str(build_tiny(tmp / "tiny")["reward_model"])
     elif backbone == "smollm2":  # SmolLM2-135M-Instruct, a fresh scalar head on the converted checkpoint
-        from pipeline.gguf import ensure_converted
+        from saferounds.pipeline.gguf import ensure_converted
 
         backbone = str(ensure_converted("smollm2-135m", ROOT / ".bench-models")[0])
     sides = a.sides.split(",")

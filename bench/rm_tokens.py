@@ -29,10 +29,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     a = ap.parse_args()
 
-    from pipeline.data import hh_pairs
-    from pipeline.gguf import ensure_converted
-    from pipeline.models import load_tokenizer
-    from reward_models.training import packed_length, pair_features, shared_prefix_length
+    from saferounds.pipeline.data import hh_pairs
+    from saferounds.pipeline.gguf import ensure_converted
+    from saferounds.pipeline.models import load_tokenizer
+    from saferounds.reward_models.training import packed_length, pair_features, shared_prefix_length
 
     tok = load_tokenizer(ensure_converted("smollm2-135m", ROOT / ".bench-models")[0])
     pairs = hh_pairs(HH / a.file, source="helpfulness")[0][: a.pairs]

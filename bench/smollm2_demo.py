@@ -4,7 +4,7 @@
     .venv/bin/python bench/smollm2_demo.py --size quarter       # a reduced run, for per-stage estimates
     .venv/bin/python bench/smollm2_demo.py --report-only -w DIR # the table of a finished (or resumed) run
 
-The run is a subprocess (`python -m pipeline.cli demo --model smollm2`), so what is timed is exactly
+The run is a subprocess (`python -m saferounds.pipeline.cli demo --model smollm2`), so what is timed is exactly
 what a user runs; re-running resumes an interrupted run (its stages' seconds come from the manifests,
 so they add up across runs; the wall clock of this invocation is printed separately). Every version is
 judged by the final version's judges on the held-out suites (nothing here is tuned on them):
@@ -36,8 +36,8 @@ def _rate(flags: list[bool]) -> float | None:
 
 def acceptance(ws: Path) -> dict:
     """The acceptance figures of a finished smollm2 workspace (its newest version against v0)."""
-    from eval.metrics import win_rate
-    from eval.side_by_side import pick
+    from saferounds.eval.metrics import win_rate
+    from saferounds.eval.side_by_side import pick
 
     latest = max(int(p.name[1:]) for p in (ws / "versions").glob("v*") if p.name[1:].isdigit())
     ev = ws / "versions" / f"v{latest}" / "eval"
@@ -144,7 +144,7 @@ def main() -> int:
     if not args.report_only:
         env = dict(os.environ, SAFEROUNDS_QUIET="1", PYTHONPATH=str(REPO))
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--model", "smollm2", "--size", args.size,
+        subprocess.run([sys.executable, "-m", "saferounds.pipeline.cli", "demo", "--model", "smollm2", "--size", args.size,
                         "-w", str(ws), "--data-root", str(args.data_root)], check=True, env=env, cwd=REPO)
         wall = time.time() - t0
     acc = acceptance(ws)

@@ -79,7 +79,7 @@ def main() -> int:
             build(args.base, args.workspace)
         env = dict(os.environ, SAFEROUNDS_QUIET="1", PYTHONPATH=str(REPO))
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "pipeline.cli", "round", "run", "-w", str(args.workspace)],
+        subprocess.run([sys.executable, "-m", "saferounds.pipeline.cli", "round", "run", "-w", str(args.workspace)],
                        check=True, env=env, cwd=REPO)
         wall = time.time() - t0
     without, with_ = acceptance(args.base), acceptance(args.workspace)

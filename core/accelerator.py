@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from core.errors import InputError
+from saferounds.core.errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,7 +41,7 @@ def quantization_config(model_cfg):
 def to_accelerator(model):
     """Move a model to the GPU when there is one (quantised models were placed when loaded)."""
     if torch.cuda.is_available() and not getattr(model, "is_quantized", False) and model.device.type == "cpu":
-        from core.distributed import device
+        from saferounds.core.distributed import device
 
         model.to(device())  # cuda:LOCAL_RANK under a launcher
     return model
@@ -69,7 +69,7 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | Path) -> Path:
     except Exception as e:  # ENOSPC comes as OSError, or wrapped by safetensors / torch
         if not _no_space(e):
             raise
-        from core.errors import disk_full
+        from saferounds.core.errors import disk_full
 
         shutil.rmtree(tmp, ignore_errors=True)
         needed = sum(p.numel() * p.element_size() for p in model.parameters())

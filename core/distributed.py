@@ -30,7 +30,7 @@ import socket
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
-from core.errors import InputError
+from saferounds.core.errors import InputError
 
 T = TypeVar("T")
 TIMEOUT_ENV = "SAFEROUNDS_DIST_TIMEOUT"  # seconds a rank waits at a meeting point (default 3 hours)

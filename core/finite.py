@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from core.errors import DivergedError
+from saferounds.core.errors import DivergedError
 
 
 def total_norm(tensors: Iterable[torch.Tensor]) -> float:

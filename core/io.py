@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable
 
-from core.errors import InputError, RowErrors
+from saferounds.core.errors import InputError, RowErrors
 
 
 def _umask() -> int:
@@ -56,7 +56,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def _disk_full(path, needed: int | None):
-    from core.errors import disk_full
+    from saferounds.core.errors import disk_full
 
     return disk_full(OSError(28, "No space left on device", str(path)), needed)
 

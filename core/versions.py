@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.errors import InputError
+from saferounds.core.errors import InputError
 
 _NAME = re.compile(r"v?(\d+)")
 _DIR = re.compile(r"v(\d+)")          # a finished version (versions/vN, reward_models/KIND/vN)

@@ -29,7 +29,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InputError
+from saferounds.core.errors import InputError
 
 XSTEST_FILES = ("llama2orig", "llama2new", "mistralinstruct")
 DNA_MODELS = ("GPT4", "ChatGPT", "Claude", "ChatGLM2", "llama2-7b-chat", "vicuna-7b")

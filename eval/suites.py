@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import InputError, RowErrors
-from core.io import read_rows
+from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.io import read_rows
 
 ROLES = ("unsafe", "borderline", "helpful")
 # LLaMA 2 Sec. 4.2.1: the three risk categories of the safety annotation guidelines

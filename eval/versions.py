@@ -13,16 +13,16 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from core.accelerator import to_accelerator
-from core.io import write_json
-from core.progress import current, label
-from core.records import EvalRecord
-from core.versions import version_number
-from eval.evaluate import judge_records, prompt_text, summarise
-from eval.generate import cached_generate, cached_generate_sharded, generation_settings
-from eval.metrics import rate_with_ci, win_rate_of
-from eval.report import write_report
-from eval.suites import Suite
+from saferounds.core.accelerator import to_accelerator
+from saferounds.core.io import write_json
+from saferounds.core.progress import current, label
+from saferounds.core.records import EvalRecord
+from saferounds.core.versions import version_number
+from saferounds.eval.evaluate import judge_records, prompt_text, summarise
+from saferounds.eval.generate import cached_generate, cached_generate_sharded, generation_settings
+from saferounds.eval.metrics import rate_with_ci, win_rate_of
+from saferounds.eval.report import write_report
+from saferounds.eval.suites import Suite
 
 Progress = Callable[[str], None]
 
@@ -124,7 +124,7 @@ def headline_summary(metrics: dict, version: bool = True) -> str:
 def learned_verdicts(root: Path, cfg, pairs: list, have_rm: bool, progress: Progress) -> tuple[list[dict] | None, dict]:
     """The learned judges' verdicts on every (prompt, response) (eval.refusal_judge, eval.violation_judge),
     and what the report says about them: which judges, their held-out agreement, fallbacks."""
-    from eval.classifiers import load_judges
+    from saferounds.eval.classifiers import load_judges
 
     need_harm = cfg.violation_judge != "safety_rm"
     judges = load_judges(root, cfg.refusal_judge, need_harm=need_harm)
@@ -219,8 +219,8 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
     conversation when longer (left truncation), as rs and PPO do."""
     if rm_path is None or not pairs:
         return None
-    from reward_models.modeling import load_reward_model
-    from reward_models.scoring import score
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import score
 
     model, tok = load_reward_model(rm_path, model_cfg)
     to_accelerator(model)
@@ -228,7 +228,7 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
                 max_length=max_length, progress=lambda n: current().advance(n))
     del model
     gc.collect()
-    from core.finite import check_scores
+    from saferounds.core.finite import check_scores
 
     check_scores(out, "eval", f"the RM {Path(rm_path).parent.name}/{Path(rm_path).name} score")  # NaN is never "safe"
     return out
@@ -252,8 +252,8 @@ def rm_accuracy(rm_paths: dict[str, Path], version: int) -> dict | None:
 
 def llm_safety(judge_cfg, out_dir: Path, flat, by_name, responses, progress: Progress) -> list[float | None]:
     """The LLM judge's safety score of every answer to an unsafe prompt (None elsewhere), in `flat` order."""
-    from reward_models.feedback.judges import make_judge
-    from reward_models.feedback.labeling import judge_scores
+    from saferounds.reward_models.feedback.judges import make_judge
+    from saferounds.reward_models.feedback.labeling import judge_scores
 
     idx = [j for j, (v, s, i) in enumerate(flat) if by_name[s].rows[i]["role"] == "unsafe"]
     prompts = [{**by_name[flat[j][1]].rows[flat[j][2]], "is_safety": True} for j in idx]
@@ -271,8 +271,8 @@ def llm_win_rate(judge_cfg, out_dir: Path, mine: list[EvalRecord], compared: dic
                  progress: Progress) -> dict:
     """Pairwise LLM-judge win rate on shared borderline/helpful prompts, asked in both orders
     (reward_models.feedback.labeling.label_pair); orders that disagree ("unsure") count as ties."""
-    from reward_models.feedback.judges import make_judge
-    from reward_models.feedback.labeling import label_pair
+    from saferounds.reward_models.feedback.judges import make_judge
+    from saferounds.reward_models.feedback.labeling import label_pair
 
     out = {}
     with make_judge(judge_cfg, cache_path=out_dir / "work" / "judge.sqlite") as judge:

@@ -23,11 +23,11 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from core.errors import InputError
-from eval.config import EvalConfig
-from pipeline.training.config import PPOConfig, TrainConfig
-from reward_models.config import GateConfig, JudgeConfig, ModelConfig, RewardModelConfig
-from sampling.config import DistillConfig, RejectionSamplingConfig
+from saferounds.core.errors import InputError
+from saferounds.eval.config import EvalConfig
+from saferounds.pipeline.training.config import PPOConfig, TrainConfig
+from saferounds.reward_models.config import GateConfig, JudgeConfig, ModelConfig, RewardModelConfig
+from saferounds.sampling.config import DistillConfig, RejectionSamplingConfig
 
 CONFIG_NAME = "saferounds.yaml"
 # The round stages in the order a version runs them; pipeline.stages.STAGES maps each to its `run`.

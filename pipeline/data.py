@@ -24,9 +24,9 @@ import math
 import re
 from pathlib import Path
 
-from core.errors import InputError, RowErrors
-from core.io import read_rows, read_text
-from core.records import RATINGS, RM_KINDS, SAFETY_LABELS, PreferencePair, Prompt, Ranking
+from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.io import read_rows, read_text
+from saferounds.core.records import RATINGS, RM_KINDS, SAFETY_LABELS, PreferencePair, Prompt, Ranking
 
 ROLES = ("system", "user", "assistant")
 MAX_TEXT_CHARS = 100_000  # longer texts are almost always a broken export; fail loudly
@@ -414,7 +414,7 @@ def load_responses(path) -> list[dict]:
 def _adapted(path, rows, errors, kind: str, source: str | None = None) -> list[dict] | None:
     """A public dataset's rows (PKU-SafeRLHF, UltraFeedback, BeaverTails, HH red-team) as `kind` records;
     None when the file is in one of our own shapes."""
-    from pipeline.data_adapters import adapt, detect_format
+    from saferounds.pipeline.data_adapters import adapt, detect_format
 
     fmt = detect_format(rows[0][1]) if rows else None
     return None if fmt is None else _nonempty(adapt(path, rows, fmt, kind, errors, source)[0], path)

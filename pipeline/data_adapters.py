@@ -33,11 +33,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from core.errors import InputError, RowErrors
-from core.io import atomic_write_text, read_rows
-from core.records import RATINGS, SAFETY_LABELS
-from eval.suites import RISK_CATEGORIES, risk_category
-from pipeline.data import _bool, _Prefixed, _response, _text
+from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.io import atomic_write_text, read_rows
+from saferounds.core.records import RATINGS, SAFETY_LABELS
+from saferounds.eval.suites import RISK_CATEGORIES, risk_category
+from saferounds.pipeline.data import _bool, _Prefixed, _response, _text
 
 # --- recognising a format: the columns every row of the published schema has ----------------------
 
@@ -562,7 +562,7 @@ def summarize_file(path, kind: str | None = None) -> dict | None:
 def convert_file(path, kind: str, output, source: str | None = None) -> dict:
     """Write `path` as our `kind` rows (JSONL, atomically) to `output`; any supported file works, public
     dataset or our own shape. Returns {file, format, kind, output, summary}."""
-    from pipeline.data import load_preferences, load_prompts, load_responses
+    from saferounds.pipeline.data import load_preferences, load_prompts, load_responses
 
     if kind not in KINDS:
         raise InputError(f"--to: expected one of {', '.join(KINDS)}, got {kind!r}")

@@ -18,13 +18,13 @@ from typing import Callable
 
 import torch
 
-from core.distributed import run_on_main
-from core.errors import InputError
-from core.io import read_json
-from pipeline.presets import init_workspace
-from pipeline.rounds import run_round
-from pipeline.training.base_policy import run_pretrain, run_sft
-from pipeline.workspace import Workspace
+from saferounds.core.distributed import run_on_main
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_json
+from saferounds.pipeline.presets import init_workspace
+from saferounds.pipeline.rounds import run_round
+from saferounds.pipeline.training.base_policy import run_pretrain, run_sft
+from saferounds.pipeline.workspace import Workspace
 
 SIZES: dict[str, dict] = {
     "smoke": {
@@ -78,7 +78,7 @@ def summary(ws: Workspace, seconds: float | None = None) -> dict:
     out = {"workspace": str(ws.root), "latest": f"v{latest}", "seconds": None if seconds is None else round(seconds, 1),
            "report": str(metrics_path.with_name("report.html"))}
     if metrics_path.exists():
-        from eval.versions import load_trend
+        from saferounds.eval.versions import load_trend
 
         m = read_json(metrics_path)
         out["trend"] = load_trend(ws.root)

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from core.errors import InputError
-from pipeline.presets import init_workspace
-from pipeline.rounds import run_round
-from pipeline.workspace import Workspace
+from saferounds.core.errors import InputError
+from saferounds.pipeline.presets import init_workspace
+from saferounds.pipeline.rounds import run_round
+from saferounds.pipeline.workspace import Workspace
 
 _SHORT = {"reward_models": {"max_length": 96, "batch_size": 4, "save_steps": 1000, "logging_steps": 1,
                             "eval_fraction": 0.2},
@@ -126,8 +126,8 @@ def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Cal
     labelled data minus every prompt of the workspace's eval suites. Returns {kind: held-out metrics}."""
     import json
 
-    from eval.classifiers import KINDS, workspace_judges_dir
-    from pipeline.stages.eval import train_learned_judges
+    from saferounds.eval.classifiers import KINDS, workspace_judges_dir
+    from saferounds.pipeline.stages.eval import train_learned_judges
 
     root = workspace_judges_dir(ws.root)
     if all((root / k / "config.json").exists() for k in KINDS):
@@ -140,8 +140,8 @@ def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Cal
 def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Path | None = None,
                   print_line: Callable[[str], None] = print) -> dict:
     """Build or resume the smollm2 demo workspace, run v0 and the planned rounds; return the headline."""
-    from pipeline.demo import summary
-    from pipeline.training.base_policy import run_sft
+    from saferounds.pipeline.demo import summary
+    from saferounds.pipeline.training.base_policy import run_sft
 
     if size not in SIZES:
         raise InputError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")

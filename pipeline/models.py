@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.accelerator import quantization_config, resolve_dtype
-from core.errors import InputError
+from saferounds.core.accelerator import quantization_config, resolve_dtype
+from saferounds.core.errors import InputError
 
 
 def lora_config(model_cfg, task_type: str, num_layers: int | None = None, model=None):
@@ -19,7 +19,7 @@ def lora_config(model_cfg, task_type: str, num_layers: int | None = None, model=
     targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
     layers = top_layers(num_layers, getattr(lora, "layers", 0))
     if layers and targets == "all-linear" and model is not None:  # peft wants names with layers_to_transform
-        from reward_models.modeling import linear_module_names
+        from saferounds.reward_models.modeling import linear_module_names
 
         targets = linear_module_names(model)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
@@ -117,11 +117,11 @@ def to_generation_dtype(model, model_cfg):
     """Cast a model loaded for generation to model.generation_dtype (sampling.precision decides `auto`)."""
     import torch
 
-    from sampling.precision import generation_dtype
+    from saferounds.sampling.precision import generation_dtype
 
     if getattr(model, "is_quantized", False) or torch.cuda.is_available():
         return model  # on a GPU model.dtype already chose; quantised weights stay as loaded
-    from sampling.fast_generate import quantize_int8, wants_int8
+    from saferounds.sampling.fast_generate import quantize_int8, wants_int8
 
     if wants_int8(getattr(model_cfg, "generation_quantize", "none")):
         return quantize_int8(model)  # model.generation_quantize: int8 Linear layers instead of a dtype cast

@@ -32,10 +32,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from core.errors import InputError
-from core.io import read_rows
-from core.records import normalise_prompt as normalise
-from pipeline.data import hh_pairs
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_rows
+from saferounds.core.records import normalise_prompt as normalise
+from saferounds.pipeline.data import hh_pairs
 
 DNA_MODELS = ("GPT4", "ChatGPT", "Claude", "ChatGLM2", "llama2-7b-chat", "vicuna-7b")
 # Demonstrations come from the models aligned by RLHF (the others' harmless answers are often evasive)
@@ -146,7 +146,7 @@ def _first_turn(pair: dict) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from core.io import atomic_write_text
+    from saferounds.core.io import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -163,7 +163,7 @@ def source_paths(data_root: str | Path) -> dict[str, Path]:
 
 def build(data_root: str | Path, out_dir: str | Path, size: str = "full", seed: int = 0) -> dict:
     """Write the run's data files into out_dir (see the module docstring); returns SOURCES.json's dict."""
-    from core.io import sha256_file, write_json
+    from saferounds.core.io import sha256_file, write_json
 
     if size not in SIZES:
         raise InputError(f"data size: expected one of {', '.join(SIZES)}, got {size!r}")

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core import distributed as dist
-from core.errors import InputError
-from core.logs import log_to
-from core.progress import scope
-from pipeline.config import Config
-from pipeline.workspace import Workspace, now
+from saferounds.core import distributed as dist
+from saferounds.core.errors import InputError
+from saferounds.core.logs import log_to
+from saferounds.core.progress import scope
+from saferounds.pipeline.config import Config
+from saferounds.pipeline.workspace import Workspace, now
 
 POLICY_OUTPUTS = {"rs": "rs_policy", "ppo": "ppo_policy"}
 log = logging.getLogger("saferounds")
@@ -79,7 +79,7 @@ def stage_parent(ws: Workspace, d: Path, n: int, stage: str) -> Path:
 def validate_inputs(ws: Workspace, stages: list[str]) -> None:
     """Read every data file the planned stages need, so bad or missing input fails (exit 2) before
     the version is started rather than hours into it."""
-    from pipeline.data import load_prompts
+    from saferounds.pipeline.data import load_prompts
 
     cfg = ws.config
     if {"label", "rs", "ppo"} & set(stages):
@@ -88,11 +88,11 @@ def validate_inputs(ws: Workspace, stages: list[str]) -> None:
         for f in cfg.data.prompts:
             load_prompts(ws.resolve(f))
     if "distill" in stages:
-        from pipeline.stages.distill import adversarial_prompts
+        from saferounds.pipeline.stages.distill import adversarial_prompts
 
         adversarial_prompts(cfg, ws.resolve)
     if "rm" in stages:
-        from pipeline.stages.rm import load_rm_records
+        from saferounds.pipeline.stages.rm import load_rm_records
 
         load_rm_records(ws)
     validate_outputs_and_suites(ws, stages)
@@ -102,11 +102,11 @@ def validate_plan(ws: Workspace, n: int, stages: list[str]) -> None:
     """What vN's stages need from earlier versions is there before .vN.partial is created: rs and ppo
     need both reward models, from an `rm` stage of vN or an earlier version. With overlapping
     rounds.plan entries (the last match wins) the message names the entries that cover vN."""
-    from pipeline.config import version_in_spec
+    from saferounds.pipeline.config import version_in_spec
 
     if "rm" in stages or not {"rs", "ppo"} & set(stages):
         return
-    from sampling.config import reward_for_round
+    from saferounds.sampling.config import reward_for_round
 
     if reward_for_round(ws.config.rejection_sampling, n) == "judge" and "ppo" not in stages:
         return
@@ -124,14 +124,14 @@ def validate_outputs_and_suites(ws: Workspace, stages: list[str]) -> None:
     """Checks that used to fail hours in (after the RMs, sampling and the fine-tune), when fixing them
     blocks the resume ("saferounds.yaml changed"): every eval.suites entry loads (kind known, file there),
     and no configured output path lies inside a finished version."""
-    from core.versions import ensure_outside_finished_versions
+    from saferounds.core.versions import ensure_outside_finished_versions
 
     cfg = ws.config
     if "label" in stages and cfg.judge.cache_path:
         ensure_outside_finished_versions(ws.resolve(cfg.judge.cache_path), "judge.cache_path")
     if "eval" in stages:
-        from eval.suites import load_suites
-        from pipeline.stages.eval import suite_specs
+        from saferounds.eval.suites import load_suites
+        from saferounds.pipeline.stages.eval import suite_specs
 
         load_suites(suite_specs(cfg, ws.root), base=ws.root, prompt_column=cfg.eval.prompt_column,
                     limit=cfg.eval.max_prompts_per_suite)
@@ -140,7 +140,7 @@ def validate_outputs_and_suites(ws: Workspace, stages: list[str]) -> None:
 def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
               until: str | None = None) -> dict:
     """Run (or resume) the next version; `until` stops after that stage (the version stays partial)."""
-    from pipeline.stages import STAGES  # the stages load torch; `status` and `show` need none of it
+    from saferounds.pipeline.stages import STAGES  # the stages load torch; `status` and `show` need none of it
 
     cfg = ws.config
     n, resuming = next_version(ws)

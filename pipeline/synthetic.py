@@ -55,7 +55,7 @@ import os
 import random
 from pathlib import Path
 
-from core.records import RATINGS
+from saferounds.core.records import RATINGS
 
 SIZES = {  # rows per file
     "smoke": dict(pretrain=150, sft=300, prompts=60, pairs=400, rankings=80, eval=30),
@@ -544,7 +544,7 @@ def corpus() -> list[str]:
     return list(dict.fromkeys(texts))  # de-duplicated, first-seen order
 
 
-if __name__ == "__main__":  # python -m pipeline.synthetic OUT_DIR [SEED] [SIZE]
+if __name__ == "__main__":  # python -m saferounds.pipeline.synthetic OUT_DIR [SEED] [SIZE]
     import sys
 
     for k, p in write_demo_data(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0,

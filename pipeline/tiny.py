@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from core.accelerator import save_pretrained_atomic
+from saferounds.core.accelerator import save_pretrained_atomic
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -36,7 +36,7 @@ _FALLBACK_CORPUS = [
 def default_corpus() -> list[str]:
     """Text the tokenizer is trained on: the demo generator's corpus (deterministic)."""
     try:
-        from pipeline.synthetic import corpus
+        from saferounds.pipeline.synthetic import corpus
     except ImportError:  # generator not available: still build a working tokenizer
         return list(_FALLBACK_CORPUS)
     return list(corpus()) + list(_FALLBACK_CORPUS)

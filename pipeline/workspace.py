@@ -23,12 +23,12 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from core import distributed as dist
-from core.errors import InputError
-from core.io import read_json, sha256_file, write_json
-from core.records import RM_KINDS
-from core.versions import dir_version, partial_dir_version
-from pipeline.config import CONFIG_NAME, Config, load_config
+from saferounds.core import distributed as dist
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_json, sha256_file, write_json
+from saferounds.core.records import RM_KINDS
+from saferounds.core.versions import dir_version, partial_dir_version
+from saferounds.pipeline.config import CONFIG_NAME, Config, load_config
 
 LOCK_NAME = ".saferounds.lock"
 

@@ -1,8 +1,8 @@
 """Reward-model accuracy: overall, per rating level (LLaMA 2 Table 8), per safety_label bin, unsafe recall."""
 from __future__ import annotations
 
-from core.records import RATINGS
-from reward_models.losses import SAFETY_TARGETS
+from saferounds.core.records import RATINGS
+from saferounds.reward_models.losses import SAFETY_TARGETS
 
 # LLaMA 2 Table 8 columns: negligibly better and unsure share one column.
 TABLE_8 = (*RATINGS[:3], "negligibly_better_or_unsure", "unrated")
@@ -43,7 +43,7 @@ def pair_metrics(chosen: list[float], rejected: list[float], pairs: list[dict]) 
 
 def evaluate_pairs(model, tokenizer, pairs: list[dict], batch_size: int = 16, max_length: int = 512) -> dict:
     """Score chosen and rejected of every pair with the RM (length-sorted batches) and compute pair_metrics."""
-    from reward_models.scoring import score
+    from saferounds.reward_models.scoring import score
 
     prompts = [p["prompt"] for p in pairs]
     chosen = score(model, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size, max_length)

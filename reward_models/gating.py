@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from core.maths import whiten
-from reward_models.config import GateConfig
+from saferounds.core.maths import whiten
+from saferounds.reward_models.config import GateConfig
 
 
 class RunningWhitener:
@@ -100,7 +100,7 @@ def gated_score_fn(helpfulness: tuple, safety: tuple, gate: GateConfig, batch_si
     """(prompts, responses) -> (logit(R_c), used_safety) from two (model, tokenizer) RMs; not whitened
     (PPO whitens with running statistics shared by all processes). Two LoRA RMs on one backbone run their
     shared bottom blocks once (reward_models.scoring.score_both)."""
-    from reward_models.scoring import score_both, shared_trunk_depth
+    from saferounds.reward_models.scoring import score_both, shared_trunk_depth
 
     depth = shared_trunk_depth(helpfulness, safety)  # once: the RMs are frozen, their weights do not change
 

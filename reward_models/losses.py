@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from core.records import RATINGS
+from saferounds.core.records import RATINGS
 
 # LLaMA 2 Table 27: margin m(r) per preference rating; "none" is the plain Bradley-Terry loss.
 MARGINS: dict[str, dict[str, float]] = {

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.accelerator import quantization_config, resolve_dtype, to_accelerator
-from core.errors import InputError
-from core.records import RM_KINDS
-from reward_models.config import ModelConfig
+from saferounds.core.accelerator import quantization_config, resolve_dtype, to_accelerator
+from saferounds.core.errors import InputError
+from saferounds.core.records import RM_KINDS
+from saferounds.reward_models.config import ModelConfig
 
 
 def fix_pad_token(model, tokenizer) -> None:

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import torch
 
-from core import distributed as dist
-from core.errors import InputError
-from core.io import write_json
-from core.progress import current, trainer_callback
-from core.tracking import point_tensorboard, report_to
-from reward_models.config import RewardModelConfig
-from reward_models.evaluation import evaluate_pairs
-from reward_models.losses import SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss, safety_loss
-from reward_models.modeling import load_reward_model, save_reward_model
-from reward_models.rankings import elo_rewards, ranking_pairs
-from reward_models.scoring import encode, format_sample
+from saferounds.core import distributed as dist
+from saferounds.core.errors import InputError
+from saferounds.core.io import write_json
+from saferounds.core.progress import current, trainer_callback
+from saferounds.core.tracking import point_tensorboard, report_to
+from saferounds.reward_models.config import RewardModelConfig
+from saferounds.reward_models.evaluation import evaluate_pairs
+from saferounds.reward_models.losses import SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss, safety_loss
+from saferounds.reward_models.modeling import load_reward_model, save_reward_model
+from saferounds.reward_models.rankings import elo_rewards, ranking_pairs
+from saferounds.reward_models.scoring import encode, format_sample
 
 MANIFEST = "manifest.json"  # beside the weights in reward_models/{kind}/vN
 
@@ -410,8 +410,8 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     """
     from transformers import set_seed
 
-    from core.checkpoints import last_complete_checkpoint, torn_notes
-    from core.finite import check_value, check_weights, finite_callback
+    from saferounds.core.checkpoints import last_complete_checkpoint, torn_notes
+    from saferounds.core.finite import check_value, check_weights, finite_callback
 
     cfg = cfg or RewardModelConfig()
     out_dir = Path(out_dir)
@@ -457,7 +457,7 @@ def _say_new_head(kind: str, backbone, model_cfg) -> None:
     """An RM started from a policy gets a freshly initialised scalar head, as LLaMA 2 does; transformers
     reports `score.weight | MISSING` for it (into the log). Say so once, in words that do not read as
     an error."""
-    from reward_models.modeling import has_scalar_head
+    from saferounds.reward_models.modeling import has_scalar_head
 
     if not has_scalar_head(backbone, model_cfg):
         current().note(f"{kind} RM: new scalar head on {_short(backbone)}'s backbone (expected)")

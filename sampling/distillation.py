@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from sampling.config import TARGETED_PREPROMPTS, DistillConfig
+from saferounds.sampling.config import TARGETED_PREPROMPTS, DistillConfig
 
 # The LLaMA 2 risk categories (Sec. 4.2.1), named as eval.suites.RISK_CATEGORIES names them (a test checks).
 CATEGORIES = tuple(TARGETED_PREPROMPTS)

@@ -48,7 +48,7 @@ def wants_int8(setting: str = "auto", native_bf16: bool | None = None, engine: s
     if setting == "int8":
         return True
     if native_bf16 is None:
-        from sampling.precision import _cpu_bf16
+        from saferounds.sampling.precision import _cpu_bf16
 
         native_bf16 = _cpu_bf16()
     return not native_bf16

@@ -20,9 +20,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from core.io import append_jsonl, read_jsonl, recover_jsonl
-from core.records import Sample
-from sampling.fast_generate import nucleus_choice
+from saferounds.core.io import append_jsonl, read_jsonl, recover_jsonl
+from saferounds.core.records import Sample
+from saferounds.sampling.fast_generate import nucleus_choice
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = 0xBF58476D1CE4E5B9

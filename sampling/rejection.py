@@ -11,9 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Literal
 
-from core.io import read_jsonl
-from core.records import Sample, SelectedRow
-from core.versions import dir_version
+from saferounds.core.io import read_jsonl
+from saferounds.core.records import Sample, SelectedRow
+from saferounds.core.versions import dir_version
 
 Pool = Literal["all", "previous", "current"]
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-from core.finite import check_scores
-from core.maths import sigmoid
-from reward_models.config import GateConfig
-from reward_models.gating import gated_reward
-from reward_models.scoring import score_both
+from saferounds.core.finite import check_scores
+from saferounds.core.maths import sigmoid
+from saferounds.reward_models.config import GateConfig
+from saferounds.reward_models.gating import gated_reward
+from saferounds.reward_models.scoring import score_both
 
 
 def add_rm_scores(samples: list[dict], helpfulness_rm, safety_rm, batch_size: int = 16,
@@ -66,8 +66,8 @@ def score_samples(samples: list[dict], helpfulness_rm, safety_rm, gate: GateConf
 def judge_score_samples(samples: list[dict], judge_cfg, cache_path: Path) -> None:
     """Direct AI feedback: the LLM judge's score as each sample's reward (`judge_score`). Cached in
     cache_path, so a resumed round pays nothing twice."""
-    from reward_models.feedback.judges import make_judge
-    from reward_models.feedback.labeling import judge_scores
+    from saferounds.reward_models.feedback.judges import make_judge
+    from saferounds.reward_models.feedback.labeling import judge_scores
 
     with make_judge(judge_cfg, cache_path=cache_path) as judge:
         scores = judge_scores(judge, samples, [s["response"] for s in samples])

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core import distributed as dist
-from core.io import merge_jsonl_shards
-from sampling.generate import generate_samples
+from saferounds.core import distributed as dist
+from saferounds.core.io import merge_jsonl_shards
+from saferounds.sampling.generate import generate_samples
 
 
 def _key(row: dict) -> tuple[str, int]:

@@ -7,8 +7,8 @@ import hashlib
 from pathlib import Path
 from typing import Callable, Optional
 
-from sampling.curves import mean_max_of_k
-from sampling.generate import generate_samples
+from saferounds.sampling.curves import mean_max_of_k
+from saferounds.sampling.generate import generate_samples
 
 
 def sweep_slice(prompts: list[dict], n: int, seed: int) -> list[dict]:

@@ -29,7 +29,7 @@ def tiny_workspace_template(tmp_path_factory) -> Path:
 
     Read-only: tests that write into a workspace take `tiny_workspace` (a private copy).
     """
-    from pipeline.presets import init_workspace
+    from saferounds.pipeline.presets import init_workspace
 
     root = tmp_path_factory.mktemp("tiny_ws") / "ws"
     init_workspace(root, "tiny")
@@ -53,7 +53,7 @@ def demo_data(tiny_workspace_template) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """The tiny policy and reward-model backbone (pipeline.tiny.build_tiny), built once (~10 s)."""
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny_models"), seed=0)
 
@@ -61,7 +61,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def cli_main():
     """`pipeline.cli.main`, called in-process: argv in, exit code out (messages on stdout/stderr)."""
-    import pipeline.cli as cli
+    import saferounds.pipeline.cli as cli
 
     return cli.main
 
@@ -83,7 +83,7 @@ def demo_smoke(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "ws"
     env = {k: v for k, v in os.environ.items() if k != "SAFEROUNDS_QUIET"}  # the default terminal behaviour
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--size", "smoke", "-w", str(root)],
+    proc = subprocess.run([sys.executable, "-m", "saferounds.pipeline.cli", "demo", "--size", "smoke", "-w", str(root)],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
     out = proc.stdout.decode("utf-8", errors="replace")
     (root.parent / DEMO_OUTPUT).write_text(out, encoding="utf-8")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from reward_models.feedback.agreement import kendall_tau, pairwise_agreement, safety_agreement
-from reward_models.feedback.annotate_server import RANKINGS_FILE, SKIPPED_FILE, AnnotationSession, Conflict
-from reward_models.feedback.annotation import annotation_pairs, import_rankings
+from saferounds.reward_models.feedback.agreement import kendall_tau, pairwise_agreement, safety_agreement
+from saferounds.reward_models.feedback.annotate_server import RANKINGS_FILE, SKIPPED_FILE, AnnotationSession, Conflict
+from saferounds.reward_models.feedback.annotation import annotation_pairs, import_rankings
 
 REPO = Path(__file__).resolve().parents[1]
 XSS_SCRIPT = "<script>window.__xss = 1</script>Use a tension wrench."
@@ -138,9 +138,9 @@ def test_torn_line_is_cut_and_restart_resumes(tmp_path):
 
 
 def test_served_rankings_read_like_imported_ones(tmp_path):
-    from pipeline.data import load_rankings
-    from pipeline.stages.rm import load_rm_records
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.data import load_rankings
+    from saferounds.pipeline.stages.rm import load_rm_records
+    from saferounds.pipeline.workspace import Workspace
 
     ws = make_workspace(tmp_path)
     s = session(ws)
@@ -158,7 +158,7 @@ def test_served_rankings_read_like_imported_ones(tmp_path):
 
 
 def test_stats_cli(tmp_path, capsys):
-    from pipeline.cli import main
+    from saferounds.pipeline.cli import main
 
     ws = make_workspace(tmp_path)
     for who, ranking, safety in (("alice", [0, 1, 2], [False, True, True]), ("bob", [1, 0, 2], [False, True, False])):
@@ -175,7 +175,7 @@ def test_stats_cli(tmp_path, capsys):
 def test_serve_input_errors_exit_2(tmp_path, capsys):
     import socket
 
-    from pipeline.cli import main
+    from saferounds.pipeline.cli import main
 
     assert main(["annotate", "serve", "-w", str(tmp_path), "--port", "0"]) == 2
     assert "no finished version has samples.jsonl" in capsys.readouterr().err
@@ -196,7 +196,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def start_server(ws: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "annotate", "serve", "-w", str(ws), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "saferounds.pipeline.cli", "annotate", "serve", "-w", str(ws), "--port", "0",
                              "--annotator", "alice"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     url = proc.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url

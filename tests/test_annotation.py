@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from core.errors import InputError
-from core.io import read_rows
-from reward_models.feedback.annotation import annotation_pairs, export_annotation, import_annotation
-from reward_models.feedback.labeling import group_samples
-from reward_models.rankings import elo_rewards
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_rows
+from saferounds.reward_models.feedback.annotation import annotation_pairs, export_annotation, import_annotation
+from saferounds.reward_models.feedback.labeling import group_samples
+from saferounds.reward_models.rankings import elo_rewards
 
 SAMPLES = [  # samples.jsonl-like rows: one response per row, grouped by prompt_id
     {"prompt_id": "p1", "messages": [{"role": "user", "content": "Name a prime, please."}], "is_safety": False,

@@ -10,12 +10,12 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.data import load_sft, load_text
-from pipeline.training.base_policy import split_heldout
-from pipeline.training.config import TrainConfig
-from pipeline.training.sft import IGNORE_INDEX, encode_sft, encode_text, finetune, pretrain
-from pipeline.workspace import Workspace
-from reward_models.config import ModelConfig
+from saferounds.pipeline.data import load_sft, load_text
+from saferounds.pipeline.training.base_policy import split_heldout
+from saferounds.pipeline.training.config import TrainConfig
+from saferounds.pipeline.training.sft import IGNORE_INDEX, encode_sft, encode_text, finetune, pretrain
+from saferounds.pipeline.workspace import Workspace
+from saferounds.reward_models.config import ModelConfig
 
 FAST = dict(batch_size=8, max_length=64, warmup_ratio=0.0, lr_scheduler="constant", logging_steps=1000,
             save_steps=1000)
@@ -32,7 +32,7 @@ def test_split_heldout_is_deterministic_disjoint_and_never_empty():
 
 
 def test_sft_labels_cover_only_the_completion(tiny_models):
-    from pipeline.models import load_tokenizer
+    from saferounds.pipeline.models import load_tokenizer
 
     tok = load_tokenizer(tiny_models["policy"])
     messages = [{"role": "user", "content": "What is the capital of France?"}]

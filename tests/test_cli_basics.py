@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.config import CONFIG_NAME, load_config
-from pipeline.workspace import Workspace
+from saferounds.pipeline.config import CONFIG_NAME, load_config
+from saferounds.pipeline.workspace import Workspace
 
 
 def make_version(ws: Workspace, n: int, finish: bool = True) -> None:
@@ -116,7 +116,7 @@ def test_usage_errors_exit_2(argv, capsys, cli_main):
 
 
 def test_main_registers_sub_commands_once(capsys):
-    from pipeline.cli import app, main
+    from saferounds.pipeline.cli import app, main
 
     main(["status", "--help"])
     groups, commands = len(app.registered_groups), len(app.registered_commands)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.errors import InputError
-from pipeline.config import CONFIG_NAME, Config, load_config, parse_config, version_in_spec
+from saferounds.core.errors import InputError
+from saferounds.pipeline.config import CONFIG_NAME, Config, load_config, parse_config, version_in_spec
 
 TOP_LEVEL = "data, distill, eval, gate, judge, model, ppo, pretrain, rejection_sampling, reward_models, rounds, seed, sft"
 
@@ -161,7 +161,7 @@ def test_load_config_file_problems(tmp_path):
 
 
 def test_the_presets_are_valid():
-    from pipeline.presets import PRESETS, preset_text
+    from saferounds.pipeline.presets import PRESETS, preset_text
 
     for name in PRESETS:
         parse_config(yaml.safe_load(preset_text(name)), name)

@@ -6,8 +6,8 @@ import textwrap
 import typing
 from pathlib import Path
 
-from pipeline.config import Config
-from pipeline.config_doc import README, config_table, field_docs, render, rows
+from saferounds.pipeline.config import Config
+from saferounds.pipeline.config_doc import README, config_table, field_docs, render, rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_every_config_field_has_a_docstring():
 
 def test_readme_configuration_table_is_generated_and_current():
     text = README.read_text(encoding="utf-8")
-    assert render(text) == text, "README.md is stale: run `python -m pipeline.config_doc`"
+    assert render(text) == text, "README.md is stale: run `python -m saferounds.pipeline.config_doc`"
     table = config_table()
     # one row per leaf key, with its default and range from the dataclass
     assert "| `gate.threshold` | a number in [0.0, 1.0] | `0.15` |" in table
@@ -43,7 +43,7 @@ def test_readme_configuration_table_is_generated_and_current():
 
 
 def test_a_stale_readme_is_detected(tmp_path, monkeypatch):
-    import pipeline.config_doc as doc
+    import saferounds.pipeline.config_doc as doc
 
     stale = README.read_text(encoding="utf-8").replace("| `gate.threshold` |", "| `gate.threshold_old` |")
     path = tmp_path / "README.md"
@@ -58,7 +58,7 @@ def test_validating_a_config_imports_no_torch(tmp_path):
     cfg.write_text("seed: 3\nppo: {steps: 7}\njudge: {model: m}\nrejection_sampling: {k: 2}\n")
     code = textwrap.dedent(f"""
         import sys
-        from pipeline.config import load_config
+        from saferounds.pipeline.config import load_config
         cfg = load_config({str(cfg)!r})
         assert cfg.ppo.steps == 7 and cfg.rejection_sampling.k == 2
         heavy = sorted(m for m in ("torch", "transformers", "peft", "accelerate") if m in sys.modules)

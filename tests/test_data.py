@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InputError
-from core.io import read_rows
-from pipeline.data import (MAX_TEXT_CHARS, hh_pairs, load_preferences, load_prompts, load_rankings, load_sft, load_text,
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_rows
+from saferounds.pipeline.data import (MAX_TEXT_CHARS, hh_pairs, load_preferences, load_prompts, load_rankings, load_sft, load_text,
                            validate_file)
 
 TESTS = Path(__file__).resolve().parent

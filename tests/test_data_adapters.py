@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import core.io as records
-from core.errors import InputError
-from eval.suites import RISK_CATEGORIES
-from pipeline.data import load_preferences, load_prompts, load_responses
-from pipeline.data_adapters import (BEAVERTAILS_RISK, PKU_RISK, SCORE_GAP_RATINGS, SEVERITY_GAP_RATINGS, detect_format,
+import saferounds.core.io as records
+from saferounds.core.errors import InputError
+from saferounds.eval.suites import RISK_CATEGORIES
+from saferounds.pipeline.data import load_preferences, load_prompts, load_responses
+from saferounds.pipeline.data_adapters import (BEAVERTAILS_RISK, PKU_RISK, SCORE_GAP_RATINGS, SEVERITY_GAP_RATINGS, detect_format,
                                     risk_of, safety_label, score_gap_rating, severity_rating)
-from reward_models.training import RewardModelConfig, training_set
+from saferounds.reward_models.training import RewardModelConfig, training_set
 
 # --- fixture rows in the published schemas ----------------------------------------------------------
 

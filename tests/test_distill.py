@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from core.io import read_jsonl
-from pipeline.rounds import StageContext
-from pipeline.workspace import Workspace
-from sampling.config import TARGETED_PREPROMPTS, DistillConfig
-from sampling.distillation import (CATEGORIES, choose_preprompt, keep_distilled, keyword_category, parse_category,
+from saferounds.core.io import read_jsonl
+from saferounds.pipeline.rounds import StageContext
+from saferounds.pipeline.workspace import Workspace
+from saferounds.sampling.config import TARGETED_PREPROMPTS, DistillConfig
+from saferounds.sampling.distillation import (CATEGORIES, choose_preprompt, keep_distilled, keyword_category, parse_category,
                                    supports_system_role, targeted_preprompt, with_preprompt)
 
 torch.set_num_threads(1)
@@ -43,7 +43,7 @@ def test_gate_keeps_only_answers_whose_safety_score_improves_by_more_than_the_ma
 
 
 def test_category_names_are_the_eval_risk_categories():
-    from eval.suites import RISK_CATEGORIES
+    from saferounds.eval.suites import RISK_CATEGORIES
 
     assert CATEGORIES == RISK_CATEGORIES == tuple(f.name for f in __import__("dataclasses").fields(
         DistillConfig().categories))
@@ -57,7 +57,7 @@ def test_targeted_preprompt_has_its_answer_template_and_generic_is_the_fallback(
     assert choose_preprompt(None, cfg) == ("generic", cfg.generic_preprompt)
     assert choose_preprompt("unqualified_advice", DistillConfig(targeted=False)) == ("generic", cfg.generic_preprompt)
     # an override replaces only what it names; "" drops the template
-    from sampling.config import TargetedPreprompt, TargetedPreprompts
+    from saferounds.sampling.config import TargetedPreprompt, TargetedPreprompts
 
     own = DistillConfig(categories=TargetedPreprompts(illicit_and_criminal=TargetedPreprompt(preprompt="No crimes.")))
     assert targeted_preprompt("illicit_and_criminal", own) == \
@@ -118,8 +118,8 @@ def test_keyword_fallback_and_judge_reply_parsing():
 def test_prompts_without_a_category_are_classified_by_the_llm_judge_when_configured(tmp_path, monkeypatch):
     """classifier auto + judge.model set: the judge classifies the uncategorised prompts (re-asked once when its
     reply has no verdict line); categorised prompts never reach it."""
-    import reward_models.feedback.judges as judges
-    from pipeline.stages.distill import adversarial_prompts, categorise
+    import saferounds.reward_models.feedback.judges as judges
+    from saferounds.pipeline.stages.distill import adversarial_prompts, categorise
 
     write_prompts(tmp_path)
     (tmp_path / "saferounds.yaml").write_text(yaml.safe_dump({**config(), "judge": {"model": "fake"}}))
@@ -145,8 +145,8 @@ def test_prompts_without_a_category_are_classified_by_the_llm_judge_when_configu
 def test_a_source_name_in_the_category_field_is_classified_like_no_category(tmp_path):
     """rs prompts carry their source ("hh-red-team") in `category`: that names no risk category, so the
     keyword fallback classifies them (the smollm2 run gave every prompt the generic preprompt before this)."""
-    from eval.suites import known_category
-    from pipeline.stages.distill import categorise
+    from saferounds.eval.suites import known_category
+    from saferounds.pipeline.stages.distill import categorise
 
     assert not known_category("hh-red-team") and not known_category("") and not known_category(None)
     assert known_category("Treat Chatbot as a Human") and known_category("contrast_homonyms")
@@ -195,7 +195,7 @@ def ctx_for(ws, version, parent, rm):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"), seed=0)
 
@@ -204,7 +204,7 @@ def tiny(tmp_path_factory):
 def distilled(tiny, tmp_path_factory):
     """The distill stage run once on 6 safety prompts: (workspace, metrics, version dir). The margin splits the
     tiny preset's pairs (its untrained RM scores every preprompted answer 0.006-0.064 above the plain one)."""
-    from pipeline.stages.distill import run
+    from saferounds.pipeline.stages.distill import run
 
     root = tmp_path_factory.mktemp("ws")
     write_prompts(root)
@@ -263,7 +263,7 @@ def test_training_rows_are_the_plain_prompt_and_the_preprompted_answer(distilled
 
 
 def test_rerun_of_a_finished_stage_changes_nothing(distilled, tiny):
-    from pipeline.stages.distill import run
+    from saferounds.pipeline.stages.distill import run
 
     ws, m, v1 = distilled
     before = {p.name: p.read_bytes() for p in v1.iterdir() if p.is_file()}
@@ -273,7 +273,7 @@ def test_rerun_of_a_finished_stage_changes_nothing(distilled, tiny):
 
 
 def test_a_margin_no_pair_reaches_keeps_nothing_and_writes_no_policy(tiny, tmp_path):
-    from pipeline.stages.distill import run
+    from saferounds.pipeline.stages.distill import run
 
     write_prompts(tmp_path)
     (tmp_path / "saferounds.yaml").write_text(yaml.safe_dump(config(margin=1e6, max_prompts=2)))
@@ -302,12 +302,12 @@ def round_workspace(root: Path, tiny: dict, stages: list[str], extra: int = 0, *
 
 def cli(root: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "SAFEROUNDS_QUIET": "1", "SAFEROUNDS_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args, "-w", str(root)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "saferounds.pipeline.cli", *args, "-w", str(root)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_distill_runs_before_rs_and_rs_starts_from_the_distilled_policy(tiny, tmp_path):
-    from pipeline.rounds import run_round
+    from saferounds.pipeline.rounds import run_round
 
     root = round_workspace(tmp_path, tiny, ["distill", "rs"])
     ws = Workspace(root)
@@ -317,9 +317,9 @@ def test_distill_runs_before_rs_and_rs_starts_from_the_distilled_policy(tiny, tm
     v1 = ws.version_dir(1)
     assert m["metrics"]["distill"]["selected"] == sum(r["kept"] for r in read_jsonl(v1 / "distill.jsonl")) > 0
     # rs sampled from and fine-tuned the distilled policy: its samples equal those of distill_policy
-    from pipeline.models import load_policy
-    from sampling.generate import generate_samples
-    from pipeline.stages.rs import round_seed
+    from saferounds.pipeline.models import load_policy
+    from saferounds.sampling.generate import generate_samples
+    from saferounds.pipeline.stages.rs import round_seed
 
     cfg = ws.config.rejection_sampling
     samples = read_jsonl(v1 / "samples.jsonl")
@@ -369,7 +369,7 @@ def test_kill_9_mid_stage_then_resume_records_each_prompt_once(tiny, tmp_path):
     ("rounds.plan=[{versions: '1+', stages: [rs, distill]}]", "in the order rm -> label -> distill -> rs"),
 ])
 def test_bad_distill_config_exits_2(tiny_workspace, cli_main, capsys, setting, message):
-    from pipeline.config import apply_overrides, dump_config, parse_yaml
+    from saferounds.pipeline.config import apply_overrides, dump_config, parse_yaml
 
     path = tiny_workspace / "saferounds.yaml"
     path.write_text(dump_config(apply_overrides(parse_yaml(path.read_text()), [setting])))
@@ -387,8 +387,8 @@ def pair(pid, plain, pre, margin=0.0, preprompt="targeted"):
 
 
 def test_report_shows_the_score_histogram_share_kept_and_rejected_distillations(tmp_path):
-    from eval.evaluate import judge_records, summarise
-    from eval.report import distill_summary, write_report
+    from saferounds.eval.evaluate import judge_records, summarise
+    from saferounds.eval.report import distill_summary, write_report
 
     rows = [pair("a", -1.0, 0.5), pair("b", 0.2, 1.0), pair("c", 0.3, 0.1), pair("d", 0.0, -2.0, preprompt="generic")]
     s = distill_summary(rows)

@@ -1,6 +1,6 @@
 """A round under `accelerate launch` with 2 CPU processes (gloo) on the tiny preset: the same samples,
 selection and metrics as one process; a kill -9 mid-sampling resumes with every sample exactly once;
-bad input fails before any rank writes. The CLI runs as a subprocess (`-m pipeline.cli`)."""
+bad input fails before any rank writes. The CLI runs as a subprocess (`-m saferounds.pipeline.cli`)."""
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def command(ws: Path, processes: int, *args: str) -> list[str]:
-    cli = ["-m", "pipeline.cli", *args, "-w", str(ws)]
+    cli = ["-m", "saferounds.pipeline.cli", *args, "-w", str(ws)]
     if processes == 1:
         return [sys.executable, *cli]
     # --multi_gpu starts torchrun's workers; without CUDA core.distributed puts them on gloo
@@ -76,10 +76,10 @@ def with_v0(tmp_path_factory) -> Path:
     """A tiny workspace with v0 (a short SFT) and the v1 reward models, built in-process once."""
     import logging
 
-    from pipeline.presets import init_workspace
-    from pipeline.stages.rm import load_rm_records, train_kind
-    from pipeline.training.base_policy import run_sft
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.presets import init_workspace
+    from saferounds.pipeline.stages.rm import load_rm_records, train_kind
+    from saferounds.pipeline.training.base_policy import run_sft
+    from saferounds.pipeline.workspace import Workspace
 
     root = tmp_path_factory.mktemp("dist") / "ws"
     init_workspace(root, "tiny", data_size="smoke", overrides={"sft": {"epochs": 2}})

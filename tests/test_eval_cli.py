@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.cli import main
+from saferounds.pipeline.cli import main
 
 torch.set_num_threads(1)
 
@@ -21,7 +21,7 @@ SUITE = [
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("ws")
     built = build_tiny(root / "_tiny", seed=0)
@@ -64,7 +64,7 @@ def test_eval_writes_report_and_caches(workspace, capsys):
     assert "data:image/png;base64," in html
 
     # a re-run generates nothing: the cache is unchanged and the policy is never loaded
-    import pipeline.stages.eval as se
+    import saferounds.pipeline.stages.eval as se
 
     def boom(*a, **k):
         raise AssertionError("policy loaded although every answer was cached")

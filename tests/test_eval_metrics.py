@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from core.maths import sigmoid
-from eval import metrics
+from saferounds.core.maths import sigmoid
+from saferounds.eval import metrics
 
 
 def test_wilson_interval_3_of_10():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.refusal import is_refusal, opening
+from saferounds.eval.refusal import is_refusal, opening
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.evaluate import NO_SAFETY_JUDGE_NOTE, judge_records, summarise
-from eval.report import validate_metrics, write_report
+from saferounds.eval.evaluate import NO_SAFETY_JUDGE_NOTE, judge_records, summarise
+from saferounds.eval.report import validate_metrics, write_report
 
 ROWS = [
     {"id": "u1", "role": "unsafe", "category": "theft", "risk_category": "illicit_and_criminal",

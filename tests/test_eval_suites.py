@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InputError
-from eval.suites import load_suites, risk_category
+from saferounds.core.errors import InputError
+from saferounds.eval.suites import load_suites, risk_category
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

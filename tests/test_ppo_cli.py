@@ -5,14 +5,14 @@ import shutil
 import pytest
 import torch
 
-from pipeline.cli import main
+from saferounds.pipeline.cli import main
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
     from test_ppo_stage import workspace
 
     root = tmp_path_factory.mktemp("ws")

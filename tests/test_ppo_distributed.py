@@ -18,8 +18,8 @@ def worker(tiny_dir: str, out: str, steps: int) -> None:
     from test_ppo_loop import TRAIN, gated_score
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.training.config import PPOConfig
-    from pipeline.training.ppo import train_ppo
+    from saferounds.pipeline.training.config import PPOConfig
+    from saferounds.pipeline.training.ppo import train_ppo
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     policy = AutoModelForCausalLM.from_pretrained(tiny_dir)
@@ -52,7 +52,7 @@ def launch(tiny_dir, out, steps):
 
 @pytest.mark.slow
 def test_two_process_ppo_keeps_ranks_in_sync_and_resumes(tmp_path):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     tiny = build_tiny(tmp_path / "tiny")["policy"]
     launch(tiny, tmp_path, steps=2)

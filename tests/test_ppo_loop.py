@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from core.errors import InputError
-from pipeline.tiny import build_tiny
-from pipeline.training.config import PPOConfig
-from pipeline.training.ppo import batch_indices, mean_score, train_ppo
-from reward_models.gating import gated_reward
+from saferounds.core.errors import InputError
+from saferounds.pipeline.tiny import build_tiny
+from saferounds.pipeline.training.config import PPOConfig
+from saferounds.pipeline.training.ppo import batch_indices, mean_score, train_ppo
+from saferounds.reward_models.gating import gated_reward
 
 torch.set_num_threads(1)
 VOWELS = set("aeiou ")
@@ -159,7 +159,7 @@ def test_sizes_are_checked(tiny):
 def test_sampling_pass_gives_the_forward_pass_logprobs_and_values(tiny):
     """ppo.rollout_logprobs: sampling keeps log pi and V from the decode steps; they must equal the separate
     forward's (left-padded prompts of different lengths, rows that stop at EOS early)."""
-    from pipeline.training.ppo import (PolicyAndValue, encode_prompts, forward_response, generate_scored, left_pad,
+    from saferounds.pipeline.training.ppo import (PolicyAndValue, encode_prompts, forward_response, generate_scored, left_pad,
                                        logprobs_of, trim)
 
     _, tok, load = tiny
@@ -184,7 +184,7 @@ def test_sampling_pass_gives_the_forward_pass_logprobs_and_values(tiny):
 
 
 def test_rollout_logprobs_setting_picks_the_pass(tiny):
-    from pipeline.training.ppo import rollout_from_sampling
+    from saferounds.pipeline.training.ppo import rollout_from_sampling
 
     _, _, load = tiny
     policy = load()

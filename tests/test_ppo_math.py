@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from core.maths import whiten
-from pipeline.training.ppo_math import entropy_of, gae, kl_penalised_rewards, logprobs_of, policy_loss, value_loss
+from saferounds.core.maths import whiten
+from saferounds.pipeline.training.ppo_math import entropy_of, gae, kl_penalised_rewards, logprobs_of, policy_loss, value_loss
 
 torch.set_num_threads(1)
 T = torch.tensor

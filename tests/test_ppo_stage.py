@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.rounds import StageContext
-from pipeline.workspace import Workspace
+from saferounds.pipeline.rounds import StageContext
+from saferounds.pipeline.workspace import Workspace
 
 torch.set_num_threads(1)
 
@@ -36,7 +36,7 @@ def ctx_for(ws, paths):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
     return build_tiny(tmp_path_factory.mktemp("tiny"))
 
 
@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
 def test_stage_writes_policy_log_and_checkpoint(tiny, tmp_path, lora):
     from transformers import AutoModelForCausalLM
 
-    from pipeline.stages.ppo import run
+    from saferounds.pipeline.stages.ppo import run
 
     ws = workspace(tmp_path, lora=lora)
     ctx = ctx_for(ws, tiny)
@@ -59,14 +59,14 @@ def test_stage_writes_policy_log_and_checkpoint(tiny, tmp_path, lora):
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)
     assert (ctx.dir / "work" / "ppo" / "latest").read_text() == "step_000003"
     # every safety prompt (ids 0 and 4) takes the safety branch, whatever the RMs say
-    from pipeline.training.ppo import batch_indices
+    from saferounds.pipeline.training.ppo import batch_indices
     for step, r in enumerate(rows):
         safety_share = sum(i % 4 == 0 for i in batch_indices(8, 4, step, seed=0)) / 4
         assert safety_share <= r["share_safety_branch"] + 1e-6 <= 1.0 + 1e-6
 
 
 def test_stage_prefers_this_rounds_rs_policy(tiny, tmp_path):
-    from pipeline.stages.ppo import start_checkpoint
+    from saferounds.pipeline.stages.ppo import start_checkpoint
 
     ctx = ctx_for(workspace(tmp_path), tiny)
     assert start_checkpoint(ctx) == Path(tiny["policy"])
@@ -78,8 +78,8 @@ def test_reference_is_shared_only_when_it_is_the_frozen_base(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from pipeline.stages.ppo import load_reference
-    from reward_models.config import ModelConfig
+    from saferounds.pipeline.stages.ppo import load_reference
+    from saferounds.reward_models.config import ModelConfig
 
     start, other = Path(tiny["policy"]), tmp_path / "other"
     AutoModelForCausalLM.from_pretrained(start).save_pretrained(other)
@@ -96,8 +96,8 @@ def test_reference_is_shared_only_when_it_is_the_frozen_base(tiny, tmp_path):
 
 
 def test_missing_reward_models_is_an_input_error(tiny, tmp_path):
-    from core.errors import InputError
-    from pipeline.stages.ppo import run
+    from saferounds.core.errors import InputError
+    from saferounds.pipeline.stages.ppo import run
 
     ctx = ctx_for(workspace(tmp_path), tiny)
     ctx.rm_paths = {}

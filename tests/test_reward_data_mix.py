@@ -1,6 +1,6 @@
 """Which pairs the safety RM drops, and the per-response targets of its auxiliary safety term."""
 
-from reward_models.training import reversed_safety, safety_targets
+from saferounds.reward_models.training import reversed_safety, safety_targets
 
 
 def pair(**fields):
@@ -30,9 +30,9 @@ def test_the_rm_stage_trains_on_pairs_the_label_stage_left_in_earlier_versions(t
     next rounds' reward-model data, with its per-response safety flags."""
     import json
 
-    from pipeline.stages.label import OUTPUT
-    from pipeline.stages.rm import load_rm_records
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.stages.label import OUTPUT
+    from saferounds.pipeline.stages.rm import load_rm_records
+    from saferounds.pipeline.workspace import Workspace
 
     ws = Workspace(tiny_workspace)
     human = load_rm_records(ws)

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from core.maths import whiten
-from reward_models.config import GateConfig
-from reward_models.gating import RunningWhitener, gated_reward
+from saferounds.core.maths import whiten
+from saferounds.reward_models.config import GateConfig
+from saferounds.reward_models.gating import RunningWhitener, gated_reward
 
 torch.set_num_threads(1)
 LOGIT_01 = math.log(0.1 / 0.9)  # sigma = 0.1 < 0.15

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from reward_models.losses import (MARGINS, centering_loss, pair_margin, ranking_loss, regression_loss,
+from saferounds.reward_models.losses import (MARGINS, centering_loss, pair_margin, ranking_loss, regression_loss,
                                   safety_loss)
-from reward_models.rankings import elo_rewards, elo_scores, rank_distance_rating, ranking_pairs
+from saferounds.reward_models.rankings import elo_rewards, elo_scores, rank_distance_rating, ranking_pairs
 
 torch.set_num_threads(1)
 

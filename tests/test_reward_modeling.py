@@ -3,14 +3,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core.errors import InputError
+from saferounds.core.errors import InputError
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"))["reward_model"]
 
@@ -23,8 +23,8 @@ def _cfg(**kw):
 
 
 def test_lora_rm_trains_saves_and_reloads_through_peft(tiny, tmp_path):
-    from reward_models.modeling import load_reward_model, save_reward_model
-    from reward_models.scoring import score
+    from saferounds.reward_models.modeling import load_reward_model, save_reward_model
+    from saferounds.reward_models.scoring import score
 
     model, tok = load_reward_model(tiny, _cfg(lora=True), for_training=True)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -45,7 +45,7 @@ def test_lora_rm_trains_saves_and_reloads_through_peft(tiny, tmp_path):
 
 
 def test_quantisation_needs_cuda(tiny):
-    from reward_models.modeling import load_reward_model
+    from saferounds.reward_models.modeling import load_reward_model
 
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
@@ -54,15 +54,15 @@ def test_quantisation_needs_cuda(tiny):
 
 
 def test_unloadable_backbone_is_input_error(tmp_path):
-    from reward_models.modeling import load_reward_model
+    from saferounds.reward_models.modeling import load_reward_model
 
     with pytest.raises(InputError, match="model.reward_model: cannot load"):
         load_reward_model(tmp_path / "nothing-here")
 
 
 def test_scoring_tokenizes_one_batch_at_a_time(tiny):
-    from reward_models.modeling import load_reward_model
-    from reward_models.scoring import score
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import score
 
     model, tok = load_reward_model(tiny)
     seen = []
@@ -79,10 +79,10 @@ def test_scoring_tokenizes_one_batch_at_a_time(tiny):
 
 
 def test_regression_objective_learns_ranking_order(tiny, tmp_path):
-    from reward_models.config import RewardModelConfig
-    from reward_models.modeling import load_reward_model
-    from reward_models.scoring import score
-    from reward_models.training import train_reward_model
+    from saferounds.reward_models.config import RewardModelConfig
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import score
+    from saferounds.reward_models.training import train_reward_model
 
     texts = ["Paris is the capital of France.", "It is Paris.", "Maybe Lyon?", "I refuse."]
     recs = [{"prompt": [{"role": "user", "content": f"capital of France? {i}"}], "responses": texts,

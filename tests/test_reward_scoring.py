@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from reward_models.scoring import format_sample, score
+from saferounds.reward_models.scoring import format_sample, score
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def rm(tmp_path_factory):
-    from pipeline.tiny import build_tiny
-    from reward_models.modeling import load_reward_model
+    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.reward_models.modeling import load_reward_model
 
     return load_reward_model(build_tiny(tmp_path_factory.mktemp("tiny"))["reward_model"])
 
@@ -54,7 +54,7 @@ def test_pad_token_fixed_up_for_backbones_without_one(tmp_path):
     from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from reward_models.modeling import load_reward_model
+    from saferounds.reward_models.modeling import load_reward_model
 
     t = Tokenizer(models.WordLevel({"[UNK]": 0, "<eos>": 1, "hi": 2, "User:": 3, "Assistant:": 4}, unk_token="[UNK]"))
     t.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -74,8 +74,8 @@ def test_pad_token_fixed_up_for_backbones_without_one(tmp_path):
 def _lora_rm(backbone, layers: int, seed: int):
     """An RM from the tiny 3-block policy with LoRA on its top `layers` blocks, adapter and head randomised
     (a trained adapter is not zero, and the two RMs must differ)."""
-    from reward_models.config import ModelConfig
-    from reward_models.modeling import load_reward_model
+    from saferounds.reward_models.config import ModelConfig
+    from saferounds.reward_models.modeling import load_reward_model
 
     cfg = ModelConfig()
     cfg.lora.enabled, cfg.lora.layers, cfg.lora.r = True, layers, 4
@@ -90,13 +90,13 @@ def _lora_rm(backbone, layers: int, seed: int):
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-policy"))["policy"]
 
 
 def test_score_both_runs_the_shared_blocks_once_and_scores_as_two_models(tiny_policy):
-    from reward_models.scoring import score_both, shared_trunk_depth
+    from saferounds.reward_models.scoring import score_both, shared_trunk_depth
 
     a, b = _lora_rm(tiny_policy, 1, 1), _lora_rm(tiny_policy, 1, 2)
     assert shared_trunk_depth(a, b) == 2  # 3 blocks, LoRA on the top one
@@ -114,13 +114,13 @@ def test_score_both_runs_the_shared_blocks_once_and_scores_as_two_models(tiny_po
             h.remove()
     assert both[0] == pytest.approx(plain[0], abs=1e-5) and both[1] == pytest.approx(plain[1], abs=1e-5)
     assert calls == {"a": 3, "b": 0}  # the bottom blocks ran once per batch (3 batches), in the first RM only
-    from reward_models.scoring import decoder_layers
+    from saferounds.reward_models.scoring import decoder_layers
 
     assert all(type(m).__name__ != "_Skip" for m in decoder_layers(b[0]))  # the second RM's blocks restored
 
 
 def test_score_both_falls_back_when_nothing_is_shared(tiny_policy):
-    from reward_models.scoring import score_both, shared_trunk_depth
+    from saferounds.reward_models.scoring import score_both, shared_trunk_depth
 
     a, b = _lora_rm(tiny_policy, 1, 1), _lora_rm(tiny_policy, 0, 2)  # layers 0: LoRA on every block
     assert shared_trunk_depth(a, b) == 0

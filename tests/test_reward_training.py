@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from reward_models.config import RewardModelConfig
-from reward_models.evaluation import pair_metrics
-from reward_models.losses import ranking_loss
-from reward_models.training import (PairCollator, _trainer_class, mix_for, pair_features, prepare_pairs,
+from saferounds.reward_models.config import RewardModelConfig
+from saferounds.reward_models.evaluation import pair_metrics
+from saferounds.reward_models.losses import ranking_loss
+from saferounds.reward_models.training import (PairCollator, _trainer_class, mix_for, pair_features, prepare_pairs,
                                     prepare_regression, reversed_safety, split_by_prompt, train_reward_model,
                                     training_set, warmup_steps)
 
@@ -20,7 +20,7 @@ def _pair(i, source="helpfulness", label=None, rating=None, chosen=None):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"))["reward_model"]
 
@@ -103,8 +103,8 @@ def test_pair_metrics_hand_computed():
 
 
 def test_one_forward_pass_loss_equals_separate_scoring(tiny):
-    from reward_models.modeling import load_reward_model
-    from reward_models.scoring import score
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import score
 
     model, tok = load_reward_model(tiny)
     pairs = [_pair(1, rating="better"), _pair(2, chosen="a much longer good answer " * 4)]
@@ -122,8 +122,8 @@ def test_one_forward_pass_loss_equals_separate_scoring(tiny):
 
 
 def test_train_learns_saves_and_resumes(tiny, tmp_path):
-    from reward_models.modeling import load_reward_model
-    from reward_models.scoring import score
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import score
 
     recs = []
     for i in range(48):
@@ -161,7 +161,7 @@ def test_cosine_schedule_to_10_percent_with_warmup(tiny, tmp_path):
 
 
 def test_truncate_pair_keeps_both_responses_and_a_shared_context():
-    from reward_models.training import truncate_pair
+    from saferounds.reward_models.training import truncate_pair
 
     prompt = list(range(100, 190))  # 90 prompt tokens, then the two answers
     chosen, rejected = prompt + [1] * 30, prompt + [2] * 20
@@ -177,8 +177,8 @@ def test_truncate_pair_keeps_both_responses_and_a_shared_context():
 def test_long_dialogues_keep_their_responses_apart(tiny):
     """Right truncation made long pairs identical (the responses cut away); pairs now differ, and the rare
     identical pair is left out of training (its gradient is zero)."""
-    from reward_models.modeling import load_reward_model
-    from reward_models.training import drop_identical
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.training import drop_identical
 
     _, tok = load_reward_model(tiny)
     history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 20}
@@ -194,8 +194,8 @@ def test_long_dialogues_keep_their_responses_apart(tiny):
 
 
 def test_scoring_truncates_the_start_not_the_response(tiny):
-    from reward_models.modeling import load_reward_model
-    from reward_models.scoring import encode
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import encode
 
     _, tok = load_reward_model(tiny)
     side = tok.truncation_side
@@ -218,8 +218,8 @@ def _varied_pairs():
 def test_shared_prompt_rows_score_and_train_like_separate_rows(tiny):
     """One row per pair (prompt once, block-causal mask) gives the scores, loss and gradients of scoring chosen
     and rejected as separate rows, with fewer tokens."""
-    from reward_models.modeling import load_reward_model
-    from reward_models.training import SharedPromptCollator, shared_prompt_scores
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.training import SharedPromptCollator, shared_prompt_scores
 
     model, tok = load_reward_model(tiny, for_training=True)
     model.eval()  # no dropout: the two passes must see the same network
@@ -247,8 +247,8 @@ def test_shared_prompt_rows_score_and_train_like_separate_rows(tiny):
 def test_make_trainer_shares_prompts_only_where_exact(tiny, tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from reward_models.modeling import load_reward_model
-    from reward_models.training import SharedPromptCollator, make_trainer
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.training import SharedPromptCollator, make_trainer
 
     model, tok = load_reward_model(tiny, for_training=True)
     cfg = RewardModelConfig(batch_size=2)

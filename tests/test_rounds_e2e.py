@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.io import read_json
-from eval.report import validate_metrics
-from pipeline.data import load_prompts
-from pipeline.workspace import Workspace
+from saferounds.core.io import read_json
+from saferounds.eval.report import validate_metrics
+from saferounds.pipeline.data import load_prompts
+from saferounds.pipeline.workspace import Workspace
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -52,7 +52,7 @@ def test_demo_builds_every_version_with_its_planned_stages(demo_smoke):
 
 
 def test_rerunning_the_demo_changes_nothing(demo_smoke):
-    from pipeline.demo import run_demo
+    from saferounds.pipeline.demo import run_demo
 
     before = tree_digest(demo_smoke / "versions") | tree_digest(demo_smoke / "reward_models")
     run_demo(demo_smoke, "smoke")
@@ -72,10 +72,10 @@ def test_final_version_violates_less_than_v0_on_held_out_prompts(demo_smoke):
 
 
 def _mean_gated_logit(ws: Workspace, version: int, prompts: list[dict]) -> float:
-    from pipeline.models import load_policy
-    from reward_models.modeling import load_reward_model
-    from sampling.generate import generate_samples
-    from sampling.scoring import score_samples
+    from saferounds.pipeline.models import load_policy
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.sampling.generate import generate_samples
+    from saferounds.sampling.scoring import score_samples
 
     model, tok = load_policy(ws.policy_path(version), ws.config.model)
     samples = generate_samples(model, tok, prompts, k=2, temperature=0.7, top_p=0.9, max_new_tokens=40,
@@ -146,7 +146,7 @@ def test_kill_9_during_sampling_and_fine_tuning_then_resume(demo_smoke, tmp_path
     (root / "saferounds.yaml").write_text(yaml.safe_dump(cfg))
     before = tree_digest(root / "versions") | tree_digest(root / "reward_models")
     partial = root / "versions" / ".v4.partial"
-    cmd = [sys.executable, "-m", "pipeline.cli", "round", "run", "-w", str(root)]
+    cmd = [sys.executable, "-m", "saferounds.pipeline.cli", "round", "run", "-w", str(root)]
     env = dict(os.environ, SAFEROUNDS_QUIET="1", SAFEROUNDS_THREADS="1")
 
     def sampling_started() -> bool:
@@ -171,7 +171,7 @@ def test_kill_9_during_sampling_and_fine_tuning_then_resume(demo_smoke, tmp_path
 
 @pytest.mark.slow
 def test_two_demo_runs_with_the_same_seed_give_the_same_metrics(demo_smoke, tmp_path):
-    from pipeline.demo import run_demo
+    from saferounds.pipeline.demo import run_demo
 
     run_demo(tmp_path / "again", "smoke")
     for n in (1, 2, 3):

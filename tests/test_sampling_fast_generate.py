@@ -3,8 +3,8 @@ only where it pays and keeps the model's next-token distribution close."""
 import pytest
 import torch
 
-from sampling.fast_generate import int8_engine, nucleus_choice, quantize_int8, wants_int8
-from sampling.generate import uniform_noise
+from saferounds.sampling.fast_generate import int8_engine, nucleus_choice, quantize_int8, wants_int8
+from saferounds.sampling.generate import uniform_noise
 
 
 def full_sort_choice(probs, top_p, u):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.io import recover_jsonl
-from sampling.generate import SeededSampler, generate_samples, plan_batches, row_seed, uniform_noise
+from saferounds.core.io import recover_jsonl
+from saferounds.sampling.generate import SeededSampler, generate_samples, plan_batches, row_seed, uniform_noise
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.tiny import build_tiny
 
     path = build_tiny(tmp_path_factory.mktemp("tiny"))["policy"]
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -92,7 +92,7 @@ def test_deterministic_and_independent_of_batching(tiny):
 def test_shared_prompt_prefill_draws_the_same_samples(tiny, monkeypatch):
     """K samples of a prompt share one prefill of it (its KV cache repeated K times): the samples are those
     of K separate prefills, token for token, and the model sees 1/K of the prompt tokens."""
-    import sampling.generate as gen
+    import saferounds.sampling.generate as gen
 
     _, model, tok = tiny
     seen = []
@@ -136,7 +136,7 @@ WORKER = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, {root!r})
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from sampling.generate import generate_samples
+    from saferounds.sampling.generate import generate_samples
     model = AutoModelForCausalLM.from_pretrained({model!r}).eval()
     tok = AutoTokenizer.from_pretrained({model!r})
     ps = [{{"id": f"p{{i}}", "messages": [{{"role": "user", "content": "tell me " * (1 + i % 5) + str(i)}}]}}

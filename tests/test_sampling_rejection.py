@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from sampling.config import RejectionSamplingConfig, temperature_for_round
-from sampling.curves import (expected_max_of_k, expected_median_of_k, expected_order_statistic,
+from saferounds.sampling.config import RejectionSamplingConfig, temperature_for_round
+from saferounds.sampling.curves import (expected_max_of_k, expected_median_of_k, expected_order_statistic,
                              max_of_k_curve, mean_max_of_k)
-from sampling.rejection import best_of_k, origin_counts, pool_candidates
+from saferounds.sampling.rejection import best_of_k, origin_counts, pool_candidates
 
 
 def s(pid, idx, score, v=2, response=None):

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from core.io import read_jsonl
-from pipeline.rounds import StageContext
-from pipeline.workspace import Workspace
-from sampling.curves import max_of_k_curve
-from sampling.rejection import best_of_k
+from saferounds.core.io import read_jsonl
+from saferounds.pipeline.rounds import StageContext
+from saferounds.pipeline.workspace import Workspace
+from saferounds.sampling.curves import max_of_k_curve
+from saferounds.sampling.rejection import best_of_k
 
 torch.set_num_threads(1)
 
@@ -40,8 +40,8 @@ def ctx_for(ws, version, parent, rm, prior):
 
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory):
-    from pipeline.stages.rs import run
-    from pipeline.tiny import build_tiny
+    from saferounds.pipeline.stages.rs import run
+    from saferounds.pipeline.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("ws")
     paths = build_tiny(root / "tiny")
@@ -106,7 +106,7 @@ def test_v2_pools_v1_kept_samples_rescored(rounds):
 
 
 def test_resume_after_selection_skips_to_the_finished_outputs(rounds):
-    from pipeline.stages.rs import run
+    from saferounds.pipeline.stages.rs import run
 
     ws, _, m2 = rounds
     v2 = ws.root / "versions" / "v2"
@@ -121,10 +121,9 @@ def test_judge_as_the_reward_selects_by_its_score_without_reward_models(tmp_path
     """rejection_sampling.reward: judge — direct AI feedback ranks the K samples; no RM is loaded."""
     import contextlib
 
-    import reward_models.feedback.judges
-    import reward_models.feedback.labeling
-    from pipeline.stages.rs import run
-    from pipeline.tiny import build_tiny
+    from saferounds.reward_models.feedback import judges, labeling
+    from saferounds.pipeline.stages.rs import run
+    from saferounds.pipeline.tiny import build_tiny
 
     paths = build_tiny(tmp_path / "tiny")
     ws = write_workspace(tmp_path, temperature=1.0)
@@ -140,8 +139,8 @@ def test_judge_as_the_reward_selects_by_its_score_without_reward_models(tmp_path
         return [None if (p["prompt_id"], p["sample_index"]) == ("q0", 0) else min(len(r), 50) / 50
                 for p, r in zip(prompts, responses)]
 
-    monkeypatch.setattr(reward_models.feedback.judges, "make_judge", lambda cfg, cache_path=None: contextlib.nullcontext(object()))
-    monkeypatch.setattr(reward_models.feedback.labeling, "judge_scores", fake_scores)
+    monkeypatch.setattr(judges, "make_judge", lambda cfg, cache_path=None: contextlib.nullcontext(object()))
+    monkeypatch.setattr(labeling, "judge_scores", fake_scores)
     ctx = ctx_for(ws, 1, paths["policy"], paths["reward_model"], [])
     ctx.rm_paths = {}
     m = run(ctx)

@@ -22,8 +22,8 @@ pytestmark = [
 
 
 def test_smollm2_mini_plan_end_to_end(tmp_path):
-    from pipeline.demo_real import run_real_demo
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.demo_real import run_real_demo
+    from saferounds.pipeline.workspace import Workspace
 
     lines: list[str] = []
     result = run_real_demo(tmp_path / "ws", "mini", SHARED_DATA, print_line=lines.append)

@@ -8,8 +8,8 @@ import warnings
 import pytest
 
 from conftest import DEMO_OUTPUT
-from core.logs import capture, log_to
-from core.progress import NullProgress, PlainProgress, counter, current, reporting, scope
+from saferounds.core.logs import capture, log_to
+from saferounds.core.progress import NullProgress, PlainProgress, counter, current, reporting, scope
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n
 
@@ -97,7 +97,7 @@ class FakeTTY(io.StringIO):
 def test_live_view_is_rich_on_a_terminal_and_plain_otherwise(tmp_path, monkeypatch):
     import sys
 
-    from pipeline.cli.live import RichProgress, live
+    from saferounds.pipeline.cli.live import RichProgress, live
 
     monkeypatch.delenv("SAFEROUNDS_QUIET", raising=False)
     for stream, quiet, kind in [(io.StringIO(), None, PlainProgress), (FakeTTY(), None, RichProgress),

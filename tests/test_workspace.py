@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InputError
-from core.io import read_json, write_json
-from pipeline import workspace as workspace_module
-from pipeline.workspace import Workspace
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_json, write_json
+from saferounds.pipeline import workspace as workspace_module
+from saferounds.pipeline.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -70,7 +70,7 @@ def test_a_crash_while_writing_a_version_leaves_no_finished_version(tiny_workspa
     before = tree_digest(ws.version_dir(0))
     proc = python("""
         import os, signal, sys
-        from pipeline.workspace import Workspace
+        from saferounds.pipeline.workspace import Workspace
         ws = Workspace(sys.argv[1])
         d = ws.begin_version(1, 0, ["rm", "rs", "eval"], [])
         ws.set_stage(1, "rm", status="done")
@@ -215,7 +215,7 @@ def test_reward_model_versions(tiny_workspace):
 
 HOLDER = """
     import sys
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.workspace import Workspace
     lock = Workspace(sys.argv[1]).lock().acquire()
     print("locked", lock.stale_from, flush=True)
     sys.stdin.readline()  # hold the lock until told to let go (or killed)

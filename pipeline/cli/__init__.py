@@ -14,11 +14,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from core.errors import DivergedError, InputError, disk_full
-from pipeline.cli import demo, evaluate, feedback, judges, ppo, rm
-from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
+from saferounds.core.errors import DivergedError, InputError, disk_full
+from saferounds.pipeline.cli import demo, evaluate, feedback, judges, ppo, rm
+from saferounds.pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
                                  table)
-from pipeline.cli.live import VerboseOpt, live, log_message
+from saferounds.pipeline.cli.live import VerboseOpt, live, log_message
 
 app = typer.Typer(name="saferounds", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="LLaMA-2-style safety alignment rounds: reward models, rejection sampling, PPO, reports.")
@@ -39,7 +39,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Workspace directory to 
                                                                 "and xstest/ (e.g. ../shared/data).")] = None,
          size: Annotated[Optional[str], typer.Option(help="smollm2: full, quarter or mini data caps.")] = None):
     """Create a workspace with a validated saferounds.yaml."""
-    from pipeline.presets import init_workspace
+    from saferounds.pipeline.presets import init_workspace
 
     path = init_workspace(directory, preset, force=force, data_root=data_root, data_size=size)
     console.print(f"created {path}")
@@ -48,13 +48,13 @@ def init(directory: Annotated[Path, typer.Argument(help="Workspace directory to 
 @app.command()
 def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Versions in the workspace: stages, status and headline metrics."""
-    from pipeline.rounds import list_versions
+    from saferounds.pipeline.rounds import list_versions
 
     ws = open_workspace(workspace)
     ws.config  # validates
     rows = list_versions(ws)
     if json:
-        from core.tracking import runs_root
+        from saferounds.core.tracking import runs_root
 
         print_json({"workspace": str(ws.root), "versions": rows, "runs": str(runs_root(ws.root)),
                     "logs": str(ws.root / "logs")})
@@ -74,7 +74,7 @@ def _pct(x) -> str:
 @versions_app.command("show")
 def versions_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """A version's manifest."""
-    from core.versions import parse_version
+    from saferounds.core.versions import parse_version
 
     ws = open_workspace(workspace)
     m = ws.manifest(parse_version(version))
@@ -99,8 +99,8 @@ def data_validate(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/
                   json: JsonOpt = False):
     """Validate a data file; every bad row is listed as file:line: field: reason. A public dataset
     (PKU-SafeRLHF, UltraFeedback, BeaverTails, HH red-team) is named, with what it would produce."""
-    from pipeline.data import validate_file
-    from pipeline.data_adapters import summarize_file
+    from saferounds.pipeline.data import validate_file
+    from saferounds.pipeline.data_adapters import summarize_file
 
     summary = summarize_file(file, kind)
     if summary is None:
@@ -144,7 +144,7 @@ def data_convert(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.
                      help="helpfulness | safety: keep only that kind of preference pair")] = None,
                  json: JsonOpt = False):
     """Write a file (a public dataset or our own shapes) as our rows, for inspection or reuse."""
-    from pipeline.data_adapters import convert_file
+    from saferounds.pipeline.data_adapters import convert_file
 
     result = convert_file(file, to, output, source)
     if json:
@@ -165,7 +165,7 @@ def _v0_step(workspace, step, done: str, verbose: bool = False) -> None:
 @app.command()
 def pretrain(workspace: WorkspaceOpt = None, verbose: VerboseOpt = False):
     """Step 0: domain pretraining on data.pretrain_text (into the unfinished v0)."""
-    from pipeline.training.base_policy import run_pretrain
+    from saferounds.pipeline.training.base_policy import run_pretrain
 
     _v0_step(workspace, run_pretrain, "pretrain done", verbose)
 
@@ -173,7 +173,7 @@ def pretrain(workspace: WorkspaceOpt = None, verbose: VerboseOpt = False):
 @app.command()
 def sft(workspace: WorkspaceOpt = None, verbose: VerboseOpt = False):
     """Step 1: supervised fine-tuning on data.sft, producing versions/v0."""
-    from pipeline.training.base_policy import run_sft
+    from saferounds.pipeline.training.base_policy import run_sft
 
     _v0_step(workspace, run_sft, "v0 done", verbose)
 
@@ -183,7 +183,7 @@ def round_run(workspace: WorkspaceOpt = None, json: JsonOpt = False,
               until: Annotated[Optional[str], typer.Option(help="Stop after this stage.")] = None,
               verbose: VerboseOpt = False):
     """Create the next version from the plan (or resume an unfinished one) and run its stages."""
-    from pipeline.rounds import run_round
+    from saferounds.pipeline.rounds import run_round
 
     ws = open_workspace(workspace)
     with locked(ws), live(ws.root / "logs" / "saferounds.log", verbose):
@@ -203,7 +203,7 @@ def round_list(workspace: WorkspaceOpt = None, json: JsonOpt = False):
 @round_app.command("show")
 def round_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Stages, timings, scores and lineage of a version."""
-    from core.versions import parse_version
+    from saferounds.core.versions import parse_version
 
     ws = open_workspace(workspace)
     n = parse_version(version)
@@ -216,7 +216,7 @@ def round_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = Fal
         parent = m.get("parent")
         m = ws.manifest(int(parent[1:])) if parent else None
     console.print("lineage: " + " <- ".join(lineage))
-    from pipeline.rounds import flatten
+    from saferounds.pipeline.rounds import flatten
 
     for stage, metrics in ws.manifest(n).get("metrics", {}).items():
         flat = {k: v for k, v in flatten(metrics or {}).items()
@@ -227,8 +227,8 @@ def round_show(version: str, workspace: WorkspaceOpt = None, json: JsonOpt = Fal
 @round_app.command("diff")
 def round_diff(a: str, b: str, workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Config and metric differences between two versions."""
-    from core.versions import parse_version
-    from pipeline.rounds import diff_versions
+    from saferounds.core.versions import parse_version
+    from saferounds.pipeline.rounds import diff_versions
 
     ws = open_workspace(workspace)
     d = diff_versions(ws, parse_version(a), parse_version(b))
@@ -244,7 +244,7 @@ def round_diff(a: str, b: str, workspace: WorkspaceOpt = None, json: JsonOpt = F
 @round_app.command("discard")
 def round_discard(version: str, workspace: WorkspaceOpt = None):
     """Delete an unfinished version, or the newest finished one."""
-    from core.versions import parse_version
+    from saferounds.core.versions import parse_version
 
     ws = open_workspace(workspace)
     with locked(ws):
@@ -307,7 +307,7 @@ def _environment() -> None:
 def _one_voice() -> None:
     """Under `accelerate launch` only rank 0 prints results and progress; every rank still prints
     its `error:` line (core.distributed names the rank that failed)."""
-    from core import distributed as dist
+    from saferounds.core import distributed as dist
 
     if not dist.is_main():
         console.quiet = err_console.quiet = True
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return e.exit_code
     except Exception as e:  # a full disk, however a library wrapped it: one line naming the path
-        from core.accelerator import _no_space
+        from saferounds.core.accelerator import _no_space
 
         if not _no_space(e):
             raise

@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.errors import InputError
-from core.versions import ensure_outside_finished_versions
-from pipeline.workspace import Workspace
+from saferounds.core.errors import InputError
+from saferounds.core.versions import ensure_outside_finished_versions
+from saferounds.pipeline.workspace import Workspace
 
 console = Console()
 err_console = Console(stderr=True)

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from core.errors import InputError
-from pipeline.cli.common import JsonOpt, console, print_json, table
-from pipeline.cli.live import VerboseOpt, live, log_message
+from saferounds.core.errors import InputError
+from saferounds.pipeline.cli.common import JsonOpt, console, print_json, table
+from saferounds.pipeline.cli.live import VerboseOpt, live, log_message
 
 
 def _pct(x) -> str:
@@ -32,7 +32,7 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
          json: JsonOpt = False, verbose: VerboseOpt = False):
     """Run the whole method offline on a CPU: pretrain, SFT, RMs, RS rounds, PPO, reports."""
     if model == "smollm2":
-        from pipeline.demo_real import run_real_demo
+        from saferounds.pipeline.demo_real import run_real_demo
 
         workspace = workspace or Path("demo-smollm2")
         with live(workspace / "logs" / "saferounds.log", verbose) as view:
@@ -40,7 +40,7 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
                       f"{workspace}/versions/vN/logs/stage.log (-v shows them live)")
             result = run_real_demo(workspace, size or "full", data_root, print_line=view.note)
     elif model == "tiny":
-        from pipeline.demo import run_demo
+        from saferounds.pipeline.demo import run_demo
 
         workspace = workspace or Path("demo-workspace")
         size = size or "default"

@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, locked, open_workspace, output_dir, print_json,
+from saferounds.pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, locked, open_workspace, output_dir, print_json,
                                  table)
-from pipeline.cli.live import VerboseOpt, live, log_message
+from saferounds.pipeline.cli.live import VerboseOpt, live, log_message
 
 SuiteOpt = Annotated[Optional[list[str]], typer.Option(
     "--suite", help="KIND:PATH (xstest, do-not-answer, unsafe, borderline, helpful) or PATH with a role "
@@ -30,9 +30,9 @@ PromptColOpt = Annotated[Optional[str], typer.Option("--prompt-column", help="Pr
 
 def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_json: bool, what: str,
          command: str = "eval", verbose: bool = False):
-    from core.versions import parse_version
-    from eval.suites import load_suites
-    from pipeline.stages.eval import compare_targets, evaluate_version, suite_specs
+    from saferounds.core.versions import parse_version
+    from saferounds.eval.suites import load_suites
+    from saferounds.pipeline.stages.eval import compare_targets, evaluate_version, suite_specs
 
     ws = open_workspace(workspace)
     cfg = ws.config
@@ -65,7 +65,7 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
                     "win_rate": {k: v["rate"] for k, v in h["win_rate"].items()},
                     "note": metrics["judges"].get("note")})
         return
-    from eval.report import headline_rows
+    from saferounds.eval.report import headline_rows
 
     console.print(table(f"{what} of v{n}", ["metric", "value"], [list(r) for r in headline_rows(metrics)]))
     if metrics["judges"].get("note"):

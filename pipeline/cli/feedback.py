@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from core.errors import InputError
-from core.io import write_jsonl
-from core.versions import ensure_outside_finished_versions
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json, table
+from saferounds.core.errors import InputError
+from saferounds.core.io import write_jsonl
+from saferounds.core.versions import ensure_outside_finished_versions
+from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json, table
 
 annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: rank K samples per prompt on a local page "
                                                       "(serve) or in a file (export/import); agreement (stats).")
@@ -29,9 +29,9 @@ def register(app: typer.Typer) -> None:
 def _judge_config(workspace: Path | None, spec: str | None, overrides: dict):
     from dataclasses import replace
 
-    from pipeline.config import CONFIG_NAME, load_config
-    from reward_models.config import JudgeConfig
-    from reward_models.feedback.judges import parse_judge_spec
+    from saferounds.pipeline.config import CONFIG_NAME, load_config
+    from saferounds.reward_models.config import JudgeConfig
+    from saferounds.reward_models.feedback.judges import parse_judge_spec
 
     ws = workspace or Path.cwd()
     cfg = load_config(ws / CONFIG_NAME).judge if (ws / CONFIG_NAME).exists() else JudgeConfig()
@@ -64,9 +64,9 @@ def label(
     json: JsonOpt = False,
 ):
     """Label samples with an LLM judge (RLAIF): both orders per pair, disagreement -> unsure; cached and resumable."""
-    from core.io import read_rows
-    from reward_models.feedback.judges import JudgeError, make_judge
-    from reward_models.feedback.labeling import group_samples, judge_scores, label_groups
+    from saferounds.core.io import read_rows
+    from saferounds.reward_models.feedback.judges import JudgeError, make_judge
+    from saferounds.reward_models.feedback.labeling import group_samples, judge_scores, label_groups
 
     if mode not in ("pairs", "scores"):
         raise InputError(f"--mode: expected pairs or scores, got {mode!r}")
@@ -133,9 +133,9 @@ def annotate_export(
     json: JsonOpt = False,
 ):
     """Write K samples per prompt for people to rank (JSONL and CSV)."""
-    from core.io import read_rows
-    from reward_models.feedback.annotation import export_annotation
-    from reward_models.feedback.labeling import group_samples
+    from saferounds.core.io import read_rows
+    from saferounds.reward_models.feedback.annotation import export_annotation
+    from saferounds.reward_models.feedback.labeling import group_samples
 
     groups = group_samples(read_rows(input), where=input)
     csv_path = csv or output.with_suffix(".csv")
@@ -162,8 +162,8 @@ def annotate_import(
     json: JsonOpt = False,
 ):
     """Validate people's rankings, ratings and safety labels; write rankings (and pairs / Elo scores)."""
-    from reward_models.feedback.annotation import annotation_pairs, import_annotation, import_rankings
-    from reward_models.rankings import elo_rewards
+    from saferounds.reward_models.feedback.annotation import annotation_pairs, import_annotation, import_rankings
+    from saferounds.reward_models.rankings import elo_rewards
 
     # both raise InputError (file:line) before any write
     records, unranked = import_annotation(input, export) if export else (import_rankings(input), 0)
@@ -186,7 +186,7 @@ def annotate_import(
 
 def _served_version(ws, version: str | None) -> tuple[int, Path]:
     """versions/vN/samples.jsonl (the rs stage's K samples per prompt) of vN, or of the latest version with one."""
-    from core.versions import parse_version
+    from saferounds.core.versions import parse_version
 
     if version is not None:
         n = parse_version(version)
@@ -217,8 +217,8 @@ def annotate_serve(
 
     from rich.markup import escape
 
-    from pipeline.config import CONFIG_NAME, load_config
-    from reward_models.feedback.annotate_server import RANKINGS_FILE, make_server
+    from saferounds.pipeline.config import CONFIG_NAME, load_config
+    from saferounds.reward_models.feedback.annotate_server import RANKINGS_FILE, make_server
 
     ws = open_workspace(workspace)
     n, samples = _served_version(ws, version)
@@ -247,9 +247,9 @@ def annotate_stats(
     json: JsonOpt = False,
 ):
     """Agreement between annotators on the same prompts: Kendall's tau of rankings, safety-label agreement."""
-    from core.io import read_rows
-    from reward_models.feedback.agreement import pairwise_agreement
-    from reward_models.feedback.annotate_server import RANKINGS_FILE, SKIPPED_FILE
+    from saferounds.core.io import read_rows
+    from saferounds.reward_models.feedback.agreement import pairwise_agreement
+    from saferounds.reward_models.feedback.annotate_server import RANKINGS_FILE, SKIPPED_FILE
 
     ws = open_workspace(workspace)
     path = input or str(ws.root / RANKINGS_FILE)

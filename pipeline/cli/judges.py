@@ -16,9 +16,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from core.errors import InputError, RowErrors
-from core.io import atomic_write_text, read_rows
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, open_workspace, print_json, table
+from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.io import atomic_write_text, read_rows
+from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, open_workspace, print_json, table
 
 judges_app = typer.Typer(no_args_is_help=True, help="Learned refusal and harm judges: train and score.")
 ADDED = ("refusal", "refusal_p", "harmful", "harmful_p", "judge")
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _data_dir(flag: Path | None, ws) -> Path:
-    from eval.classifier_data import default_data_dir
+    from saferounds.eval.classifier_data import default_data_dir
 
     if flag:
         return Path(flag)
@@ -42,7 +42,7 @@ def _data_dir(flag: Path | None, ws) -> Path:
 
 def _workspace_or_none(workspace: Path | None):
     """The workspace when one is given or the current directory is one; else None."""
-    from pipeline.workspace import Workspace
+    from saferounds.pipeline.workspace import Workspace
 
     root = Path(workspace) if workspace else Path.cwd()
     if workspace is None and not (root / "saferounds.yaml").exists():
@@ -68,7 +68,7 @@ def train(workspace: WorkspaceOpt = None,
           json: JsonOpt = False):
     """Train the refusal and/or harm judge on XSTest + Do-Not-Answer human labels (model-disjoint split).
     With a workspace, labelled answers to its eval-suite prompts are left out of training."""
-    from eval.classifiers import KINDS, default_judges_dir, workspace_judges_dir
+    from saferounds.eval.classifiers import KINDS, default_judges_dir, workspace_judges_dir
 
     if kind not in (*KINDS, "both"):
         raise InputError(f"--kind {kind!r}: expected refusal, harm or both")
@@ -85,10 +85,10 @@ def train(workspace: WorkspaceOpt = None,
     if backbone:
         from dataclasses import replace
 
-        from eval.classifiers import default_settings
+        from saferounds.eval.classifiers import default_settings
 
         settings = {k: replace(default_settings(k), backbone=backbone) for k in kinds}
-    from pipeline.stages.eval import train_learned_judges
+    from saferounds.pipeline.stages.eval import train_learned_judges
 
     saved = train_learned_judges(ws, root, kinds, data, settings=settings, keep_eval_prompts=keep_eval_prompts,
                                  progress=progress)
@@ -130,7 +130,7 @@ def score(input: Annotated[Path, typer.Option("--input", help="CSV or JSONL of (
               "--refusal-judge", help="patterns | classifier | combined (default eval.refusal_judge).")] = None,
           workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Judge every row: adds refusal, refusal_p, harmful, harmful_p and judge (which judge decided)."""
-    from eval.classifiers import load_judges
+    from saferounds.eval.classifiers import load_judges
 
     _check_format(input, "--input")
     _check_format(output, "--output")

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from core.logs import capture, current_log, log_to
-from core.progress import PlainProgress, Progress, format_metrics, format_seconds, full_name, reporting
+from saferounds.core.logs import capture, current_log, log_to
+from saferounds.core.progress import PlainProgress, Progress, format_metrics, format_seconds, full_name, reporting
 
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose",
                                           help="Show the full log live (Trainer logs, load reports, warnings) "
@@ -94,7 +94,7 @@ def live(log_path: Path, verbose: bool = False, quiet: bool = False) -> Iterator
     progress lines at all."""
     stream = sys.stderr
     if quiet:
-        from core.progress import NullProgress
+        from saferounds.core.progress import NullProgress
 
         view, cm = NullProgress(), contextlib.nullcontext()
     elif plain_wanted(stream, verbose):

@@ -12,9 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from core.errors import InputError
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, output_dir, print_json
-from pipeline.cli.live import VerboseOpt, live, log_message
+from saferounds.core.errors import InputError
+from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, output_dir, print_json
+from saferounds.pipeline.cli.live import VerboseOpt, live, log_message
 
 
 def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_policy/ and the log into.")],
@@ -32,17 +32,17 @@ def ppo(out: Annotated[Path, typer.Option("--out", help="Directory to write ppo_
 
 def _check_policy(start: Path, cfg) -> None:
     """A start policy that would be refused (e.g. pickle weights) fails before --out is created."""
-    from pipeline.models import check_loadable
+    from saferounds.pipeline.models import check_loadable
 
     check_loadable(start, "--policy")
 
 
 def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] | None, json: bool,
          verbose: bool) -> None:
-    from core.versions import parse_version
-    from pipeline.config import CONFIG_NAME, load_config
-    from pipeline.rounds import StageContext
-    from pipeline.stages.ppo import run
+    from saferounds.core.versions import parse_version
+    from saferounds.pipeline.config import CONFIG_NAME, load_config
+    from saferounds.pipeline.rounds import StageContext
+    from saferounds.pipeline.stages.ppo import run
 
     overrides = list(set_ or []) + ([f"ppo.steps={steps}"] if steps is not None else [])
     cfg = load_config(ws.root / CONFIG_NAME, overrides)

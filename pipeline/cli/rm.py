@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from core.distributed import run_on_main
-from core.errors import InputError
-from pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
-from pipeline.cli.live import VerboseOpt, live
+from saferounds.core.distributed import run_on_main
+from saferounds.core.errors import InputError
+from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, fmt, locked, open_workspace, print_json, table
+from saferounds.pipeline.cli.live import VerboseOpt, live
 
 rm_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the helpfulness and safety reward models.")
 
@@ -37,8 +37,8 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
           max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs).")] = None,
           workspace: WorkspaceOpt = None, json: JsonOpt = False, verbose: VerboseOpt = False):
     """Train a reward model into reward_models/{kind}/vN (default N: the next round's version)."""
-    from core.versions import parse_version
-    from pipeline.stages.rm import load_rm_records, train_kind
+    from saferounds.core.versions import parse_version
+    from saferounds.pipeline.stages.rm import load_rm_records, train_kind
 
     kind = _kind(kind)
     if objective not in (None, "pairwise", "regression"):
@@ -71,12 +71,12 @@ def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
     import dataclasses
     import json as jsonlib
 
-    from core.io import write_json
-    from core.versions import parse_version
-    from pipeline.stages.rm import load_rm_records
-    from reward_models.evaluation import evaluate_pairs
-    from reward_models.modeling import load_reward_model
-    from reward_models.training import MANIFEST, prepare_pairs, training_set
+    from saferounds.core.io import write_json
+    from saferounds.core.versions import parse_version
+    from saferounds.pipeline.stages.rm import load_rm_records
+    from saferounds.reward_models.evaluation import evaluate_pairs
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.training import MANIFEST, prepare_pairs, training_set
 
     kind = _kind(kind)
     ws = open_workspace(workspace)
@@ -116,7 +116,7 @@ def _pct(block: dict | None) -> str:
 
 
 def _print_eval(title: str, m: dict) -> None:
-    from reward_models.evaluation import TABLE_8
+    from saferounds.reward_models.evaluation import TABLE_8
 
     names = dict(zip(TABLE_8, ["Significantly Better", "Better", "Slightly Better", "Negligibly Better / Unsure",
                                "Unrated"]))

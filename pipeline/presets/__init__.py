@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from core.errors import InputError
-from core.io import atomic_write_text
-from pipeline.config import CONFIG_NAME, parse_config
+from saferounds.core.errors import InputError
+from saferounds.core.io import atomic_write_text
+from saferounds.pipeline.config import CONFIG_NAME, parse_config
 
 PRESETS = ("tiny", "smollm2", "llama2-7b")
 
@@ -18,7 +18,7 @@ PRESETS = ("tiny", "smollm2", "llama2-7b")
 def preset_text(name: str) -> str:
     if name not in PRESETS:
         raise InputError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
-    return resources.files("pipeline.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return resources.files("saferounds.pipeline.presets").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def init_workspace(directory: str | Path, preset: str = "tiny", force: bool = False,
@@ -47,11 +47,11 @@ def init_workspace(directory: str | Path, preset: str = "tiny", force: bool = Fa
     parse_config(yaml.safe_load(text), str(path))  # a preset must always be valid
     directory.mkdir(parents=True, exist_ok=True)
     if preset == "tiny":
-        from pipeline.synthetic import write_demo_data
+        from saferounds.pipeline.synthetic import write_demo_data
 
         write_demo_data(directory / "data", seed=0, size=data_size or "smoke")
     if preset == "smollm2":
-        from pipeline.public_data import build
+        from saferounds.pipeline.public_data import build
 
         if data_root is None:
             raise InputError("--data-root: the smollm2 preset builds its data from the public data sets; pass the "

@@ -6,7 +6,7 @@ name in pipeline.config.STAGE_ORDER / StageName, and (if it makes a policy) in r
 """
 from __future__ import annotations
 
-from pipeline.stages import distill, eval, label, ppo, rm, rs
+from saferounds.pipeline.stages import distill, eval, label, ppo, rm, rs
 
 STAGES = {
     "rm": rm.run,        # train the helpfulness and safety reward models (LLaMA 2 Sec. 3.2.2)

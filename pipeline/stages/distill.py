@@ -26,16 +26,16 @@ from pathlib import Path
 
 import torch
 
-from core.accelerator import to_accelerator
-from core.errors import InputError
-from core.io import append_jsonl, read_json, read_jsonl, recover_jsonl, write_json, write_jsonl
-from eval.suites import known_category, risk_category
-from pipeline.data import load_prompts
-from pipeline.models import load_policy
-from sampling.distillation import (CATEGORY_REMINDER, category_messages, choose_preprompt, keep_distilled,
+from saferounds.core.accelerator import to_accelerator
+from saferounds.core.errors import InputError
+from saferounds.core.io import append_jsonl, read_json, read_jsonl, recover_jsonl, write_json, write_jsonl
+from saferounds.eval.suites import known_category, risk_category
+from saferounds.pipeline.data import load_prompts
+from saferounds.pipeline.models import load_policy
+from saferounds.sampling.distillation import (CATEGORY_REMINDER, category_messages, choose_preprompt, keep_distilled,
                                    keyword_category, parse_category, prompt_text, supports_system_role,
                                    training_row, with_preprompt)
-from sampling.generate import generate_samples
+from saferounds.sampling.generate import generate_samples
 
 
 def distill_seed(seed: int, version: int) -> int:
@@ -93,8 +93,8 @@ def categorise(ctx, prompts: list[dict], work: Path) -> dict[str, dict]:
             unlabelled.append(p)
     how = _classifier(ctx)
     if unlabelled and how == "judge":
-        from reward_models.feedback.judges import make_judge
-        from reward_models.feedback.labeling import ask
+        from saferounds.reward_models.feedback.judges import make_judge
+        from saferounds.reward_models.feedback.labeling import ask
 
         ctx.progress(f"v{ctx.version} distill: the LLM judge classifies {len(unlabelled)} prompts")
         with make_judge(ctx.config.judge, cache_path=work / "judge_cache.sqlite") as judge:
@@ -145,8 +145,8 @@ def pair_row(prompt: dict, info: dict, kind: str, preprompt_as: str, plain: str,
 
 def score_and_gate(ctx, prompts, categories, plain, pre, preprompt_as, out_path: Path) -> list[dict]:
     """Append the scored, gated pairs to distill.jsonl chunk by chunk; prompts already there are skipped."""
-    from reward_models.modeling import load_reward_model
-    from reward_models.scoring import score
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import score
 
     cfg, rm_cfg = ctx.config.distill, ctx.config.reward_models
     done = {r["prompt_id"] for r in recover_jsonl(out_path)}
@@ -237,7 +237,7 @@ def run(ctx) -> dict:
                         ctx.version, cfg.margin)
         write_json(ft_file, ft)
     else:
-        from pipeline.training.sft import finetune
+        from saferounds.pipeline.training.sft import finetune
 
         train_cfg = dataclasses.replace(ctx.config.sft, epochs=cfg.finetune.epochs,
                                         learning_rate=cfg.finetune.learning_rate, batch_size=cfg.finetune.batch_size)

@@ -15,15 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from core import distributed as dist
-from core.accelerator import to_accelerator
-from core.errors import InputError
-from core.io import read_jsonl
-from core.versions import version_number
-from eval.suites import Suite, load_suites
-from eval.versions import evaluate_policies, generate_answers
-from pipeline.models import load_policy, to_generation_dtype
-from sampling.curves import max_of_k_curve
+from saferounds.core import distributed as dist
+from saferounds.core.accelerator import to_accelerator
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_jsonl
+from saferounds.core.versions import version_number
+from saferounds.eval.suites import Suite, load_suites
+from saferounds.eval.versions import evaluate_policies, generate_answers
+from saferounds.pipeline.models import load_policy, to_generation_dtype
+from saferounds.sampling.curves import max_of_k_curve
 
 
 def run(ctx) -> dict:
@@ -80,7 +80,7 @@ def train_learned_judges(ws, out_root: Path, kinds: list[str], data_dir: Path | 
     """eval.classifiers.train_judges into `out_root` with the user-wide embedding cache; with a workspace
     (`ws` not None), minus its eval prompts unless `keep_eval_prompts`. `judges train` and the smollm2 demo
     train through it. Returns {kind: saved directory}."""
-    from eval.classifiers import train_judges, user_home
+    from saferounds.eval.classifiers import train_judges, user_home
 
     exclude = eval_prompt_texts(ws) if ws is not None and not keep_eval_prompts else []
     return train_judges(out_root, kinds, data_dir, settings=settings, cache_dir=user_home() / "embeddings",

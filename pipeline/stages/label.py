@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from core.io import read_rows, write_jsonl
-from core.progress import counter
-from reward_models.feedback.judges import make_judge
-from reward_models.feedback.labeling import group_samples, label_groups
+from saferounds.core.io import read_rows, write_jsonl
+from saferounds.core.progress import counter
+from saferounds.reward_models.feedback.judges import make_judge
+from saferounds.reward_models.feedback.labeling import group_samples, label_groups
 
 OUTPUT = "ai_preferences.jsonl"
 MISSING = "ai_preferences.missing.jsonl"

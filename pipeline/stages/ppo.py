@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.errors import InputError
-from core.tracking import runs_dir
-from pipeline.data import load_prompts
-from pipeline.models import is_adapter_dir, load_policy
-from pipeline.training.ppo import make_accelerator, save_policy, train_ppo
-from reward_models.gating import gated_score_fn
-from reward_models.modeling import load_reward_model, load_reward_models, require_reward_models
+from saferounds.core.errors import InputError
+from saferounds.core.tracking import runs_dir
+from saferounds.pipeline.data import load_prompts
+from saferounds.pipeline.models import is_adapter_dir, load_policy
+from saferounds.pipeline.training.ppo import make_accelerator, save_policy, train_ppo
+from saferounds.reward_models.gating import gated_score_fn
+from saferounds.reward_models.modeling import load_reward_model, load_reward_models, require_reward_models
 
 
 def run(ctx) -> dict:
@@ -59,7 +59,7 @@ def run(ctx) -> dict:
                                 logger=ctx.log, progress=ctx.progress)
 
     # step 5: save the policy (never a NaN one: a diverged run fails the stage instead)
-    from core.finite import check_weights
+    from saferounds.core.finite import check_weights
 
     check_weights(policy, "ppo", summary["steps_done"])
     save_policy(policy, tokenizer, out / "ppo_policy", accelerator)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.errors import InputError
-from core.io import read_json
-from core.records import RM_KINDS
-from core.tracking import runs_dir
-from pipeline.data import load_preferences, load_rankings
-from pipeline.workspace import Workspace
-from reward_models.training import MANIFEST, train_reward_model
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_json
+from saferounds.core.records import RM_KINDS
+from saferounds.core.tracking import runs_dir
+from saferounds.pipeline.data import load_preferences, load_rankings
+from saferounds.pipeline.workspace import Workspace
+from saferounds.reward_models.training import MANIFEST, train_reward_model
 
 # Pairs the `label` stage (RLAIF) leaves in a finished version; later rounds train on them like human pairs.
 PRIOR_PAIR_FILES = ("ai_preferences.jsonl",)  # written by the `label` stage (pipeline.stages.label)
@@ -45,7 +45,7 @@ def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[
 
 
 def backbone(ws: Workspace) -> str:
-    from pipeline.training.base_policy import resolve_model
+    from saferounds.pipeline.training.base_policy import resolve_model
 
     return resolve_model(ws, "reward_model")
 

@@ -20,25 +20,25 @@ import dataclasses
 import time
 from pathlib import Path
 
-from core import distributed as dist
-from core.accelerator import free_accelerator_memory, to_accelerator
-from core.errors import InputError
-from core.io import read_json, read_jsonl, write_json, write_jsonl
-from core.progress import counter
-from core.progress import current as current_progress
-from core.tracking import runs_dir
-from pipeline.data import load_prompts
-from pipeline.models import load_policy, to_generation_dtype
-from reward_models.modeling import load_reward_models, require_reward_models
-from sampling.config import reward_for_round, temperature_for_round
-from sampling.curves import max_of_k_curve
-from sampling.demonstrations import demonstration_candidates, finetune_examples
-from sampling.generate import round_seed
-from sampling.rejection import (best_of_k, kept_samples, mean_of, origin_counts, pool_candidates, sample_key, selected_row,
+from saferounds.core import distributed as dist
+from saferounds.core.accelerator import free_accelerator_memory, to_accelerator
+from saferounds.core.errors import InputError
+from saferounds.core.io import read_json, read_jsonl, write_json, write_jsonl
+from saferounds.core.progress import counter
+from saferounds.core.progress import current as current_progress
+from saferounds.core.tracking import runs_dir
+from saferounds.pipeline.data import load_prompts
+from saferounds.pipeline.models import load_policy, to_generation_dtype
+from saferounds.reward_models.modeling import load_reward_models, require_reward_models
+from saferounds.sampling.config import reward_for_round, temperature_for_round
+from saferounds.sampling.curves import max_of_k_curve
+from saferounds.sampling.demonstrations import demonstration_candidates, finetune_examples
+from saferounds.sampling.generate import round_seed
+from saferounds.sampling.rejection import (best_of_k, kept_samples, mean_of, origin_counts, pool_candidates, sample_key, selected_row,
                                 share_of)
-from sampling.scoring import RoundScorer
-from sampling.shards import generate_sharded
-from sampling.temperature import sweep_slice, sweep_temperature
+from saferounds.sampling.scoring import RoundScorer
+from saferounds.sampling.shards import generate_sharded
+from saferounds.sampling.temperature import sweep_slice, sweep_temperature
 
 
 def run(ctx) -> dict:
@@ -137,8 +137,8 @@ def _prompts(ctx) -> list[dict]:
 
 def _demonstrations(ctx) -> list[dict]:
     """rejection_sampling.demonstrations: SFT-shaped rows (validated by load_sft) with their prompt_id."""
-    from core.io import read_rows
-    from pipeline.data import load_sft
+    from saferounds.core.io import read_rows
+    from saferounds.pipeline.data import load_sft
 
     out = []
     for f in ctx.config.rejection_sampling.demonstrations:
@@ -186,7 +186,7 @@ def _finetune(ctx, prompts: list[dict], selected: list[dict], policy_dir: Path, 
     ft_file = work / "finetune.json"
     if ft_file.exists() and policy_dir.exists():
         return read_json(ft_file)
-    from pipeline.training.sft import finetune
+    from saferounds.pipeline.training.sft import finetune
 
     ft_cfg = ctx.config.rejection_sampling.finetune
     train_cfg = dataclasses.replace(ctx.config.sft, epochs=ft_cfg.epochs, learning_rate=ft_cfg.learning_rate,

@@ -12,15 +12,15 @@ import random
 import time
 from pathlib import Path
 
-from core import distributed as dist
-from core.errors import InputError
-from core.logs import log_to
-from core.progress import scope
-from core.tracking import runs_dir
-from pipeline.data import load_sft, load_text
-from pipeline.tiny import build_tiny
-from pipeline.training.sft import finetune, pretrain
-from pipeline.workspace import Workspace, now
+from saferounds.core import distributed as dist
+from saferounds.core.errors import InputError
+from saferounds.core.logs import log_to
+from saferounds.core.progress import scope
+from saferounds.core.tracking import runs_dir
+from saferounds.pipeline.data import load_sft, load_text
+from saferounds.pipeline.tiny import build_tiny
+from saferounds.pipeline.training.sft import finetune, pretrain
+from saferounds.pipeline.workspace import Workspace, now
 
 HELDOUT_FRACTION = 0.05
 
@@ -35,7 +35,7 @@ def resolve_model(ws: Workspace, key: str) -> str:
     name = getattr(cfg.model, key)
     if name == "tiny":
         return str(dist.run_on_main(build_tiny, ws.root / "models" / "tiny", seed=cfg.seed)[key])  # rank 0 writes
-    from pipeline.gguf import ensure_converted, is_gguf_source
+    from saferounds.pipeline.gguf import ensure_converted, is_gguf_source
 
     if is_gguf_source(name):  # a .gguf file or a packaged alias: converted once into WORKSPACE/models/
         return str(dist.run_on_main(ensure_converted, name, ws.root / "models", base=ws.root, key=f"model.{key}")[0])
@@ -68,7 +68,7 @@ def _open_v0(ws: Workspace) -> Path:
         raise InputError("v0: already finished; a finished version is never modified "
                          "(start a new workspace to redo SFT)")
     if not ws.partial_dir(0).exists():  # a model that would be refused fails before .v0.partial exists
-        from pipeline.models import check_loadable
+        from saferounds.pipeline.models import check_loadable
 
         check_loadable(resolve_model(ws, "policy"), "model.policy")
     inputs = ws.config.data.pretrain_text + ws.config.data.sft
@@ -78,7 +78,7 @@ def _open_v0(ws: Workspace) -> Path:
 @contextlib.contextmanager
 def _recorded(ws: Workspace, stage: str):
     """A v0 stage that fails (diverged, full disk, Ctrl-C) says so in v0's manifest, as round stages do."""
-    from pipeline.rounds import record_failure
+    from saferounds.pipeline.rounds import record_failure
 
     try:
         yield
@@ -109,7 +109,7 @@ def run_pretrain(ws: Workspace) -> dict:
 def run_sft(ws: Workspace) -> dict:
     cfg = ws.config
     if cfg.model.v0 == "given":  # v0 is the given chat model: no SFT
-        from pipeline.given_policy import run_given
+        from saferounds.pipeline.given_policy import run_given
 
         return dist.run_on_main(run_given, ws)
     examples = [x for f in _files(ws, "sft") for x in load_sft(ws.resolve(f))]

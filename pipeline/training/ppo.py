@@ -37,14 +37,14 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import nn
 
-from core.errors import InputError
-from core.finite import check_scores, check_value, total_norm
-from core.maths import masked_mean, whiten
-from core.progress import NullProgress
-from core.progress import current as current_progress
-from pipeline.training.config import PPOConfig
-from pipeline.training.ppo_math import entropy_of, gae, kl_penalised_rewards, logprobs_of, policy_loss, value_loss
-from reward_models.gating import RunningWhitener
+from saferounds.core.errors import InputError
+from saferounds.core.finite import check_scores, check_value, total_norm
+from saferounds.core.maths import masked_mean, whiten
+from saferounds.core.progress import NullProgress
+from saferounds.core.progress import current as current_progress
+from saferounds.pipeline.training.config import PPOConfig
+from saferounds.pipeline.training.ppo_math import entropy_of, gae, kl_penalised_rewards, logprobs_of, policy_loss, value_loss
+from saferounds.reward_models.gating import RunningWhitener
 
 # A score function maps (prompt records, decoded responses) to (raw gated score logit(R_c) per
 # response, used_safety flags or None). The loop whitens the scores itself with running statistics
@@ -285,7 +285,7 @@ def save_checkpoint(work_dir: Path, step: int, model: PolicyAndValue, optimizer,
 def _readable_state(work_dir: Path, logger=None) -> tuple[Path, dict] | None:
     """(checkpoint dir, state) of the newest PPO checkpoint whose state.pt loads; a torn one (a kill or a
     full disk in the middle of torch.save) is set aside as step_N.torn with a note, and an older one used."""
-    from core.checkpoints import set_aside
+    from saferounds.core.checkpoints import set_aside
 
     latest = work_dir / "latest"
     named = [work_dir / latest.read_text().strip()] if latest.exists() else []
@@ -593,6 +593,6 @@ def save_policy(policy, tokenizer, out_dir: Path, accelerator=None) -> Path:
     if is_peft(policy) and not getattr(policy, "is_loaded_in_4bit", False) \
             and not getattr(policy, "is_loaded_in_8bit", False):
         policy = policy.merge_and_unload()
-    from core.accelerator import save_pretrained_atomic
+    from saferounds.core.accelerator import save_pretrained_atomic
 
     return save_pretrained_atomic(policy, tokenizer, out_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from core.maths import masked_mean
+from saferounds.core.maths import masked_mean
 
 
 def kl_penalised_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,

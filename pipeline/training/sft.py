@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from core import distributed as dist
-from core.accelerator import save_pretrained_atomic
-from core.errors import InputError
-from core.progress import current, log_callback, trainer_callback
-from core.tracking import point_tensorboard, report_to
-from pipeline.models import load_policy
+from saferounds.core import distributed as dist
+from saferounds.core.accelerator import save_pretrained_atomic
+from saferounds.core.errors import InputError
+from saferounds.core.progress import current, log_callback, trainer_callback
+from saferounds.core.tracking import point_tensorboard, report_to
+from saferounds.pipeline.models import load_policy
 
 IGNORE_INDEX = -100
 
@@ -124,8 +124,8 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, n
            runs: Path | None = None) -> dict:
     from transformers import Trainer, set_seed
 
-    from core.checkpoints import last_complete_checkpoint, torn_notes
-    from core.finite import check_value, check_weights, finite_callback
+    from saferounds.core.checkpoints import last_complete_checkpoint, torn_notes
+    from saferounds.core.finite import check_value, check_weights, finite_callback
 
     if not rows:
         raise InputError("training data: no usable examples (all were empty after truncation to "
@@ -181,7 +181,7 @@ def finetune(base, examples: list[dict], train_cfg, model_cfg, out_dir, work_dir
              heldout: list[dict] | None = None, name: str = "sft", runs: Path | None = None) -> dict:
     """SFT (and the rejection-sampling fine-tune): `examples` are {"messages", "completion"}.
     `name` labels its progress line; `runs` is its TensorBoard directory (core.tracking)."""
-    from pipeline.models import load_tokenizer
+    from saferounds.pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(base, model_cfg.trust_remote_code)
 
@@ -196,7 +196,7 @@ def finetune(base, examples: list[dict], train_cfg, model_cfg, out_dir, work_dir
 def pretrain(base, texts: list[str], train_cfg, model_cfg, out_dir, work_dir, seed: int = 0,
              heldout_texts: list[str] | None = None, runs: Path | None = None) -> dict:
     """Step 0: causal-LM training on raw domain text, packed into max_length blocks."""
-    from pipeline.models import load_tokenizer
+    from saferounds.pipeline.models import load_tokenizer
 
     tokenizer = load_tokenizer(base, model_cfg.trust_remote_code)
     rows = encode_text(tokenizer, texts, train_cfg.max_length)

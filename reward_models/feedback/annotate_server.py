@@ -38,9 +38,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from core.errors import InputError
-from reward_models.feedback.annotation import RATINGS, annotation_items
-from reward_models.feedback.labeling import group_samples
+from saferounds.core.errors import InputError
+from saferounds.reward_models.feedback.annotation import RATINGS, annotation_items
+from saferounds.reward_models.feedback.labeling import group_samples
 
 RANKINGS_FILE = "annotations/rankings.jsonl"
 SKIPPED_FILE = "annotations/skipped.jsonl"

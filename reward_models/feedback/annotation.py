@@ -26,11 +26,11 @@ import json
 import re
 from pathlib import Path
 
-from core.errors import InputError, RowErrors
-from core.io import read_rows
-from core.records import RATINGS
-from reward_models.feedback.labeling import render_conversation
-from reward_models.rankings import ranking_pairs
+from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.io import read_rows
+from saferounds.core.records import RATINGS
+from saferounds.reward_models.feedback.labeling import render_conversation
+from saferounds.reward_models.rankings import ranking_pairs
 
 _RATING_ALIASES = {"significantly": "significantly_better", "slightly": "slightly_better",
                    "negligibly": "negligibly_better", "much_better": "significantly_better"}

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from reward_models.config import JudgeConfig
+from saferounds.reward_models.config import JudgeConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

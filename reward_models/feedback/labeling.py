@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from core.records import RATINGS
-from reward_models.feedback.judges import Judge
+from saferounds.core.records import RATINGS
+from saferounds.reward_models.feedback.judges import Judge
 
 # LLaMA 2 Sec. 3.2.1: four levels of preference strength (Table 27's rating names)
 LEVELS = RATINGS[:-1]  # what a judge can say; "unsure" is what two disagreeing orders give
@@ -322,7 +322,7 @@ def group_samples(rows: Iterable[tuple[int, dict]], where: str = "samples") -> l
     A row holds either all K responses (`responses`: [str] or [{"text"|"response"|"completion": str}])
     or one (`response` | `completion` | `text`); the prompt is `messages`, or `prompt` as messages or
     a string; rows of one prompt are joined by `prompt_id`/`id`, else by the prompt itself."""
-    from core.errors import RowErrors
+    from saferounds.core.errors import RowErrors
 
     errors = RowErrors(where)
     groups: dict[str, dict] = {}
