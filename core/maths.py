@@ -1,4 +1,5 @@
-"""Small numeric helpers shared by the reward models, PPO and the metrics: whitening and the sigmoid.
+"""Small numeric helpers shared by the reward models, PPO and the metrics: whitening, the sigmoid, and the
+Wilson interval every rate is reported with.
 
 torch is imported inside the tensor functions, so pure-Python users (metrics) stay light.
 """
@@ -45,3 +46,24 @@ def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when n == 0."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def excludes(interval: tuple[float, float] | list[float], value: float) -> bool:
+    """True when ``value`` lies outside the closed interval: e.g. an RM accuracy interval that excludes 0.5
+    (chance) is evidence that the RM ranks."""
+    lo, hi = interval
+    return value < lo or value > hi

@@ -4,29 +4,16 @@ Every rate is a fraction in [0, 1]; reports multiply by 100 for display.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
+from saferounds.core.maths import wilson_interval
 from saferounds.core.records import Rate, WinRate
-
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def rate(hits: int, n: int) -> float:
     return hits / n if n else 0.0
-
-
-def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when n == 0."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = hits / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def rate_with_ci(hits: int, n: int) -> Rate:
