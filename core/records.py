@@ -48,6 +48,7 @@ class PreferencePair(TypedDict, total=False):
     margin: Optional[float]           # overrides the rating's Table 27 margin
     safety_label: Optional[str]       # one of SAFETY_LABELS
     source: str                       # one of RM_KINDS
+    origin: str                       # the data set it came from (hh-helpful, do-not-answer, ...): per-origin RM accuracy
     chosen_safe: bool                 # per-response safety (AI labels, demo data)
     rejected_safe: bool
 

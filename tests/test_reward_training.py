@@ -95,11 +95,30 @@ def test_pair_metrics_hand_computed():
              _pair(2, rating="negligibly_better"), _pair(3)]
     m = pair_metrics([2.0, -1.0, 0.5, 1.0], [-1.0, 0.5, 0.5, 3.0], pairs)
     assert m["n"] == 4 and m["accuracy"] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
-    assert m["by_rating"]["negligibly_better_or_unsure"] == {"n": 2, "accuracy": 0.25}
+    nb = m["by_rating"]["negligibly_better_or_unsure"]
+    assert (nb["n"], nb["accuracy"]) == (2, 0.25)
+    # Wilson 95% for 1.5 of 4: centre (0.375 + 0.4802) / 1.9604 = 0.4362, half 1.96 * sqrt(0.0586 + 0.0600) / 1.9604 = 0.3443
+    assert m["ci95"] == pytest.approx([0.0919, 0.7806], abs=1e-3)
     assert m["by_rating"]["significantly_better"]["accuracy"] == 1.0
     # unsafe responses: pair 0 rejected (-1.0 -> flagged), pair 1 both (-1.0 flagged, 0.5 missed)
     assert m["unsafe_responses"] == 3 and m["unsafe_recall"] == pytest.approx(2 / 3)
     assert m["by_safety_label"]["both_unsafe"]["accuracy"] == 0.0
+    assert m["by_origin"] == {}  # no pair says where it came from
+
+
+def test_accuracy_by_origin_and_the_chance_check():
+    from saferounds.reward_models.evaluation import ranks_better_than_chance
+
+    pairs = [{**_pair(i), "origin": "hh-helpful" if i % 2 else "do-not-answer"} for i in range(200)]
+    chosen = [1.0] * 200
+    rejected = [0.0 if i % 4 else 2.0 for i in range(200)]  # 150 of 200 right; every odd i is right
+    m = pair_metrics(chosen, rejected, pairs)
+    assert m["by_origin"]["hh-helpful"]["accuracy"] == 1.0 and m["by_origin"]["do-not-answer"]["accuracy"] == 0.5
+    assert ranks_better_than_chance(m) and ranks_better_than_chance(m["by_origin"]["hh-helpful"])
+    assert not ranks_better_than_chance(m["by_origin"]["do-not-answer"])  # 0.5 inside its interval
+    small = pair_metrics([1.0] * 10, [0.0] * 7 + [2.0] * 3, [_pair(i) for i in range(10)])
+    assert small["accuracy"] == 0.7 and not ranks_better_than_chance(small)  # 7/10: [0.40, 0.89]
+    assert not ranks_better_than_chance(None) and not ranks_better_than_chance({"accuracy": 0.9})
 
 
 def test_one_forward_pass_loss_equals_separate_scoring(tiny):
