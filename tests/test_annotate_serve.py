@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -307,3 +308,112 @@ def test_page_in_headless_chromium(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
+
+
+# --- the HTTP edges (issue 32 item 7): bodies, depth, backlog, --host 0.0.0.0 --------------------------
+
+def raw_request(port: int, head: str, body: bytes = b"", half_close: bool = False) -> tuple[int, dict]:
+    """Send one hand-written request to 127.0.0.1:port; (status, JSON body) of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.split(b"\r\n\r\n", 1)[1] or b"null")
+
+
+@pytest.fixture
+def served(tmp_path):
+    from saferounds.reward_models.feedback.annotate_server import make_server
+
+    ws = make_workspace(tmp_path / "ws")
+    server = make_server(ws, 1, ws / "versions" / "v1" / "samples.jsonl", "alice", port=0, token="tok")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield ws, server
+    server.shutdown()
+    server.server_close()
+
+
+def post_head(port: int, length: str | None, path: str = "/api/skip") -> str:
+    head = (f"POST {path}?token=tok HTTP/1.1\nHost: 127.0.0.1:{port}\n"
+            "Content-Type: application/json\n")
+    return head + (f"Content-Length: {length}\n" if length is not None else "")
+
+
+def test_post_bodies_are_bounded_and_checked(served):
+    ws, server = served
+    port = server.port
+    big = json.dumps({"index": 0, "id": "p1", "note": "x" * (3 << 20)}).encode()
+    # a negative, a non-numeric, a non-ASCII-digit and a missing length: refused before any byte is read
+    assert raw_request(port, post_head(port, "-1"), big, half_close=True)[0] == 400
+    assert raw_request(port, post_head(port, "12abc"), b"{}")[0] == 400
+    assert raw_request(port, post_head(port, "\u0661\u0662".encode().decode("latin-1")), b"{}")[0] == 400
+    code, answer = raw_request(port, post_head(port, None), b'{"index": 0, "id": "p1"}', half_close=True)
+    assert code == 411 and "Content-Length" in answer["error"]
+    code, answer = raw_request(port, post_head(port, str(len(big))), big)
+    assert code == 413 and str(1 << 20) in answer["error"]
+    # a body shorter than announced, a 100k-deep body, a lone surrogate: 400, and the server still answers
+    assert raw_request(port, post_head(port, "50"), b'{"index": 0}', half_close=True)[0] == 400
+    deep = b"[" * 100_000 + b"]" * 100_000
+    code, answer = raw_request(port, post_head(port, str(len(deep))), deep)
+    assert code == 400 and "deep" in answer["error"]
+    lone = b'{"index": 0, "id": "p1", "note": "\\ud800"}'
+    assert raw_request(port, post_head(port, str(len(lone))), lone)[0] == 400
+    assert not (ws / SKIPPED_FILE).exists() and not (ws / RANKINGS_FILE).exists()  # nothing was recorded
+    ok = b'{"index": 0, "id": "p1"}'
+    assert raw_request(port, post_head(port, str(len(ok))), ok)[0] == 200
+    assert len(lines(ws / SKIPPED_FILE)) == 1
+
+
+def test_twenty_simultaneous_posts_are_all_answered(served):
+    ws, server = served
+    assert server.request_queue_size >= 20  # the listen backlog (socketserver's default is 5)
+    port, codes = server.port, []
+
+    def one(i: int) -> None:
+        body = json.dumps({"index": 0, "id": "p1", "annotator": f"a{i}"}).encode()
+        codes.append(raw_request(port, post_head(port, str(len(body))), body)[0])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 20
+    assert sorted(r["annotator"] for r in lines(ws / SKIPPED_FILE)) == sorted(f"a{i}" for i in range(20))
+
+
+def test_host_0000_warns_prints_a_reachable_url_and_keeps_the_host_check(tmp_path, capsys):
+    import socket
+
+    from saferounds.reward_models.feedback.annotate_server import make_server
+
+    ws = make_workspace(tmp_path / "ws")
+    server = make_server(ws, 1, ws / "versions" / "v1" / "samples.jsonl", "alice", host="0.0.0.0", port=0,
+                         token="tok", allow_hosts=("Annotate.Example",))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert "reachable from other machines" in server.warning() and "--allow-host" in server.warning()
+        url_host = urllib.parse.urlsplit(server.url).hostname
+        assert url_host not in ("0.0.0.0", "127.0.0.1")
+        port = server.port
+        get = "GET /api/state?token=tok HTTP/1.1\nHost: {}\n"
+        assert raw_request(port, get.format(f"evil.example:{port}"))[0] == 403  # DNS rebinding: still refused
+        for name in (url_host, "127.0.0.1", socket.gethostname(), "annotate.example"):
+            assert raw_request(port, get.format(f"{name}:{port}"))[0] == 200, name
+    finally:
+        server.shutdown()
+        server.server_close()
+    local = make_server(ws, 1, ws / "versions" / "v1" / "samples.jsonl", "alice", port=0)
+    try:
+        assert local.warning() is None and local.url.startswith("http://127.0.0.1:")
+        assert f"{socket.gethostname()}:{local.port}" not in local.allowed_hosts  # loopback: loopback names only
+    finally:
+        local.server_close()

@@ -211,6 +211,10 @@ def annotate_serve(
                                                           "&annotator=NAME in the URL for another person).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean others to reach it.")]
     = "127.0.0.1",
+    allow_host: Annotated[Optional[list[str]], typer.Option(
+        "--allow-host", help="Another name the page may be reached by (a DNS alias, a proxy); repeatable. "
+                             "Loopback names, and with --host 0.0.0.0 this machine's name and addresses, "
+                             "are always accepted.")] = None,
 ):
     """A local page to rank K samples per prompt; each judgement is appended to annotations/rankings.jsonl at once."""
     import getpass
@@ -222,10 +226,13 @@ def annotate_serve(
 
     ws = open_workspace(workspace)
     n, samples = _served_version(ws, version)
-    server = make_server(ws.root, n, samples, annotator or getpass.getuser() or "annotator", host=host, port=port)
+    server = make_server(ws.root, n, samples, annotator or getpass.getuser() or "annotator", host=host, port=port,
+                         allow_hosts=tuple(allow_host or ()))
     listed = ws.exists() and any(ws.resolve(f) == ws.root / RANKINGS_FILE
                                  for f in load_config(ws.root / CONFIG_NAME).data.rankings)
     print(server.url, flush=True)  # first line of stdout: scripts read it
+    if server.warning():
+        err_console.print(f"[yellow]warning:[/] {escape(server.warning())}", soft_wrap=True)
     err_console.print(f"ranking v{n}: {len(server.session.items)} prompts from {samples}\n"
                       f"judgements go to {ws.root / RANKINGS_FILE} the moment they are made; Ctrl+C stops")
     if not listed:

@@ -17,8 +17,9 @@ interleave or overwrite; a line torn by a kill is cut off by the next writer. A 
 annotator at the first prompt they have neither ranked nor skipped.
 
 Safety of the page: requests need the random token printed in the URL (403 otherwise); the Host
-header must name the server and a POST's Origin must be the server's own (403 otherwise; DNS
-rebinding and cross-site requests); model text reaches the page as JSON and is rendered with
+header must name the server (loopback names; with --host 0.0.0.0 also this machine's name and
+addresses, and --allow-host names) and a POST's Origin must be the server's own (403 otherwise; DNS
+rebinding and cross-site requests); a POST needs a Content-Length of at most 1 MiB (411/400/413); model text reaches the page as JSON and is rendered with
 textContent, under a Content-Security-Policy that allows only the page's own nonce'd script.
 Items are read from samples.jsonl one prompt at a time through a byte-offset index.
 """
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +50,9 @@ LOCK_FILE = "annotations/.lock"
 LEVELS = RATINGS[:4]  # LLaMA 2's four levels, strongest first ("negligibly_better" also means unsure)
 PAGE = Path(__file__).with_name("annotate_page.html")
 MAX_BODY = 1 << 20
+_LENGTH_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits only (int() also takes "١٢", "+1", " 1_0")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARD = ("0.0.0.0", "", "::")
 _NAME_RE = re.compile(r"^[\w.@ -]{1,64}$")
 
 
@@ -285,26 +290,84 @@ def _now() -> str:
 
 class AnnotateServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: socketserver's 5 reset simultaneous POSTs of a team
 
-    def __init__(self, session: AnnotationSession, host: str, port: int, token: str | None = None):
+    def __init__(self, session: AnnotationSession, host: str, port: int, token: str | None = None,
+                 allow_hosts: tuple[str, ...] = ()):
         self.session = session
         self.token = token or secrets.token_urlsafe(24)
         super().__init__((host, port), _Handler)
         self.port = self.server_address[1]
-        loopback = host in ("127.0.0.1", "localhost", "::1")
-        names = {"127.0.0.1", "localhost", "[::1]"} if loopback else None
-        self.allowed_hosts = None if names is None else {f"{n}:{self.port}" for n in names}
+        self.exposed = host not in LOOPBACK
+        self.host_names = host_names(host, allow_hosts)
+        self.allowed_hosts = {f"{n}:{self.port}" for n in self.host_names}
+        if self.port == 80:  # browsers leave the default port out of Host
+            self.allowed_hosts |= self.host_names
         self.page = PAGE.read_text(encoding="utf-8")
 
     @property
     def url(self) -> str:
         host = self.server_address[0]
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else f"[{host}]" if ":" in host else host
+        if host in WILDCARD:  # an address others can reach, not 0.0.0.0
+            host = _route_address() or socket.gethostname() or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/?token={self.token}&annotator={self.session.annotator.replace(' ', '+')}"
+
+    def warning(self) -> str | None:
+        """What binding beyond loopback means, or None on 127.0.0.1."""
+        if not self.exposed:
+            return None
+        return (f"--host {self.server_address[0]}: the page is reachable from other machines; anyone with the URL "
+                "(its token) can read these samples and add judgements. Requests must name this server in their "
+                f"Host header: {', '.join(sorted(self.host_names))}; add another name with --allow-host NAME")
+
+
+def host_names(host: str, extra=()) -> set[str]:
+    """The names a request's Host header may use (lower case, IPv6 in brackets): loopback names when bound to
+    loopback or every address; this machine's name and addresses when reachable from others; `extra`."""
+    names = {n.strip().lower() for n in extra if n.strip()}
+    if host in LOOPBACK or host in WILDCARD:
+        names |= {"127.0.0.1", "localhost", "[::1]"}
+    if host not in LOOPBACK:
+        names |= {host} if host not in WILDCARD else set()
+        names |= machine_names()
+    return {f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names}
+
+
+def machine_names() -> set[str]:
+    """This machine's host name, the addresses it resolves to, and the address of the default route."""
+    name = socket.gethostname().lower()
+    names = {name} if name else set()
+    try:
+        names |= {str(info[4][0]) for info in socket.getaddrinfo(name, None, socket.AF_INET)} if name else set()
+    except OSError:
+        pass
+    route = _route_address()
+    return names | ({route} if route else set())
+
+
+def _route_address() -> str | None:
+    """The local address of the default route (a UDP connect sends nothing), or None without one."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: never contacted
+            addr = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr in ("0.0.0.0", "127.0.0.1") else addr
+
+
+class HTTPRefused(ValueError):
+    """A request the server answers with `code` without reading its body."""
+
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.code = code
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: AnnotateServer
+    timeout = 60  # a client that stops sending mid-body frees its thread
 
     def version_string(self) -> str:
         return "saferounds-annotate"
@@ -321,7 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self, method: str, query: dict) -> str | None:
         """Why this request is refused (403), or None."""
         host = self.headers.get("Host", "")
-        if self.server.allowed_hosts is not None and host not in self.server.allowed_hosts:
+        if host.lower() not in self.server.allowed_hosts:
             return f"Host {host!r} is not this server"
         token = self.headers.get("X-Annotate-Token") or (query.get("token") or [""])[0]
         if not hmac.compare_digest(token.encode(), self.server.token.encode()):
@@ -356,19 +419,43 @@ class _Handler(BaseHTTPRequestHandler):
                         return self._json(200, {"done": True})
                 return self._json(200, session.item(int(index), annotator))
             if method == "POST" and url.path in ("/api/judgement", "/api/skip"):
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    return self._json(413, {"error": "request too large"})
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("expected a JSON object")
                 act = session.judge if url.path == "/api/judgement" else session.skip
-                return self._json(200, act(body))
+                return self._json(200, act(self._body()))
             return self._json(404, {"error": f"no {method} {url.path}"})
+        except HTTPRefused as e:
+            self.close_connection = True  # the unread body must not be parsed as a next request
+            return self._json(e.code, {"error": str(e)})
         except Conflict as e:
             return self._json(409, {"error": str(e)})
         except (ValueError, InputError) as e:
             return self._json(400, {"error": str(e)})
+
+    def _body(self) -> dict:
+        """The POST's JSON object: exactly Content-Length bytes (at most MAX_BODY), never more."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths or self.headers.get("Transfer-Encoding"):
+            raise HTTPRefused(411, "POST needs a Content-Length header (no chunked bodies)")
+        if len(set(lengths)) > 1 or not _LENGTH_RE.fullmatch(lengths[0].strip()):
+            raise HTTPRefused(400, f"Content-Length: expected one number of bytes, got {', '.join(lengths)!r}")
+        length = int(lengths[0])
+        if length > MAX_BODY:
+            raise HTTPRefused(413, f"request too large: {length} bytes, at most {MAX_BODY}")
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise HTTPRefused(400, f"body: {len(raw)} bytes arrived, Content-Length said {length}")
+        try:
+            body = json.loads(raw or b"{}")
+        except RecursionError:
+            raise HTTPRefused(400, "body: JSON nested too deeply") from None
+        except ValueError as e:
+            raise HTTPRefused(400, f"body: not valid JSON ({e})") from None
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPRefused(400, "body: a lone UTF-16 surrogate (\\udXXX) is not text") from None
+        return body
 
     def _headers(self, code: int, ctype: str, length: int, csp: str | None = None) -> None:
         self.send_response(code)
@@ -401,14 +488,14 @@ class _Handler(BaseHTTPRequestHandler):
 # --- entry point ------------------------------------------------------------------------------------
 
 def make_server(root: Path, version: int, samples: Path, annotator: str, host: str = "127.0.0.1",
-                port: int = 8765, token: str | None = None) -> AnnotateServer:
+                port: int = 8765, token: str | None = None, allow_hosts: tuple[str, ...] = ()) -> AnnotateServer:
     """A server for vN's samples (versions/vN/samples.jsonl, found by the caller) on host:port (0: any)."""
     try:
         session = AnnotationSession(Path(root), version, samples, annotator)
     except ValueError as e:
         raise InputError(f"--annotator: {e}") from None
     try:
-        return AnnotateServer(session, host, port, token)
+        return AnnotateServer(session, host, port, token, tuple(allow_hosts))
     except OSError as e:  # port taken, address not on this machine
         raise InputError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
                          "pick another --port (0: any free one)") from None
