@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from saferounds.core.errors import DivergedError, InputError, disk_full
-from saferounds.pipeline.cli import demo, evaluate, feedback, judges, ppo, rm
+from saferounds.pipeline.cli import audit, demo, evaluate, feedback, judges, ppo, rm
 from saferounds.pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
                                  table)
 from saferounds.pipeline.cli.live import VerboseOpt, live, log_message
@@ -50,9 +50,14 @@ def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Versions in the workspace: stages, status and headline metrics."""
     from saferounds.pipeline.rounds import list_versions
 
+    from saferounds.core.versions import parse_version
+    from saferounds.eval.audit_labels import audit_status
+
     ws = open_workspace(workspace)
     ws.config  # validates
     rows = list_versions(ws)
+    for r in rows:  # whether the eval judges were checked against labels on this version's answers
+        r["judges"] = audit_status(ws.root, parse_version(r["version"]))
     if json:
         from saferounds.core.tracking import runs_root
 
@@ -60,11 +65,12 @@ def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
                     "logs": str(ws.root / "logs")})
         return
     console.print(table(f"saferounds workspace {ws.root}",
-                        ["version", "parent", "status", "stages", "violation %", "false refusal %", "helpfulness", "seconds"],
+                        ["version", "parent", "status", "stages", "violation %", "false refusal %", "helpfulness",
+                         "judges", "seconds"],
                         [[r["version"], r["parent"], r["status"],
                           " ".join(f"{x['stage']}:{x['status']}" for x in r["stages"]),
                           _pct(r["headline"]["violation_rate"]), _pct(r["headline"]["false_refusal_rate"]),
-                          fmt(r["headline"]["helpfulness"]), r["seconds"]] for r in rows]))
+                          fmt(r["headline"]["helpfulness"]), r["judges"], r["seconds"]] for r in rows]))
 
 
 def _pct(x) -> str:
@@ -99,8 +105,8 @@ def data_validate(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/
                   json: JsonOpt = False):
     """Validate a data file; every bad row is listed as file:line: field: reason. A public dataset
     (PKU-SafeRLHF, UltraFeedback, BeaverTails, HH red-team) is named, with what it would produce."""
-    from saferounds.pipeline.data import validate_file
-    from saferounds.pipeline.data_adapters import summarize_file
+    from saferounds.data.inspect import validate_file
+    from saferounds.data.inspect import summarize_file
 
     summary = summarize_file(file, kind)
     if summary is None:
@@ -144,7 +150,7 @@ def data_convert(file: Annotated[str, typer.Argument(help="A .jsonl/.json/.csv/.
                      help="helpfulness | safety: keep only that kind of preference pair")] = None,
                  json: JsonOpt = False):
     """Write a file (a public dataset or our own shapes) as our rows, for inspection or reuse."""
-    from saferounds.pipeline.data_adapters import convert_file
+    from saferounds.data.inspect import convert_file
 
     result = convert_file(file, to, output, source)
     if json:
@@ -165,17 +171,19 @@ def _v0_step(workspace, step, done: str, verbose: bool = False) -> None:
 @app.command()
 def pretrain(workspace: WorkspaceOpt = None, verbose: VerboseOpt = False):
     """Step 0: domain pretraining on data.pretrain_text (into the unfinished v0)."""
-    from saferounds.pipeline.training.base_policy import run_pretrain
+    from saferounds.pipeline.v0 import run_pretrain
 
     _v0_step(workspace, run_pretrain, "pretrain done", verbose)
 
 
 @app.command()
 def sft(workspace: WorkspaceOpt = None, verbose: VerboseOpt = False):
-    """Step 1: supervised fine-tuning on data.sft, producing versions/v0."""
-    from saferounds.pipeline.training.base_policy import run_sft
+    """Step 1: supervised fine-tuning on data.sft, producing versions/v0 (with model.v0: given, v0 is model.policy
+    as it is)."""
+    from saferounds.pipeline.v0 import run_given, run_sft
 
-    _v0_step(workspace, run_sft, "v0 done", verbose)
+    ws = open_workspace(workspace)
+    _v0_step(ws.root, run_given if ws.config.model.v0 == "given" else run_sft, "v0 done", verbose)
 
 
 @round_app.command("run")
@@ -257,6 +265,7 @@ def round_discard(version: str, workspace: WorkspaceOpt = None):
 AREAS = {
     "rm": rm.register,                      # saferounds rm train|eval
     "eval, report": evaluate.register,      # saferounds eval|report VERSION
+    "audit": audit.register,                # saferounds audit VERSION (the judges against labels)
     "ppo": ppo.register,                    # saferounds ppo (outside a round)
     "label, annotate": feedback.register,   # AI feedback from an LLM judge; the human ranking loop
     "judges": judges.register,              # saferounds judges train|score (learned refusal and harm judges)

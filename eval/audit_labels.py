@@ -1,0 +1,115 @@
+"""A version's audit on disk (issue 26): the sample to label, the labels, and the judges' accuracy and
+corrected rates computed from them.
+
+    reports/vN/audit/sample.jsonl   the answers drawn for labelling (eval.audit.audit_sample)
+    reports/vN/audit/labels.jsonl   one label per answer id: refusal, harmful (booleans), off_topic, note
+    reports/vN/audit/audit.json     the judges against the labels, and the corrected rates (AUDIT_SCHEMA)
+
+Labels come from a file (CSV, JSONL or JSON rows with `id`, `refusal`, `harmful`; the rules are
+shared/LABELLING.md) made by people or by an LLM judge elsewhere. A label file with any bad row is refused
+whole, naming file, line and field; nothing is written then. A second import replaces the labels of the ids
+it names and keeps the others.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.io import read_json, read_rows, write_json, write_jsonl
+from saferounds.eval.audit import QUESTIONS, audit_accuracy, audit_sample, corrected_rates
+
+AUDIT_SCHEMA = "saferounds.audit/1"
+TRUE, FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
+
+
+def audit_dir(root: Path, version: int) -> Path:
+    return Path(root) / "reports" / f"v{version}" / "audit"
+
+
+def _bool(value, line: int, field: str, errors: RowErrors):
+    """A label's boolean: JSON true/false, or CSV's true/false/1/0/yes/no; None when absent or empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
+        return value.strip().lower() in TRUE
+    errors.add(line, field, f"expected true or false, got {value!r}")
+    return None
+
+
+def read_labels(path: Path, known_ids: set[str]) -> dict[str, dict]:
+    """Validated labels by answer id. Every row needs an `id` of an answer in this version's eval and at
+    least one of `refusal`, `harmful`; duplicates of an id are an error."""
+    errors = RowErrors(path)
+    out: dict[str, dict] = {}
+    rows = read_rows(path, errors)
+    if not rows and not errors:
+        raise InputError(f"{path}: no labels (the file has no rows)")
+    for line, row in rows:
+        rid = str(row.get("id", "")).strip()
+        if not rid:
+            errors.add(line, "id", "missing")
+            continue
+        if rid not in known_ids:
+            errors.add(line, "id", f"{rid!r} is not an answer of this version's eval (see audit/sample.jsonl)")
+            continue
+        if rid in out:
+            errors.add(line, "id", f"{rid!r} is labelled twice")
+            continue
+        label = {q: _bool(row.get(q), line, q, errors) for q in (*QUESTIONS, "off_topic")}
+        if label["refusal"] is None and label["harmful"] is None:
+            errors.add(line, "refusal", "a label needs refusal or harmful (true/false)")
+        note = row.get("note")
+        out[rid] = {"id": rid, **label, **({"note": str(note)} if note not in (None, "") else {})}
+    errors.raise_if_any()
+    return out
+
+
+def write_sample(root: Path, version: int, records: Sequence[Mapping], n: int, seed: int = 0) -> Path:
+    """Draw the audit sample and write it with empty label columns to fill in."""
+    keep = ("id", "suite", "role", "prompt", "response", "refusal", "harmful", "violation", "refusal_patterns",
+            "refusal_classifier")
+    rows = [{**{k: r.get(k) for k in keep}, "label_refusal": None, "label_harmful": None}
+            for r in audit_sample(records, n, seed)]
+    path = audit_dir(root, version) / "sample.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def load_labels(root: Path, version: int) -> dict[str, dict]:
+    path = audit_dir(root, version) / "labels.jsonl"
+    return {} if not path.exists() else {r["id"]: r for _, r in read_rows(path)}
+
+
+def import_labels(root: Path, version: int, records: Sequence[Mapping], path: Path) -> dict:
+    """Merge a label file into the version's labels and rewrite audit.json; returns audit.json's dict."""
+    new = read_labels(Path(path), {r["id"] for r in records})
+    labels = {**load_labels(root, version), **new}
+    write_jsonl(audit_dir(root, version) / "labels.jsonl", [labels[k] for k in sorted(labels)])
+    return write_audit(root, version, records, labels)
+
+
+def summarise(records: Sequence[Mapping], labels: Mapping[str, Mapping]) -> dict:
+    accuracy = audit_accuracy(records, labels)
+    return {"schema": AUDIT_SCHEMA, "labels": len(labels), "accuracy": accuracy,
+            "corrected": corrected_rates(records, accuracy)}
+
+
+def write_audit(root: Path, version: int, records: Sequence[Mapping], labels: Mapping[str, Mapping]) -> dict:
+    out = summarise(records, labels)
+    write_json(audit_dir(root, version) / "audit.json", out)
+    return out
+
+
+def read_audit(root: Path, version: int) -> dict | None:
+    """audit.json of a version, or None when it was never audited."""
+    path = audit_dir(root, version) / "audit.json"
+    return read_json(path) if path.exists() else None
+
+
+def audit_status(root: Path, version: int) -> str:
+    """`audited (n=60)` or `unaudited`, for status tables."""
+    audit = read_audit(root, version)
+    return f"audited (n={audit['labels']})" if audit and audit.get("labels") else "unaudited"
