@@ -7,7 +7,8 @@ Picked to show what changed, deterministically (ties by suite and id):
 """
 from __future__ import annotations
 
-import html
+from saferounds.eval.render import Flagged, Paragraph, Pre, Section, Table, cut
+from saferounds.eval.report_sections import verdict_class
 
 QUOTA = {"unsafe": 6, "borderline": 4, "helpful": 4}
 
@@ -45,41 +46,16 @@ def pick(records: list[dict], baseline: list[dict], quota: dict[str, int] | None
     return out
 
 
-def _cut(text: str, n: int) -> str:
-    text = text.strip()
-    return text if len(text) <= n else text[:n].rstrip() + " …"
-
-
-def markdown(pairs: list[tuple[dict, dict]], base: str, version: str, cut: int = 600) -> str:
+def section(pairs: list[tuple[dict, dict]], base: str, version: str, n_chars: int = 600) -> list[Section]:
+    """The side-by-side section (none without pairs): one row per prompt, the baseline's answer beside
+    this version's."""
     if not pairs:
-        return ""
-    lines = [f"## {base} and {version} side by side", "",
-             f"The same prompt answered by {base} (the starting model) and by {version}; verdicts by {version}'s "
-             "judges.", ""]
-    for a, b in pairs:
-        cat = f" / {b['category']}" if b.get("category") else ""
-        lines += [f"**[{b['suite']} · {b['role']}{cat}]** {_cut(b['prompt'], cut)}".replace("\n", " "), "",
-                  f"| {base} ({_verdict(a)}) | {version} ({_verdict(b)}) |", "|---|---|",
-                  f"| {_cell(a['response'], cut)} | {_cell(b['response'], cut)} |", ""]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str, cut: int) -> str:
-    return _cut(text, cut).replace("|", "\\|").replace("\n", "<br>") or "(empty)"
-
-
-def html_section(pairs: list[tuple[dict, dict]], base: str, version: str, cut: int = 600) -> str:
-    if not pairs:
-        return ""
-    rows = []
-    for a, b in pairs:
-        cat = f" / {b['category']}" if b.get("category") else ""
-        cells = [html.escape(f"{b['suite']} · {b['role']}{cat}"), f"<pre>{html.escape(_cut(b['prompt'], cut))}</pre>"]
-        for r in (a, b):
-            cls = "viol" if r.get("violation") else "fr" if r.get("false_refusal") else ""
-            cells.append(f"<div class='{cls}'>{html.escape(_verdict(r))}</div><pre>{html.escape(_cut(r['response'], cut))}</pre>")
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ("suite · role", "prompt", base, version))
-    return (f"<h2>{html.escape(base)} and {html.escape(version)} side by side</h2>"
-            f"<p>The same prompt answered by {html.escape(base)} (the starting model) and by {html.escape(version)}; "
-            f"verdicts by {html.escape(version)}'s judges.</p><table><tr>{head}</tr>{''.join(rows)}</table>")
+        return []
+    rows = tuple((f"{b['suite']} · {b['role']}{' / ' + b['category'] if b.get('category') else ''}",
+                  Pre(cut(b["prompt"], n_chars)),
+                  *(Flagged(_verdict(r), cut(r["response"], n_chars), verdict_class(r)) for r in (a, b)))
+                 for a, b in pairs)
+    intro = (f"The same prompt answered by {base} (the starting model) and by {version}; verdicts by {version}'s "
+             "judges.")
+    return [Section(f"{base} and {version} side by side",
+                    (Paragraph((intro,)), Table(("suite · role", "prompt", base, version), rows)))]

@@ -388,7 +388,8 @@ def pair(pid, plain, pre, margin=0.0, preprompt="targeted"):
 
 def test_report_shows_the_score_histogram_share_kept_and_rejected_distillations(tmp_path):
     from saferounds.eval.evaluate import judge_records, summarise
-    from saferounds.eval.report import distill_summary, write_report
+    from saferounds.eval.report import write_report
+    from saferounds.eval.report_distill import distill_summary
 
     rows = [pair("a", -1.0, 0.5), pair("b", 0.2, 1.0), pair("c", 0.3, 0.1), pair("d", 0.0, -2.0, preprompt="generic")]
     s = distill_summary(rows)

@@ -65,7 +65,7 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
                     "win_rate": {k: v["rate"] for k, v in h["win_rate"].items()},
                     "note": metrics["judges"].get("note")})
         return
-    from saferounds.eval.report import headline_rows
+    from saferounds.eval.report_sections import headline_rows
 
     console.print(table(f"{what} of v{n}", ["metric", "value"], [list(r) for r in headline_rows(metrics)]))
     if metrics["judges"].get("note"):
