@@ -173,3 +173,22 @@ class JudgeConfig:
     """hf backend: weights dtype."""
     trust_remote_code: bool = False
     """hf backend: run the model repository's own code."""
+
+    def __post_init__(self):
+        problem = base_url_problem(self.base_url) if self.backend == "openai" else None
+        if problem:
+            raise ValueError(f"base_url: {problem}")
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a chat endpoint's base URL (only http and https are spoken), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as e:
+        return f"not a URL ({e}): {url!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an http:// or https:// URL with a host, got {url!r}"
+    return None

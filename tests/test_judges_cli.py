@@ -110,7 +110,7 @@ def test_annotate_export_import_round_trip(tmp_path, capsys):
     elo = read_jsonl(tmp_path / "elo.jsonl")
     assert elo[0]["response"] == "owls answer quality 6" and elo[0]["reward"] > elo[1]["reward"] > elo[2]["reward"]
     # the lead's loader reads what import wrote
-    from saferounds.pipeline.data import load_preferences, load_rankings
+    from saferounds.data.load import load_preferences, load_rankings
 
     assert len(load_rankings(tmp_path / "rank.jsonl")) == 2 and len(load_preferences(tmp_path / "pairs.jsonl")) == 4
 
@@ -142,7 +142,7 @@ def test_label_stage_writes_ai_preferences_and_resumes(tmp_path):
     assert again["judge_requests"] == 0 and again["judge_cache_hits"] == 8
     assert (vdir / "work" / "label" / "judge_cache.sqlite").exists()
     assert len(read_jsonl(vdir / "ai_preferences.jsonl")) == 4 and lines[-1] == "label: 4/4 pairs judged"
-    from saferounds.pipeline.data import load_preferences
+    from saferounds.data.load import load_preferences
 
     assert len(load_preferences(vdir / "ai_preferences.jsonl")) == 4
     # this version's own samples win over earlier ones
@@ -151,3 +151,81 @@ def test_label_stage_writes_ai_preferences_and_resumes(tmp_path):
         ctx.config.judge.base_url = srv.url
         assert stage_label.run(ctx)["pairs"] == 1
     assert "UNSAFE" not in blocks(srv.requests[0]["body"]["messages"][1]["content"])[1]
+
+
+# --- issue 32 item 8: secrets in error bodies, bad judge specs, unreadable verdicts -----------------------
+
+class EchoHeaders400:
+    """An endpoint that answers every POST with HTTP 400 and echoes the request's headers and body back,
+    as some proxies do."""
+
+    def __enter__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                data = f"bad request; you sent:\n{self.headers}\n".encode() + body
+                self.send_response(400)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_label_error_body_never_shows_the_api_key(tmp_path, capsys, monkeypatch):
+    key = "sk-test-Zq8vN3xYp1Lw7Kt2"
+    monkeypatch.setenv("SAFEROUNDS_TEST_KEY", key)
+    samples = write_jsonl(tmp_path / "samples.jsonl", SAMPLES[:2])
+    with EchoHeaders400() as srv:
+        code = main(["label", "-w", str(tmp_path), "-i", str(samples), "-o", str(tmp_path / "o.jsonl"),
+                     "--judge", f"openai:j@{srv.url}#SAFEROUNDS_TEST_KEY"])
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
+    assert code == 1 and "HTTP 400" in err and "Bearer [redacted]" in err
+    assert key not in err and "Zq8vN3" not in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_label_bad_judge_specs_exit_2_at_once(tmp_path, capsys):
+    samples = write_jsonl(tmp_path / "samples.jsonl", SAMPLES[:2])
+    out = tmp_path / "o.jsonl"
+    assert main(["label", "-w", str(tmp_path), "-i", str(samples), "-o", str(out),
+                 "--judge", "hf:/nonexistent/model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "hf:/nonexistent/model: no such directory" in err  # one line, no traceback
+    for spec in ("openai:m@ftp://x", "openai:m@http://", "openai:m@http://h:99999/v1"):
+        assert main(["label", "-w", str(tmp_path), "-i", str(samples), "-o", str(out), "--judge", spec]) == 2
+        err = capsys.readouterr().err
+        assert "http:// or https://" in err or "not a URL" in err, spec
+    (tmp_path / "saferounds.yaml").write_text("judge:\n  model: m\n  base_url: ftp://x\n")
+    assert main(["label", "-w", str(tmp_path), "-i", str(samples), "-o", str(out)]) == 2
+    assert "judge: base_url: expected an http:// or https:// URL" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "o.jsonl.judge_cache.sqlite").exists()
+
+
+def test_label_with_every_verdict_unreadable_exits_1_and_writes_no_output(tmp_path, capsys):
+    samples = write_jsonl(tmp_path / "samples.jsonl", SAMPLES)
+    out = tmp_path / "o.jsonl"
+    (tmp_path / "saferounds.yaml").write_text("judge:\n  parse_retries: 0\n")
+    for mode in ("pairs", "scores"):
+        with Server(lambda messages: "I would rather not say.") as srv:
+            code = main(["label", "-w", str(tmp_path), "-i", str(samples), "-o", str(out), "--mode", mode,
+                         "--judge", f"openai:j@{srv.url}"])
+            assert len(srv.requests) == (8 if mode == "pairs" else 5)
+        err = capsys.readouterr().err
+        assert code == 1 and "none of the judge's" in err and "was not written" in err, err
+        assert not out.exists()
+    assert len(read_jsonl(tmp_path / "o.missing.jsonl")) == 4  # the 4 unjudged pairs, for a rerun

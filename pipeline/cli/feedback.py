@@ -103,9 +103,18 @@ def label(
             requests, hits = j.requests, j.cache_hits
     except JudgeError as e:  # a runtime failure: exit 1 (the cache keeps every verdict already paid for)
         raise JudgeFailed(str(e)) from None
+    missing_path = Path(str(output).removesuffix(".jsonl") + ".missing.jsonl")
+    if missing and len(missing) == (len(rows) if mode == "scores" else len(rows) + len(missing)):
+        if mode == "pairs":
+            write_jsonl(missing_path, missing)
+        raise JudgeFailed(f"label: none of the judge's {len(missing)} verdicts could be read (after "
+                          f"judge.parse_retries={cfg.parse_retries} re-asks each), so {output} was not written"
+                          + (f"; the unjudged pairs are in {missing_path}" if mode == "pairs" else "")
+                          + f". Check that {cfg.backend}:{cfg.model} ends its answers with the asked lines "
+                            "('Better: A|B' and 'Strength: ...', or 'Score: N'), or use a stronger judge model")
     write_jsonl(output, rows)
     if mode == "pairs":
-        write_jsonl(Path(str(output).removesuffix(".jsonl") + ".missing.jsonl"), missing)
+        write_jsonl(missing_path, missing)
     summary = {"output": str(output), "mode": mode, "records": len(rows), "missing": len(missing),
                "unsure": sum(r.get("rating") == "unsure" for r in rows), "judge": f"{cfg.backend}:{cfg.model}",
                "requests": requests, "cache_hits": hits, "cache": str(cache_path)}

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -26,17 +27,33 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from saferounds.reward_models.config import JudgeConfig
+from saferounds.core.errors import InputError
+from saferounds.reward_models.config import JudgeConfig, base_url_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# what an endpoint may echo back of a request's credentials: "Bearer X", OpenAI-style "sk-..." keys,
+# "api_key": "X" / api-key=X, and user:password@ in URLs
+_SECRET_PATTERNS = (re.compile(r"(?i)(bearer\s+)[^\s\"',;}]+"), re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
+                    re.compile(r"(?i)(api[_-]?key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]+"),
+                    re.compile(r"(?i)(https?://)[^/\s:@]+:[^/\s@]+@"))
 
 
 class JudgeError(RuntimeError):
     """The judge could not be reached or refused the request (after retries, or not retryable)."""
+
+
+def redact(text: str, key: str = "") -> str:
+    """`text` with the API key's value and anything shaped like a credential replaced by [redacted]."""
+    if len(key) >= 3:
+        text = text.replace(key, "[redacted]")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]"
+                           + ("@" if m.group(0).endswith("@") else ""), text)
+    return text
 
 
 class TransientError(JudgeError):
@@ -65,6 +82,10 @@ def parse_judge_spec(spec: str, base: JudgeConfig | None = None) -> JudgeConfig:
     out = replace(base, backend=backend, api_key_env=key_env or base.api_key_env)
     if backend == "openai":
         model, _, url = rest.partition("@")
+        problem = base_url_problem(url or base.base_url)
+        if not model or problem:
+            raise ValueError(f"--judge {spec!r}: " + (problem or "no MODEL before @") + "; expected "
+                             "openai:MODEL[@BASE_URL][#KEY_ENV], e.g. openai:gpt-4o-mini@https://api.openai.com/v1")
         return replace(out, model=model, base_url=url or base.base_url)
     return replace(out, model=rest)
 
@@ -93,16 +114,16 @@ class OpenAIChat:
             with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
                 payload = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace")
-            msg = f"judge endpoint {self.url} answered HTTP {e.code}: {detail}"
+            detail = e.read(4096).decode("utf-8", "replace")  # whole enough to redact, then cut
+            msg = redact(f"judge endpoint {self.url} answered HTTP {e.code}: {redact(detail, key)[:300]}", key)
             if e.code in RETRYABLE_STATUS:
                 retry_after = _retry_after(e.headers.get("Retry-After"))
                 raise TransientError(msg, retry_after) from None
             raise JudgeError(msg) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            raise TransientError(f"judge endpoint {self.url} unreachable: {e}") from None
-        except json.JSONDecodeError as e:
-            raise TransientError(f"judge endpoint {self.url} sent invalid JSON: {e}") from None
+            raise TransientError(redact(f"judge endpoint {self.url} unreachable: {e}", key)) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TransientError(redact(f"judge endpoint {self.url} sent invalid JSON: {e}", key)) from None
         try:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
@@ -124,11 +145,20 @@ class HFChat:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
-        dtype = cfg.dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            cfg.model, dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
-        ).eval()
+        where = f"judge model hf:{cfg.model}"
+        if cfg.model.startswith(("/", "./", "../", "~")) and not Path(cfg.model).expanduser().is_dir():
+            raise InputError(f"{where}: no such directory; give a local model directory or a hub id")
+        dtype = cfg.dtype if cfg.dtype == "auto" else getattr(torch, cfg.dtype, None)
+        if not (dtype == "auto" or isinstance(dtype, torch.dtype)):
+            raise InputError(f"judge.dtype: expected auto, float32, bfloat16 or float16, got {cfg.dtype!r}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                cfg.model, dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code
+            ).eval()
+        except (OSError, ValueError, KeyError) as e:  # not found offline, no weights, not a causal LM
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise InputError(f"{where}: cannot load it ({first})") from None
         self.lock = threading.Lock()
         self.identity = {"backend": "hf", "model": str(cfg.model), "revision": _local_revision(cfg.model)}
 
