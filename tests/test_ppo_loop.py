@@ -9,7 +9,8 @@ import torch
 from saferounds.core.errors import InputError
 from saferounds.pipeline.tiny import build_tiny
 from saferounds.pipeline.training.config import PPOConfig
-from saferounds.pipeline.training.ppo import batch_indices, mean_score, train_ppo
+from saferounds.pipeline.training.ppo import batch_indices, train_ppo
+from saferounds.pipeline.training.ppo_sampling import encode_prompts, generate, left_pad
 from saferounds.reward_models.gating import gated_reward
 
 torch.set_num_threads(1)
@@ -31,6 +32,17 @@ def gated_score(prompts, texts):
     helpfulness likes vowels and spaces, safety likes them too but less steeply."""
     frac = torch.tensor([sum(c in VOWELS for c in t) / max(len(t), 1) for t in texts])
     return gated_reward(4 * frac - 1, 8 * frac - 2, [p["is_safety"] for p in prompts], whitening=False)
+
+
+@torch.no_grad()
+def mean_score(policy, tokenizer, prompts, score_fn, cfg):
+    """Mean raw gated score of the policy's sampled responses on held-out prompts."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(policy.parameters()).device
+    q_ids, q_mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)
+    r_ids, _ = generate(policy, q_ids.to(device), q_mask.to(device), cfg, pad_id, tokenizer.eos_token_id)
+    score, _ = score_fn(prompts, tokenizer.batch_decode(r_ids.tolist(), skip_special_tokens=True))
+    return float(torch.as_tensor(score, dtype=torch.float32).mean())
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +69,10 @@ def test_ppo_raises_heldout_gated_score_with_bounded_kl(tiny, tmp_path):
     cfg = PPOConfig(steps=20, batch_size=16, mini_batch_size=4, ppo_epochs=2, rollout_batch_size=16,
                     learning_rate=3e-3, beta=0.05, max_new_tokens=12, save_every=100)
     torch.manual_seed(0)
-    before = sum(mean_score(policy, tok, HELDOUT, gated_score, cfg, do_sample=True)[0] for _ in range(3)) / 3
+    before = sum(mean_score(policy, tok, HELDOUT, gated_score, cfg) for _ in range(3)) / 3
     policy, summary = train_ppo(policy, tok, TRAIN, gated_score, cfg, log_path=tmp_path / "log.jsonl")
     torch.manual_seed(0)
-    after = sum(mean_score(policy, tok, HELDOUT, gated_score, cfg, do_sample=True)[0] for _ in range(3)) / 3
+    after = sum(mean_score(policy, tok, HELDOUT, gated_score, cfg) for _ in range(3)) / 3
     log = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 21))
     assert after > before + 0.3, (before, after)  # logit(R_c) units; seen: 1.16 -> 1.63
@@ -159,8 +171,9 @@ def test_sizes_are_checked(tiny):
 def test_sampling_pass_gives_the_forward_pass_logprobs_and_values(tiny):
     """ppo.rollout_logprobs: sampling keeps log pi and V from the decode steps; they must equal the separate
     forward's (left-padded prompts of different lengths, rows that stop at EOS early)."""
-    from saferounds.pipeline.training.ppo import (PolicyAndValue, encode_prompts, forward_response, generate_scored, left_pad,
-                                       logprobs_of, trim)
+    from saferounds.pipeline.training.ppo_math import logprobs_of
+    from saferounds.pipeline.training.ppo_model import PolicyAndValue, forward_response, trim
+    from saferounds.pipeline.training.ppo_sampling import generate_scored
 
     _, tok, load = tiny
     model = PolicyAndValue(load()).eval()
@@ -184,7 +197,7 @@ def test_sampling_pass_gives_the_forward_pass_logprobs_and_values(tiny):
 
 
 def test_rollout_logprobs_setting_picks_the_pass(tiny):
-    from saferounds.pipeline.training.ppo import rollout_from_sampling
+    from saferounds.pipeline.training.ppo_sampling import rollout_from_sampling
 
     _, _, load = tiny
     policy = load()

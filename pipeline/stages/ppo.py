@@ -20,7 +20,8 @@ from saferounds.core.errors import InputError
 from saferounds.core.tracking import runs_dir
 from saferounds.pipeline.data import load_prompts
 from saferounds.pipeline.models import is_adapter_dir, load_policy
-from saferounds.pipeline.training.ppo import make_accelerator, save_policy, train_ppo
+from saferounds.pipeline.training.ppo import make_accelerator, train_ppo
+from saferounds.pipeline.training.ppo_checkpoint import save_policy
 from saferounds.reward_models.gating import gated_score_fn
 from saferounds.reward_models.modeling import load_reward_model, load_reward_models, require_reward_models
 
