@@ -61,3 +61,33 @@ def test_cli_areas_are_a_table_of_register_functions():
     assert all(fn.__name__ == "register" and fn.__module__.startswith("saferounds.pipeline.cli.") for fn in AREAS.values())
     names = {c.name or c.callback.__name__ for c in app.registered_commands} | {g.name for g in app.registered_groups}
     assert {"rm", "eval", "report", "ppo", "label", "annotate", "demo"} <= names
+
+
+MAX_FUNCTION_LINES = 80  # a longer function reads as several: split it into named steps
+
+
+def long_functions(root: Path, packages, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`path:line name (N lines)` of every function and method longer than `limit` lines, def to last line."""
+    found = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > limit:
+                        found.append(f"{path.relative_to(root).as_posix()}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_is_over_80_lines():
+    assert long_functions(ROOT, [p for p in PACKAGES if (ROOT / p).is_dir()]) == []
+
+
+def test_the_length_checker_sees_an_81_line_function(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    lines = [f"x{i} = {i}" for i in range(79)]
+    fits = "def fits():\n" + "".join(f"    {l}\n" for l in lines)  # 80 lines: allowed
+    method = "class C:\n    def too_long(self):\n" + "".join(f"        {l}\n" for l in lines) + "        return 0\n"
+    (tmp_path / "pkg" / "m.py").write_text(fits + "\n\n" + method)
+    assert long_functions(tmp_path, ["pkg"]) == ["pkg/m.py:84 too_long (81 lines)"]
+    assert long_functions(tmp_path, ["pkg"], limit=81) == []
