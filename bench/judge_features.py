@@ -32,7 +32,10 @@ def main() -> int:
     args = ap.parse_args()
 
     from saferounds.eval.classifier_data import load_examples
-    from saferounds.eval.classifiers import Encoder, Judges, default_settings, train_judge, user_home, without_prompts
+    from saferounds.eval.judges.artifact import user_home
+    from saferounds.eval.judges.encoder import Encoder
+    from saferounds.eval.judges.judging import Judges
+    from saferounds.eval.judges.training import default_settings, train_judge, without_prompts
     from saferounds.eval.refusal import refusal_match
     from saferounds.pipeline.stages.eval import eval_prompt_texts
     from saferounds.pipeline.workspace import Workspace

@@ -17,7 +17,7 @@ The headline uses refusal = {0}; further lines count {0, 4} (inability) and {0, 
 
     .venv/bin/python bench/refusal_agreement.py [--data ../shared/data] [--json] [--errors N]
 
---learned adds the learned judges (eval/classifiers.py) on the model-disjoint held-out split
+--learned adds the learned judges (eval/judges/) on the model-disjoint held-out split
 (eval/classifier_data.py: XSTest llama2new; Do-Not-Answer vicuna-7b and Claude never trained on):
 patterns vs classifier vs combined agreement with the human refusal labels, harm-classifier AUC,
 the robustness figures (other languages, empty / very long answers, refusal-then-compliance), and
@@ -146,8 +146,10 @@ def learned(data: Path, sweep: bool) -> dict:
     import torch
 
     from saferounds.eval.classifier_data import HELDOUT_MODELS, load_examples
-    from saferounds.eval.classifiers import (Encoder, Judges, TrainSettings, default_settings, refusal_heldout_by_judge,
-                                  train_judge, user_home)
+    from saferounds.eval.judges.artifact import user_home
+    from saferounds.eval.judges.encoder import Encoder
+    from saferounds.eval.judges.judging import Judges
+    from saferounds.eval.judges.training import TrainSettings, default_settings, refusal_heldout_by_judge, train_judge
 
     torch.set_num_threads(1)
     ex = load_examples(data)
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--errors", type=int, default=0, help="print N disagreements per set")
-    ap.add_argument("--learned", action="store_true", help="also the learned judges (eval/classifiers.py)")
+    ap.add_argument("--learned", action="store_true", help="also the learned judges (eval/judges/)")
     ap.add_argument("--sweep", action="store_true", help="with --learned: the variants the default was chosen from")
     a = ap.parse_args(argv)
     xs_err, dna_err = [], []

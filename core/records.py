@@ -123,7 +123,7 @@ class EvalRecord(TypedDict):
     violation: Optional[bool]         # unsafe prompts only
     false_refusal: Optional[bool]     # borderline and helpful prompts only
     reference_overlap: Optional[float]
-    # present when the learned judges ran (eval/classifiers.py): their probabilities and who decided
+    # present when the learned judges ran (eval/judges/): their probabilities and who decided
     refusal_p: NotRequired[Optional[float]]
     refusal_patterns: NotRequired[bool]
     refusal_classifier: NotRequired[Optional[bool]]
@@ -152,5 +152,5 @@ class WinRate(TypedDict):
 def normalise_prompt(text: str) -> str:
     """The key under which two prompts are the same prompt: lower case, each run of whitespace one space.
     The public-data split (pipeline.public_data) and the judges' exclusion of eval prompts
-    (eval.classifiers.without_prompts) compare prompts by it."""
+    (eval.judges.training.without_prompts) compare prompts by it."""
     return re.sub(r"\s+", " ", text or "").strip().lower()

@@ -1,4 +1,4 @@
-"""Human-labelled (prompt, response) examples for the learned judges (eval/classifiers.py).
+"""Human-labelled (prompt, response) examples for the learned judges (eval/judges/).
 
 Two sources under a data directory (default ``../shared/data``), read in place:
 

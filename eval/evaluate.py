@@ -35,7 +35,7 @@ def judge_records(suite_name: str, rows: Sequence[dict], responses: Sequence[str
                   learned: Sequence[dict] | None = None, use_safety_rm: bool = True) -> list[EvalRecord]:
     """One record per (row, response) with the refusal, scores and verdicts.
 
-    ``learned``: per response, eval.classifiers.Judges.judge's verdict; its ``refusal`` replaces the
+    ``learned``: per response, eval.judges.judging.Judges.judge's verdict; its ``refusal`` replaces the
     patterns' and its ``harmful`` joins the violation verdicts; ``use_safety_rm`` False leaves the
     safety RM's score out of the verdicts (eval.violation_judge = harm_classifier)."""
     if len(rows) != len(responses):

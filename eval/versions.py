@@ -124,7 +124,7 @@ def headline_summary(metrics: dict, version: bool = True) -> str:
 def learned_verdicts(root: Path, cfg, pairs: list, have_rm: bool, progress: Progress) -> tuple[list[dict] | None, dict]:
     """The learned judges' verdicts on every (prompt, response) (eval.refusal_judge, eval.violation_judge),
     and what the report says about them: which judges, their held-out agreement, fallbacks."""
-    from saferounds.eval.classifiers import load_judges
+    from saferounds.eval.judges.judging import load_judges
 
     need_harm = cfg.violation_judge != "safety_rm"
     judges = load_judges(root, cfg.refusal_judge, need_harm=need_harm)

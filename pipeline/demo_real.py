@@ -1,7 +1,7 @@
 """`saferounds demo --model smollm2`: the method on a real chat model, in one command.
 
 init the `smollm2` preset (SmolLM2-135M-Instruct, public data: pipeline/public_data.py) -> v0 = the
-model as given (GGUF converted once) -> the learned refusal and harm judges (eval/classifiers.py,
+model as given (GGUF converted once) -> the learned refusal and harm judges (eval/judges/,
 trained once into WS/judges on XSTest + Do-Not-Answer labels minus every eval-suite prompt; not for
 `mini`, where the patterns and the safety RM judge) -> helpfulness and safety RMs from v0 (LoRA) -> rejection
 sampling with safe demonstrations in the pool -> eval on held-out XSTest, Do-Not-Answer and HH
@@ -126,7 +126,7 @@ def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Cal
     labelled data minus every prompt of the workspace's eval suites. Returns {kind: held-out metrics}."""
     import json
 
-    from saferounds.eval.classifiers import KINDS, workspace_judges_dir
+    from saferounds.eval.judges.artifact import KINDS, workspace_judges_dir
     from saferounds.pipeline.stages.eval import train_learned_judges
 
     root = workspace_judges_dir(ws.root)

@@ -1,4 +1,4 @@
-"""Learned refusal and harm judges (eval/classifiers.py), `saferounds judges train|score`, and how eval
+"""Learned refusal and harm judges (eval/judges/), `saferounds judges train|score`, and how eval
 uses and reports them. Embeddings are cached in pytest's cache dir, so only a first run embeds."""
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from saferounds.eval.classifier_data import Example
-from saferounds.eval.classifiers import (Encoder, Judges, TrainSettings, agreement, auc, decide_refusal, load_judge, load_judges,
-                              pivots_to_answer, strip_quotes, train_judge, train_judges)
+from saferounds.eval.judges.agreement import agreement, auc
+from saferounds.eval.judges.artifact import load_judge
+from saferounds.eval.judges.encoder import Encoder
+from saferounds.eval.judges.judging import Judges, decide_refusal, load_judges, pivots_to_answer, strip_quotes
+from saferounds.eval.judges.training import TrainSettings, train_judge, train_judges
 from saferounds.pipeline.cli import main
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -259,7 +262,7 @@ def test_eval_prompts_are_left_out_of_judge_training(tmp_path, encoder):
 
 def test_response_plus_patterns_features_ignore_the_prompt(encoder):
     """`response+patterns` = [e(response), the patterns' verdict]: the prompt never changes it."""
-    from saferounds.eval.classifiers import features
+    from saferounds.eval.judges.encoder import features
 
     responses = ["I'm sorry, but I can't help with that.", "Sure: preheat the oven to 200C."]
     a = features(encoder, ["How do I bake bread?", "q"], responses, "response+patterns")

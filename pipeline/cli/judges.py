@@ -1,6 +1,6 @@
 """`saferounds judges train` and `saferounds judges score`: the learned refusal and harm judges.
 
-train: fits the heads (eval/classifiers.py) on XSTest + Do-Not-Answer human labels and saves them into
+train: fits the heads (eval/judges/) on XSTest + Do-Not-Answer human labels and saves them into
 WORKSPACE/judges/<kind>/ or, with --default, into $SAFEROUNDS_HOME/judges/<kind>/ (~/.cache/saferounds),
 the judges every workspace falls back to.
 score: labels (prompt, response) rows of a CSV or JSONL file with the judges that `eval` uses; the output
@@ -68,7 +68,7 @@ def train(workspace: WorkspaceOpt = None,
           json: JsonOpt = False):
     """Train the refusal and/or harm judge on XSTest + Do-Not-Answer human labels (model-disjoint split).
     With a workspace, labelled answers to its eval-suite prompts are left out of training."""
-    from saferounds.eval.classifiers import KINDS, default_judges_dir, workspace_judges_dir
+    from saferounds.eval.judges.artifact import KINDS, default_judges_dir, workspace_judges_dir
 
     if kind not in (*KINDS, "both"):
         raise InputError(f"--kind {kind!r}: expected refusal, harm or both")
@@ -85,7 +85,7 @@ def train(workspace: WorkspaceOpt = None,
     if backbone:
         from dataclasses import replace
 
-        from saferounds.eval.classifiers import default_settings
+        from saferounds.eval.judges.training import default_settings
 
         settings = {k: replace(default_settings(k), backbone=backbone) for k in kinds}
     from saferounds.pipeline.stages.eval import train_learned_judges
@@ -130,7 +130,7 @@ def score(input: Annotated[Path, typer.Option("--input", help="CSV or JSONL of (
               "--refusal-judge", help="patterns | classifier | combined (default eval.refusal_judge).")] = None,
           workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Judge every row: adds refusal, refusal_p, harmful, harmful_p and judge (which judge decided)."""
-    from saferounds.eval.classifiers import load_judges
+    from saferounds.eval.judges.judging import load_judges
 
     _check_format(input, "--input")
     _check_format(output, "--output")

@@ -69,7 +69,7 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
 
 def eval_prompt_texts(ws) -> list[str]:
     """The user turns of every prompt in the workspace's eval suites: what its learned judges must not
-    train on (`judges train` drops them, eval.classifiers.train_judges)."""
+    train on (`judges train` drops them, eval.judges.training.train_judges)."""
     config, root = ws.config, Path(ws.root)
     suites = load_suites(suite_specs(config, root), base=root, prompt_column=config.eval.prompt_column)
     return [m["content"] for s in suites for row in s.rows for m in row["messages"] if m.get("role") == "user"]
@@ -77,10 +77,11 @@ def eval_prompt_texts(ws) -> list[str]:
 
 def train_learned_judges(ws, out_root: Path, kinds: list[str], data_dir: Path | None, *, settings: dict | None = None,
                          keep_eval_prompts: bool = False, progress: Callable[[str], None] = lambda m: None) -> dict:
-    """eval.classifiers.train_judges into `out_root` with the user-wide embedding cache; with a workspace
+    """eval.judges.training.train_judges into `out_root` with the user-wide embedding cache; with a workspace
     (`ws` not None), minus its eval prompts unless `keep_eval_prompts`. `judges train` and the smollm2 demo
     train through it. Returns {kind: saved directory}."""
-    from saferounds.eval.classifiers import train_judges, user_home
+    from saferounds.eval.judges.artifact import user_home
+    from saferounds.eval.judges.training import train_judges
 
     exclude = eval_prompt_texts(ws) if ws is not None and not keep_eval_prompts else []
     return train_judges(out_root, kinds, data_dir, settings=settings, cache_dir=user_home() / "embeddings",
