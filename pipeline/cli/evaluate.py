@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from saferounds.core.errors import InputError
 from saferounds.pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, locked, open_workspace, output_dir, print_json,
                                  table)
 from saferounds.pipeline.cli.live import VerboseOpt, live, log_message
@@ -37,6 +38,9 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
     ws = open_workspace(workspace)
     cfg = ws.config
     n = parse_version(version)
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: expected at least 1 prompt per suite (omit it for "
+                         "eval.max_prompts_per_suite)")
     policy = ws.policy_path(n)  # InputError (exit 2) when vN is not a finished version
     ecfg = cfg.eval
     specs = list(suite) if suite else suite_specs(cfg, ws.root)
@@ -46,7 +50,7 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
     for a in against or []:  # asked for by name: it must exist (the config's defaults may be skipped)
         m = n - 1 if a == "previous" else parse_version(a)
         ws.policy_path(m)  # InputError naming the finished versions
-    out_dir = output_dir(ws, out) if out else ws.root / "reports" / f"v{n}" / command
+    out_dir = report_dir(ws, out) if out else ws.root / "reports" / f"v{n}" / command
     samples = ws.version_dir(n) / "samples.jsonl"
     progress = log_message
     with locked(ws), live(out_dir / "logs" / "stage.log", verbose, quiet=as_json):
@@ -72,6 +76,22 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
         console.print(f"[yellow]note:[/] {metrics['judges']['note']}")
     for k, p in paths.items():
         console.print(f"{k:>8}: {p}")
+
+
+WORKSPACE_OWNED = ("reward_models", "models", "judges", "annotations")  # besides versions/ (output_dir)
+
+
+def report_dir(ws, out: Path) -> Path:
+    """--out: a directory of its own for the report files, never the workspace root or a folder the
+    workspace keeps its own files in (versions/, reward_models/, models/, judges/, annotations/)."""
+    path = output_dir(ws, out)
+    owned = [ws.root / d for d in WORKSPACE_OWNED]
+    if path == ws.root or any(path == d or d in path.parents for d in owned):
+        raise InputError(f"--out {out}: reports go into a directory of their own, never the workspace root "
+                         f"or its {', '.join(d + '/' for d in WORKSPACE_OWNED)}; e.g. --out {ws.root / 'reports' / 'mine'}")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {out}: a file, not a directory; name a directory for the report files")
+    return path
 
 
 def register(app: typer.Typer) -> None:
