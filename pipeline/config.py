@@ -154,6 +154,8 @@ def _check_version_spec(spec: str) -> str | None:
         lo, hi = body.split("-", 1)
         if int(lo) > int(hi.lstrip("v")):
             return f"the range {spec!r} is reversed (low-high, e.g. '1-3')"
+    if int(body.rstrip("+").split("-", 1)[0]) < 1:
+        return f"{spec!r} names v0, which `saferounds sft` makes, not a round; plans start at 1 (e.g. '1-3')"
     return None
 
 
@@ -257,7 +259,10 @@ def build(cls, data: Any, prefix: str = "", errors: list[str] | None = None):
             continue
         key = f"{prefix}.{name}" if prefix else name
         value = _convert(data[name], hints[name], key, errors)
-        lo, hi = f.metadata.get("min"), f.metadata.get("max", default_max(name, hints[name]))
+        lo = f.metadata.get("min", 0 if name == "seed" else None)  # seeds: torch and numpy take none below 0
+        hi = f.metadata.get("max", default_max(name, hints[name]))
+        if f.metadata.get("nonempty") and isinstance(value, str) and not value.strip():
+            errors.append(f"{key}: empty; {f.metadata['nonempty']}")
         if isinstance(value, float) and not math.isfinite(value):
             errors.append(f"{key}: {value!r} is not a finite number")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
