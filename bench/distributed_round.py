@@ -31,7 +31,7 @@ def template(root: Path, prompts: int) -> Path:
 
     from saferounds.pipeline.presets import init_workspace
     from saferounds.pipeline.stages.rm import load_rm_records, train_kind
-    from saferounds.pipeline.training.base_policy import run_sft
+    from saferounds.pipeline.v0 import run_sft
     from saferounds.pipeline.workspace import Workspace
 
     init_workspace(root, "tiny", data_size="smoke", overrides={"sft": {"epochs": 2}})

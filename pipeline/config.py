@@ -25,6 +25,7 @@ import yaml
 
 from saferounds.core.errors import InputError
 from saferounds.eval.config import EvalConfig
+from saferounds.pipeline.stage_policies import ALWAYS_MAKE_A_POLICY
 from saferounds.pipeline.training.config import PPOConfig, TrainConfig
 from saferounds.reward_models.config import GateConfig, JudgeConfig, ModelConfig, RewardModelConfig
 from saferounds.sampling.config import DistillConfig, RejectionSamplingConfig
@@ -135,8 +136,8 @@ def version_in_spec(version: int, spec: str) -> bool:
 
 def check_stages(stages: list[str]) -> str | None:
     """A version's stages: unique, in the order rm -> label -> distill -> rs -> ppo -> eval, making a policy."""
-    if not any(s in ("rs", "ppo") for s in stages):
-        return f"{stages} makes no policy; every version needs rs or ppo"
+    if not any(s in ALWAYS_MAKE_A_POLICY for s in stages):
+        return f"{stages} makes no policy; every version needs {' or '.join(ALWAYS_MAKE_A_POLICY)}"
     order = [STAGE_ORDER.index(s) for s in stages if s in STAGE_ORDER]
     if order != sorted(order) or len(set(stages)) != len(stages):
         return f"{stages}: stages must be unique and in the order {' -> '.join(STAGE_ORDER)}"

@@ -2,7 +2,7 @@
 
 tiny preset -> step 0 pretraining -> SFT (v0) -> helpfulness and safety RMs -> rejection-sampling
 rounds v1 and v2 -> rejection sampling then PPO for v3 -> every version evaluated -> the report
-with trends. The data is the project's own synthetic generator (pipeline.synthetic); the sizes
+with trends. The data is the project's own synthetic generator (data.synthetic); the sizes
 below keep `smoke` under 3 minutes and `default` under 10 on 2 CPU cores (bench/demo_time.py).
 
 A demo workspace is an ordinary workspace: `saferounds status -w DIR` and every other command
@@ -23,7 +23,7 @@ from saferounds.core.errors import InputError
 from saferounds.core.io import read_json
 from saferounds.pipeline.presets import init_workspace
 from saferounds.pipeline.rounds import run_round
-from saferounds.pipeline.training.base_policy import run_pretrain, run_sft
+from saferounds.pipeline.v0 import run_pretrain, run_sft
 from saferounds.pipeline.workspace import Workspace
 
 SIZES: dict[str, dict] = {

@@ -1,6 +1,6 @@
 """`saferounds demo --model smollm2`: the method on a real chat model, in one command.
 
-init the `smollm2` preset (SmolLM2-135M-Instruct, public data: pipeline/public_data.py) -> v0 = the
+init the `smollm2` preset (SmolLM2-135M-Instruct, public data: data/public.py) -> v0 = the
 model as given (GGUF converted once) -> the learned refusal and harm judges (eval/judges/,
 trained once into WS/judges on XSTest + Do-Not-Answer labels minus every eval-suite prompt; not for
 `mini`, where the patterns and the safety RM judge) -> helpfulness and safety RMs from v0 (LoRA) -> rejection
@@ -141,7 +141,7 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
                   print_line: Callable[[str], None] = print) -> dict:
     """Build or resume the smollm2 demo workspace, run v0 and the planned rounds; return the headline."""
     from saferounds.pipeline.demo import summary
-    from saferounds.pipeline.training.base_policy import run_sft
+    from saferounds.pipeline.v0 import run_given
 
     if size not in SIZES:
         raise InputError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
@@ -168,7 +168,7 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
             if 0 not in ws.finished_versions():
                 progress.begin("v0")
                 progress.say("v0: converting the GGUF (once) and taking the model as given")
-                run_sft(ws)  # model.v0: given -> pipeline.given_policy.run_given
+                run_given(ws)  # the preset's model.v0: given
                 progress.end("v0")
             else:
                 progress.done["v0"] = 0.0

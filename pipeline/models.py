@@ -1,5 +1,6 @@
 """Loading the policy (any Hugging Face causal LM) with the options every stage shares:
-dtype, LoRA (peft), 4/8-bit loading (bitsandbytes), gradient checkpointing.
+dtype, LoRA (peft), 4/8-bit loading (bitsandbytes), gradient checkpointing; and `resolve_model`, which
+turns the config's model.policy / model.reward_model into a path or hub id.
 
 Weights are safetensors only and nothing runs remote code unless the config says so.
 """
@@ -8,8 +9,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saferounds.core import distributed as dist
 from saferounds.core.accelerator import quantization_config, resolve_dtype
 from saferounds.core.errors import InputError
+from saferounds.pipeline.gguf import ensure_converted, is_gguf_source
+from saferounds.data.tiny import build_tiny
+from saferounds.pipeline.workspace import Workspace
+
+
+def resolve_model(ws: Workspace, key: str) -> str:
+    """Path or hub id of the base `policy` or `reward_model` named in the config.
+
+    `tiny` builds the tiny preset inside the workspace; `v0` (reward models only) means the SFT
+    policy with a scalar head added, as LLaMA 2 initialises its reward models from the chat model.
+    """
+    cfg = ws.config
+    name = getattr(cfg.model, key)
+    if name == "tiny":
+        return str(dist.run_on_main(build_tiny, ws.root / "models" / "tiny", seed=cfg.seed)[key])  # rank 0 writes
+    if is_gguf_source(name):  # a .gguf file or a packaged alias: converted once into WORKSPACE/models/
+        return str(dist.run_on_main(ensure_converted, name, ws.root / "models", base=ws.root, key=f"model.{key}")[0])
+    if name == "v0":
+        if key != "reward_model":
+            raise InputError("model.policy: 'v0' is only meaningful for model.reward_model")
+        return str(ws.policy_path(0))
+    local = Path(str(ws.resolve(name)))
+    return str(local) if local.exists() else name  # else a hub id
 
 
 def lora_config(model_cfg, task_type: str, num_layers: int | None = None, model=None):

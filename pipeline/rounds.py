@@ -2,18 +2,14 @@
 (rm -> label -> distill -> rs -> ppo -> eval as planned), recording each in the manifest.
 
 Re-running continues an interrupted version: finished stages are skipped and the stage that was
-running resumes from its own checkpoints. The last policy-producing stage's output (rs_policy or
-ppo_policy) becomes the version's `policy/` before evaluation; the whole directory is renamed
-from `.vN.partial` to `vN` only when every stage is done.
+running resumes from its own checkpoints. The last policy-producing stage's output (pipeline.stage_policies
+says which stages make one) becomes the version's `policy/` before evaluation; the whole directory is
+renamed from `.vN.partial` to `vN` only when every stage is done.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,29 +17,9 @@ from saferounds.core import distributed as dist
 from saferounds.core.errors import InputError
 from saferounds.core.logs import log_to
 from saferounds.core.progress import scope
-from saferounds.pipeline.config import Config
-from saferounds.pipeline.workspace import Workspace, now
-
-POLICY_OUTPUTS = {"rs": "rs_policy", "ppo": "ppo_policy"}
-log = logging.getLogger("saferounds")
-
-
-@dataclass
-class StageContext:
-    workspace: Workspace
-    config: Config
-    version: int
-    dir: Path
-    parent_policy: Path
-    rm_paths: dict[str, Path]
-    prior_versions: list[Path]
-    progress: Callable[[str], None] = lambda message: None
-    log: logging.Logger = field(default_factory=lambda: log)
-
-    @property
-    def policy(self) -> Path:
-        """The version's policy once its last policy stage is done (what eval evaluates)."""
-        return self.dir / "policy"
+from saferounds.pipeline.config import STAGE_ORDER
+from saferounds.pipeline.stage_policies import POLICY_DIRS
+from saferounds.pipeline.workspace import Workspace
 
 
 def next_version(ws: Workspace) -> tuple[int, bool]:
@@ -64,83 +40,36 @@ def next_version(ws: Workspace) -> tuple[int, bool]:
 
 def _place_policy(d: Path, stage: str, stages: list[str]) -> None:
     """After the last policy stage of the plan, its output becomes the version's policy/."""
-    last = [s for s in stages if s in POLICY_OUTPUTS][-1]
-    if stage == last and (d / POLICY_OUTPUTS[stage]).exists() and not (d / "policy").exists():
-        os.replace(d / POLICY_OUTPUTS[stage], d / "policy")
+    last = [s for s in stages if s in POLICY_DIRS][-1]
+    made = d / POLICY_DIRS[stage]
+    if stage == last and made.exists() and not (d / "policy").exists():
+        os.replace(made, d / "policy")
 
 
 def stage_parent(ws: Workspace, d: Path, n: int, stage: str) -> Path:
-    """The policy a stage of vN starts from: the version's distill_policy/ for the stages after `distill`
-    (context distillation first, then rs and ppo build on the distilled model), else v(N-1)'s policy."""
-    distilled = Path(d) / "distill_policy"
-    return distilled if stage != "distill" and distilled.exists() else ws.policy_path(n - 1)
+    """The policy a stage of vN starts from: the newest one an earlier stage of vN made (policy/ once placed,
+    else the output of the latest earlier policy stage: distill_policy/ for rs, rs_policy/ for ppo), else
+    v(N-1)'s policy. A distill that kept no answer writes none, and rs starts from v(N-1)'s policy."""
+    earlier = STAGE_ORDER[:STAGE_ORDER.index(stage)]
+    made = [Path(d) / "policy"] + [Path(d) / POLICY_DIRS[s] for s in reversed(earlier) if s in POLICY_DIRS]
+    return next((p for p in made if p.exists()), None) or ws.policy_path(n - 1)
 
 
-def validate_inputs(ws: Workspace, stages: list[str]) -> None:
-    """Read every data file the planned stages need, so bad or missing input fails (exit 2) before
-    the version is started rather than hours into it."""
-    from saferounds.pipeline.data import load_prompts
+def validate_stages(ws: Workspace, n: int, stages: list[str]) -> None:
+    """Every planned stage's input checks (Stage.validate), so bad or missing input, or a reward model the
+    plan lacks, fails (exit 2) before the version is started rather than hours into it."""
+    from saferounds.pipeline.stages import STAGES  # the stages load torch; `status` and `show` need none of it
 
-    cfg = ws.config
-    if {"label", "rs", "ppo"} & set(stages):
-        if not cfg.data.prompts:
-            raise InputError(f"{ws.config_path}: data.prompts: no files listed; the planned stages {stages} need prompts")
-        for f in cfg.data.prompts:
-            load_prompts(ws.resolve(f))
-    if "distill" in stages:
-        from saferounds.pipeline.stages.distill import adversarial_prompts
-
-        adversarial_prompts(cfg, ws.resolve)
-    if "rm" in stages:
-        from saferounds.pipeline.stages.rm import load_rm_records
-
-        load_rm_records(ws)
-    validate_outputs_and_suites(ws, stages)
-
-
-def validate_plan(ws: Workspace, n: int, stages: list[str]) -> None:
-    """What vN's stages need from earlier versions is there before .vN.partial is created: rs and ppo
-    need both reward models, from an `rm` stage of vN or an earlier version. With overlapping
-    rounds.plan entries (the last match wins) the message names the entries that cover vN."""
-    from saferounds.pipeline.config import version_in_spec
-
-    if "rm" in stages or not {"rs", "ppo"} & set(stages):
-        return
-    from saferounds.sampling.config import reward_for_round
-
-    if reward_for_round(ws.config.rejection_sampling, n) == "judge" and "ppo" not in stages:
-        return
-    missing = [k for k in ("helpfulness", "safety") if k not in ws.rm_paths(at_most=n)]
-    if not missing:
-        return
-    covering = [f"{{versions: {e.versions!r}, stages: {list(e.stages)}}}" for e in ws.config.rounds.plan
-                if version_in_spec(n, e.versions)]
-    overlap = f"; entries {' and '.join(covering)} all cover v{n} and the last one wins" if len(covering) > 1 else ""
-    raise InputError(f"rounds.plan: v{n} runs {stages} but there is no {' or '.join(missing)} reward model yet; "
-                     f"plan an `rm` stage for v{n}{overlap}")
-
-
-def validate_outputs_and_suites(ws: Workspace, stages: list[str]) -> None:
-    """Checks that used to fail hours in (after the RMs, sampling and the fine-tune), when fixing them
-    blocks the resume ("saferounds.yaml changed"): every eval.suites entry loads (kind known, file there),
-    and no configured output path lies inside a finished version."""
-    from saferounds.core.versions import ensure_outside_finished_versions
-
-    cfg = ws.config
-    if "label" in stages and cfg.judge.cache_path:
-        ensure_outside_finished_versions(ws.resolve(cfg.judge.cache_path), "judge.cache_path")
-    if "eval" in stages:
-        from saferounds.eval.suites import load_suites
-        from saferounds.pipeline.stages.eval import suite_specs
-
-        load_suites(suite_specs(cfg, ws.root), base=ws.root, prompt_column=cfg.eval.prompt_column,
-                    limit=cfg.eval.max_prompts_per_suite)
+    if n > 0 and ws.version_dir(n - 1).is_dir():
+        ws.manifest(n - 1)  # a damaged parent manifest is an InputError naming it, never built on
+    for stage in stages:
+        STAGES[stage].validate(ws, n, stages)
 
 
 def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
               until: str | None = None) -> dict:
     """Run (or resume) the next version; `until` stops after that stage (the version stays partial)."""
-    from saferounds.pipeline.stages import STAGES  # the stages load torch; `status` and `show` need none of it
+    from saferounds.pipeline.stages import STAGES, StageContext  # the stages load torch (see validate_stages)
 
     cfg = ws.config
     n, resuming = next_version(ws)
@@ -154,11 +83,8 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         stages = cfg.stages_for(n)  # validated with the config (pipeline.config.check_stages)
     if until is not None and until not in stages:
         raise InputError(f"--until {until}: v{n} runs {', '.join(stages)}; name one of those")
-    dist.all_ranks(validate_inputs, ws, stages)  # bad input fails every rank before anything is written
-    dist.all_ranks(validate_plan, ws, n, stages)
-    data = cfg.data
-    inputs = data.prompts + data.helpfulness_preferences + data.safety_preferences + data.rankings \
-        + cfg.rejection_sampling.demonstrations
+    dist.all_ranks(validate_stages, ws, n, stages)  # bad input fails every rank before anything is written
+    inputs = list(dict.fromkeys(f for s in STAGES.values() for f in s.input_files(cfg)))
     d = ws.begin_version(n, n - 1, stages, inputs)
     if resuming:  # record the inputs as they are now; say which changed since the version started
         now_hashes = ws.hash_inputs(inputs)
@@ -176,37 +102,16 @@ def run_round(ws: Workspace, progress: Callable[[str], None] | None = None,
         ctx = StageContext(workspace=ws, config=cfg, version=n, dir=d, parent_policy=stage_parent(ws, d, n, stage),
                            rm_paths=ws.rm_paths(at_most=n), prior_versions=prior, progress=report)
         report(f"v{n}: {stage}")
-        started = time.time()
-        ws.set_stage(n, stage, status="running", started=now(), error=None)
-        try:
+        with ws.stage(n, stage) as done:
             with log_to(d / "logs" / "stage.log"), scope(f"v{n}"):  # the details; progress: core.progress
-                metrics = dist.all_ranks(STAGES[stage], ctx) or {}  # every rank; a failure on one fails all
-        except BaseException as e:
-            record_failure(ws, n, stage, e)
-            raise
-        seconds = round(time.time() - started, 2)
-        if stage in POLICY_OUTPUTS:
-            dist.run_on_main(_place_policy, d, stage, stages)
-        ws.set_stage(n, stage, status="done", finished=now(), seconds=seconds, metrics=metrics)
-        ws.update_manifest(n, metrics={stage: metrics}, timings={stage: seconds},
-                           reward_models={k: p.name for k, p in ws.rm_paths(at_most=n).items()})
+                done.metrics = dist.all_ranks(STAGES[stage].run, ctx) or {}  # every rank; one fails: all fail
+            if STAGES[stage].policy:
+                dist.run_on_main(_place_policy, d, stage, stages)
+            done.manifest["reward_models"] = {k: p.name for k, p in ws.rm_paths(at_most=n).items()}
         if until == stage:
             return {"version": n, "status": "partial", "stopped_after": stage}
     ws.finish_version(n)
     return {"version": n, "status": "complete", "manifest": ws.manifest(n)}
-
-
-def record_failure(ws: Workspace, n: int, stage: str, e: BaseException) -> None:
-    """The stage's failure in the manifest (status interrupted for Ctrl-C, else failed). Best effort: on a
-    full disk even the manifest may not fit, and the cause must still reach the user."""
-    import contextlib
-
-    interrupted = isinstance(e, KeyboardInterrupt)
-    reason = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
-    with contextlib.suppress(OSError):
-        ws.set_stage(n, stage, status="interrupted" if interrupted else "failed", error=reason[:2000],
-                     traceback=traceback.format_exc()[-4000:], pid=os.getpid())
-        ws.update_manifest(n, status="interrupted" if interrupted else "failed")
 
 
 def live_status(ws: Workspace, status: str | None, holder: str | None) -> str | None:

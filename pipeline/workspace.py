@@ -20,6 +20,9 @@ import os
 import shutil
 import stat
 import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -43,6 +46,14 @@ def package_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
     return out
+
+
+@dataclass
+class StageRecord:
+    """What a stage hands `Workspace.stage` to record when it is done: its metrics, and more top-level
+    manifest keys (e.g. v0's model_source)."""
+    metrics: dict = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
 
 
 class WorkspaceLock:
@@ -253,6 +264,33 @@ class Workspace:
         manifest = read_json(d / "manifest.json")
         manifest["stages"].setdefault(stage, {}).update(fields)
         write_json(d / "manifest.json", manifest)
+
+    @contextlib.contextmanager
+    def stage(self, n: int, name: str) -> Iterator[StageRecord]:
+        """One stage of the partial vN, recorded in its manifest: `running` on entry; on success `done`
+        with its seconds and the metrics the body leaves in the yielded record (also under the manifest's
+        metrics and timings); on an exception `failed` or `interrupted` (record_failure), re-raised."""
+        started = time.time()
+        self.set_stage(n, name, status="running", started=now(), error=None)
+        record = StageRecord()
+        try:
+            yield record
+        except BaseException as e:
+            self.record_failure(n, name, e)
+            raise
+        seconds = round(time.time() - started, 2)
+        self.set_stage(n, name, status="done", finished=now(), seconds=seconds, metrics=record.metrics)
+        self.update_manifest(n, metrics={name: record.metrics}, timings={name: seconds}, **record.manifest)
+
+    def record_failure(self, n: int, stage: str, e: BaseException) -> None:
+        """The stage's failure in vN's manifest (status interrupted for Ctrl-C, else failed). Best effort: on a
+        full disk even the manifest may not fit, and the cause must still reach the user."""
+        interrupted = isinstance(e, KeyboardInterrupt)
+        reason = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+        with contextlib.suppress(OSError):
+            self.set_stage(n, stage, status="interrupted" if interrupted else "failed", error=reason[:2000],
+                           traceback=traceback.format_exc()[-4000:], pid=os.getpid())
+            self.update_manifest(n, status="interrupted" if interrupted else "failed")
 
     def _partial_or_fail(self, n: int) -> Path:
         d = self.partial_dir(n)

@@ -10,10 +10,10 @@ import shutil
 import pytest
 import yaml
 
-from saferounds.pipeline.data import load_sft, load_text
-from saferounds.pipeline.training.base_policy import split_heldout
+from saferounds.data.load import load_sft, load_text
 from saferounds.pipeline.training.config import TrainConfig
 from saferounds.pipeline.training.sft import IGNORE_INDEX, encode_sft, encode_text, finetune, pretrain
+from saferounds.pipeline.v0 import split_heldout
 from saferounds.pipeline.workspace import Workspace
 from saferounds.reward_models.config import ModelConfig
 

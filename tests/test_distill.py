@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from saferounds.core.io import read_jsonl
-from saferounds.pipeline.rounds import StageContext
+from saferounds.pipeline.stages import StageContext
 from saferounds.pipeline.workspace import Workspace
 from saferounds.sampling.config import TARGETED_PREPROMPTS, DistillConfig
 from saferounds.sampling.distillation import (CATEGORIES, choose_preprompt, keep_distilled, keyword_category, parse_category,
@@ -43,7 +43,7 @@ def test_gate_keeps_only_answers_whose_safety_score_improves_by_more_than_the_ma
 
 
 def test_category_names_are_the_eval_risk_categories():
-    from saferounds.eval.suites import RISK_CATEGORIES
+    from saferounds.data.risk import RISK_CATEGORIES
 
     assert CATEGORIES == RISK_CATEGORIES == tuple(f.name for f in __import__("dataclasses").fields(
         DistillConfig().categories))
@@ -145,7 +145,7 @@ def test_prompts_without_a_category_are_classified_by_the_llm_judge_when_configu
 def test_a_source_name_in_the_category_field_is_classified_like_no_category(tmp_path):
     """rs prompts carry their source ("hh-red-team") in `category`: that names no risk category, so the
     keyword fallback classifies them (the smollm2 run gave every prompt the generic preprompt before this)."""
-    from saferounds.eval.suites import known_category
+    from saferounds.data.risk import known_category
     from saferounds.pipeline.stages.distill import categorise
 
     assert not known_category("hh-red-team") and not known_category("") and not known_category(None)
@@ -195,7 +195,7 @@ def ctx_for(ws, version, parent, rm):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"), seed=0)
 

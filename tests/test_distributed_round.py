@@ -78,7 +78,7 @@ def with_v0(tmp_path_factory) -> Path:
 
     from saferounds.pipeline.presets import init_workspace
     from saferounds.pipeline.stages.rm import load_rm_records, train_kind
-    from saferounds.pipeline.training.base_policy import run_sft
+    from saferounds.pipeline.v0 import run_sft
     from saferounds.pipeline.workspace import Workspace
 
     root = tmp_path_factory.mktemp("dist") / "ws"

@@ -632,8 +632,8 @@ def test_a_full_disk_during_a_round_is_exit_1_one_line_and_recorded(tiny_workspa
     def full(ctx):
         raise OSError(errno.ENOSPC, "No space left on device", str(ctx.dir / "rs_policy" / "model.safetensors"))
 
-    monkeypatch.setitem(stages.STAGES, "rs", full)
-    monkeypatch.setattr("saferounds.pipeline.rounds.validate_inputs", lambda ws, stages: None)
+    monkeypatch.setitem(stages.STAGES, "rs", stages.STAGES["rs"]._replace(run=full))
+    monkeypatch.setattr("saferounds.pipeline.rounds.validate_stages", lambda ws, n, stages: None)
     assert cli_main(["round", "run", "-w", str(ws.root)]) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -653,8 +653,8 @@ def test_a_diverged_stage_is_exit_1_one_line_and_the_version_stays_partial(tiny_
     def diverge(ctx):
         raise DivergedError("v2 rs fine-tune", 7, "the gradient norm (nan)")
 
-    monkeypatch.setitem(stages.STAGES, "rs", diverge)
-    monkeypatch.setattr("saferounds.pipeline.rounds.validate_inputs", lambda ws, stages: None)
+    monkeypatch.setitem(stages.STAGES, "rs", stages.STAGES["rs"]._replace(run=diverge))
+    monkeypatch.setattr("saferounds.pipeline.rounds.validate_stages", lambda ws, n, stages: None)
     assert cli_main(["round", "run", "-w", str(ws.root)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: v2 rs fine-tune: diverged at step 7: the gradient norm (nan) is not finite")

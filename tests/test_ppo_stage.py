@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from saferounds.pipeline.rounds import StageContext
+from saferounds.pipeline.stages import StageContext
 from saferounds.pipeline.workspace import Workspace
 
 torch.set_num_threads(1)
@@ -36,7 +36,7 @@ def ctx_for(ws, paths):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
     return build_tiny(tmp_path_factory.mktemp("tiny"))
 
 
@@ -65,13 +65,27 @@ def test_stage_writes_policy_log_and_checkpoint(tiny, tmp_path, lora):
         assert safety_share <= r["share_safety_branch"] + 1e-6 <= 1.0 + 1e-6
 
 
-def test_stage_prefers_this_rounds_rs_policy(tiny, tmp_path):
-    from saferounds.pipeline.stages.ppo import start_checkpoint
+def test_each_stage_starts_from_the_newest_policy_of_its_version(tmp_path):
+    """ppo starts from this round's rs_policy/, rs from distill_policy/, eval from the placed policy/;
+    a stage never starts from its own output or a later stage's, and without one from v(N-1)'s policy."""
+    from saferounds.pipeline.rounds import stage_parent
 
-    ctx = ctx_for(workspace(tmp_path), tiny)
-    assert start_checkpoint(ctx) == Path(tiny["policy"])
-    (ctx.dir / "rs_policy").mkdir()
-    assert start_checkpoint(ctx) == ctx.dir / "rs_policy"
+    ws = workspace(tmp_path)
+    (ws.version_dir(4) / "policy").mkdir(parents=True)
+    d = ws.partial_dir(5)
+    d.mkdir(parents=True)
+    parents = lambda: {s: stage_parent(ws, d, 5, s) for s in ("distill", "rs", "ppo", "eval")}  # noqa: E731
+    v4 = ws.version_dir(4) / "policy"
+    assert parents() == {"distill": v4, "rs": v4, "ppo": v4, "eval": v4}
+    (d / "distill_policy").mkdir()
+    assert parents() == {"distill": v4, "rs": d / "distill_policy", "ppo": d / "distill_policy",
+                         "eval": d / "distill_policy"}
+    (d / "rs_policy").mkdir()
+    (d / "ppo_policy").mkdir()
+    assert parents() == {"distill": v4, "rs": d / "distill_policy", "ppo": d / "rs_policy",
+                         "eval": d / "ppo_policy"}
+    (d / "ppo_policy").rename(d / "policy")  # the last policy stage's output, placed
+    assert parents()["eval"] == d / "policy"
 
 
 def test_reference_is_shared_only_when_it_is_the_frozen_base(tiny, tmp_path):

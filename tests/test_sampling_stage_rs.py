@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from saferounds.core.io import read_jsonl
-from saferounds.pipeline.rounds import StageContext
+from saferounds.pipeline.stages import StageContext
 from saferounds.pipeline.workspace import Workspace
 from saferounds.sampling.curves import max_of_k_curve
 from saferounds.sampling.rejection import best_of_k
@@ -41,7 +41,7 @@ def ctx_for(ws, version, parent, rm, prior):
 @pytest.fixture(scope="module")
 def rounds(tmp_path_factory):
     from saferounds.pipeline.stages.rs import run
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("ws")
     paths = build_tiny(root / "tiny")
@@ -123,7 +123,7 @@ def test_judge_as_the_reward_selects_by_its_score_without_reward_models(tmp_path
 
     from saferounds.reward_models.feedback import judges, labeling
     from saferounds.pipeline.stages.rs import run
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     paths = build_tiny(tmp_path / "tiny")
     ws = write_workspace(tmp_path, temperature=1.0)

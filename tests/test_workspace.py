@@ -159,6 +159,49 @@ def test_a_finished_version_is_never_modified(tiny_workspace):
     assert ws.partial_versions() == []
 
 
+def test_a_stage_is_recorded_running_then_done_with_its_metrics(tiny_workspace, monkeypatch):
+    ws = Workspace(tiny_workspace)
+    ws.begin_version(1, 0, ["rs", "eval"], [])
+    clock = [100.0, 112.25]  # the start, then every later reading
+    monkeypatch.setattr(workspace_module.time, "time", lambda: clock.pop(0) if len(clock) > 1 else clock[0])
+    with ws.stage(1, "rs") as done:
+        assert ws.manifest(1)["stages"]["rs"]["status"] == "running"
+        done.metrics = {"selected": 7}
+        done.manifest["reward_models"] = {"safety": "v1"}
+    m = ws.manifest(1)
+    assert {k: m["stages"]["rs"][k] for k in ("status", "seconds", "metrics", "error")} == \
+        {"status": "done", "seconds": 12.25, "metrics": {"selected": 7}, "error": None}
+    assert m["metrics"] == {"rs": {"selected": 7}} and m["timings"] == {"rs": 12.25}
+    assert m["reward_models"] == {"safety": "v1"} and m["stages"]["eval"] == {"status": "pending"}
+
+
+@pytest.mark.parametrize("error, status", [(ValueError("bad row"), "failed"), (KeyboardInterrupt(), "interrupted")])
+def test_a_stage_that_raises_is_recorded_and_the_error_passes(tiny_workspace, error, status):
+    ws = Workspace(tiny_workspace)
+    ws.begin_version(1, 0, ["rs"], [])
+    with pytest.raises(type(error)):
+        with ws.stage(1, "rs") as done:
+            done.metrics = {"selected": 7}
+            raise error
+    m = ws.manifest(1)
+    rs = m["stages"]["rs"]
+    assert (m["status"], rs["status"], rs["pid"]) == (status, status, os.getpid())
+    assert rs["error"] == ("interrupted" if status == "interrupted" else "ValueError: bad row")
+    assert "raise error" in rs["traceback"] and "metrics" not in rs and m["metrics"] == {}
+
+
+def test_a_failure_that_cannot_be_recorded_still_reaches_the_caller(tiny_workspace, monkeypatch):
+    """On a full disk even the manifest may not fit: the stage's own error is what the user sees."""
+    ws = Workspace(tiny_workspace)
+    ws.begin_version(1, 0, ["rs"], [])
+    with pytest.raises(ValueError, match="bad row"):
+        with ws.stage(1, "rs"):
+            monkeypatch.setattr(workspace_module, "write_json", lambda *a: (_ for _ in ()).throw(OSError(28, "full")))
+            raise ValueError("bad row")
+    monkeypatch.undo()
+    assert ws.manifest(1)["stages"]["rs"]["status"] == "running"
+
+
 def test_discard_rules(tiny_workspace):
     ws = Workspace(tiny_workspace)
     for n in (0, 1, 2):

@@ -41,7 +41,7 @@ def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] |
          verbose: bool) -> None:
     from saferounds.core.versions import parse_version
     from saferounds.pipeline.config import CONFIG_NAME, load_config
-    from saferounds.pipeline.rounds import StageContext
+    from saferounds.pipeline.stages import StageContext
     from saferounds.pipeline.stages.ppo import run
 
     overrides = list(set_ or []) + ([f"ppo.steps={steps}"] if steps is not None else [])
@@ -63,9 +63,6 @@ def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] |
             raise InputError(f"reward_models/{kind}: no trained {kind} reward model; run `saferounds rm train "
                              f"--kind {kind}` first")
     out = output_dir(ws, out)
-    if (out / "rs_policy").exists():
-        raise InputError(f"--out {out}: holds an rs_policy/, which PPO would start from instead of --policy; "
-                         "use an empty directory")
     _check_policy(start, cfg)
     out.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(workspace=ws, config=cfg, version=(latest or 0) + 1, dir=out, parent_policy=start,

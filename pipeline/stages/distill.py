@@ -1,7 +1,7 @@
 """The round's `distill` stage: safety context distillation (LLaMA 2 Sec. 4.2.4), before `rs`.
 
   step 1  the adversarial prompts: distill.prompts, else the `is_safety` prompts of data.prompts (rs's prompt set)
-  step 2  each prompt's risk category: its `category` field (eval.suites.risk_category) when that names one, else the
+  step 2  each prompt's risk category: its `category` field (data.risk.risk_category) when that names one, else the
           classifier
           (LLM judge or keyword fallback); then its preprompt, generic or targeted  -> work/distill/categories.json
   step 3  one answer per prompt from the parent policy without and with the preprompt, with the same seed per
@@ -29,9 +29,12 @@ import torch
 from saferounds.core.accelerator import to_accelerator
 from saferounds.core.errors import InputError
 from saferounds.core.io import append_jsonl, read_json, read_jsonl, recover_jsonl, write_json, write_jsonl
-from saferounds.eval.suites import known_category, risk_category
-from saferounds.pipeline.data import load_prompts
+from saferounds.data.risk import known_category, risk_category
+from saferounds.data.load import load_prompts
 from saferounds.pipeline.models import load_policy
+from saferounds.pipeline.stage_policies import POLICY_DIRS
+from saferounds.pipeline.stages.context import StageContext
+from saferounds.pipeline.workspace import Workspace
 from saferounds.sampling.distillation import (CATEGORY_REMINDER, category_messages, choose_preprompt, keep_distilled,
                                    keyword_category, parse_category, prompt_text, supports_system_role,
                                    training_row, with_preprompt)
@@ -71,14 +74,19 @@ def adversarial_prompts(config, resolve) -> list[dict]:
     return prompts[:cfg.max_prompts] if cfg.max_prompts else prompts
 
 
-def _classifier(ctx) -> str:
+def validate(ws: Workspace, n: int, plan: list[str]) -> None:
+    """The adversarial prompts load (distill.prompts, or the is_safety ones of data.prompts)."""
+    adversarial_prompts(ws.config, ws.resolve)
+
+
+def _classifier(ctx: StageContext) -> str:
     cfg = ctx.config.distill
     if cfg.classifier == "auto":
         return "judge" if ctx.config.judge.model else "keywords"
     return cfg.classifier
 
 
-def categorise(ctx, prompts: list[dict], work: Path) -> dict[str, dict]:
+def categorise(ctx: StageContext, prompts: list[dict], work: Path) -> dict[str, dict]:
     """{prompt id: {"category": risk category or None, "from": field|judge|keywords|none}}, saved once."""
     path = work / "categories.json"
     if path.exists():
@@ -110,7 +118,7 @@ def categorise(ctx, prompts: list[dict], work: Path) -> dict[str, dict]:
     return out
 
 
-def generate_pairs(ctx, prompts: list[dict], categories: dict, work: Path) -> tuple[list[dict], list[dict], str]:
+def generate_pairs(ctx: StageContext, prompts: list[dict], categories: dict, work: Path) -> tuple[list[dict], list[dict], str]:
     """(plain answers, preprompted answers, "system"|"user": where the preprompt went), one per prompt."""
     cfg = ctx.config.distill
     model, tok = load_policy(ctx.parent_policy, ctx.config.model)
@@ -143,7 +151,7 @@ def pair_row(prompt: dict, info: dict, kind: str, preprompt_as: str, plain: str,
             "margin": margin, "kept": keep_distilled(score_pre, score_plain, margin)}
 
 
-def score_and_gate(ctx, prompts, categories, plain, pre, preprompt_as, out_path: Path) -> list[dict]:
+def score_and_gate(ctx: StageContext, prompts, categories, plain, pre, preprompt_as, out_path: Path) -> list[dict]:
     """Append the scored, gated pairs to distill.jsonl chunk by chunk; prompts already there are skipped."""
     from saferounds.reward_models.modeling import load_reward_model
     from saferounds.reward_models.scoring import score
@@ -194,13 +202,13 @@ def summarise(rows: list[dict], preprompt_as: str) -> dict:
             "mean_gain_kept": mean([r["gain"] for r in kept])}
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext) -> dict:
     cfg = ctx.config.distill
     out = Path(ctx.dir)
     work = out / "work" / "distill"
     work.mkdir(parents=True, exist_ok=True)
     pairs_path, train_path, policy_dir, ft_file = (out / "distill.jsonl", out / "distill_train.jsonl",
-                                                   out / "distill_policy", work / "finetune.json")
+                                                   out / POLICY_DIRS["distill"], work / "finetune.json")
 
     # step 1: the adversarial prompts
     prompts = adversarial_prompts(ctx.config, ctx.workspace.resolve)

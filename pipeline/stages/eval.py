@@ -23,16 +23,24 @@ from saferounds.core.versions import version_number
 from saferounds.eval.suites import Suite, load_suites
 from saferounds.eval.versions import evaluate_policies, generate_answers
 from saferounds.pipeline.models import load_policy, to_generation_dtype
+from saferounds.pipeline.stages.context import StageContext
+from saferounds.pipeline.workspace import Workspace
 from saferounds.sampling.curves import max_of_k_curve
 
 
-def run(ctx) -> dict:
+def validate(ws: Workspace, n: int, plan: list[str]) -> None:
+    """Every eval.suites entry loads (kind known, file there)."""
+    cfg = ws.config
+    load_suites(suite_specs(cfg, ws.root), base=ws.root, prompt_column=cfg.eval.prompt_column,
+                limit=cfg.eval.max_prompts_per_suite)
+
+
+def run(ctx: StageContext) -> dict:
     """Round stage: evaluate the version's policy against the previous version and v0."""
     ws, cfg = ctx.workspace, ctx.config.eval
-    # step 1: this version's policy
-    policy = ctx.policy if Path(ctx.policy).exists() else next(
-        (ctx.dir / p for p in ("ppo_policy", "rs_policy") if (ctx.dir / p).exists()), None)
-    if policy is None:
+    # step 1: this version's policy (policy/ once placed: pipeline.rounds.stage_parent)
+    policy = Path(ctx.parent_policy)
+    if Path(ctx.dir).resolve() not in policy.resolve().parents:
         raise RuntimeError(f"v{ctx.version}: no policy to evaluate in {ctx.dir}")
     # step 2: the versions to compare against
     compare = compare_targets(ws, ctx.version, cfg.compare_against)

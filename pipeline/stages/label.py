@@ -19,14 +19,24 @@ from pathlib import Path
 
 from saferounds.core.io import read_rows, write_jsonl
 from saferounds.core.progress import counter
+from saferounds.core.versions import ensure_outside_finished_versions
 from saferounds.reward_models.feedback.judges import make_judge
+from saferounds.pipeline.stages.context import StageContext, validate_prompts
+from saferounds.pipeline.workspace import Workspace
 from saferounds.reward_models.feedback.labeling import group_samples, label_groups
 
 OUTPUT = "ai_preferences.jsonl"
 MISSING = "ai_preferences.missing.jsonl"
 
 
-def samples_to_label(ctx) -> Path | None:
+def validate(ws: Workspace, n: int, plan: list[str]) -> None:
+    """The prompts load, and judge.cache_path lies outside every finished version."""
+    validate_prompts(ws, plan)
+    if ws.config.judge.cache_path:
+        ensure_outside_finished_versions(ws.resolve(ws.config.judge.cache_path), "judge.cache_path")
+
+
+def samples_to_label(ctx: StageContext) -> Path | None:
     own = ctx.dir / "samples.jsonl"
     if own.exists():
         return own
@@ -36,7 +46,7 @@ def samples_to_label(ctx) -> Path | None:
     return None
 
 
-def run(ctx) -> dict:
+def run(ctx: StageContext) -> dict:
     cfg = ctx.config.judge
     # step 1: which samples
     source = samples_to_label(ctx)
@@ -61,7 +71,7 @@ def run(ctx) -> dict:
             "judge_requests": requests, "judge_cache_hits": hits}
 
 
-def _progress(ctx):
+def _progress(ctx: StageContext):
     """About twenty progress lines per stage, not one per pair."""
     last = [0]
     bar = counter("label", "pairs")

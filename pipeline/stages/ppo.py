@@ -1,6 +1,7 @@
 """The round's `ppo` stage: PPO on the gated reward from this round's RS checkpoint (LLaMA 2 Sec. 3.2.3).
 
-  1. start   ctx.dir/rs_policy when this round ran rs, else the parent version's policy
+  1. start   ctx.parent_policy: ctx.dir/rs_policy when this round ran rs (pipeline.rounds.stage_parent), else
+             the parent version's policy
   2. reward  both reward models of this round on the decoded responses, gated (Sec. 3.2.3), whitened
              with running statistics across PPO steps when gate.whiten
   3. models  the policy (trainable), pi_0 from ppo.reference: `start` (default) or `v0` (with LoRA and
@@ -18,15 +19,24 @@ from pathlib import Path
 
 from saferounds.core.errors import InputError
 from saferounds.core.tracking import runs_dir
-from saferounds.pipeline.data import load_prompts
+from saferounds.data.load import load_prompts
 from saferounds.pipeline.models import is_adapter_dir, load_policy
+from saferounds.pipeline.stage_policies import POLICY_DIRS
+from saferounds.pipeline.stages.context import StageContext, validate_planned_rms, validate_prompts
 from saferounds.pipeline.training.ppo import make_accelerator, train_ppo
 from saferounds.pipeline.training.ppo_checkpoint import save_policy
+from saferounds.pipeline.workspace import Workspace
 from saferounds.reward_models.gating import gated_score_fn
 from saferounds.reward_models.modeling import load_reward_model, load_reward_models, require_reward_models
 
 
-def run(ctx) -> dict:
+def validate(ws: Workspace, n: int, plan: list[str]) -> None:
+    """The prompts load, and both reward models are there."""
+    validate_prompts(ws, plan)
+    validate_planned_rms(ws, n, plan)
+
+
+def run(ctx: StageContext) -> dict:
     cfg, model_cfg, rm_cfg = ctx.config.ppo, ctx.config.model, ctx.config.reward_models
     out = Path(ctx.dir)
     if not ctx.config.data.prompts:
@@ -34,8 +44,8 @@ def run(ctx) -> dict:
     require_reward_models(ctx.rm_paths, "ppo", ctx.version)
     prompts = [p for f in ctx.config.data.prompts for p in load_prompts(ctx.workspace.resolve(f))]
 
-    # step 1: where PPO starts, and its KL anchor
-    start = start_checkpoint(ctx)
+    # step 1: where PPO starts (this round's rs_policy/ when it ran rs), and its KL anchor
+    start = Path(ctx.parent_policy)
     ref_path = reference_path(ctx, start)
     accelerator = make_accelerator(tensorboard_dir(ctx).parent)  # the tracker adds the run name, "ppo"
 
@@ -63,7 +73,7 @@ def run(ctx) -> dict:
     from saferounds.core.finite import check_weights
 
     check_weights(policy, "ppo", summary["steps_done"])
-    save_policy(policy, tokenizer, out / "ppo_policy", accelerator)
+    save_policy(policy, tokenizer, out / POLICY_DIRS["ppo"], accelerator)
     last = summary.get("last", {})
     return {"ppo_start": str(start), "ppo_reference": str(ref_path), "ppo_steps": summary["steps_done"],
             "ppo_stopped_early": summary["stopped_early"],
@@ -71,19 +81,14 @@ def run(ctx) -> dict:
                                              "share_safety_branch") if k in last}}
 
 
-def tensorboard_dir(ctx) -> Path:
+def tensorboard_dir(ctx: StageContext) -> Path:
     """WORKSPACE/runs/vN/ppo in a round; runs/<--out's name>/ppo outside one."""
     ws = ctx.workspace
     inside = Path(ws.versions_dir).resolve() in Path(ctx.dir).resolve().parents
     return runs_dir(ws.root, f"v{ctx.version}" if inside else Path(ctx.dir).name, "ppo")
 
 
-def start_checkpoint(ctx) -> Path:
-    rs = Path(ctx.dir) / "rs_policy"
-    return rs if rs.exists() else Path(ctx.parent_policy)
-
-
-def reference_path(ctx, start: Path) -> Path:
+def reference_path(ctx: StageContext, start: Path) -> Path:
     return Path(ctx.workspace.policy_path(0)) if ctx.config.ppo.reference == "v0" else start
 
 

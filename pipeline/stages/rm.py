@@ -19,7 +19,9 @@ from saferounds.core.errors import InputError
 from saferounds.core.io import read_json
 from saferounds.core.records import RM_KINDS
 from saferounds.core.tracking import runs_dir
-from saferounds.pipeline.data import load_preferences, load_rankings
+from saferounds.data.load import load_preferences, load_rankings
+from saferounds.pipeline.models import resolve_model
+from saferounds.pipeline.stages.context import StageContext
 from saferounds.pipeline.workspace import Workspace
 from saferounds.reward_models.training import MANIFEST, train_reward_model
 
@@ -45,8 +47,6 @@ def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[
 
 
 def backbone(ws: Workspace) -> str:
-    from saferounds.pipeline.training.base_policy import resolve_model
-
     return resolve_model(ws, "reward_model")
 
 
@@ -96,7 +96,12 @@ def summary(metrics: dict) -> dict:
             "unsafe_recall": held.get("unsafe_recall"), "mix": metrics.get("mix")}
 
 
-def run(ctx) -> dict:
+def validate(ws: Workspace, n: int, plan: list[str]) -> None:
+    """Every preference and ranking file loads."""
+    load_rm_records(ws)
+
+
+def run(ctx: StageContext) -> dict:
     ws, n = ctx.workspace, ctx.version
     # step 1: the preference data
     records = load_rm_records(ws, ctx.prior_versions)

@@ -23,12 +23,15 @@ from pathlib import Path
 from saferounds.core import distributed as dist
 from saferounds.core.accelerator import free_accelerator_memory, to_accelerator
 from saferounds.core.errors import InputError
-from saferounds.core.io import read_json, read_jsonl, write_json, write_jsonl
+from saferounds.core.io import read_json, read_jsonl, read_rows, write_json, write_jsonl
 from saferounds.core.progress import counter
 from saferounds.core.progress import current as current_progress
 from saferounds.core.tracking import runs_dir
-from saferounds.pipeline.data import load_prompts
+from saferounds.data.load import load_prompts, load_sft
 from saferounds.pipeline.models import load_policy, to_generation_dtype
+from saferounds.pipeline.stage_policies import POLICY_DIRS
+from saferounds.pipeline.stages.context import StageContext, validate_planned_rms, validate_prompts
+from saferounds.pipeline.workspace import Workspace
 from saferounds.reward_models.modeling import load_reward_models, require_reward_models
 from saferounds.sampling.config import reward_for_round, temperature_for_round
 from saferounds.sampling.curves import max_of_k_curve
@@ -41,7 +44,16 @@ from saferounds.sampling.shards import generate_sharded
 from saferounds.sampling.temperature import sweep_slice, sweep_temperature
 
 
-def run(ctx) -> dict:
+def validate(ws: Workspace, n: int, plan: list[str]) -> None:
+    """The prompts and demonstrations load; both reward models are there unless this round's reward is the judge."""
+    validate_prompts(ws, plan)
+    for f in ws.config.rejection_sampling.demonstrations:  # not after the RMs trained: a missing file fails now
+        load_sft(ws.resolve(f))
+    if reward_for_round(ws.config.rejection_sampling, n) != "judge":
+        validate_planned_rms(ws, n, plan)
+
+
+def run(ctx: StageContext) -> dict:
     cfg = ctx.config.rejection_sampling
     version, out = ctx.version, Path(ctx.dir)
     work = out / "work" / "rs"
@@ -73,12 +85,12 @@ def run(ctx) -> dict:
 
     # step 6: fine-tune the parent on the selected samples (the SFT code path)
     selected = read_jsonl(selected_path)
-    ft = _finetune(ctx, prompts, selected, out / "rs_policy", work)
+    ft = _finetune(ctx, prompts, selected, out / POLICY_DIRS["rs"], work)
     return _metrics(read_json(work / "summary.json"), read_jsonl(out / "samples.jsonl"), selected,
                     read_json(out / "max_of_k.json")["points"], ft, timings)
 
 
-def _select(ctx, scorer: RoundScorer, prompts: list[dict], current: list[dict], temperature: float,
+def _select(ctx: StageContext, scorer: RoundScorer, prompts: list[dict], current: list[dict], temperature: float,
             sweep: dict | None, timings: dict) -> None:
     """Steps 3-5 (rank 0): score, best-of-K, summary, max-of-K curve, selected.jsonl."""
     cfg, version, out = ctx.config.rejection_sampling, ctx.version, Path(ctx.dir)
@@ -122,7 +134,7 @@ def _select(ctx, scorer: RoundScorer, prompts: list[dict], current: list[dict], 
     free_accelerator_memory()
 
 
-def _prompts(ctx) -> list[dict]:
+def _prompts(ctx: StageContext) -> list[dict]:
     files = ctx.config.data.prompts
     if not files:
         raise InputError("data.prompts: the rs stage needs at least one prompts file in saferounds.yaml")
@@ -135,11 +147,8 @@ def _prompts(ctx) -> list[dict]:
     return prompts
 
 
-def _demonstrations(ctx) -> list[dict]:
+def _demonstrations(ctx: StageContext) -> list[dict]:
     """rejection_sampling.demonstrations: SFT-shaped rows (validated by load_sft) with their prompt_id."""
-    from saferounds.core.io import read_rows
-    from saferounds.pipeline.data import load_sft
-
     out = []
     for f in ctx.config.rejection_sampling.demonstrations:
         path = ctx.workspace.resolve(f)
@@ -149,7 +158,7 @@ def _demonstrations(ctx) -> list[dict]:
     return out
 
 
-def _scorer(ctx, reward: str, work: Path) -> RoundScorer:
+def _scorer(ctx: StageContext, reward: str, work: Path) -> RoundScorer:
     """This round's RMs (loaded on first use) and gate, or the LLM judge."""
     if reward == "rm":
         require_reward_models(ctx.rm_paths, "rs", ctx.version)
@@ -159,7 +168,7 @@ def _scorer(ctx, reward: str, work: Path) -> RoundScorer:
                        judge_cfg=ctx.config.judge, judge_cache=work / "judge_cache.sqlite")
 
 
-def _temperature(ctx, model, tok, prompts, scorer: RoundScorer, seed: int, work: Path) -> tuple[float, dict | None]:
+def _temperature(ctx: StageContext, model, tok, prompts, scorer: RoundScorer, seed: int, work: Path) -> tuple[float, dict | None]:
     """(temperature, sweep): the configured one, or for `auto` the best of a sweep on a held-out slice
     (data.heldout_prompts when set, else a seeded slice of the prompts); the sweep is kept in work/."""
     cfg = ctx.config.rejection_sampling
@@ -181,7 +190,7 @@ def _temperature(ctx, model, tok, prompts, scorer: RoundScorer, seed: int, work:
     return float(sweep["temperature"]), sweep
 
 
-def _finetune(ctx, prompts: list[dict], selected: list[dict], policy_dir: Path, work: Path) -> dict:
+def _finetune(ctx: StageContext, prompts: list[dict], selected: list[dict], policy_dir: Path, work: Path) -> dict:
     """Fine-tune the parent policy on the selected rows (rejection_sampling.finetune over the sft settings)."""
     ft_file = work / "finetune.json"
     if ft_file.exists() and policy_dir.exists():
@@ -223,7 +232,7 @@ def _metrics(summary: dict, current: list[dict], selected: list[dict], curve: li
     }
 
 
-def _progress(ctx, what: str):
+def _progress(ctx: StageContext, what: str):
     bar = counter(f"rs {what}", "prompts")
 
     def report(done, total):

@@ -1,2 +1,2 @@
-"""Policy training: SFT / fine-tuning on transformers.Trainer (sft), PPO (ppo, ppo_math), and the
-orchestration of version 0 (base_policy). Torch is imported by the modules, not by this package."""
+"""Policy training: SFT / fine-tuning on transformers.Trainer (sft) and PPO (ppo, ppo_math); version 0 is
+made in pipeline.v0. Torch is imported by the modules, not by this package."""
