@@ -69,6 +69,7 @@ def test_status_json_lists_finished_and_running_versions(tiny_workspace, capsys,
     assert rows[0]["headline"] == {"violation_rate": 0.25, "false_refusal_rate": 0.1, "helpfulness": 0.5}
     out = table_out
     assert "v0" in out and "v1" in out and "25.0" in out and "running" in out
+    assert "judges: v0 unaudited, v1 unaudited" in out and all(r["judges"] == "unaudited" for r in rows)
 
 
 def test_status_outside_a_workspace_exits_2(tmp_path, capsys, cli_main):

@@ -66,11 +66,14 @@ def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
         return
     console.print(table(f"saferounds workspace {ws.root}",
                         ["version", "parent", "status", "stages", "violation %", "false refusal %", "helpfulness",
-                         "judges", "seconds"],
+                         "seconds"],
                         [[r["version"], r["parent"], r["status"],
                           " ".join(f"{x['stage']}:{x['status']}" for x in r["stages"]),
                           _pct(r["headline"]["violation_rate"]), _pct(r["headline"]["false_refusal_rate"]),
-                          fmt(r["headline"]["helpfulness"]), r["judges"], r["seconds"]] for r in rows]))
+                          fmt(r["headline"]["helpfulness"]), r["seconds"]] for r in rows]))
+    if rows:  # below the table, so a narrow terminal keeps the table readable
+        console.print("judges: " + ", ".join(f"{r['version']} {r['judges']}" for r in rows)
+                      + "  (`saferounds audit vN` measures them on a version's answers)")
 
 
 def _pct(x) -> str:
