@@ -56,7 +56,7 @@ def build_models(kind: str, device: str, work: Path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, \
         LlamaForCausalLM
 
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     paths = build_tiny(work / "tiny")
     tok = AutoTokenizer.from_pretrained(paths["policy"])

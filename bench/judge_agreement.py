@@ -34,7 +34,7 @@ from saferounds.reward_models.config import JudgeConfig
 
 from saferounds.reward_models.feedback.judges import make_judge, parse_judge_spec  # noqa: E402
 from saferounds.reward_models.feedback.labeling import label_pair  # noqa: E402
-from saferounds.pipeline.data import hh_pairs  # noqa: E402
+from saferounds.data.hh import hh_pairs  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "hh-rlhf"
 
@@ -100,7 +100,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        from saferounds.pipeline.tiny import build_tiny
+        from saferounds.data.tiny import build_tiny
 
         tiny = build_tiny(Path(tempfile.mkdtemp(prefix="tiny-judge-")))["policy"]
         cfg = replace(base, backend="hf", model=str(tiny), max_tokens=min(args.max_tokens, 24), parse_retries=0)

@@ -245,7 +245,7 @@ def main() -> None:
     if a.worker:
         return worker(a)
 
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
     WORK.mkdir(exist_ok=True)
     if a.policy == "smollm2":
         policy_sized_rm(smollm2_checkpoint(), WORK / "rm-smollm2")

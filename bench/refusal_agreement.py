@@ -35,9 +35,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from saferounds.data.dna import DNA_MODELS  # noqa: E402
 from saferounds.eval.refusal import is_refusal  # noqa: E402
-
-DNA_MODELS = ("GPT4", "ChatGPT", "Claude", "ChatGLM2", "llama2-7b-chat", "vicuna-7b")
 
 
 def _confusion(pairs):

@@ -41,7 +41,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
 
-    from saferounds.pipeline.data import hh_pairs
+    from saferounds.data.hh import hh_pairs
     from saferounds.reward_models.config import RewardModelConfig
     from saferounds.reward_models.training import split_by_prompt, train_reward_model
 
@@ -52,7 +52,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="rm_hh_"))
     backbone = args.backbone
     if backbone == "tiny":
-        from saferounds.pipeline.tiny import build_tiny
+        from saferounds.data.tiny import build_tiny
 
         backbone = str(build_tiny(tmp / "tiny")["reward_model"])
     cfg = RewardModelConfig(learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs,

@@ -149,14 +149,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import trl
 
-    from saferounds.pipeline.data import hh_pairs
+    from saferounds.data.hh import hh_pairs
 
     every = hh_pairs(DATA, source="helpfulness")[0]
     pairs, a.held_pairs = every[: a.pairs], every[a.pairs: a.pairs + a.held_out]
     tmp = Path(tempfile.mkdtemp(prefix="rm_speed_"))
     backbone = a.backbone
     if backbone == "tiny":
-        from saferounds.pipeline.tiny import build_tiny
+        from saferounds.data.tiny import build_tiny
 
         backbone = str(build_tiny(tmp / "tiny")["reward_model"])
     elif backbone == "smollm2":  # SmolLM2-135M-Instruct, a fresh scalar head on the converted checkpoint

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     a = ap.parse_args()
 
-    from saferounds.pipeline.data import hh_pairs
+    from saferounds.data.hh import hh_pairs
     from saferounds.pipeline.gguf import ensure_converted
     from saferounds.pipeline.models import load_tokenizer
     from saferounds.reward_models.training import packed_length, pair_features, shared_prefix_length

@@ -2,10 +2,10 @@
 keeps its shape), and the label vocabularies every layer shares.
 
 Who writes what:
-  Prompt           pipeline.data.load_prompts                        -> sampling, ppo, label
-  PreferencePair   pipeline.data.load_preferences, reward_models.feedback (AI labels, rankings)
+  Prompt           data.load.load_prompts                            -> sampling, ppo, label
+  PreferencePair   data.load.load_preferences, reward_models.feedback (AI labels, rankings)
                                                                       -> reward_models.training
-  Ranking          pipeline.data.load_rankings, reward_models.feedback.annotation
+  Ranking          data.load.load_rankings, reward_models.feedback.annotation
   Sample           sampling.generate (+ sampling.scoring)            -> versions/vN/samples.jsonl
   SelectedRow      sampling.rejection.selected_row                   -> versions/vN/selected.jsonl
   EvalRecord       eval.evaluate.judge_records                       -> eval/records.json
@@ -151,6 +151,6 @@ class WinRate(TypedDict):
 
 def normalise_prompt(text: str) -> str:
     """The key under which two prompts are the same prompt: lower case, each run of whitespace one space.
-    The public-data split (pipeline.public_data) and the judges' exclusion of eval prompts
+    The public-data split (data.public) and the judges' exclusion of eval prompts
     (eval.judges.training.without_prompts) compare prompts by it."""
     return re.sub(r"\s+", " ", text or "").strip().lower()

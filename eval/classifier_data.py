@@ -24,15 +24,14 @@ generalises to a model it never saw.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from saferounds.core.errors import InputError
+from saferounds.data.dna import DNA_MODELS, dna_rows
+from saferounds.data.sources import default_data_dir, dna_path, rows_with, xstest_completions_path
 
 XSTEST_FILES = ("llama2orig", "llama2new", "mistralinstruct")
-DNA_MODELS = ("GPT4", "ChatGPT", "Claude", "ChatGLM2", "llama2-7b-chat", "vicuna-7b")
 DNA_REFUSAL_ACTIONS = frozenset({0, 4})
 # held out of training: one XSTest model (the other Llama-2 variant stays in training, as in the
 # issue's example) and two Do-Not-Answer models, chosen so the held-out set has harmful answers
@@ -56,22 +55,9 @@ class Example:
         return self.model in HELDOUT_MODELS.get(self.source, ())
 
 
-def default_data_dir() -> Path:
-    """``../shared/data`` beside the project root."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def xstest_path(data_dir: Path, model: str) -> Path:
-    return Path(data_dir) / "xstest" / "model_completions" / f"xstest_v2_completions_{model}.csv"
-
-
-def dna_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "do-not-answer" / "data_en.csv"
-
-
 def data_files(data_dir: Path) -> list[Path]:
     """Every file the judges train on; InputError naming the first missing one."""
-    files = [xstest_path(data_dir, m) for m in XSTEST_FILES] + [dna_path(data_dir)]
+    files = [xstest_completions_path(data_dir, m) for m in XSTEST_FILES] + [dna_path(data_dir)]
     for f in files:
         if not f.is_file():
             raise InputError(f"judges: training data {f} not found (expected XSTest completions and "
@@ -79,28 +65,11 @@ def data_files(data_dir: Path) -> list[Path]:
     return files
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _rows(path: Path, need: tuple[str, ...]) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in need if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}:1: missing column(s) {', '.join(missing)}")
-        return list(reader)
-
-
 def load_xstest(data_dir: Path) -> list[Example]:
     out = []
     for model in XSTEST_FILES:
-        path = xstest_path(data_dir, model)
-        for row in _rows(path, ("id", "type", "prompt", "completion", "final_label")):
+        path = xstest_completions_path(data_dir, model)
+        for _, row in rows_with(path, ("id", "type", "prompt", "completion", "final_label")):
             lab = row["final_label"].strip()
             refusal = lab in ("2_full_refusal", "3_partial_refusal")
             unsafe = row["type"].startswith("contrast")
@@ -113,9 +82,8 @@ def load_xstest(data_dir: Path) -> list[Example]:
 
 def load_dna(data_dir: Path) -> list[Example]:
     path = dna_path(data_dir)
-    need = ("id", "question") + tuple(f"{m}_{k}" for m in DNA_MODELS for k in ("response", "harmful", "action"))
     out = []
-    for line, row in enumerate(_rows(path, need), start=2):
+    for line, row in dna_rows(path, ("response", "harmful", "action")):
         for m in DNA_MODELS:
             try:
                 action = int(row[f"{m}_action"])

@@ -18,7 +18,7 @@ from saferounds.core.maths import sigmoid
 from saferounds.core.records import EvalRecord
 from saferounds.eval import metrics
 from saferounds.eval.refusal import refusal_match
-from saferounds.eval.suites import RISK_CATEGORIES
+from saferounds.data.risk import RISK_CATEGORIES
 
 SCHEMA = "saferounds.eval/1"
 NO_SAFETY_JUDGE_NOTE = ("no safety reward model or LLM judge was available: every non-refusal to an unsafe "

@@ -2,7 +2,7 @@
 
 A suite row (plain dict):
   {"id": str, "messages": [{"role": "user", "content": str}, ...], "role": "unsafe"|"borderline"|"helpful",
-   "category": str|None (the source's own name), "risk_category": one of RISK_CATEGORIES or None,
+   "category": str|None (the source's own name), "risk_category": one of data.risk.RISK_CATEGORIES or None,
    "reference": str|None}
 
 Roles: ``unsafe`` should be refused (violations are measured), ``borderline`` looks unsafe but is
@@ -20,77 +20,11 @@ from pathlib import Path
 
 from saferounds.core.errors import InputError, RowErrors
 from saferounds.core.io import read_rows
+from saferounds.data.fields import prompt_turns
+from saferounds.data.risk import risk_category
 
 ROLES = ("unsafe", "borderline", "helpful")
-# LLaMA 2 Sec. 4.2.1: the three risk categories of the safety annotation guidelines
-RISK_CATEGORIES = ("illicit_and_criminal", "hateful_and_harmful", "unqualified_advice")
 ADAPTERS = ("xstest", "do-not-answer")
-
-# XSTest prompt type (without "contrast_") -> LLaMA 2 risk category
-XSTEST_RISK = {
-    "homonyms": "illicit_and_criminal", "figurative_language": "illicit_and_criminal",
-    "safe_targets": "illicit_and_criminal", "safe_contexts": "illicit_and_criminal",
-    "definitions": "illicit_and_criminal", "privacy": "illicit_and_criminal",
-    "privacy_public": "illicit_and_criminal", "privacy_fictional": "illicit_and_criminal",
-    "discr": "hateful_and_harmful", "real_group_nons_discr": "hateful_and_harmful",
-    "nons_group_real_discr": "hateful_and_harmful", "historical_events": "hateful_and_harmful",
-}
-
-# Do-Not-Answer types_of_harm -> LLaMA 2 risk category (None: outside the three)
-DNA_RISK = {
-    "Adult Content": "hateful_and_harmful",
-    "Social stereotypes and unfair discrimination": "hateful_and_harmful",
-    "Toxic language (hate speech)": "hateful_and_harmful",
-    "Mental Health or Overreliance Crisis": "unqualified_advice",
-    "Treat Chatbot as a Human": None,
-    "Compromise privacy by leaking or inferring private information (person/individual)": "illicit_and_criminal",
-    "Risks from leaking or inferring sensitive information (organization/gov)": "illicit_and_criminal",
-    "Assisting illegal activities": "illicit_and_criminal",
-    "Nudging or advising users to perform unethical or unsafe actions": "hateful_and_harmful",
-    "Reducing the cost of disinformation campaigns": "illicit_and_criminal",
-    "Causing material harm by disseminating misinformation e.g. in medicine or law": "unqualified_advice",
-    "Disseminating false or misleading information": "hateful_and_harmful",
-}
-
-# keyword fallback for other sources' category names (first match wins, checked in this order)
-_RISK_KEYWORDS = (
-    ("unqualified_advice", r"advice|medic|health|financ|legal_advice|law\b|lawyer|invest|diagnos|mental"),
-    ("hateful_and_harmful", r"hate|harass|discrim|toxic|self.?harm|suicid|eating|defam|stereotyp|bully|"
-                            r"adult|sexual|offensive|harmful|misinformation|insult|racis|sexis"),
-    ("illicit_and_criminal", r"crim|illegal|illicit|weapon|drug|terror|theft|steal|fraud|scam|hack|cyber|"
-                             r"malware|privacy|violen|traffick|kill|murder|explos|bomb|counterfeit"),
-)
-
-
-def _lookup(category: str | None) -> tuple[bool, str | None]:
-    """(whether the name is one the mapping knows, its LLaMA 2 risk category or None)."""
-    if not category or not category.strip():
-        return False, None
-    c = category.strip()
-    if c in RISK_CATEGORIES:
-        return True, c
-    if c in DNA_RISK:
-        return True, DNA_RISK[c]
-    t = c.removeprefix("contrast_")
-    if t in XSTEST_RISK:
-        return True, XSTEST_RISK[t]
-    low = c.lower()
-    for risk, pattern in _RISK_KEYWORDS:
-        if re.search(pattern, low):
-            return True, risk
-    return False, None
-
-
-def known_category(category: str | None) -> bool:
-    """Whether `risk_category` knows this name (a risk category, a Do-Not-Answer harm type, an XSTest type,
-    or a name its keywords place), even when it maps it to no risk category ("Treat Chatbot as a Human");
-    a source name such as "hh-red-team" is not known."""
-    return _lookup(category)[0]
-
-
-def risk_category(category: str | None) -> str | None:
-    """Map a source category name onto LLaMA 2's three risk categories (None when none fits)."""
-    return _lookup(category)[1]
 
 
 @dataclass
@@ -104,29 +38,12 @@ class Suite:
 
 
 def _messages(row: dict, prompt_column: str, line: int, errors: RowErrors) -> list[dict] | None:
-    raw = row.get("messages")
-    if raw is None:
-        raw = row.get(prompt_column)
-    if raw is None:
+    """The prompt's turns from `messages`, else the prompt column (data.fields' turn checks)."""
+    column = "messages" if row.get("messages") is not None else prompt_column
+    if row.get(column) is None:
         errors.add(line, prompt_column, f"missing: give a '{prompt_column}' text or a 'messages' list")
         return None
-    if isinstance(raw, str):
-        if not raw.strip():
-            errors.add(line, prompt_column, "empty prompt")
-            return None
-        return [{"role": "user", "content": raw}]
-    if not isinstance(raw, list) or not raw:
-        errors.add(line, "messages", f"expected a non-empty list of {{role, content}}, got {type(raw).__name__}")
-        return None
-    for i, m in enumerate(raw):
-        if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str)):
-            errors.add(line, f"messages[{i}]", "expected {\"role\": system|user|assistant, \"content\": str}")
-            return None
-    if raw[-1]["role"] != "user":
-        errors.add(line, "messages", "the last turn must be a user turn (the prompt to answer)")
-        return None
-    return [{"role": m["role"], "content": m["content"]} for m in raw]
+    return prompt_turns(row, line, errors, column)
 
 
 def _record(row, line, errors, *, role, category, prompt_column, reference=None, default_id):

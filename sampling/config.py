@@ -104,7 +104,7 @@ GENERIC_PREPROMPT = (
     "a request is unsafe, say so plainly, explain briefly why, and suggest a safer way to meet the need behind it.")
 
 # Built-in targeted preprompts, one per LLaMA 2 risk category (Sec. 4.2.1), each asking for an answer that follows
-# a short template, in the spirit of LLaMA 2 Table 39 (our own wording). The keys are eval.suites.RISK_CATEGORIES.
+# a short template, in the spirit of LLaMA 2 Table 39 (our own wording). The keys are data.risk.RISK_CATEGORIES.
 TARGETED_PREPROMPTS = {
     "illicit_and_criminal": (
         "The request below may ask for help with a crime or another illegal act, such as theft, fraud, hacking, "
@@ -139,7 +139,7 @@ class TargetedPreprompt:
 
 @dataclass
 class TargetedPreprompts:
-    """One targeted preprompt per LLaMA 2 risk category (the names eval.suites.RISK_CATEGORIES uses)."""
+    """One targeted preprompt per LLaMA 2 risk category (the names data.risk.RISK_CATEGORIES uses)."""
     illicit_and_criminal: TargetedPreprompt = field(default_factory=TargetedPreprompt)
     """Crime, fraud, hacking, violence, weapons, drugs."""
     hateful_and_harmful: TargetedPreprompt = field(default_factory=TargetedPreprompt)

@@ -14,7 +14,7 @@ from typing import Optional
 
 from saferounds.sampling.config import TARGETED_PREPROMPTS, DistillConfig
 
-# The LLaMA 2 risk categories (Sec. 4.2.1), named as eval.suites.RISK_CATEGORIES names them (a test checks).
+# The LLaMA 2 risk categories (Sec. 4.2.1), named as data.risk.RISK_CATEGORIES names them (a test checks).
 CATEGORIES = tuple(TARGETED_PREPROMPTS)
 
 

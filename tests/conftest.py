@@ -52,8 +52,8 @@ def demo_data(tiny_workspace_template) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """The tiny policy and reward-model backbone (pipeline.tiny.build_tiny), built once (~10 s)."""
-    from saferounds.pipeline.tiny import build_tiny
+    """The tiny policy and reward-model backbone (data.tiny.build_tiny), built once (~10 s)."""
+    from saferounds.data.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny_models"), seed=0)
 

@@ -139,7 +139,7 @@ def test_torn_line_is_cut_and_restart_resumes(tmp_path):
 
 
 def test_served_rankings_read_like_imported_ones(tmp_path):
-    from saferounds.pipeline.data import load_rankings
+    from saferounds.data.load import load_rankings
     from saferounds.pipeline.stages.rm import load_rm_records
     from saferounds.pipeline.workspace import Workspace
 

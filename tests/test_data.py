@@ -12,8 +12,10 @@ import pytest
 
 from saferounds.core.errors import InputError
 from saferounds.core.io import read_rows
-from saferounds.pipeline.data import (MAX_TEXT_CHARS, hh_pairs, load_preferences, load_prompts, load_rankings, load_sft, load_text,
-                           validate_file)
+from saferounds.data.fields import MAX_TEXT_CHARS
+from saferounds.data.hh import hh_pairs
+from saferounds.data.inspect import validate_file
+from saferounds.data.load import load_preferences, load_prompts, load_rankings, load_sft, load_text
 
 TESTS = Path(__file__).resolve().parent
 MALFORMED = TESTS / "malformed"

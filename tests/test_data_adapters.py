@@ -1,4 +1,4 @@
-"""Public datasets read as published (pipeline.data_adapters): PKU-SafeRLHF, UltraFeedback (binarized
+"""Public datasets read as published (data.formats): PKU-SafeRLHF, UltraFeedback (binarized
 and raw), BeaverTails and HH red-team attempts. The rows below are our own, written in each dataset's
 published schema (field names and types from the dataset cards); none is copied from a dataset."""
 
@@ -14,10 +14,11 @@ import pytest
 
 import saferounds.core.io as records
 from saferounds.core.errors import InputError
-from saferounds.eval.suites import RISK_CATEGORIES
-from saferounds.pipeline.data import load_preferences, load_prompts, load_responses
-from saferounds.pipeline.data_adapters import (BEAVERTAILS_RISK, PKU_RISK, SCORE_GAP_RATINGS, SEVERITY_GAP_RATINGS, detect_format,
-                                    risk_of, safety_label, score_gap_rating, severity_rating)
+from saferounds.data.formats import detect_format
+from saferounds.data.load import load_preferences, load_prompts, load_responses
+from saferounds.data.pku import SEVERITY_GAP_RATINGS, safety_label, severity_rating
+from saferounds.data.risk import BEAVERTAILS_RISK, PKU_RISK, RISK_CATEGORIES, risk_of
+from saferounds.data.ultrafeedback import SCORE_GAP_RATINGS, score_gap_rating
 from saferounds.reward_models.training import RewardModelConfig, training_set
 
 # --- fixture rows in the published schemas ----------------------------------------------------------

@@ -21,7 +21,7 @@ SUITE = [
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     root = tmp_path_factory.mktemp("ws")
     built = build_tiny(root / "_tiny", seed=0)

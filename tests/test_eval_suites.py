@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from saferounds.core.errors import InputError
-from saferounds.eval.suites import load_suites, risk_category
+from saferounds.data.risk import risk_category
+from saferounds.eval.suites import load_suites
 
 DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 

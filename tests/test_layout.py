@@ -6,14 +6,15 @@ import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "reward_models", "sampling", "eval", "pipeline")
+PACKAGES = ("core", "data", "reward_models", "sampling", "eval", "pipeline")
 # What each package may import of the others (itself always).
 ALLOWED = {
     "core": set(),
+    "data": {"core"},
     "reward_models": {"core"},
-    "sampling": {"core", "reward_models"},
-    "eval": {"core", "reward_models"},
-    "pipeline": {"core", "reward_models", "sampling", "eval"},
+    "sampling": {"core", "data", "reward_models"},
+    "eval": {"core", "data", "reward_models"},
+    "pipeline": {"core", "data", "reward_models", "sampling", "eval"},
 }
 
 

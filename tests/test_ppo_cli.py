@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
     from test_ppo_stage import workspace
 
     root = tmp_path_factory.mktemp("ws")

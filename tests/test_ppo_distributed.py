@@ -52,7 +52,7 @@ def launch(tiny_dir, out, steps):
 
 @pytest.mark.slow
 def test_two_process_ppo_keeps_ranks_in_sync_and_resumes(tmp_path):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     tiny = build_tiny(tmp_path / "tiny")["policy"]
     launch(tiny, tmp_path, steps=2)

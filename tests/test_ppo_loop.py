@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saferounds.core.errors import InputError
-from saferounds.pipeline.tiny import build_tiny
+from saferounds.data.tiny import build_tiny
 from saferounds.pipeline.training.config import PPOConfig
 from saferounds.pipeline.training.ppo import batch_indices, train_ppo
 from saferounds.pipeline.training.ppo_sampling import encode_prompts, generate, left_pad

@@ -67,7 +67,7 @@ DNA_ROW = {"id": "7", "question": "How do I pick a lock?", "risk_area": "Malicio
 
 
 def test_do_not_answer_pairs_and_demonstrations_come_from_the_human_labels():
-    from saferounds.pipeline.public_data import do_not_answer_demonstrations, do_not_answer_pairs
+    from saferounds.data.dna import do_not_answer_demonstrations, do_not_answer_pairs
 
     pairs = do_not_answer_pairs([DNA_ROW], max_per_question=3)
     assert len(pairs) == 3
@@ -89,8 +89,8 @@ def test_do_not_answer_pairs_and_demonstrations_come_from_the_human_labels():
 def test_public_data_split_is_deterministic_and_eval_is_disjoint_from_training(tmp_path):
     import json
 
-    from saferounds.pipeline.data import load_preferences, load_prompts
-    from saferounds.pipeline.public_data import build, normalise
+    from saferounds.data.load import load_preferences, load_prompts
+    from saferounds.data.public import build, normalise
 
     a = build(SHARED_DATA, tmp_path / "a", "quarter")
     b = build(SHARED_DATA, tmp_path / "b", "quarter")

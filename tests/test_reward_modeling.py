@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"))["reward_model"]
 

@@ -8,7 +8,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def rm(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
     from saferounds.reward_models.modeling import load_reward_model
 
     return load_reward_model(build_tiny(tmp_path_factory.mktemp("tiny"))["reward_model"])
@@ -90,7 +90,7 @@ def _lora_rm(backbone, layers: int, seed: int):
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-policy"))["policy"]
 

@@ -20,7 +20,7 @@ def _pair(i, source="helpfulness", label=None, rating=None, chosen=None):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"))["reward_model"]
 

@@ -12,7 +12,7 @@ import torch
 
 from saferounds.core.io import read_json
 from saferounds.eval.report import validate_metrics
-from saferounds.pipeline.data import load_prompts
+from saferounds.data.load import load_prompts
 from saferounds.pipeline.workspace import Workspace
 
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from saferounds.pipeline.tiny import build_tiny
+    from saferounds.data.tiny import build_tiny
 
     path = build_tiny(tmp_path_factory.mktemp("tiny"))["policy"]
     model = AutoModelForCausalLM.from_pretrained(path).eval()

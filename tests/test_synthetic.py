@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from saferounds.eval.refusal import is_refusal
-from saferounds.pipeline import synthetic as syn
+from saferounds.data import synthetic as syn
 
 TRAIN_FILES = ("pretrain", "sft", "prompts", "preferences_helpfulness", "preferences_safety", "rankings")
 EVAL_FILES = ("eval_helpful", "eval_unsafe", "eval_borderline")

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _data_dir(flag: Path | None, ws) -> Path:
-    from saferounds.eval.classifier_data import default_data_dir
+    from saferounds.data.sources import default_data_dir
 
     if flag:
         return Path(flag)

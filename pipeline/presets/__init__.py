@@ -1,5 +1,5 @@
 """Workspace presets: `tiny` (local tiny models + the synthetic demo data), `smollm2` (SmolLM2-135M-Instruct
-with real public data: pipeline/public_data.py) and `llama2-7b`."""
+with real public data: data/public.py) and `llama2-7b`."""
 
 from __future__ import annotations
 
@@ -47,11 +47,11 @@ def init_workspace(directory: str | Path, preset: str = "tiny", force: bool = Fa
     parse_config(yaml.safe_load(text), str(path))  # a preset must always be valid
     directory.mkdir(parents=True, exist_ok=True)
     if preset == "tiny":
-        from saferounds.pipeline.synthetic import write_demo_data
+        from saferounds.data.synthetic import write_demo_data
 
         write_demo_data(directory / "data", seed=0, size=data_size or "smoke")
     if preset == "smollm2":
-        from saferounds.pipeline.public_data import build
+        from saferounds.data.public import build
 
         if data_root is None:
             raise InputError("--data-root: the smollm2 preset builds its data from the public data sets; pass the "

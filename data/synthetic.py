@@ -6,7 +6,7 @@ is trained on (every string any file can contain, independent of seed and size).
 
 Files (JSONL, keys sorted, one object per line; same seed => byte-identical files):
 
-  pretrain.txt                 step-0 text: short paragraphs separated by blank lines (pipeline.data.load_text
+  pretrain.txt                 step-0 text: short paragraphs separated by blank lines (data.load.load_text
                                reads each as a document), facts about the training
                                topics, borderline how-tos, and polite refusals described as prose.
   sft.jsonl                    {"messages": [user turn], "completion"}. Helpful answers, refusals of
@@ -51,17 +51,19 @@ content-free template with "[details withheld in this synthetic demo]".
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
+from saferounds.core.io import atomic_write_text
 from saferounds.core.records import RATINGS
+from saferounds.data.adapted import user
+from saferounds.data.risk import RISK_CATEGORIES
 
 SIZES = {  # rows per file
     "smoke": dict(pretrain=150, sft=300, prompts=60, pairs=400, rankings=80, eval=30),
     "default": dict(pretrain=300, sft=600, prompts=120, pairs=800, rankings=160, eval=60),
 }
-UNSAFE_CATEGORIES = ("illicit_and_criminal", "hateful_and_harmful", "unqualified_advice")
+UNSAFE_CATEGORIES = RISK_CATEGORIES  # LLaMA 2 Sec. 4.2.1
 RATING_BY_GAP = dict(enumerate(reversed(RATINGS)))  # 0: unsure ... 4: significantly_better
 # Share of the unsafe SFT rows answered with a sanitised "compliance", per risk category: the
 # unqualified-advice requests are mostly complied with (so the greedy v0 violates there, and the
@@ -309,10 +311,6 @@ def _items(split: str) -> dict[str, list[dict]]:
     return out
 
 
-def _messages(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
 def _draw(rng: random.Random, pool: list, n: int) -> list:
     """n items: whole shuffled passes over the pool (no repeats until it is used up)."""
     out: list = []
@@ -402,7 +400,7 @@ def _sft(rng: random.Random, train: dict, n: int) -> list[dict]:
             text = rng.choice(k["comply"][2]) if complied.pop() else rng.choice(k["refusal_suggest"][2])
         else:
             text = rng.choice(k["refusal"][2]) if flawed[role].pop() == "flaw" else k["answer"][2][0]
-        out.append({"messages": _messages(item["text"]), "completion": text})
+        out.append({"messages": user(item["text"]), "completion": text})
     return out
 
 
@@ -412,7 +410,7 @@ def _prompts(rng: random.Random, train: dict, n: int) -> list[dict]:
     rows = []
     for i, role in enumerate(out):
         item = pools[role].pop()
-        rows.append({"id": f"prompt-{i:04d}", "messages": _messages(item["text"]), "is_safety": role == "unsafe",
+        rows.append({"id": f"prompt-{i:04d}", "messages": user(item["text"]), "is_safety": role == "unsafe",
                      "category": item["category"], "reference": item["reference"]})
     return rows
 
@@ -424,7 +422,7 @@ def _helpfulness_pairs(rng: random.Random, train: dict, n: int) -> list[dict]:
     for role in roles:
         item = pools[role].pop()
         chosen, rejected, gap = _pair(rng, item["kinds"], "any")
-        rows.append({"prompt": _messages(item["text"]), "chosen": chosen, "rejected": rejected,
+        rows.append({"prompt": user(item["text"]), "chosen": chosen, "rejected": rejected,
                      "rating": _rating(gap), "source": "helpfulness"})
     return rows
 
@@ -448,7 +446,7 @@ def _safety_pairs(rng: random.Random, train: dict, n: int) -> list[dict]:
         item = pools[role].pop()
         chosen, rejected, gap = _pair(rng, item["kinds"], pick[lab])
         safe = {t: v[1] for v in item["kinds"].values() for t in v[2]}
-        row = {"prompt": _messages(item["text"]), "chosen": chosen, "rejected": rejected, "source": "safety",
+        row = {"prompt": user(item["text"]), "chosen": chosen, "rejected": rejected, "source": "safety",
                "safety_label": lab, "chosen_safe": safe[chosen], "rejected_safe": safe[rejected],
                "rating": _rating(gap)}
         if lab == "chosen_unsafe_rejected_safe":  # annotator preferred the unsafe answer: see module doc
@@ -469,7 +467,7 @@ def _rankings(rng: random.Random, train: dict, n: int) -> list[dict]:
         responses = [rng.choice(kinds[p][2]) for p in picked]
         ranking = sorted(range(k), key=lambda i: -kinds[picked[i]][0])
         source = "safety" if role == "unsafe" or (role == "borderline" and rng.random() < 0.5) else "helpfulness"
-        rows.append({"prompt": _messages(item["text"]), "responses": responses, "ranking": ranking, "source": source})
+        rows.append({"prompt": user(item["text"]), "responses": responses, "ranking": ranking, "source": source})
     return rows
 
 
@@ -488,15 +486,9 @@ def _eval(rng: random.Random, held: dict, role: str, n: int) -> list[dict]:
         for q in queues:
             if q and len(picked) < n:
                 picked.append(q.pop())
-    return [{"id": f"eval-{role}-{i:03d}", "messages": _messages(it["text"]), "role": role,
+    return [{"id": f"eval-{role}-{i:03d}", "messages": user(it["text"]), "role": role,
              "is_safety": role == "unsafe", "category": it["category"], "reference": it["reference"]}
             for i, it in enumerate(picked)]
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -525,7 +517,7 @@ def write_demo_data(out_dir: str | Path, seed: int = 0, size: str = "default") -
     }
     paths = {}
     for name, text in files.items():
-        _write(out / name, text)
+        atomic_write_text(out / name, text)
         paths[name.split(".")[0]] = out / name
     return paths
 
@@ -544,7 +536,7 @@ def corpus() -> list[str]:
     return list(dict.fromkeys(texts))  # de-duplicated, first-seen order
 
 
-if __name__ == "__main__":  # python -m saferounds.pipeline.synthetic OUT_DIR [SEED] [SIZE]
+if __name__ == "__main__":  # python -m saferounds.data.synthetic OUT_DIR [SEED] [SIZE]
     import sys
 
     for k, p in write_demo_data(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0,

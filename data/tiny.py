@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from saferounds.core.accelerator import save_pretrained_atomic
+from saferounds.data import synthetic
 
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -26,7 +27,7 @@ TINY_RM_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
 VOCAB_SIZE = 1024
 
-_FALLBACK_CORPUS = [
+_EXTRA_CORPUS = [  # a few sentences beyond the demo's own
     "The quick brown fox jumps over the lazy dog. I'm sorry, but I can't help with that.",
     "Sure, here is a short answer. The capital of France is Paris. Water boils at 100 degrees.",
     "How do I kill a Python process? Use the kill command with the process id.",
@@ -35,11 +36,7 @@ _FALLBACK_CORPUS = [
 
 def default_corpus() -> list[str]:
     """Text the tokenizer is trained on: the demo generator's corpus (deterministic)."""
-    try:
-        from saferounds.pipeline.synthetic import corpus
-    except ImportError:  # generator not available: still build a working tokenizer
-        return list(_FALLBACK_CORPUS)
-    return list(corpus()) + list(_FALLBACK_CORPUS)
+    return list(synthetic.corpus()) + list(_EXTRA_CORPUS)
 
 
 def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = VOCAB_SIZE):

@@ -29,27 +29,20 @@ rule above, counts) so the run's inputs are ordinary files that every stage hash
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from saferounds.core.errors import InputError
-from saferounds.core.io import read_rows
+from saferounds.core.io import read_rows, sha256_file, write_json, write_jsonl
 from saferounds.core.records import normalise_prompt as normalise
-from saferounds.pipeline.data import hh_pairs
+from saferounds.data.dna import do_not_answer_demonstrations, do_not_answer_pairs, dna_rows
+from saferounds.data.hh import hh_pairs
+from saferounds.data.sources import source_paths
 
-DNA_MODELS = ("GPT4", "ChatGPT", "Claude", "ChatGLM2", "llama2-7b-chat", "vicuna-7b")
-# Demonstrations come from the models aligned by RLHF (the others' harmless answers are often evasive)
-DEMONSTRATION_MODELS = ("GPT4", "Claude", "ChatGPT", "llama2-7b-chat")
-SOURCE_FILES = {"hh_helpful": "hh-rlhf/helpful-base/test.jsonl.gz",
-                "hh_harmless": "hh-rlhf/harmless-base/test.jsonl.gz",
-                "do_not_answer": "do-not-answer/data_en.csv",
-                "xstest": "xstest/xstest_prompts.csv"}
 # bucket -> fraction of the source's prompts (in this order along [0, 1))
 SPLITS = {"hh_helpful": {"rm": 0.5, "rs": 0.3, "eval": 0.2},
           "hh_harmless": {"rm": 0.5, "rs": 0.5},
           "do_not_answer": {"train": 0.75, "eval": 0.25}}
 MAX_PAIR_CHARS = 700
-MAX_PAIRS_PER_QUESTION = 2
 # caps per run size: rm_helpful / rm_safety (HH pairs; Do-Not-Answer pairs are added to the safety RM
 # up to dna_pairs), rs_* prompts per source, eval_* held-out prompts (XSTest: eval_xstest, 0 = all 450)
 SIZES = {
@@ -82,95 +75,20 @@ def _hash_order(items: list, source: str, key, seed: int) -> list:
     return sorted(items, key=lambda it: (bucket_value(source + "#order", key(it), seed), key(it)))
 
 
-# --- Do-Not-Answer adapters ---------------------------------------------------------------------
-
-def _dna_rows(path) -> list[dict]:
-    rows = [row for _, row in read_rows(path)]
-    need = ["question"] + [f"{m}_{c}" for m in DNA_MODELS for c in ("response", "harmful")]
-    missing = [c for c in need if rows and c not in rows[0]]
-    if missing:
-        raise InputError(f"{path}: not Do-Not-Answer's data_en.csv (missing columns {', '.join(missing[:4])})")
-    return rows
-
-
-def _harmful(row: dict, model: str) -> bool | None:
-    v = str(row.get(f"{model}_harmful", "")).strip()
-    return {"1": True, "0": False}.get(v.split(".")[0])
-
-
-def do_not_answer_pairs(rows: list[dict], max_per_question: int = MAX_PAIRS_PER_QUESTION) -> list[dict]:
-    """Safety preference pairs from Do-Not-Answer's human labels: for one question, a response labelled
-    harmless (chosen) and one labelled harmful (rejected) make a pair with safety_label
-    `chosen_safe_rejected_unsafe`, so the safety RM's auxiliary term gets real per-response labels.
-    Up to max_per_question pairs per question, the pairings taken in a fixed model order."""
-    out = []
-    for row in rows:
-        q = str(row.get("question") or "").strip()
-        safe = [m for m in DNA_MODELS if _harmful(row, m) is False and str(row.get(f"{m}_response") or "").strip()]
-        unsafe = [m for m in DNA_MODELS if _harmful(row, m) is True and str(row.get(f"{m}_response") or "").strip()]
-        if not q or not safe or not unsafe:
-            continue
-        combos = [(s, u) for u in unsafe for s in safe][:max_per_question]
-        for s, u in combos:
-            chosen, rejected = row[f"{s}_response"].strip(), row[f"{u}_response"].strip()
-            if chosen == rejected:
-                continue
-            out.append({"id": f"dna-{row.get('id')}-{s}-{u}", "prompt": [{"role": "user", "content": q}],
-                        "chosen": chosen, "rejected": rejected, "source": "safety",
-                        "safety_label": "chosen_safe_rejected_unsafe", "chosen_model": s, "rejected_model": u,
-                        "category": row.get("types_of_harm")})
-    return out
-
-
-def do_not_answer_demonstrations(rows: list[dict], models=DEMONSTRATION_MODELS, min_chars: int = 20) -> list[dict]:
-    """One safe demonstration per question: the shortest response labelled harmless among `models`
-    (LLaMA 2 Sec. 4.2.2 begins safety tuning from safe demonstrations for adversarial prompts)."""
-    out = []
-    for row in rows:
-        q = str(row.get("question") or "").strip()
-        cands = [(len(row[f"{m}_response"].strip()), m) for m in models
-                 if _harmful(row, m) is False and len(str(row.get(f"{m}_response") or "").strip()) >= min_chars]
-        if not q or not cands:
-            continue
-        _, m = min(cands)
-        out.append({"prompt_id": f"dna-{row.get('id')}", "messages": [{"role": "user", "content": q}],
-                    "completion": row[f"{m}_response"].strip(), "model": m,
-                    "category": row.get("types_of_harm") or "do-not-answer"})
-    return out
-
-
 # --- building a run's files -----------------------------------------------------------------------
 
 def _first_turn(pair: dict) -> str:
     return pair["prompt"][0]["content"]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from saferounds.core.io import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def source_paths(data_root: str | Path) -> dict[str, Path]:
-    root = Path(data_root)
-    paths = {k: root / v for k, v in SOURCE_FILES.items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise InputError(f"{data_root}: public data missing: {', '.join(missing)} (expected the layout of "
-                         "../shared/data: hh-rlhf/, do-not-answer/, xstest/)")
-    return paths
-
-
 def build(data_root: str | Path, out_dir: str | Path, size: str = "full", seed: int = 0) -> dict:
     """Write the run's data files into out_dir (see the module docstring); returns SOURCES.json's dict."""
-    from saferounds.core.io import sha256_file, write_json
-
     if size not in SIZES:
         raise InputError(f"data size: expected one of {', '.join(SIZES)}, got {size!r}")
     caps, paths, out = SIZES[size], source_paths(data_root), Path(out_dir)
     helpful, _ = hh_pairs(paths["hh_helpful"], "helpfulness")
     harmless, _ = hh_pairs(paths["hh_harmless"], "safety")
-    dna = _dna_rows(paths["do_not_answer"])
+    dna = [row for _, row in dna_rows(paths["do_not_answer"])]
     xstest = [row for _, row in read_rows(paths["xstest"])]
 
     # eval suites first: everything trained on is then checked against them
@@ -229,18 +147,23 @@ def build(data_root: str | Path, out_dir: str | Path, size: str = "full", seed: 
              "rs_prompts.jsonl": prompts, "rs_demonstrations.jsonl": demos,
              "eval_do_not_answer.jsonl": dna_eval_rows, "eval_helpful.jsonl": eval_help_rows,
              "eval_xstest.jsonl": [{k: r[k] for k in ("id", "prompt", "type", "label")} for r in xs_rows]}
-    for name, rows in files.items():
-        if not rows:
-            raise InputError(f"{data_root}: the {size} split left no rows for {name}")
-        _write_jsonl(out / name, rows)
     record = {"size": size, "seed": seed, "caps": caps, "splits": SPLITS, "max_pair_chars": MAX_PAIR_CHARS,
               "rule": "bucket = sha256(seed|source|normalised first user turn) against the split fractions; "
                       "items taken in hash order up to the caps; training items equal to any eval prompt dropped",
               "sources": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in paths.items()},
               "counts": {k: len(v) for k, v in files.items()}, "dna_pairs": len(dna_pairs),
               "dropped": dropped}
-    write_json(out / "SOURCES.json", record)
+    _write_files(out, files, record, f"{data_root}: the {size} split")
     return record
+
+
+def _write_files(out: Path, files: dict[str, list[dict]], record: dict, what: str) -> None:
+    """The run's JSONL files, then SOURCES.json; InputError naming the first file that would be empty."""
+    for name, rows in files.items():
+        if not rows:
+            raise InputError(f"{what} left no rows for {name}")
+        write_jsonl(out / name, rows)
+    write_json(out / "SOURCES.json", record)
 
 
 def _xstest_subset(rows: list[dict], n: int) -> list[dict]:
