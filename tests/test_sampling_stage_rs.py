@@ -152,3 +152,24 @@ def test_judge_as_the_reward_selects_by_its_score_without_reward_models(tmp_path
         assert row["score"] == row["judge_score"] == max(s["judge_score"] for s in mine)
     assert not any(r["prompt_id"] == "q0" and r["sample_index"] == 0 for r in selected)
     assert "gated_score" not in samples[0] and (v1 / "rs_policy" / "config.json").exists()
+
+
+def test_a_chance_level_reward_model_triggers_the_warning(tmp_path):
+    """rs says in one line when an RM's held-out interval includes 0.5 (issue 27), and stays quiet when both rank."""
+    import json
+
+    from saferounds.pipeline.stages.rs import rm_chance_note
+
+    def rm(name, held):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps({"metrics": {"heldout": held}}))
+        return d
+
+    good = {"n": 400, "accuracy": 0.7, "ci95": [0.653, 0.743]}
+    chance = {"n": 23, "accuracy": 0.52, "ci95": [0.33, 0.71]}
+    assert rm_chance_note({"helpfulness": rm("h", good), "safety": rm("s", good)}) is None
+    note = rm_chance_note({"helpfulness": rm("h2", chance), "safety": rm("s2", good)})
+    assert note.startswith("reward models at chance: helpfulness RM held-out accuracy 0.52 [0.33, 0.71] on 23 pairs")
+    assert "safety" not in note and "\n" not in note
+    assert "safety RM held-out accuracy not measured" in rm_chance_note({"safety": rm("s3", None)})

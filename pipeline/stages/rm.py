@@ -93,6 +93,7 @@ def summary(metrics: dict) -> dict:
     held = metrics.get("heldout") or {}
     return {"train_items": metrics.get("train_items"), "steps": metrics.get("steps"),
             "train_loss": metrics.get("train_loss"), "heldout_accuracy": held.get("accuracy"),
+            "heldout_n": held.get("n"), "heldout_ci95": held.get("ci95"), "heldout_by_origin": held.get("by_origin"),
             "unsafe_recall": held.get("unsafe_recall"), "mix": metrics.get("mix")}
 
 

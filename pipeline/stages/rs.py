@@ -39,7 +39,9 @@ from saferounds.sampling.demonstrations import demonstration_candidates, finetun
 from saferounds.sampling.generate import round_seed
 from saferounds.sampling.rejection import (best_of_k, kept_samples, mean_of, origin_counts, pool_candidates, sample_key, selected_row,
                                 share_of)
+from saferounds.reward_models.evaluation import ranks_better_than_chance
 from saferounds.sampling.scoring import RoundScorer
+from saferounds.sampling.selection_audit import selection_audit, summary_lines
 from saferounds.sampling.shards import generate_sharded
 from saferounds.sampling.temperature import sweep_slice, sweep_temperature
 
@@ -86,8 +88,10 @@ def run(ctx: StageContext) -> dict:
     # step 6: fine-tune the parent on the selected samples (the SFT code path)
     selected = read_jsonl(selected_path)
     ft = _finetune(ctx, prompts, selected, out / POLICY_DIRS["rs"], work)
+    audit_path = out / "selection_audit.json"
     return _metrics(read_json(work / "summary.json"), read_jsonl(out / "samples.jsonl"), selected,
-                    read_json(out / "max_of_k.json")["points"], ft, timings)
+                    read_json(out / "max_of_k.json")["points"], ft, timings,
+                    read_json(audit_path) if audit_path.exists() else None)
 
 
 def _select(ctx: StageContext, scorer: RoundScorer, prompts: list[dict], current: list[dict], temperature: float,
@@ -129,9 +133,62 @@ def _select(ctx: StageContext, scorer: RoundScorer, prompts: list[dict], current
         "version": version, "temperature": temperature, "k": cfg.k, "score": scorer.curve_key,
         "points": max_of_k_curve(scorer.for_curves(current), scorer.curve_key),
         **({"points_whitened": max_of_k_curve(current, "gated_score")} if scorer.reward == "rm" else {})})
+    # step 5b: what best-of-K chose, by judges the round did not optimise (the selection audit)
+    write_json(out / "selection_audit.json", _audit_selection(ctx, candidates, selected))
     write_jsonl(selected_path, [selected_row(s, version, scorer.key) for s in selected])
     scorer.release()
     free_accelerator_memory()
+
+
+def rm_chance_note(rm_paths: dict) -> str | None:
+    """One line when a reward model of this round does not rank better than chance on its held-out pairs
+    (95% interval includes 0.5, or never measured): then best-of-K by it selects nothing better than a random
+    sample, and neither the rs log nor the report may present the selection as a result (issue 27)."""
+    weak = []
+    for kind, path in sorted(rm_paths.items()):
+        manifest = Path(path) / "manifest.json"
+        held = (read_json(manifest).get("metrics") or {}).get("heldout") if manifest.exists() else None
+        if not ranks_better_than_chance(held):
+            weak.append(f"{kind} RM {_accuracy_text(held)}")
+    if not weak:
+        return None
+    return ("reward models at chance: " + "; ".join(weak) + ": best-of-K by them selects no better than a "
+            "random sample, so this round's selection is not evidence of the method")
+
+
+def _accuracy_text(held: dict | None) -> str:
+    if not held or held.get("accuracy") is None:
+        return "held-out accuracy not measured"
+    ci = f" [{held['ci95'][0]:.2f}, {held['ci95'][1]:.2f}]" if "ci95" in held else ""
+    return f"held-out accuracy {held['accuracy']:.2f}{ci} on {held['n']} pairs"
+
+
+def _audit_selection(ctx: StageContext, candidates: list[dict], selected: list[dict]) -> dict:
+    """The selected samples against all candidates, judged by the eval judges (the workspace's learned ones
+    when trained, else the refusal patterns) — judges the round did not select by."""
+    from saferounds.eval.judges.judging import load_judges
+
+    judges = load_judges(ctx.workspace.root, ctx.config.eval.refusal_judge)
+    rows = [c for c in candidates if c.get("response") is not None]
+    verdicts = judges.judge([_last_user(c) for c in rows], [c["response"] for c in rows])
+    judged = [{**{k: c.get(k) for k in ("prompt_id", "sample_index", "is_safety", "gated_score")},
+               "refusal": v["refusal"], "harmful": v["harmful"] if c.get("is_safety") else None}
+              for c, v in zip(rows, verdicts)]
+    audit = selection_audit(judged, selected)
+    note = rm_chance_note(ctx.rm_paths) if scorer_is_rm(ctx) else None
+    for line in summary_lines(audit) + ([note] if note else []):
+        ctx.log.info("rs v%d: %s", ctx.version, line)
+        ctx.progress(f"v{ctx.version} rs: {line}")
+    return {**audit, "judges": judges.describe(), "notes": judges.notes, "rm_chance": note}
+
+
+def scorer_is_rm(ctx: StageContext) -> bool:
+    return reward_for_round(ctx.config.rejection_sampling, ctx.version) == "rm"
+
+
+def _last_user(sample: dict) -> str:
+    users = [m["content"] for m in sample.get("messages") or [] if m.get("role") == "user"]
+    return users[-1] if users else ""
 
 
 def _prompts(ctx: StageContext) -> list[dict]:
@@ -213,9 +270,10 @@ def _finetune(ctx: StageContext, prompts: list[dict], selected: list[dict], poli
 
 
 def _metrics(summary: dict, current: list[dict], selected: list[dict], curve: list[dict], ft: dict,
-             timings: dict) -> dict:
+             timings: dict, audit: dict | None = None) -> dict:
     """What the manifest keeps of the stage."""
     return {
+        **({"selection_audit": {k: audit[k] for k in ("safety", "helpful", "rm_chance")}} if audit else {}),
         **summary,
         "mean_gated_logit": mean_of(current, "gated_logit"),
         "mean_helpfulness": mean_of(current, "helpfulness"),
