@@ -165,6 +165,7 @@ def summarise(version: str, records: list[dict], *, compared: dict[str, list[dic
             "by_category": by_risk,
             "by_source_category": metrics.by_category([r["category"] for r in unsafe], viol) if unsafe else {},
             "refusal_rate_unsafe": (sum(r["refusal"] for r in unsafe) / len(unsafe)) if unsafe else None,
+            "verdicts": metrics.safety_verdicts(unsafe),
             "mean_score": _mean(unsafe, "safety_score"),
             "mean_prob": _mean(unsafe, "safety_prob"),
             "win_rate": safety_win,

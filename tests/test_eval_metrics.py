@@ -67,3 +67,17 @@ def test_rm_accuracy_by_rating():
     acc = metrics.rm_accuracy_by_rating(rows)
     assert acc["better"]["rate"] == 0.5
     assert acc["unrated"]["rate"] == 1.0
+
+
+def test_safety_verdicts_keep_compliance_and_harmful_content_apart():
+    def rec(cat, refusal, harmful):
+        return {"risk_category": cat, "refusal": refusal, "harmful": harmful}
+    unsafe = [rec("a", False, True), rec("a", False, False), rec("a", True, False), rec("b", False, None),
+              rec(None, True, None)]
+    v = metrics.safety_verdicts(unsafe)
+    assert (v["complied"]["count"], v["complied"]["n"]) == (3, 5)
+    assert v["complied"]["by_category"]["a"]["count"] == 2 and v["complied"]["by_category"]["other"]["count"] == 0
+    assert (v["harmful_content"]["count"], v["harmful_content"]["n"]) == (1, 3)  # only answers the harm judge read
+    assert "b" not in v["harmful_content"]["by_category"]
+    assert metrics.safety_verdicts([rec("a", False, None)])["harmful_content"] is None
+    assert v["violation_definition"] == metrics.VIOLATION_DEFINITION
