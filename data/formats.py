@@ -1,6 +1,6 @@
 """Public safety and preference datasets, read as they are published.
 
-Recognised from their columns (`detect_format`), like the HH-RLHF transcripts in data.load, and mapped
+Recognised from their columns (`detect_format`), as data.load recognises HH-RLHF transcripts (data.hh), and mapped
 by a table of row adapters, one per format and kind (ADAPTERS), onto our rows:
 
   preferences  {id, prompt, chosen, rejected, rating, margin, safety_label, source}; safety pairs also
