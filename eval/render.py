@@ -2,7 +2,7 @@
 markdown (report.md) and to one self-contained HTML page (report.html).
 
 Every text is escaped by the renderer, always: markup is never passed in as a string. A cell or a
-paragraph that needs more than text says so with a typed value (``Code``, ``Strong``, ``Pre``, ``Flagged``).
+paragraph that needs more than text says so with a typed value (``Code``, ``Pre``, ``Flagged``).
 Escaping means, in HTML, ``html.escape``; in markdown, what would break the structure: ``|`` and line
 breaks in a table cell, line breaks in a one-line item.
 """
@@ -13,22 +13,12 @@ from dataclasses import dataclass, field
 from typing import Union
 
 
-@dataclass(frozen=True)
-class Code:
+class Code(str):
     """Inline code: `x` / <code>x</code>."""
-    text: str
 
 
-@dataclass(frozen=True)
-class Strong:
-    """Bold text: **x** / <b>x</b>."""
-    text: str
-
-
-@dataclass(frozen=True)
-class Pre:
+class Pre(str):
     """Preformatted text (an answer, a prompt): its line breaks kept (<pre>; <br> in a markdown cell)."""
-    text: str
 
 
 @dataclass(frozen=True)
@@ -39,7 +29,7 @@ class Flagged:
     cls: str = ""
 
 
-Inline = Union[str, Code, Strong]
+Inline = Union[str, Code]
 Cell = Union[str, int, float, Pre, Flagged]
 
 
@@ -62,10 +52,9 @@ class Table:
 
 
 @dataclass(frozen=True)
-class Image:
-    """A base64 PNG, embedded in the HTML; markdown names it and points to report.html."""
-    caption: str
-    png_base64: str
+class Figures:
+    """(caption, base64 PNG) pairs: side by side in the HTML; markdown names them and points to report.html."""
+    images: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -91,7 +80,7 @@ class AnswerList:
     items: tuple[PromptAnswers, ...]
 
 
-Block = Union[Paragraph, Note, Table, Image, AnswerList]
+Block = Union[Paragraph, Note, Table, Figures, AnswerList]
 
 
 @dataclass(frozen=True)
@@ -110,16 +99,12 @@ def cut(text: str | None, n: int) -> str:
 # ------------------------------------------------------------------------------------------ markdown
 
 def _md_inline(part: Inline) -> str:
-    if isinstance(part, Code):
-        return f"`{part.text}`"
-    if isinstance(part, Strong):
-        return f"**{part.text}**"
-    return part
+    return f"`{part}`" if isinstance(part, Code) else part
 
 
 def _md_cell(c: Cell) -> str:
     if isinstance(c, Pre):
-        return c.text.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
+        return c.replace("|", "\\|").replace("\n", "<br>") or "(empty)"
     if isinstance(c, Flagged):
         return f"{_md_cell(c.label)}: {_md_cell(Pre(c.text))}"
     return str(c).replace("|", "\\|").replace("\n", " ")
@@ -137,8 +122,8 @@ def _md_block(b: Block) -> list[str]:
     if isinstance(b, Table):
         return ["\n".join(["| " + " | ".join(map(_md_cell, b.head)) + " |", "|" + "---|" * len(b.head),
                            *["| " + " | ".join(map(_md_cell, r)) + " |" for r in b.rows]])]
-    if isinstance(b, Image):
-        return [f"*Plot in report.html: {_one_line(b.caption)}.*"]
+    if isinstance(b, Figures):
+        return "\n\n".join(f"*Plot in report.html: {_one_line(caption)}.*" for caption, _ in b.images).split("\n")
     lines: list[str] = []
     for item in b.items:
         lines += [_one_line(f"**{item.label}** — {item.prompt}"), ""]
@@ -169,16 +154,12 @@ esc = html.escape
 
 
 def _html_inline(part: Inline) -> str:
-    if isinstance(part, Code):
-        return f"<code>{esc(part.text)}</code>"
-    if isinstance(part, Strong):
-        return f"<b>{esc(part.text)}</b>"
-    return esc(part)
+    return f"<code>{esc(part)}</code>" if isinstance(part, Code) else esc(part)
 
 
 def _html_cell(c: Cell) -> str:
     if isinstance(c, Pre):
-        return f"<pre>{esc(c.text)}</pre>"
+        return f"<pre>{esc(c)}</pre>"
     if isinstance(c, Flagged):
         return f"<div class='{esc(c.cls)}'>{esc(c.label)}</div><pre>{esc(c.text)}</pre>"
     return esc(str(c))
@@ -197,27 +178,20 @@ def _html_block(b: Block) -> str:
         return f"<p class='note'><b>{esc(b.label)}:</b> {esc(b.text)}</p>"
     if isinstance(b, Table):
         return _html_table(b.head, b.rows)
-    if isinstance(b, Image):
-        return (f"<figure><img alt='{esc(b.caption)}' src='data:image/png;base64,{b.png_base64}'>"
-                f"<figcaption>{esc(b.caption)}</figcaption></figure>")
+    if isinstance(b, Figures):
+        return "<div class='plots'>" + "".join(
+            f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{png}'>"
+            f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, png in b.images) + "</div>"
     rows = [(item.label, Pre(item.prompt),
              *(Flagged(a.verdict, a.text, a.cls) if a else "–" for a in item.answers)) for item in b.items]
     return _html_table(b.head, rows)
 
 
 def to_html(title: str, sections: list[Section]) -> str:
-    """One self-contained page; consecutive images share a flex row."""
+    """One self-contained page."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
              f"<style>{CSS}</style></head><body>"]
     for s in sections:
-        parts.append(f"<h{s.level}>{esc(s.title)}</h{s.level}>")
-        in_row = False
-        for b in s.blocks:
-            if isinstance(b, Image) != in_row:
-                in_row = not in_row
-                parts.append("<div class='plots'>" if in_row else "</div>")
-            parts.append(_html_block(b))
-        if in_row:
-            parts.append("</div>")
+        parts += [f"<h{s.level}>{esc(s.title)}</h{s.level}>", *map(_html_block, s.blocks)]
     parts.append("</body></html>")
     return "\n".join(parts)

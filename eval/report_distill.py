@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from saferounds.eval.render import Answer, AnswerList, Image, Paragraph, PromptAnswers, Section, cut
+from saferounds.eval.render import Answer, AnswerList, Figures, Paragraph, PromptAnswers, Section, cut
 from saferounds.eval.report_plots import distill_plot
 from saferounds.eval.report_sections import num, table
 
@@ -83,7 +83,7 @@ def distill_sections(rows: list[DistillRow], n_chars: int = 600) -> list[Section
                 else Paragraph(("None: every preprompted answer was kept.",)))
     return [Section("Safety context distillation (LLaMA 2 Sec. 4.2.4)",
                     (Paragraph((intro,)), table(["", "value"], _headline(s)),
-                     Image("Safety RM scores with and without the preprompt (LLaMA 2 Fig. 16 analogue)",
-                           distill_plot(rows)))),
+                     Figures((("Safety RM scores with and without the preprompt (LLaMA 2 Fig. 16 analogue)",
+                               distill_plot(rows)),)))),
             Section("Rejected distillations (the preprompt did not make the answer safer; LLaMA 2 Table 40)",
                     (rejected,), level=3)]

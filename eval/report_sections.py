@@ -4,9 +4,9 @@ HTML): overview, headline, judges against human labels, violations by category, 
 from __future__ import annotations
 
 from saferounds.core.versions import version_number
-from saferounds.eval.render import (Answer, AnswerList, Code, Image, Note, Paragraph, PromptAnswers, Section, Table,
-                                    cut)
 from saferounds.data.risk import RISK_CATEGORIES
+from saferounds.eval.render import (Answer, AnswerList, Code, Figures, Note, Paragraph, PromptAnswers, Section, Table,
+                                    cut)
 from saferounds.reward_models.evaluation import TABLE_8
 
 
@@ -198,7 +198,7 @@ def _by_category(title: str, by_category: dict) -> Section:
 
 
 def plots_section(plots: dict[str, str]) -> list[Section]:
-    return [Section("Plots", tuple(Image(title, b64) for title, b64 in plots.items()))] if plots else []
+    return [Section("Plots", (Figures(tuple(plots.items())),))] if plots else []
 
 
 def _flags(rec: dict) -> str:
