@@ -677,3 +677,106 @@ def test_an_overlapping_plan_that_drops_rm_fails_before_the_version_is_created(t
     err = " ".join(capsys.readouterr().err.split())
     assert "no helpfulness or safety reward model yet" in err and "all cover v1 and the last one wins" in err
     assert ws.partial_versions() == [] and ws.finished_versions() == [0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 32, items 4 and 5: writes where they must not go; validation that passed what later crashed.
+# (Items 7 and 8: tests/test_annotate_serve.py and tests/test_judges_cli.py.)
+
+def _judged_rows(path: Path) -> Path:
+    path.write_text("prompt,response\nHow do I pick a lock?,I can't help with that.\n")
+    return path
+
+
+def _truncated_manifest(ws: Path) -> None:
+    manifest = ws / "versions" / "v1" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+
+
+ISSUE_32_WRITES = {
+    # item 4: (argv builder, expected message fragment)
+    "judges score --output into a finished version": (
+        lambda ws, tmp: ["judges", "score", "--input", str(_judged_rows(tmp / "rows.csv")),
+                         "--output", str(ws / "versions/v1/x.csv"), "-w", str(ws)],
+        "inside the finished version"),
+    "judges score --output is its --input": (
+        lambda ws, tmp: ["judges", "score", "--input", str(_judged_rows(ws / "reports/rows.csv")),
+                         "--output", str(ws / "reports/../reports/rows.csv"), "-w", str(ws)],
+        "is the input file"),
+    "eval --out the workspace root": (
+        lambda ws, tmp: ["eval", "v1", "--out", str(ws), "-w", str(ws)],
+        "reports go into a directory of their own, never the workspace root"),
+    "report --out into reward_models/": (
+        lambda ws, tmp: ["report", "v1", "--out", str(ws / "reward_models" / "r"), "-w", str(ws)],
+        "reports go into a directory of their own"),
+    "data convert onto its own input": (
+        lambda ws, tmp: ["data", "convert", str(ws / "data/preferences_helpfulness.jsonl"), "--to", "preferences",
+                         "--output", str(ws / "data/preferences_helpfulness.jsonl")],
+        "is the input file"),
+    "data convert onto a hard link of its input": (
+        lambda ws, tmp: (os.link(ws / "data/preferences_helpfulness.jsonl", ws / "data/link.jsonl"),
+                         ["data", "convert", str(ws / "data/preferences_helpfulness.jsonl"), "--to", "preferences",
+                          "--output", str(ws / "data/link.jsonl")])[1],
+        "is the input file"),
+}
+
+ISSUE_32_VALIDATION = {
+    # item 5
+    "a lone surrogate in a data row": (
+        lambda ws, tmp: ["data", "validate", str(_raw(tmp / "p.jsonl", '{"prompt": "q", "chosen": "a\\ud800", '
+                                                                       '"rejected": "b"}'))],
+        "p.jsonl:1: chosen: holds a lone UTF-16 surrogate"),
+    "a lone surrogate in a .json row's message": (
+        lambda ws, tmp: ["data", "validate", str(_raw(tmp / "p.json", '[{"prompt": [{"role": "user", "content": '
+                                                                      '"hi \\udc00"}], "chosen": "a", "rejected": "b"}]'))],
+        "p.json:1: prompt[0].content: holds a lone UTF-16 surrogate"),
+    "a duplicated is_response_0_safe (PKU)": (
+        lambda ws, tmp: ["data", "validate", str(_raw(tmp / "pku.jsonl", json.dumps(
+            {"prompt": "q", "response_0": "a", "response_1": "b", "better_response_id": 0, "safer_response_id": 0,
+             "is_response_0_safe": True, "is_response_1_safe": False})[:-1] + ', "is_response_0_safe": false}'))],
+        "pku.jsonl:1: is_response_0_safe: appears twice"),
+    "seed: -5": (lambda ws, tmp: (_set(ws, seed=-5), ["status", "-w", str(ws)])[1], "seed: -5 is out of range"),
+    "model.policy: ''": (lambda ws, tmp: (_set(ws, model__policy=""), ["status", "-w", str(ws)])[1],
+                         "model.policy: empty"),
+    "a plan entry for version 0": (
+        lambda ws, tmp: (_set(ws, rounds__plan=[{"versions": "0", "stages": ["rs"]}]), ["status", "-w", str(ws)])[1],
+        "rounds.plan[0].versions: '0' names v0"),
+    "a missing rejection_sampling.demonstrations file (round run)": (
+        lambda ws, tmp: (_set(ws, rejection_sampling__demonstrations=["data/no_demos.jsonl"]),
+                         ["round", "run", "-w", str(ws)])[1],
+        "no_demos.jsonl: file not found"),
+    "eval --limit -1": (lambda ws, tmp: ["eval", "v1", "--limit", "-1", "-w", str(ws)], "--limit -1: expected at least 1"),
+    "a truncated finished manifest (status)": (
+        lambda ws, tmp: (_truncated_manifest(ws), ["status", "-w", str(ws)])[1], "v1/manifest.json: not valid JSON"),
+    "a truncated finished manifest (round show)": (
+        lambda ws, tmp: (_truncated_manifest(ws), ["round", "show", "v1", "-w", str(ws)])[1],
+        "v1/manifest.json: not valid JSON"),
+    "a truncated finished manifest (round run builds no v2 on it)": (
+        lambda ws, tmp: (_truncated_manifest(ws), ["round", "run", "-w", str(ws)])[1],
+        "v1/manifest.json: not valid JSON"),
+}
+
+
+def _issue_32_case(cases: dict, case: str, tiny_workspace, tmp_path, cli_main, capsys) -> None:
+    """The case exits 2 with one error line holding the fragment, and the workspace is byte for byte as before."""
+    ws = _workspace_with_v1(tiny_workspace)
+    shutil.rmtree(ws.partial_dir(2), ignore_errors=True)
+    (ws.root / "reports").mkdir(exist_ok=True)
+    build, expected = cases[case]
+    argv = build(ws.root, tmp_path)
+    before = _tree(ws.root)
+    code = cli_main(argv)
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2, err
+    assert expected in err and "Traceback" not in err and err.count("error:") == 1, err
+    assert _tree(ws.root) == before  # nothing written: no file in v1, no report in the root, no .v2.partial
+
+
+@pytest.mark.parametrize("case", sorted(ISSUE_32_WRITES))
+def test_writes_where_they_must_not_go_are_refused(case, tiny_workspace, tmp_path, cli_main, capsys):
+    _issue_32_case(ISSUE_32_WRITES, case, tiny_workspace, tmp_path, cli_main, capsys)
+
+
+@pytest.mark.parametrize("case", sorted(ISSUE_32_VALIDATION))
+def test_validation_refuses_what_used_to_crash_later(case, tiny_workspace, tmp_path, cli_main, capsys):
+    _issue_32_case(ISSUE_32_VALIDATION, case, tiny_workspace, tmp_path, cli_main, capsys)
