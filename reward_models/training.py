@@ -43,7 +43,7 @@ def reversed_safety(pair: dict) -> bool:
     """A pair whose chosen response is unsafe and rejected one safe (LLaMA 2 drops these from RM training).
 
     The 3-way safety_label cannot say this, so such rows carry `"chosen_unsafe_rejected_safe": true`
-    (or `chosen_safe: false` with `rejected_safe: true`, as pipeline.synthetic and reward_models.feedback.labeling write);
+    (or `chosen_safe: false` with `rejected_safe: true`, as data.synthetic and reward_models.feedback.labeling write);
     a safety_label of that name is accepted too.
     """
     return (pair.get("chosen_unsafe_rejected_safe") is True
@@ -132,16 +132,29 @@ def training_set(kind: str, records: list[dict], cfg: RewardModelConfig, seed: i
 # ---------------------------------------------------------------------------------------------
 # Features, collator and the Trainer subclass.
 
-def truncate_pair(chosen: list[int], rejected: list[int], max_length: int) -> tuple[list[int], list[int]]:
+def truncate_pair(chosen: list[int], rejected: list[int], max_length: int, keep: int = 0) -> tuple[list[int], list[int]]:
     """Fit a pair into max_length tokens by cutting the same number of leading tokens from both (they share
     their prompt, so both keep the same context and their whole responses); when the shorter one is not that
-    long, each keeps its own last max_length tokens."""
-    cut = max(len(chosen), len(rejected)) - max_length
+    long, each keeps its own last tokens. The first `keep` tokens are never cut: the special tokens a
+    tokenizer puts in front (BERT's [CLS], which its head reads), as its own left truncation keeps them."""
+    head_c, head_r, chosen, rejected = chosen[:keep], rejected[:keep], chosen[keep:], rejected[keep:]
+    room = max_length - keep
+    cut = max(len(chosen), len(rejected)) - room
     if cut <= 0:
-        return chosen, rejected
+        return head_c + chosen, head_r + rejected
     if cut < min(len(chosen), len(rejected)):
-        return chosen[cut:], rejected[cut:]
-    return chosen[-max_length:], rejected[-max_length:]
+        return head_c + chosen[cut:], head_r + rejected[cut:]
+    return head_c + chosen[-room:], head_r + rejected[-room:]
+
+
+def leading_special_tokens(tokenizer) -> int:
+    """How many special tokens the tokenizer itself puts before a text (BERT: 1, its [CLS]); 0 with a chat
+    template, which writes its own (encode then adds none)."""
+    if getattr(tokenizer, "chat_template", None):
+        return 0
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return next((n for n in range(len(full) - len(plain) + 1) if full[n:n + len(plain)] == plain), 0)
 
 
 def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: int) -> dict[str, list]:
@@ -149,7 +162,8 @@ def pair_features(tokenizer, pairs: list[dict], margin_scale: str, max_length: i
     length."""
     chosen = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["chosen"]) for p in pairs], None)["input_ids"]
     rejected = encode(tokenizer, [format_sample(tokenizer, p["prompt"], p["rejected"]) for p in pairs], None)["input_ids"]
-    chosen, rejected = map(list, zip(*(truncate_pair(c, r, max_length) for c, r in zip(chosen, rejected)))) \
+    keep = leading_special_tokens(tokenizer)
+    chosen, rejected = map(list, zip(*(truncate_pair(c, r, max_length, keep) for c, r in zip(chosen, rejected)))) \
         if pairs else ([], [])
     targets = [safety_targets(p) for p in pairs]
     return {
@@ -410,7 +424,8 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     """
     from transformers import set_seed
 
-    from saferounds.core.checkpoints import last_complete_checkpoint, torn_notes
+    from saferounds.core.checkpoints import torn_notes
+    from saferounds.core.checkpoints import train as train_resumable
     from saferounds.core.finite import check_value, check_weights, finite_callback
 
     cfg = cfg or RewardModelConfig()
@@ -428,10 +443,7 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     stage = f"{kind} RM training"
     trainer.add_callback(finite_callback(stage))
     dataset = trainer.train_dataset
-    last = last_complete_checkpoint(work_dir, log)  # a torn checkpoint-N is set aside, not resumed from
-    if last and log:
-        log.info("resuming %s RM training from %s", kind, last)
-    result = trainer.train(resume_from_checkpoint=last)
+    result, last = train_resumable(trainer, work_dir, log)  # a torn checkpoint-N is set aside, not resumed from
     model = trainer.model
     check_value(result.training_loss, stage, trainer.state.global_step, "the training loss")
     check_weights(model, stage, trainer.state.global_step)
