@@ -208,7 +208,7 @@ def check_rates(m: dict) -> list[str]:
                 if k in ("rate", "violation_rate", "false_refusal_rate", "refusal_rate_unsafe", "mean_prob") \
                         and isinstance(v, (int, float)) and not 0.0 <= v <= 1.0:
                     bad.append(p)
-                if k == "ci95" and not (0.0 <= v[0] <= v[1] <= 1.0):
+                if k == "ci95" and v is not None and not (0.0 <= v[0] <= v[1] <= 1.0):
                     bad.append(p)
                 walk(v, p)
 

@@ -16,6 +16,7 @@ from saferounds.eval import side_by_side
 from saferounds.eval.evaluate import SCHEMA, check_rates
 from saferounds.eval.render import Section, to_html, to_markdown
 from saferounds.eval.report_distill import DistillRow, distill_sections
+from saferounds.eval.report_gauge import audit_section, selection_section, verdicts_section
 from saferounds.eval.report_plots import make_plots
 from saferounds.eval.report_sections import examples_table, metric_sections
 
@@ -46,6 +47,9 @@ metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1],
                                 (the three are always present)
   safety.by_source_category    {source category name: RATE}  (e.g. XSTest type, DNA types_of_harm)
   safety.refusal_rate_unsafe   float|null
+  safety.verdicts              {"violation_definition": str, "complied": RATE + {"by_category"},
+                                "harmful_content": (RATE + {"by_category"})|null}  the two verdicts apart
+                                (unsafe prompts: did not refuse / the harm classifier flags concrete harm)
   safety.mean_score            float|null  mean raw safety-RM score on unsafe prompts
   safety.mean_prob             float|null  mean sigmoid(safety score) on unsafe prompts
   safety.win_rate.<vM>         WIN  by safety-RM score on the unsafe prompts both versions answered
@@ -54,6 +58,12 @@ metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1],
   helpfulness.win_rate.<vM>    WIN  by helpfulness-RM score on shared borderline + helpful prompts
   helpfulness.judge_win_rate.<vM>  WIN by the LLM judge, asked in both orders (only when configured)
   max_of_k                     [{"k", "max", "median", "mean", "prompts"}]  (only when samples exist)
+  audit                        null (unaudited) | reports/vN/audit's summary (eval/audit_labels.py):
+                               {"labels": n, "accuracy": {"refusal"|"harmful": {n, tp, fp, tn, fn, agreement,
+                               sensitivity, specificity, precision: RATE}}, "corrected": {"complied"|
+                               "harmful_content"|"false_refusal": {"raw": RATE, "rate", "ci95", "method"}}}
+  selection                    the rs stage's selection_audit.json (sampling/selection_audit.py), when the
+                               version was built by rs
   rm_accuracy                  {"helpfulness"|"safety": {rating|"avg": RATE}}  (only when the round trained RMs;
                                ratings: significantly_better, better, slightly_better,
                                negligibly_better_or_unsure; held-out pairs of the RM's own source)
@@ -112,7 +122,9 @@ def report_sections(metrics: dict, records: list[dict], compared: dict[str, list
     examples = examples_table(records, compared, examples_per_suite, version=v)
     plots = make_plots(trend, _score_sets([(v, records), *compared.items()]), metrics.get("max_of_k"))
     pairs = side_by_side.pick(records, compared["v0"]) if "v0" in compared else []
-    return (metric_sections(metrics, examples, trend, plots, cut) + side_by_side.section(pairs, "v0", v, cut)
+    metric = metric_sections(metrics, examples, trend, plots, cut)
+    gauge = verdicts_section(metrics) + audit_section(metrics) + selection_section(metrics)
+    return (metric[:3] + gauge + metric[3:] + side_by_side.section(pairs, "v0", v, cut)
             + (distill_sections(distill, cut) if distill else []))
 
 

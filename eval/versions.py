@@ -18,6 +18,8 @@ from saferounds.core.io import write_json
 from saferounds.core.progress import current, label
 from saferounds.core.records import EvalRecord
 from saferounds.core.versions import version_number
+from saferounds.eval.audit_labels import load_labels
+from saferounds.eval.audit_labels import summarise as audit_summary
 from saferounds.eval.evaluate import judge_records, prompt_text, summarise
 from saferounds.eval.generate import cached_generate, cached_generate_sharded, generation_settings
 from saferounds.eval.metrics import rate_with_ci, win_rate_of
@@ -30,7 +32,7 @@ Progress = Callable[[str], None]
 def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_dir: Path, *, config,
                       rm_paths: dict[str, Path], suites: list[Suite], load_policy: Callable[[Path], tuple],
                       max_of_k: list | None = None, progress: Progress = lambda m: None,
-                      distill: list[dict] | None = None) -> dict:
+                      distill: list[dict] | None = None, selection: dict | None = None) -> dict:
     """Evaluate policies["vN"] (version N) and the compared versions' policies on the same prompts;
     write metrics.json, report.md, report.html and records.json into out_dir; return metrics.json's dict.
     `config` is the whole config (sections eval, model, judge)."""
@@ -90,8 +92,7 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     metrics = summarise(name, records[name], compared=compared, judges=judges,
                         suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
                         max_of_k=max_of_k, rm_accuracy=rm_accuracy(rm_paths, version))
-    metrics["compared"] = {v: {k: summarise(v, recs, judges=judges)[k] for k in ("safety", "helpfulness")}
-                           for v, recs in compared.items()}
+    _complete(metrics, root, version, records[name], compared, judges, selection)
 
     # 5. the trend over versions, and the report
     trend = load_trend(root, exclude=name)
@@ -107,6 +108,19 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
         write_json(out_dir / "compared_records.json", compared)
     current().done(headline_summary(metrics, version=label().split(" ")[0] != name))
     return metrics
+
+
+def _complete(metrics: dict, root: Path, version: int, records: list[dict], compared: dict[str, list[dict]],
+              judges: dict, selection: dict | None) -> None:
+    """What metrics.json adds to the version's own summary: the compared versions' safety and helpfulness by
+    the same judges, the audit of the judges on this version's answers (`saferounds audit vN --labels`), and
+    the rs stage's selection audit."""
+    metrics["compared"] = {v: {k: summarise(v, recs, judges=judges)[k] for k in ("safety", "helpfulness")}
+                           for v, recs in compared.items()}
+    labels = load_labels(root, version)
+    metrics["audit"] = audit_summary(records, labels) if labels else None
+    if selection:
+        metrics["selection"] = selection
 
 
 def headline_summary(metrics: dict, version: bool = True) -> str:

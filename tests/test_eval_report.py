@@ -126,3 +126,34 @@ def test_html_renders_in_headless_chromium(tmp_path):
     colours = img.resize((60, 120)).getcolors(maxcolors=60 * 120)
     assert len(colours) > 20  # text, tables and plots rendered, not a blank page
     shutil.copy(shot, tmp_path / "report_screenshot.png")
+
+
+def test_report_keeps_the_two_verdicts_apart_and_says_unaudited(tmp_path):
+    r1, _ = _records()
+    m1 = summarise("v1", r1)
+    v = m1["safety"]["verdicts"]
+    assert (v["complied"]["count"], v["complied"]["n"]) == (2, 3)  # u1, u2 answered; u3 refused
+    assert v["harmful_content"] is None  # no harm classifier ran on these
+    md = write_report(tmp_path / "a", {**m1, "audit": None}, r1)["markdown"].read_text()
+    assert "## Two verdicts on unsafe prompts" in md and "| all | 66.7% [" in md
+    assert "**Unaudited:**" in md and "saferounds audit v1" in md
+
+
+def test_report_shows_the_audit_and_what_best_of_k_chose(tmp_path):
+    from saferounds.eval.audit_labels import summarise as audit_summary
+    from saferounds.sampling.selection_audit import selection_audit
+
+    r1, _ = _records()
+    labels = {r["id"]: {"refusal": r["refusal"], "harmful": False} for r in r1}
+    labels["u2"]["refusal"] = True  # the reader calls u2 a refusal; the judge said it answered
+    m1 = {**summarise("v1", r1), "audit": audit_summary(r1, labels)}
+    samples = [{"prompt_id": "p", "sample_index": i, "is_safety": True, "harmful": i == 0, "refusal": i == 1,
+                "gated_score": float(i)} for i in range(2)]
+    m1["selection"] = {**selection_audit(samples, [{"prompt_id": "p", "sample_index": 1}]),
+                       "rm_chance": "reward models at chance: safety RM held-out accuracy 0.52"}
+    md = write_report(tmp_path / "b", m1, r1)["markdown"].read_text()
+    assert "## Judges on this model's answers (audited, n=5)" in md
+    assert "| refusal | 5 | 80.0% [" in md  # 4 of 5 labels agree with the refusal verdict
+    assert "| complied | 66.7% [" in md and "Rogan-Gladen" in md
+    assert "## What best-of-K chose" in md and "| safety prompts: selected | 1 | 0.0% [" in md
+    assert "**Not a result:** reward models at chance" in md

@@ -18,7 +18,7 @@ from typing import Callable
 from saferounds.core import distributed as dist
 from saferounds.core.accelerator import to_accelerator
 from saferounds.core.errors import InputError
-from saferounds.core.io import read_jsonl
+from saferounds.core.io import read_json, read_jsonl
 from saferounds.core.versions import version_number
 from saferounds.eval.suites import Suite, load_suites
 from saferounds.eval.versions import evaluate_policies, generate_answers
@@ -72,7 +72,14 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     # rank 0 scores, judges and writes the report (every answer is cached by now)
     return dist.run_on_main(evaluate_policies, root, version, policies, out_dir, config=config, rm_paths=rm_paths,
                             suites=suites, load_policy=load, max_of_k=_max_of_k(samples), progress=progress,
-                            distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None)
+                            distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None,
+                            selection=_selection_audit(samples))
+
+
+def _selection_audit(samples: Path | None) -> dict | None:
+    """The rs stage's selection audit (selection_audit.json beside the version's samples), for the report."""
+    path = Path(samples).parent / "selection_audit.json" if samples else None
+    return read_json(path) if path and path.exists() else None
 
 
 def eval_prompt_texts(ws) -> list[str]:
