@@ -90,8 +90,24 @@ def ensure_not_input(output: str | Path, input: str | Path, what: str = "--outpu
     with contextlib.suppress(OSError):
         same = same or os.path.samefile(out, src)
     if same:
-        raise InputError(f"{what} {output}: is the input file {input} itself (or a link to it); write to another file")
+        raise InputError(f"{what} {output}: the same file as {input} (or a link to it), which this command also "
+                         "reads or writes; write to another file")
     return out
+
+
+def output_file(path: str | Path, what: str = "--output", inputs: Iterable[str | Path] = ()) -> Path:
+    """The checks every file a command writes goes through before any work: not a directory, not inside a
+    finished version, not one of the command's own inputs (hub: ids are not files)."""
+    from saferounds.core.versions import ensure_outside_finished_versions
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path}: is a directory; name the file to write")
+    ensure_outside_finished_versions(path, what)
+    for src in inputs:
+        if not str(src).startswith("hub:"):
+            ensure_not_input(path, src, what)
+    return path
 
 
 def sha256_file(path: str | Path) -> str:
@@ -370,6 +386,10 @@ def _read_csv(path: Path, text: str) -> list[tuple[int, dict]]:
     try:
         if not reader.fieldnames:
             raise InputError(f"{path}:1: header: the CSV file has no header row")
+        twice = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+        if twice:
+            raise InputError(f"{path}:1: header: column {', '.join(map(repr, twice))} appears twice; a reader keeps "
+                             "only the last, so rename or remove one")
         for row in reader:
             line = reader.line_num
             if None in row:
@@ -464,6 +484,8 @@ def read_rows(path: str | Path, errors: RowErrors | None = None) -> list[tuple[i
         raise InputError(missing_path_message(path))
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a .jsonl, .json, .csv or .parquet file")
+    if not path.is_file():  # reading a FIFO would wait forever for a writer
+        raise InputError(f"{path}: not a regular file (a pipe, socket or device); save the rows to a file first")
     kind = _base_suffix(path)
     if kind == ".parquet":
         return _read_parquet(path)

@@ -171,10 +171,10 @@ def flags(row, field, line, errors) -> list[str] | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: a cell nested thousands deep
             try:
                 value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, RecursionError, MemoryError):
                 value = None
     if not isinstance(value, dict) or not {type(v) for v in value.values()} <= {bool, type(None)}:
         errors.add(line, field, "expected an object of category: true/false")

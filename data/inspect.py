@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections import Counter
 
 from saferounds.core.errors import InputError
-from saferounds.core.io import ensure_not_input, write_jsonl
+from saferounds.core.io import output_file, write_jsonl
 from saferounds.core.records import RATINGS
-from saferounds.core.versions import ensure_outside_finished_versions
 from saferounds.data.formats import KINDS, PRODUCES, adapt, read_detected
 from saferounds.data.load import LOADERS, load_preferences, load_prompts, load_responses
 
@@ -67,9 +66,7 @@ def convert_file(path, kind: str, output, source: str | None = None) -> dict:
         raise InputError(f"--source: expected helpfulness or safety, got {source!r}")
     if source is not None and kind != "preferences":
         raise InputError("--source: only with --to preferences")
-    if not str(path).startswith("hub:"):
-        ensure_not_input(output, path)  # the rows are read before the write, but the input would be gone
-    ensure_outside_finished_versions(output, "--output")
+    output_file(output, "--output", [path])  # the rows are read before the write, but the input would be gone
     fmt, rows, errors = read_detected(path)
     if fmt is not None:
         records, counts = adapt(path, rows, fmt, kind, errors, source)

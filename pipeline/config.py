@@ -347,6 +347,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise InputError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not valid UTF-8") from None
+    if data is not None and not isinstance(data, dict):  # `[]` is falsy: it would have read as the defaults
+        raise InputError(f"{path}: expected a mapping of sections (model:, data:, rounds:, ...), got "
+                         f"{type(data).__name__} {data!r:.40}")
     return parse_config(apply_overrides(data or {}, overrides or []), str(path))
 
 

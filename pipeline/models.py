@@ -113,7 +113,7 @@ def load_policy(path_or_id: str | Path, model_cfg, for_training: bool = False):
             model = AutoPeftModelForCausalLM.from_pretrained(path_or_id, is_trainable=for_training, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a config.json without a known model_type (damaged, replaced)
         raise InputError(f"model.policy: cannot load '{path_or_id}' ({str(e).splitlines()[0][:300]})") from None
     tokenizer = load_tokenizer(path_or_id, trust)
     if model.generation_config.pad_token_id is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,31 @@ def test_bad_json_lines_and_bad_fields_are_listed_together(tmp_path):
         f"{path}:2: json: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
         f"{path}:3: rejected: identical to chosen (a pair needs two different responses)",
         f"{path}:4: prompt: empty text"]
+
+
+def test_malformed_rows_that_json_or_csv_would_read_silently_are_refused(tmp_path, capsys):
+    """Issue 32 red team: what a plain reader takes (the last of a repeated key, a lone surrogate, a repeated
+    CSV column, a BeaverTails category nested 100k deep, a FIFO) `data validate` refuses as file:line: field."""
+    from saferounds.pipeline.cli import main
+
+    cases = {
+        "dup.jsonl": ('{"prompt": "q", "chosen": "a", "rejected": "b", "rejected": "c"}\n',
+                      "dup.jsonl:1: rejected: appears twice"),
+        "dup.json": ('[\n{"prompt": "q", "chosen": "a", "rejected": "b"},\n{"prompt": "q", "chosen": "a",\n'
+                     '"prompt": "r", "rejected": "b"}\n]', "dup.json:3: prompt: appears twice"),
+        "lone.jsonl": ('{"prompt": [{"role": "user", "content": "hi \\ud800"}], "chosen": "a", "rejected": "b"}\n',
+                       "lone.jsonl:1: prompt[0].content: holds a lone UTF-16 surrogate"),
+        "cols.csv": ("prompt,chosen,rejected,chosen\nq,a,b,c\n", "cols.csv:1: header: column 'chosen' appears twice"),
+        "deep.csv": ('prompt,response,category,is_safe\nq,a,"{""x"": ' + "[" * 100_000 + '",true\n',
+                     "deep.csv:2: category: expected an object"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["data", "validate", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (name, err)
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "q \\ud83d\\ude00", "chosen": "a", "rejected": "b"}\n')
+    assert read_rows(tmp_path / "ok.jsonl")[0][1]["prompt"] == "q \U0001F600"  # a paired escape is an emoji
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_rows(tmp_path / "fifo.jsonl")  # would wait forever for a writer

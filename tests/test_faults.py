@@ -702,7 +702,7 @@ ISSUE_32_WRITES = {
     "judges score --output is its --input": (
         lambda ws, tmp: ["judges", "score", "--input", str(_judged_rows(ws / "reports/rows.csv")),
                          "--output", str(ws / "reports/../reports/rows.csv"), "-w", str(ws)],
-        "is the input file"),
+        "which this command also reads or writes"),
     "eval --out the workspace root": (
         lambda ws, tmp: ["eval", "v1", "--out", str(ws), "-w", str(ws)],
         "reports go into a directory of their own, never the workspace root"),
@@ -712,12 +712,12 @@ ISSUE_32_WRITES = {
     "data convert onto its own input": (
         lambda ws, tmp: ["data", "convert", str(ws / "data/preferences_helpfulness.jsonl"), "--to", "preferences",
                          "--output", str(ws / "data/preferences_helpfulness.jsonl")],
-        "is the input file"),
+        "which this command also reads or writes"),
     "data convert onto a hard link of its input": (
         lambda ws, tmp: (os.link(ws / "data/preferences_helpfulness.jsonl", ws / "data/link.jsonl"),
                          ["data", "convert", str(ws / "data/preferences_helpfulness.jsonl"), "--to", "preferences",
                           "--output", str(ws / "data/link.jsonl")])[1],
-        "is the input file"),
+        "which this command also reads or writes"),
 }
 
 ISSUE_32_VALIDATION = {

@@ -9,8 +9,7 @@ import click
 import typer
 
 from saferounds.core.errors import InputError
-from saferounds.core.io import write_jsonl
-from saferounds.core.versions import ensure_outside_finished_versions
+from saferounds.core.io import output_file, write_jsonl
 from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json, table
 
 annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: rank K samples per prompt on a local page "
@@ -81,8 +80,8 @@ def label(
     cache_path = cache or (Path(cfg.cache_path) if cfg.cache_path else Path(str(output) + ".judge_cache.sqlite"))
     if cfg.cache_path and not cache and not cache_path.is_absolute():
         cache_path = ws / cache_path
-    ensure_outside_finished_versions(output, "--output")
-    ensure_outside_finished_versions(cache_path, "--cache" if cache else "judge.cache_path")
+    output_file(output, "--output", [input])
+    output_file(cache_path, "--cache" if cache else "judge.cache_path", [input, output])
     done = {"n": 0}
 
     def progress(i: int, total: int) -> None:
@@ -146,8 +145,10 @@ def annotate_export(
     from saferounds.reward_models.feedback.annotation import export_annotation
     from saferounds.reward_models.feedback.labeling import group_samples
 
-    groups = group_samples(read_rows(input), where=input)
     csv_path = csv or output.with_suffix(".csv")
+    output_file(output, "--output", [input])
+    output_file(csv_path, "--csv", [input, output])
+    groups = group_samples(read_rows(input), where=input)
     n = export_annotation(groups, output, csv_path)
     info = {"prompts": n, "jsonl": str(output), "csv": str(csv_path)}
     if json:
@@ -174,6 +175,11 @@ def annotate_import(
     from saferounds.reward_models.feedback.annotation import annotation_pairs, import_annotation, import_rankings
     from saferounds.reward_models.rankings import elo_rewards
 
+    outputs = {"--output": output, "--pairs": pairs, "--scores": scores}
+    for flag, path in outputs.items():
+        if path is not None:
+            output_file(path, flag, [input, *([export] if export else []),
+                                     *(p for f, p in outputs.items() if p is not None and f != flag)])
     # both raise InputError (file:line) before any write
     records, unranked = import_annotation(input, export) if export else (import_rankings(input), 0)
     write_jsonl(output, records)

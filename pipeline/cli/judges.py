@@ -17,8 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from saferounds.core.errors import InputError, RowErrors
-from saferounds.core.io import atomic_write_text, ensure_not_input, read_rows
-from saferounds.core.versions import ensure_outside_finished_versions
+from saferounds.core.io import atomic_write_text, output_file, read_rows
 from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, open_workspace, print_json, table
 
 judges_app = typer.Typer(no_args_is_help=True, help="Learned refusal and harm judges: train and score.")
@@ -139,8 +138,7 @@ def score(input: Annotated[Path, typer.Option("--input", help="CSV or JSONL of (
         raise InputError(f"--output {output}: write an uncompressed .csv or .jsonl")
     if _is_csv(input) != _is_csv(output):
         raise InputError(f"--output {output}: must have the input's format ({input.suffix})")
-    ensure_outside_finished_versions(output, "--output")
-    ensure_not_input(output, input)
+    output_file(output, "--output", [input])
     rows = read_rows(input)
     errors = RowErrors(input)
     for line, row in rows:
