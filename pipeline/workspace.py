@@ -202,7 +202,13 @@ class Workspace:
             have = ", ".join(f"v{v}" for v in self.finished_versions()) or "none"
             building = "".join(f"; unfinished: v{v}" for v in self.partial_versions())
             raise InputError(f"v{n}: no such version in {self.versions_dir} (finished: {have}{building})")
-        return read_json(path)
+        manifest = read_json(path)  # InputError naming the file when it is cut short
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("version"), str) \
+                or not isinstance(manifest.get("stages", {}), dict):
+            raise InputError(f"{path}: not a version manifest (expected an object with `version` and a `stages` "
+                             "mapping); the file was damaged or replaced: restore it from a backup, or "
+                             f"`saferounds round discard v{n}`")
+        return manifest
 
     def policy_path(self, n: int) -> Path:
         return self.require_finished(n) / "policy"

@@ -496,6 +496,8 @@ def make_server(root: Path, version: int, samples: Path, annotator: str, host: s
         raise InputError(f"--annotator: {e}") from None
     try:
         return AnnotateServer(session, host, port, token, tuple(allow_hosts))
+    except OverflowError:  # a port outside 0-65535
+        raise InputError(f"--port {port}: expected 0-65535 (0: any free one)") from None
     except OSError as e:  # port taken, address not on this machine
         raise InputError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
                          "pick another --port (0: any free one)") from None
