@@ -67,9 +67,10 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     except Exception as e:  # ENOSPC comes as OSError, or wrapped by safetensors / torch
-        if not _no_space(e):
+        from saferounds.core.errors import disk_full, no_space
+
+        if not no_space(e):
             raise
-        from saferounds.core.errors import disk_full
 
         shutil.rmtree(tmp, ignore_errors=True)
         needed = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -79,13 +80,3 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | Path) -> Path:
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir
-
-
-def _no_space(e: BaseException) -> bool:
-    import errno
-
-    while e is not None:
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False

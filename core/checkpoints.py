@@ -10,12 +10,16 @@ file is as long as its header says; other files are non-empty). A torn one is re
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
+import shutil
 import struct
 import time
 from pathlib import Path
+
+from saferounds.core.errors import as_disk_full, no_space
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
@@ -76,17 +80,56 @@ def checkpoint_problem(d: Path) -> str | None:
 def last_complete_checkpoint(work_dir: str | Path, log=None) -> str | None:
     """Path of the newest complete checkpoint-N in work_dir (None when there is none); every newer,
     torn one is renamed to checkpoint-N.torn with a note."""
-    work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        return None
-    found = sorted(((int(m.group(1)), p) for p in work_dir.iterdir()
-                    if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name))), reverse=True)
-    for _, d in found:
+    for _, d in _checkpoints(Path(work_dir)):
         problem = checkpoint_problem(d)
         if problem is None:
             return str(d)
         set_aside(d, problem, log)
     return None
+
+
+def train(trainer, work_dir: str | Path, log=None):
+    """(trainer.train's result, the checkpoint it resumed from): resumed from the newest complete
+    checkpoint in work_dir, torn ones set aside.
+
+    A checkpoint save that runs out of space (torch's writer says only `[enforce fail at
+    inline_container.cc] unexpected pos`) deletes the checkpoint it left half written, so the stage's
+    failure still fits in the manifest and a rerun resumes from the checkpoint before, then raises
+    DiskFullError naming that checkpoint and the space left."""
+    last = last_complete_checkpoint(work_dir, log)
+    if last and log is not None:
+        log.info("resuming training from %s", last)
+    try:
+        return trainer.train(resume_from_checkpoint=last), last
+    except Exception as e:
+        if not (no_space(e) or _writer_failed_on_a_full_disk(e, Path(work_dir))):
+            raise
+        full = as_disk_full(e, work_dir)
+        e.__traceback__ = None  # its frames hold the half-written files open: their space frees once closed
+    gc.collect()
+    torn = [d for _, d in _checkpoints(Path(work_dir)) if checkpoint_problem(d) is not None]
+    for d in torn:
+        shutil.rmtree(d, ignore_errors=True)
+    raise as_disk_full(OSError(full.errno, full.strerror, str(torn[0] if torn else full.path)))
+
+
+def _writer_failed_on_a_full_disk(e: BaseException, work_dir: Path) -> bool:
+    """torch.save's zip writer failed (its message names no errno) while work_dir's filesystem is
+    (nearly) full."""
+    failed = any(marker in str(x) for x in (e, e.__cause__ or e.__context__) if x is not None
+                 for marker in ("inline_container.cc", "PytorchStreamWriter failed"))
+    try:
+        return failed and shutil.disk_usage(work_dir).free < 16 * 2**20
+    except OSError:
+        return False
+
+
+def _checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
+    """(step, directory) of every checkpoint-N in work_dir, newest first."""
+    if not work_dir.is_dir():
+        return []
+    return sorted(((int(m.group(1)), p) for p in work_dir.iterdir()
+                   if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name))), reverse=True)
 
 
 def set_aside(d: Path, problem: str, log=None) -> Path:

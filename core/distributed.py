@@ -27,6 +27,7 @@ import contextlib
 import functools
 import os
 import socket
+import sys
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
@@ -181,6 +182,23 @@ def all_ranks(fn: Callable[..., T], *args, **kwargs) -> T:
         raise  # (not reached: _meet raises)
     _meet()
     return result
+
+
+def shutdown(meet: bool) -> None:
+    """Tear the process group down before the process exits, so every rank ends with its own exit code.
+    Left to interpreter exit, gloo's threads can outlive their group and abort the process (SIGABRT,
+    "terminate called without an active exception") instead of exiting 2. `meet`: every rank is known
+    to be here too (the command succeeded, or failed at a meeting point), so they first wait for each
+    other and no rank closes its connections while another still uses them; a rank that failed alone
+    does not wait (the others may be inside another collective)."""
+    td = sys.modules.get("torch.distributed")  # never imported: there is no group to tear down
+    if td is None or not active() or not (td.is_available() and td.is_initialized()):
+        return
+    if meet and not _state["main_section"]:
+        with contextlib.suppress(Exception):  # a rank that has already gone: nothing to wait for
+            td.barrier()
+    with contextlib.suppress(Exception):
+        td.destroy_process_group()
 
 
 def shard(n: int) -> list[int]:

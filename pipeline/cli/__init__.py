@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad input or usage.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -14,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from saferounds.core.errors import DivergedError, InputError, disk_full
+from saferounds.core.errors import DivergedError, InputError, as_disk_full, no_space
 from saferounds.pipeline.cli import audit, demo, evaluate, feedback, judges, ppo, rm
 from saferounds.pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, locked, open_workspace, print_json,
                                  table)
@@ -333,8 +332,25 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from saferounds.core import distributed as dist
+
+    everyone = {"here": False}  # every rank of a launch ends here too: they may meet before tearing down
     try:
-        rv = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
+        return _run_app(argv, everyone)
+    finally:
+        dist.shutdown(meet=everyone["here"])
+
+
+def _run_app(argv: list[str] | None, everyone: dict) -> int:
+    from saferounds.core.distributed import synced
+
+    try:
+        try:
+            rv = app(args=argv, standalone_mode=False)  # typer.Exit(n) comes back as n here
+        except BaseException as e:
+            everyone["here"] = synced(e)  # failed at a meeting point: every rank raised it
+            raise
+        everyone["here"] = True
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -349,12 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return e.exit_code
     except Exception as e:  # a full disk, however a library wrapped it: one line naming the path
-        from saferounds.core.accelerator import _no_space
-
-        if not _no_space(e):
+        if not no_space(e):
             raise
-        plain = e if isinstance(e, OSError) and e.errno == errno.ENOSPC else OSError(errno.ENOSPC, str(e), None)
-        print(f"error: {disk_full(plain)}", file=sys.stderr)
+        print(f"error: {as_disk_full(e)}", file=sys.stderr)
         return 1
     if rv == INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
         print("interrupted: run the same command again to resume where it stopped", file=sys.stderr)

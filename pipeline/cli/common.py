@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from saferounds.core.errors import InputError
+from saferounds.core.errors import DivergedError, InputError, as_disk_full, no_space
 from saferounds.core.versions import ensure_outside_finished_versions
 from saferounds.pipeline.workspace import Workspace
 
@@ -36,7 +36,26 @@ def locked(ws: Workspace):
             err_console.print(f"[yellow]note:[/] took over a stale lock left by {lock.stale_from}")
         for n in ws.finish_interrupted_discards():
             err_console.print(f"[yellow]note:[/] finished the interrupted discard of v{n}")
-        yield ws
+        try:
+            yield ws
+        except DivergedError as e:  # the advice names the version the failure left unfinished
+            n = _diverged_version(ws)
+            raise e if n is None else e.in_version(n)
+        except Exception as e:  # a full disk that names no file: name the workspace, not the current directory
+            full = as_disk_full(e, ws.root) if no_space(e) else e
+            if full is e:
+                raise
+            raise full from None
+
+
+def _diverged_version(ws: Workspace) -> int | None:
+    """The unfinished version whose stage failed by diverging just now (Workspace.record_failure)."""
+    for n in reversed(ws.partial_versions()):
+        with contextlib.suppress(InputError, OSError):
+            if any(str(s.get("error") or "").startswith("DivergedError") for s in ws.manifest(n)["stages"].values()
+                   if s.get("status") == "failed"):
+                return n
+    return None
 
 
 def output_dir(ws: Workspace, path: Path) -> Path:

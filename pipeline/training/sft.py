@@ -124,7 +124,8 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, n
            runs: Path | None = None) -> dict:
     from transformers import Trainer, set_seed
 
-    from saferounds.core.checkpoints import last_complete_checkpoint, torn_notes
+    from saferounds.core.checkpoints import torn_notes
+    from saferounds.core.checkpoints import train as train_resumable
     from saferounds.core.finite import check_value, check_weights, finite_callback
 
     if not rows:
@@ -142,8 +143,7 @@ def _train(base, rows, heldout, train_cfg, model_cfg, out_dir, work_dir, seed, n
                       train_dataset=_dataset(rows), data_collator=collator)
     _report_progress(trainer, name, runs)
     trainer.add_callback(finite_callback(name))  # NaN/Inf gradients or weights fail the stage at once
-    last = last_complete_checkpoint(work_dir)  # a torn checkpoint-N (kill -9 mid-save) is set aside
-    result = trainer.train(resume_from_checkpoint=last)
+    result, last = train_resumable(trainer, work_dir)  # a torn checkpoint-N (kill -9 mid-save) is set aside
     check_value(result.training_loss, name, result.global_step, "the training loss")
     check_weights(model, name, result.global_step)
     metrics["train_loss"] = result.training_loss
