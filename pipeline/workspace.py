@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from saferounds.core import distributed as dist
-from saferounds.core.errors import InputError
+from saferounds.core.errors import InputError, not_writable
 from saferounds.core.io import read_json, sha256_file, write_json
 from saferounds.core.records import RM_KINDS
 from saferounds.core.versions import dir_version, partial_dir_version
@@ -72,6 +72,10 @@ class WorkspaceLock:
             if e.errno in (errno.ELOOP, errno.EMLINK) or self.path.is_symlink():
                 raise InputError(f"{self.path}: the workspace lock is a symlink (to {os.readlink(self.path)}); "
                                  "remove it (it is recreated as a plain file)") from None
+            refused = not_writable(self.path.parent, e, f"every command that changes the workspace writes its "
+                                   f"lock ({LOCK_NAME}) there")
+            if refused:
+                raise refused from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)

@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from saferounds.core.errors import InputError
+from saferounds.core.errors import InputError, not_writable
 from saferounds.reward_models.feedback.annotation import RATINGS, annotation_items
 from saferounds.reward_models.feedback.labeling import group_samples
 
@@ -490,6 +490,10 @@ class _Handler(BaseHTTPRequestHandler):
 def make_server(root: Path, version: int, samples: Path, annotator: str, host: str = "127.0.0.1",
                 port: int = 8765, token: str | None = None, allow_hosts: tuple[str, ...] = ()) -> AnnotateServer:
     """A server for vN's samples (versions/vN/samples.jsonl, found by the caller) on host:port (0: any)."""
+    refused = not_writable((Path(root) / RANKINGS_FILE).parent, None,
+                           "`annotate serve` appends every judgement there")
+    if refused:  # refuse to start rather than print a URL whose every judgement would fail
+        raise refused
     try:
         session = AnnotationSession(Path(root), version, samples, annotator)
     except ValueError as e:
