@@ -61,7 +61,113 @@ def locate(name: str, base: str | Path | None = None, key: str = "model.policy")
         path = Path(base) / path
     if not path.is_file():
         raise InputError(f"{key}: {path}: no such GGUF file")
+    check_header(path, key)
     return path
+
+
+# GGUF metadata value types (gguf's GGUFValueType): fixed sizes; 8 is a string, 9 an array
+_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+class _Header:
+    """A bounds-checked reader of a GGUF file's header: every read says where the file ends too soon."""
+
+    def __init__(self, path: Path):
+        self.path, self.size, self.pos = path, path.stat().st_size, 0
+        self.f = open(path, "rb")  # noqa: SIM115 - closed by check_header
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > self.size:
+            raise ValueError(f"it ends at byte {self.size}, inside {what} (at byte {self.pos}, {n} bytes needed): "
+                             "the file is cut short or not a GGUF file")
+        data = self.f.read(n)
+        self.pos += n
+        return data
+
+    def uint(self, size: int, what: str) -> int:
+        return int.from_bytes(self.take(size, what), "little")
+
+    def string(self, what: str) -> bytes:
+        return self.take(self.uint(8, what), what)
+
+    def value(self, kind: int, what: str) -> None:
+        if kind in _FIXED:
+            self.take(_FIXED[kind], what)
+        elif kind == 8:
+            self.string(what)
+        elif kind == 9:
+            inner, count = self.uint(4, what), self.uint(8, what)
+            if inner in _FIXED:
+                self.take(_FIXED[inner] * count, what)
+            else:
+                for _ in range(count):
+                    self.value(inner, what)
+        else:
+            raise ValueError(f"{what} has the unknown value type {kind}")
+
+
+def check_header(path: Path, key: str = "model.policy") -> None:
+    """Read the GGUF header (magic, version, every metadata key and tensor record) and check that every
+    tensor lies inside the file, before anything is converted or written: a truncated file, impossible
+    counts or garbage after the magic is an InputError naming the file and what is wrong."""
+    header = _Header(path)
+    try:
+        _walk_header(header)
+    except ValueError as e:
+        raise InputError(f"{key}: {path}: not a readable GGUF file: {e}") from None
+    finally:
+        header.f.close()
+
+
+def _walk_header(h: _Header) -> None:
+    from gguf import GGML_QUANT_SIZES
+
+    if h.take(4, "the magic") != b"GGUF":
+        raise ValueError("it does not start with the GGUF magic bytes")
+    version = h.uint(4, "the version")
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} (this reader knows versions 2 and 3)")
+    tensors, keys = h.uint(8, "the tensor count"), h.uint(8, "the metadata count")
+    if tensors * 32 + keys * 13 > h.size:  # the smallest tensor record and key-value pair
+        raise ValueError(f"its header claims {tensors} tensors and {keys} metadata keys, more than its "
+                         f"{h.size} bytes can hold (the file is cut short, or its header is damaged)")
+    alignment = 32
+    for i in range(keys):
+        name = h.string(f"metadata key {i + 1} of {keys}")
+        kind = h.uint(4, f"metadata key {name[:80]!r}")
+        if name == b"general.alignment" and kind == 4:
+            alignment = h.uint(4, "general.alignment") or 32
+        else:
+            h.value(kind, f"metadata key {name[:80]!r}")
+    extents = []
+    for i in range(tensors):
+        what = f"tensor record {i + 1} of {tensors}"
+        name, dims = h.string(what), h.uint(4, what)
+        shape = [h.uint(8, what) for _ in range(min(dims, 8))] if dims <= 8 else None
+        kind, offset = h.uint(4, what), h.uint(8, what)
+        if shape is None or kind not in GGML_QUANT_SIZES:
+            raise ValueError(f"tensor {name[:80]!r} has {dims} dimensions and type {kind}")
+        block, size = GGML_QUANT_SIZES[kind]
+        extents.append((name, offset + size * _numel(shape) // block))
+    data = -(-h.pos // alignment) * alignment
+    for name, end in extents:
+        if data + end > h.size:
+            raise ValueError(f"tensor {name[:80]!r} ends at byte {data + end}, past the end of the file "
+                             f"({h.size} bytes): the file is cut short")
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def check_source(name: str, base: str | Path | None = None, key: str = "model.policy") -> None:
+    """A GGUF source that cannot be read fails here (InputError), before a version or a conversion starts."""
+    if is_gguf_source(name):
+        require_reader(key)
+        locate(name, base, key)
 
 
 def require_reader(key: str = "model.policy") -> None:

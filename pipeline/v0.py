@@ -24,7 +24,7 @@ from saferounds.core.logs import log_to
 from saferounds.core.progress import scope
 from saferounds.core.tracking import runs_dir
 from saferounds.data.load import load_sft, load_text
-from saferounds.pipeline.gguf import ensure_converted, is_gguf_source
+from saferounds.pipeline.gguf import check_source, ensure_converted, is_gguf_source
 from saferounds.pipeline.models import check_loadable, load_policy, resolve_model
 from saferounds.pipeline.training.sft import finetune, pretrain
 from saferounds.pipeline.workspace import Workspace
@@ -135,6 +135,7 @@ def run_given(ws: Workspace) -> dict:
     if cfg.data.pretrain_text or cfg.data.sft:
         raise InputError(f"{ws.config_path}: model.v0 is 'given' but data.pretrain_text / data.sft list files; "
                          "remove them, or set model.v0: sft to fine-tune the model first")
+    check_source(cfg.model.policy, ws.root, "model.policy")  # an unreadable GGUF fails before v0 starts
     d = ws.begin_version(0, None, ["given"], [])
     with ws.stage(0, "given") as done:
         source = model_source(ws, "policy")

@@ -20,6 +20,7 @@ from saferounds.core.io import read_json
 from saferounds.core.records import RM_KINDS
 from saferounds.core.tracking import runs_dir
 from saferounds.data.load import load_preferences, load_rankings
+from saferounds.pipeline.gguf import check_source
 from saferounds.pipeline.models import resolve_model
 from saferounds.pipeline.stages.context import StageContext
 from saferounds.pipeline.workspace import Workspace
@@ -98,8 +99,9 @@ def summary(metrics: dict) -> dict:
 
 
 def validate(ws: Workspace, n: int, plan: list[str]) -> None:
-    """Every preference and ranking file loads."""
+    """Every preference and ranking file loads; a GGUF model.reward_model reads."""
     load_rm_records(ws)
+    check_source(ws.config.model.reward_model, ws.root, "model.reward_model")
 
 
 def run(ctx: StageContext) -> dict:
