@@ -40,13 +40,15 @@ SIZES: dict[str, dict] = {
              "rejection_sampling": {"k": 2, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "batch_size": 8,
                                     "demonstrations": ["data/rs_demonstrations.jsonl"], "demonstrations_use": "pool",
                                     "finetune": {"epochs": 1, "learning_rate": 2.0e-4, "batch_size": 4}},
+             "ppo": {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "rollout_batch_size": 4, "max_new_tokens": 8,
+                     "save_every": 1},
              "eval": {"max_new_tokens": 8, "batch_size": 8, "examples_per_suite": 2}},
 }
 # Expected seconds per step on 2 uncontended cores (bench/smollm2_demo.py measures them), for the ETA.
 ESTIMATES: dict[str, dict[str, float]] = {
-    "full": {"v0": 45, "judges": 240, "rm": 500, "rs": 900, "distill": 300, "eval": 1000},
-    "quarter": {"v0": 45, "judges": 240, "rm": 150, "rs": 280, "distill": 100, "eval": 320},
-    "mini": {"v0": 30, "rm": 30, "rs": 30, "distill": 30, "eval": 30},
+    "full": {"v0": 45, "judges": 240, "rm": 500, "rs": 900, "distill": 300, "ppo": 600, "eval": 1000},
+    "quarter": {"v0": 45, "judges": 240, "rm": 150, "rs": 280, "distill": 100, "ppo": 150, "eval": 320},
+    "mini": {"v0": 30, "rm": 30, "rs": 30, "distill": 30, "ppo": 30, "eval": 30},
 }
 _COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
 
@@ -115,10 +117,11 @@ class _TrainerLogs(logging.Handler):
 JUDGED_SIZES = ("full", "quarter")  # sizes whose run trains the learned judges (mini: CI, minutes matter)
 
 
-def planned_steps(ws: Workspace, judges: bool = False) -> list[str]:
+def planned_steps(ws: Workspace, judges: bool = False, until: int | None = None) -> list[str]:
     cfg = ws.config
+    last = cfg.rounds.max_version if until is None else min(until, cfg.rounds.max_version)
     return ["v0"] + (["judges"] if judges else []) + \
-        [f"v{n} {s}" for n in range(1, cfg.rounds.max_version + 1) for s in cfg.stages_for(n)]
+        [f"v{n} {s}" for n in range(1, last + 1) for s in cfg.stages_for(n)]
 
 
 def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Callable[[str], None]) -> dict | None:
@@ -138,8 +141,9 @@ def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Cal
 
 
 def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Path | None = None,
-                  print_line: Callable[[str], None] = print) -> dict:
-    """Build or resume the smollm2 demo workspace, run v0 and the planned rounds; return the headline."""
+                  print_line: Callable[[str], None] = print, until: int | None = None) -> dict:
+    """Build or resume the smollm2 demo workspace, run v0 and the planned rounds (up to v``until`` when given;
+    a later call without it goes on from there); return the headline."""
     from saferounds.pipeline.demo import summary
     from saferounds.pipeline.v0 import run_given
 
@@ -157,7 +161,7 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
         init_workspace(directory, "smollm2", data_size=size, overrides=SIZES[size], data_root=data_root)
         ws = Workspace(directory)
     judged = size in JUDGED_SIZES
-    progress = Progress(print_line, planned_steps(ws, judged), ESTIMATES[size])
+    progress = Progress(print_line, planned_steps(ws, judged, until), ESTIMATES[size])
     handler = _TrainerLogs(progress.say)
     log = logging.getLogger("saferounds")
     log.addHandler(handler)
@@ -182,7 +186,8 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
             for n in ws.finished_versions():  # resumed: finished versions count as done
                 for s in (ws.manifest(n).get("plan") or []) if n > 0 else []:
                     progress.done[f"v{n} {s}"] = 0.0
-            while ws.partial_versions() or (ws.latest() or 0) < ws.config.rounds.max_version:
+            last = ws.config.rounds.max_version if until is None else min(until, ws.config.rounds.max_version)
+            while ws.partial_versions() or (ws.latest() or 0) < last:
                 _round(ws, progress)
     finally:
         log.removeHandler(handler)

@@ -26,7 +26,7 @@ def test_smollm2_mini_plan_end_to_end(tmp_path):
     from saferounds.pipeline.workspace import Workspace
 
     lines: list[str] = []
-    result = run_real_demo(tmp_path / "ws", "mini", SHARED_DATA, print_line=lines.append)
+    result = run_real_demo(tmp_path / "ws", "mini", SHARED_DATA, print_line=lines.append, until=1)
     ws = Workspace(tmp_path / "ws")
 
     # conversion, recorded in v0's manifest with the GGUF's sha256; v0 is the model as given
@@ -63,6 +63,32 @@ def test_smollm2_mini_plan_end_to_end(tmp_path):
     assert any("v1 rm: done in" in line and "run ETA" in line for line in lines)
     assert result["latest"] == "v1" and set(result["compared"]) == {"v0"}
     assert set(result["stage_seconds"]) == {"v0 given", "v1 rm", "v1 rs", "v1 eval"}
+    # the rs stage audited its selection with judges it did not select by
+    audit = v1["metrics"]["rs"]["selection_audit"]
+    assert audit["safety"]["all"]["samples"] + audit["helpful"]["all"]["samples"] == rs["candidates"]
+    assert audit["safety"]["selected"]["samples"] + audit["helpful"]["selected"]["samples"] == rs["selected"]
+
+    # then the rest of LLaMA 2's loop (issue 28): v2 = rs pooled over v1 + v2 samples, v3 = PPO from v2
+    lines.clear()
+    result = run_real_demo(tmp_path / "ws", "mini", SHARED_DATA, print_line=lines.append)
+    assert result["latest"] == "v3" and set(result["compared"]) == {"v0", "v2"}
+    v2 = ws.manifest(2)
+    assert v2["plan"] == ["rs", "eval"] and v2["parent"] == "v1"
+    pooled = v2["metrics"]["rs"]
+    # v2's candidates: its own K samples, v1's selected rows again (LLaMA 2 pools the best of earlier rounds),
+    # and the demonstrations v1 did not already select (v0 is their origin)
+    assert pooled["candidates"] == pooled["samples"] + rs["selected"] + (2 - rs["selected_demonstrations"])
+    assert set(pooled["selected_by_origin"]) <= {"v0", "v1", "v2"}
+    assert sum(pooled["selected_by_origin"].values()) == pooled["selected"] == rs["selected"]
+    v3 = ws.manifest(3)
+    assert v3["plan"] == ["ppo", "eval"]
+    ppo = v3["metrics"]["ppo"]
+    assert ppo["ppo_steps"] == 2 and ppo["ppo_kl"] is not None
+    assert ppo["ppo_reference"].endswith("v2/policy") and ppo["ppo_start"].endswith("v2/policy")
+    steps = [json.loads(x) for x in (ws.version_dir(3) / "ppo_log.jsonl").read_text().splitlines()]
+    assert len(steps) == 2 and all("kl" in s and "score" in s and "response_length" in s for s in steps)
+    assert (ws.version_dir(3) / "policy" / "adapter_config.json").is_file() or \
+        (ws.version_dir(3) / "policy" / "model.safetensors").is_file()
 
     # resume: everything is finished, so a second run does no work and changes nothing
     again = run_real_demo(tmp_path / "ws", "mini", SHARED_DATA, print_line=lambda m: None)

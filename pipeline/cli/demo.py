@@ -29,8 +29,15 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
                                                  "(SmolLM2-135M-Instruct, real public data).")] = "tiny",
          data_root: Annotated[Optional[Path], typer.Option(help="smollm2: directory with hh-rlhf/, do-not-answer/ "
                                                                 "and xstest/.")] = Path("../shared/data"),
+         until: Annotated[Optional[str], typer.Option(help="smollm2: stop after this version (vN); a later run "
+                                                           "without it goes on from there.")] = None,
          json: JsonOpt = False, verbose: VerboseOpt = False):
     """Run the whole method offline on a CPU: pretrain, SFT, RMs, RS rounds, PPO, reports."""
+    from saferounds.core.versions import parse_version
+
+    last = None if until is None else parse_version(until)
+    if last is not None and (model != "smollm2" or last < 1):
+        raise InputError(f"--until {until}: takes v1 or later, with --model smollm2")
     if model == "smollm2":
         from saferounds.pipeline.demo_real import run_real_demo
 
@@ -38,7 +45,7 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
         with live(workspace / "logs" / "saferounds.log", verbose) as view:
             view.note(f"saferounds demo --model smollm2 ({size or 'full'}) in {workspace}: details in "
                       f"{workspace}/versions/vN/logs/stage.log (-v shows them live)")
-            result = run_real_demo(workspace, size or "full", data_root, print_line=view.note)
+            result = run_real_demo(workspace, size or "full", data_root, print_line=view.note, until=last)
     elif model == "tiny":
         from saferounds.pipeline.demo import run_demo
 
