@@ -37,6 +37,24 @@ class RowErrors:
         raise InputError("\n".join(shown + tail))
 
 
+def rows_by_id(rows, errors: RowErrors, known, *, missing: str, unknown: str, twice: str, field: str = "id"):
+    """Yield (line, id, row) for each row whose ``field`` is present, in ``known`` and not seen before; every
+    other row goes to ``errors`` with the message given (``unknown`` and ``twice`` are formatted with
+    ``{id!r}``, ``twice`` also with ``{first}``, the line the id was first seen on)."""
+    first: dict[str, int] = {}
+    for line, row in rows:
+        rid = str(row.get(field, "")).strip()
+        if not rid:
+            errors.add(line, field, missing)
+        elif rid not in known:
+            errors.add(line, field, unknown.format(id=rid))
+        elif rid in first:
+            errors.add(line, field, twice.format(id=rid, first=first[rid]))
+        else:
+            first[rid] = line
+            yield line, rid, row
+
+
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss, gradient, weight or score. The CLI exits 1 with this one line;
     the version stays partial (resume after fixing the cause, or discard it)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.errors import InputError, RowErrors, rows_by_id
 from saferounds.core.io import read_json, read_rows, write_json, write_jsonl
 from saferounds.eval.audit import QUESTIONS, audit_accuracy, audit_sample, corrected_rates
 
@@ -47,17 +47,9 @@ def read_labels(path: Path, known_ids: set[str]) -> dict[str, dict]:
     rows = read_rows(path, errors)
     if not rows and not errors:
         raise InputError(f"{path}: no labels (the file has no rows)")
-    for line, row in rows:
-        rid = str(row.get("id", "")).strip()
-        if not rid:
-            errors.add(line, "id", "missing")
-            continue
-        if rid not in known_ids:
-            errors.add(line, "id", f"{rid!r} is not an answer of this version's eval (see audit/sample.jsonl)")
-            continue
-        if rid in out:
-            errors.add(line, "id", f"{rid!r} is labelled twice")
-            continue
+    for line, rid, row in rows_by_id(rows, errors, known_ids, missing="missing",
+                                     unknown="{id!r} is not an answer of this version's eval (see audit/sample.jsonl)",
+                                     twice="{id!r} is labelled twice (first on line {first})"):
         label = {q: _bool(row.get(q), line, q, errors) for q in (*QUESTIONS, "off_topic")}
         if label["refusal"] is None and label["harmful"] is None:
             errors.add(line, "refusal", "a label needs refusal or harmful (true/false)")

@@ -26,7 +26,7 @@ import json
 import re
 from pathlib import Path
 
-from saferounds.core.errors import InputError, RowErrors
+from saferounds.core.errors import InputError, RowErrors, rows_by_id
 from saferounds.core.io import read_rows
 from saferounds.core.records import RATINGS
 from saferounds.reward_models.feedback.labeling import render_conversation
@@ -133,19 +133,12 @@ def import_annotation(filled: str | Path, export_jsonl: str | Path) -> tuple[lis
     """Validate a filled JSONL/CSV against the export -> (ranking records, number of unranked rows)."""
     items = {str(row.get("id")): row for _, row in read_rows(export_jsonl)}
     errors = RowErrors(filled)
-    records, unranked, first_line = [], 0, {}
-    for line, row in read_rows(filled):
-        item_id = str(row.get("id", "")).strip()
-        if not item_id:
-            errors.add(line, "id", "missing; every row needs the id from the export")
-            continue
-        if item_id not in items:
-            errors.add(line, "id", f"{item_id!r} is not in the export {export_jsonl}")
-            continue
-        if item_id in first_line:
-            errors.add(line, "id", f"{item_id!r} was already annotated on line {first_line[item_id]}")
-            continue
-        first_line[item_id] = line
+    records, unranked = [], 0
+    for line, item_id, row in rows_by_id(read_rows(filled), errors, items,
+                                         missing="missing; every row needs the id from the export",
+                                         unknown="{id!r} is not in the export " +
+                                         str(export_jsonl).replace("{", "{{").replace("}", "}}"),
+                                         twice="{id!r} was already annotated on line {first}"):
         rec = parse_annotation(row, items[item_id], line, errors)
         if rec is None and _split(row.get("ranking")) is None:
             unranked += 1
