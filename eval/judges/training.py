@@ -18,7 +18,7 @@ from saferounds.eval.judges.agreement import agreement, auc
 from saferounds.eval.judges.artifact import KINDS, SCHEMA, LearnedJudge
 from saferounds.eval.judges.encoder import DEFAULT_BACKBONE, FEATURES, MAX_TOKENS, Encoder, features
 from saferounds.eval.judges.heads import example_weights, predict, train_head
-from saferounds.eval.judges.judging import REFUSAL_JUDGES, Judges
+from saferounds.eval.judges.judging import HARM_THRESHOLD, REFUSAL_JUDGES, Judges
 
 
 @dataclass
@@ -152,5 +152,8 @@ def without_prompts(examples: Sequence, prompts: Sequence[str]) -> list:
 
 
 def default_settings(kind: str) -> TrainSettings:
-    """The settings bench/README.md measured and chose: the refusal head also reads the patterns' verdict."""
-    return TrainSettings(feature_set="pair+patterns" if kind == "refusal" else "pair")
+    """The settings bench/README.md measured and chose: the refusal head also reads the patterns' verdict; the
+    harm head flags at the calibrated HARM_THRESHOLD."""
+    if kind == "refusal":
+        return TrainSettings(feature_set="pair+patterns")
+    return TrainSettings(feature_set="pair", threshold=HARM_THRESHOLD)  # calibrated: see judging.HARM_THRESHOLD
