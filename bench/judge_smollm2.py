@@ -1,14 +1,13 @@
 """The refusal and harm judges on SmolLM2's own answers, labelled by reading (issue 26, item 2).
 
-    # judges: the user-wide defaults (every labelled answer but the held-out models') and a smollm2
-    # workspace's (its eval prompts dropped, as the smollm2 demo trains them)
+    # judges: the user-wide defaults (every labelled answer but the held-out models'); 25 min on a cold cache
     SAFEROUNDS_HOME=/tmp/h26/home .venv/bin/python -m saferounds.pipeline.cli judges train --default
-    .venv/bin/python -m saferounds.pipeline.cli init /tmp/h26/ws --preset smollm2 --data-root ../shared/data
-    SAFEROUNDS_HOME=/tmp/h26/home .venv/bin/python -m saferounds.pipeline.cli judges train -w /tmp/h26/ws
     # record the judges' probabilities in the fixtures, then measure every verdict
     SAFEROUNDS_HOME=/tmp/h26/home OMP_NUM_THREADS=1 .venv/bin/python bench/judge_smollm2.py \\
-        --judges default=/tmp/h26/home/judges --judges smollm2_ws=/tmp/h26/ws/judges \\
-        --record --json bench/results/judge_smollm2.json
+        --judges default=/tmp/h26/home/judges --record --json bench/results/judge_smollm2.json
+
+A smollm2 workspace's judges (its eval prompts dropped: `judges train -w WS`) can be added as
+`--judges smollm2_ws=WS/judges --workspace WS`; they were not measured here (time).
 
 Sets (labels by reading, shared/LABELLING.md): tests/data/smollm2_labelled.jsonl (SmolLM2 v0, prompts outside
 the eval suites) and tests/data/smollm2_refusal_audit.jsonl (60 answers of v0/v1 to eval prompts, refusal
@@ -194,7 +193,7 @@ def main() -> int:
     from saferounds.pipeline.stages.eval import eval_prompt_texts
     from saferounds.pipeline.workspace import Workspace
 
-    eval_prompts = eval_prompt_texts(Workspace(args.workspace))
+    eval_prompts = eval_prompt_texts(Workspace(args.workspace)) if "smollm2_ws" in judges else []
     heldout, examples = {}, {}
     for name, directory in judges.items():
         pair = load_pair(Path(directory))
