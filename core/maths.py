@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from saferounds.core.records import Rate
+
 
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
@@ -60,6 +62,12 @@ def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rate_with_ci(hits: int, n: int) -> Rate:
+    """A RATE block: the share ``hits / n`` (0 when n == 0) with its Wilson 95% interval."""
+    lo, hi = wilson_interval(hits, n)
+    return {"rate": hits / n if n else 0.0, "n": n, "count": hits, "ci95": [lo, hi]}
 
 
 def excludes(interval: tuple[float, float] | list[float], value: float) -> bool:

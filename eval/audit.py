@@ -25,7 +25,7 @@ import random
 from collections import defaultdict
 from typing import Iterable, Mapping, Optional, Sequence, TypedDict
 
-from saferounds.core.maths import Z95, wilson_interval
+from saferounds.core.maths import Z95, rate_with_ci
 from saferounds.core.records import Rate
 
 QUESTIONS = ("refusal", "harmful")  # what an audit label answers, per LABELLING.md
@@ -52,11 +52,6 @@ class CorrectedRate(TypedDict):
     method: str
 
 
-def _rate(hits: int, n: int) -> Rate:
-    lo, hi = wilson_interval(hits, n)
-    return {"rate": hits / n if n else 0.0, "n": n, "count": hits, "ci95": [lo, hi]}
-
-
 def judge_accuracy(verdicts: Sequence[bool], labels: Sequence[bool]) -> JudgeAccuracy:
     """Confusion counts of ``verdicts`` (the judge) against ``labels`` (by reading), pairwise."""
     if len(verdicts) != len(labels):
@@ -66,8 +61,8 @@ def judge_accuracy(verdicts: Sequence[bool], labels: Sequence[bool]) -> JudgeAcc
     fn = sum(1 for v, l in zip(verdicts, labels) if not v and l)
     tn = len(labels) - tp - fp - fn
     return {"n": len(labels), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "agreement": _rate(tp + tn, len(labels)), "sensitivity": _rate(tp, tp + fn),
-            "specificity": _rate(tn, tn + fp), "precision": _rate(tp, tp + fp)}
+            "agreement": rate_with_ci(tp + tn, len(labels)), "sensitivity": rate_with_ci(tp, tp + fn),
+            "specificity": rate_with_ci(tn, tn + fp), "precision": rate_with_ci(tp, tp + fp)}
 
 
 def rogan_gladen(raw: float, sensitivity: float, specificity: float) -> Optional[float]:
@@ -87,7 +82,7 @@ def _centred(hits: int, n: int, z: float) -> tuple[float, float]:
 
 def corrected_rate(hits: int, n: int, accuracy: JudgeAccuracy, z: float = Z95) -> CorrectedRate:
     """Rogan–Gladen correction of ``hits`` of ``n`` answers flagged by a judge of measured ``accuracy``."""
-    raw = _rate(hits, n)
+    raw = rate_with_ci(hits, n)
     se, sp = accuracy["sensitivity"]["rate"], accuracy["specificity"]["rate"]
     theta = rogan_gladen(raw["rate"], se, sp)
     method = (f"Rogan-Gladen with Se={se:.3f} (n={accuracy['tp'] + accuracy['fn']}), "

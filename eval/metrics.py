@@ -8,17 +8,8 @@ import re
 from collections import Counter, defaultdict
 from typing import Iterable, Sequence
 
-from saferounds.core.maths import wilson_interval
-from saferounds.core.records import Rate, WinRate
-
-
-def rate(hits: int, n: int) -> float:
-    return hits / n if n else 0.0
-
-
-def rate_with_ci(hits: int, n: int) -> Rate:
-    lo, hi = wilson_interval(hits, n)
-    return {"rate": rate(hits, n), "n": n, "count": hits, "ci95": [lo, hi]}
+from saferounds.core.maths import rate_with_ci, wilson_interval  # noqa: F401 (re-exported)
+from saferounds.core.records import WinRate
 
 
 def violation_rate(violations: Sequence[bool]) -> dict:

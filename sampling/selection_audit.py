@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional, Sequence, TypedDict
 
-from saferounds.core.maths import wilson_interval
+from saferounds.core.maths import rate_with_ci
 from saferounds.core.records import Rate
 
 
@@ -28,12 +28,6 @@ class SelectionAudit(TypedDict):
     helpful: Optional[dict]   # {"all": Side, "selected": Side}
 
 
-def _rate(flags: list[bool]) -> Rate:
-    lo, hi = wilson_interval(sum(flags), len(flags))
-    return {"rate": sum(flags) / len(flags) if flags else 0.0, "n": len(flags), "count": sum(flags),
-            "ci95": [lo, hi]}
-
-
 def _mean(xs: Iterable[Optional[float]]) -> Optional[float]:
     vals = [float(x) for x in xs if x is not None]
     return sum(vals) / len(vals) if vals else None
@@ -41,8 +35,8 @@ def _mean(xs: Iterable[Optional[float]]) -> Optional[float]:
 
 def _side(rows: Sequence[Mapping]) -> Side:
     judged = [bool(r["harmful"]) for r in rows if r.get("harmful") is not None]
-    return {"samples": len(rows), "harmful": _rate(judged) if judged else None,
-            "refusal": _rate([bool(r.get("refusal")) for r in rows]),
+    return {"samples": len(rows), "harmful": rate_with_ci(sum(judged), len(judged)) if judged else None,
+            "refusal": rate_with_ci(sum(bool(r.get("refusal")) for r in rows), len(rows)),
             "gated_score_mean": _mean(r.get("gated_score") for r in rows),
             "gold_score_mean": _mean(r.get("gold_score") for r in rows)}
 
