@@ -1,9 +1,8 @@
-"""A version's audit on disk (issue 26): the sample to label, the labels, and the judges' accuracy and
-corrected rates computed from them.
+"""A version's audit on disk (issue 26): the sample to label and the labels; the judges' accuracy and the
+corrected rates are computed from them wherever they are shown (`saferounds audit`, the report).
 
-    reports/vN/audit/sample.jsonl   the answers drawn for labelling (eval.audit.audit_sample)
+    reports/vN/audit/sample.jsonl   the answers drawn for labelling (eval.audit.audit_sample), label fields empty
     reports/vN/audit/labels.jsonl   one label per answer id: refusal, harmful (booleans), off_topic, note
-    reports/vN/audit/audit.json     the judges against the labels, and the corrected rates (AUDIT_SCHEMA)
 
 Labels come from a file (CSV, JSONL or JSON rows with `id`, `refusal`, `harmful`; the rules are
 shared/LABELLING.md) made by people or by an LLM judge elsewhere. A label file with any bad row is refused
@@ -16,10 +15,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from saferounds.core.errors import InputError, RowErrors, rows_by_id
-from saferounds.core.io import read_json, read_rows, write_json, write_jsonl
+from saferounds.core.io import read_rows, write_jsonl
 from saferounds.eval.audit import QUESTIONS, audit_accuracy, audit_sample, corrected_rates
 
-AUDIT_SCHEMA = "saferounds.audit/1"
 TRUE, FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
 
 
@@ -60,10 +58,12 @@ def read_labels(path: Path, known_ids: set[str]) -> dict[str, dict]:
 
 
 def write_sample(root: Path, version: int, records: Sequence[Mapping], n: int, seed: int = 0) -> Path:
-    """Draw the audit sample and write it with empty label columns to fill in."""
-    keep = ("id", "suite", "role", "prompt", "response", "refusal", "harmful", "violation", "refusal_patterns",
-            "refusal_classifier")
-    rows = [{**{k: r.get(k) for k in keep}, "label_refusal": None, "label_harmful": None}
+    """Draw the audit sample and write it with empty label fields to fill in (refusal, harmful, off_topic,
+    note); the run's own verdicts sit apart under `judged`, so a filled-in sample is itself a label file."""
+    verdicts = ("refusal", "harmful", "violation", "refusal_patterns", "refusal_classifier")
+    rows = [{**{k: r.get(k) for k in ("id", "suite", "role", "prompt", "response")},
+             "judged": {k: r.get(k) for k in verdicts},
+             "refusal": None, "harmful": None, "off_topic": None, "note": None}
             for r in audit_sample(records, n, seed)]
     path = audit_dir(root, version) / "sample.jsonl"
     write_jsonl(path, rows)
@@ -76,32 +76,20 @@ def load_labels(root: Path, version: int) -> dict[str, dict]:
 
 
 def import_labels(root: Path, version: int, records: Sequence[Mapping], path: Path) -> dict:
-    """Merge a label file into the version's labels and rewrite audit.json; returns audit.json's dict."""
+    """Merge a label file into the version's labels; returns the judges against all of them (`summarise`)."""
     new = read_labels(Path(path), {r["id"] for r in records})
     labels = {**load_labels(root, version), **new}
     write_jsonl(audit_dir(root, version) / "labels.jsonl", [labels[k] for k in sorted(labels)])
-    return write_audit(root, version, records, labels)
+    return summarise(records, labels)
 
 
 def summarise(records: Sequence[Mapping], labels: Mapping[str, Mapping]) -> dict:
+    """The judges against the labels and the corrected rates (metrics.json's `audit` block)."""
     accuracy = audit_accuracy(records, labels)
-    return {"schema": AUDIT_SCHEMA, "labels": len(labels), "accuracy": accuracy,
-            "corrected": corrected_rates(records, accuracy)}
-
-
-def write_audit(root: Path, version: int, records: Sequence[Mapping], labels: Mapping[str, Mapping]) -> dict:
-    out = summarise(records, labels)
-    write_json(audit_dir(root, version) / "audit.json", out)
-    return out
-
-
-def read_audit(root: Path, version: int) -> dict | None:
-    """audit.json of a version, or None when it was never audited."""
-    path = audit_dir(root, version) / "audit.json"
-    return read_json(path) if path.exists() else None
+    return {"labels": len(labels), "accuracy": accuracy, "corrected": corrected_rates(records, accuracy)}
 
 
 def audit_status(root: Path, version: int) -> str:
     """`audited (n=60)` or `unaudited`, for status tables."""
-    audit = read_audit(root, version)
-    return f"audited (n={audit['labels']})" if audit and audit.get("labels") else "unaudited"
+    labels = load_labels(root, version)
+    return f"audited (n={len(labels)})" if labels else "unaudited"

@@ -78,3 +78,18 @@ def test_a_version_without_eval_answers_and_bad_n_exit_2(ws, capsys):
     assert "saferounds eval v2" in capsys.readouterr().err
     assert main(["audit", "v1", "--n", "0", "-w", str(ws)]) == 2
     assert main(["audit", "v7", "-w", str(ws)]) == 2
+
+
+def test_the_sample_file_filled_in_is_the_label_file(ws, capsys):
+    """The sample keeps the run's verdicts under `judged`, so its empty label fields are never read as labels."""
+    assert main(["audit", "v1", "--n", "4", "-w", str(ws)]) == 0
+    path = ws / "reports" / "v1" / "audit" / "sample.jsonl"
+    rows = read_jsonl(path)
+    assert all(r["refusal"] is None and r["harmful"] is None and "refusal" in r["judged"] for r in rows)
+    assert main(["audit", "v1", "--labels", str(path), "-w", str(ws)]) == 2  # nothing labelled yet
+    filled = path.with_name("filled.jsonl")
+    filled.write_text("".join(json.dumps({**r, "refusal": not r["judged"]["refusal"], "harmful": False}) + "\n"
+                              for r in rows))
+    capsys.readouterr()
+    assert main(["audit", "v1", "--labels", str(filled), "--json", "-w", str(ws)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"]["refusal"]["agreement"]["count"] == 0  # all flipped
