@@ -32,6 +32,7 @@ from saferounds.pipeline.models import load_policy, to_generation_dtype
 from saferounds.pipeline.stage_policies import POLICY_DIRS
 from saferounds.pipeline.stages.context import StageContext, validate_planned_rms, validate_prompts
 from saferounds.pipeline.workspace import Workspace
+from saferounds.reward_models.evaluation import ranks_better_than_chance
 from saferounds.reward_models.modeling import load_reward_models, require_reward_models
 from saferounds.sampling.config import reward_for_round, temperature_for_round
 from saferounds.sampling.curves import max_of_k_curve
@@ -39,7 +40,6 @@ from saferounds.sampling.demonstrations import demonstration_candidates, finetun
 from saferounds.sampling.generate import round_seed
 from saferounds.sampling.rejection import (best_of_k, kept_samples, mean_of, origin_counts, pool_candidates, sample_key, selected_row,
                                 share_of)
-from saferounds.reward_models.evaluation import ranks_better_than_chance
 from saferounds.sampling.scoring import RoundScorer
 from saferounds.sampling.selection_audit import selection_audit, summary_lines
 from saferounds.sampling.shards import generate_sharded
@@ -134,7 +134,7 @@ def _select(ctx: StageContext, scorer: RoundScorer, prompts: list[dict], current
         "points": max_of_k_curve(scorer.for_curves(current), scorer.curve_key),
         **({"points_whitened": max_of_k_curve(current, "gated_score")} if scorer.reward == "rm" else {})})
     # step 5b: what best-of-K chose, by judges the round did not optimise (the selection audit)
-    write_json(out / "selection_audit.json", _audit_selection(ctx, candidates, selected))
+    write_json(out / "selection_audit.json", _audit_selection(ctx, candidates, selected, scorer.reward == "rm"))
     write_jsonl(selected_path, [selected_row(s, version, scorer.key) for s in selected])
     scorer.release()
     free_accelerator_memory()
@@ -163,32 +163,25 @@ def _accuracy_text(held: dict | None) -> str:
     return f"held-out accuracy {held['accuracy']:.2f}{ci} on {held['n']} pairs"
 
 
-def _audit_selection(ctx: StageContext, candidates: list[dict], selected: list[dict]) -> dict:
+def _audit_selection(ctx: StageContext, candidates: list[dict], selected: list[dict], by_rms: bool) -> dict:
     """The selected samples against all candidates, judged by the eval judges (the workspace's learned ones
-    when trained, else the refusal patterns) — judges the round did not select by."""
+    when trained, else the refusal patterns) — judges the round did not select by. ``by_rms``: the round
+    selected by the reward models (not the LLM judge), whose held-out accuracy then decides the chance note."""
+    from saferounds.eval.evaluate import prompt_text
     from saferounds.eval.judges.judging import load_judges
 
     judges = load_judges(ctx.workspace.root, ctx.config.eval.refusal_judge)
     rows = [c for c in candidates if c.get("response") is not None]
-    verdicts = judges.judge([_last_user(c) for c in rows], [c["response"] for c in rows])
+    verdicts = judges.judge([prompt_text(c["messages"]) for c in rows], [c["response"] for c in rows])
     judged = [{**{k: c.get(k) for k in ("prompt_id", "sample_index", "is_safety", "gated_score")},
                "refusal": v["refusal"], "harmful": v["harmful"] if c.get("is_safety") else None}
               for c, v in zip(rows, verdicts)]
     audit = selection_audit(judged, selected)
-    note = rm_chance_note(ctx.rm_paths) if scorer_is_rm(ctx) else None
+    note = rm_chance_note(ctx.rm_paths) if by_rms else None
     for line in summary_lines(audit) + ([note] if note else []):
         ctx.log.info("rs v%d: %s", ctx.version, line)
         ctx.progress(f"v{ctx.version} rs: {line}")
     return {**audit, "judges": judges.describe(), "notes": judges.notes, "rm_chance": note}
-
-
-def scorer_is_rm(ctx: StageContext) -> bool:
-    return reward_for_round(ctx.config.rejection_sampling, ctx.version) == "rm"
-
-
-def _last_user(sample: dict) -> str:
-    users = [m["content"] for m in sample.get("messages") or [] if m.get("role") == "user"]
-    return users[-1] if users else ""
 
 
 def _prompts(ctx: StageContext) -> list[dict]:
