@@ -4,7 +4,7 @@ plain "unaudited"), and what best-of-K chose in the round that built this versio
 from __future__ import annotations
 
 from saferounds.eval.render import Code, Note, Paragraph, Section
-from saferounds.eval.report_sections import pct, table
+from saferounds.eval.report_sections import heldout_models, pct, table
 
 
 def _interval(c: dict) -> str:
@@ -34,8 +34,7 @@ def audit_section(m: dict) -> list[Section]:
     """The judges against labels on this version's answers and the corrected rates; or 'unaudited'."""
     a = m.get("audit")
     if not a or not a.get("labels"):
-        models = ((m.get("judges") or {}).get("refusal_classifier") or
-                  (m.get("judges") or {}).get("harm_classifier") or {}).get("heldout_models")
+        models = heldout_models(m)
         where = ("; ".join(f"{k}: {', '.join(v)}" for k, v in models.items()) if models
                  else "the refusal patterns' XSTest and Do-Not-Answer labels")
         return [Section("Judges on this model's answers", (Note(

@@ -137,13 +137,19 @@ def _heldout_rows(j: dict) -> list[list[str]]:
     return rows
 
 
+def heldout_models(m: dict) -> dict | None:
+    """{data set: [models]} the learned judges were validated on (held out of their training), or None."""
+    j = m.get("judges") or {}
+    return (j.get("refusal_classifier") or j.get("harm_classifier") or {}).get("heldout_models")
+
+
 def judge_validation(m: dict) -> tuple[list[str], list[list[str]], list[Paragraph]]:
     """(table head, rows, paragraphs) on the judges: held-out agreement with human labels on models the
     learned judges never saw (from the judge artifacts' config.json), disagreements on this version's
     answers, and fallbacks. The patterns' figures are measured on the same held-out answers."""
     j = m.get("judges", {})
     text = []
-    models = (j.get("refusal_classifier") or j.get("harm_classifier") or {}).get("heldout_models")
+    models = heldout_models(m)
     if models:
         text.append(("Held out of training (never seen by the learned judges): " +
                      "; ".join(f"{k}: {', '.join(v)}" for k, v in models.items()) + ".",))
