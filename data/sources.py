@@ -9,6 +9,8 @@ from saferounds.core.errors import InputError
 from saferounds.core.io import read_rows
 
 SOURCE_FILES = {"hh_helpful": "hh-rlhf/helpful-base/test.jsonl.gz",
+                "hh_helpful_online": "hh-rlhf/helpful-online/test.jsonl.gz",
+                "hh_helpful_rejection_sampled": "hh-rlhf/helpful-rejection-sampled/test.jsonl.gz",
                 "hh_harmless": "hh-rlhf/harmless-base/test.jsonl.gz",
                 "do_not_answer": "do-not-answer/data_en.csv",
                 "xstest": "xstest/xstest_prompts.csv"}
