@@ -23,7 +23,7 @@ from saferounds.core.io import write_json
 from saferounds.core.progress import current, trainer_callback
 from saferounds.core.tracking import point_tensorboard, report_to
 from saferounds.reward_models.config import RewardModelConfig
-from saferounds.reward_models.evaluation import evaluate_pairs
+from saferounds.reward_models.evaluation import heldout_accuracy
 from saferounds.reward_models.losses import SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss, safety_loss
 from saferounds.reward_models.modeling import load_reward_model, save_reward_model
 from saferounds.reward_models.rankings import elo_rewards, ranking_pairs
@@ -116,11 +116,17 @@ def prepare_regression(records: list[dict]) -> tuple[list[dict], int]:
     return items, dropped
 
 
-def training_set(kind: str, records: list[dict], cfg: RewardModelConfig, seed: int = 0):
+def training_set(kind: str, records: list[dict], cfg: RewardModelConfig, seed: int = 0,
+                 heldout: list[dict] | None = None):
     """(train items, held-out pairs of this kind's source, stats). The split is by prompt before mixing,
-    so no held-out prompt is trained on; held-out pairs are pairwise for either objective (for evaluation)."""
-    train_recs, held_recs = split_by_prompt(records, cfg.eval_fraction, seed)
-    held, _ = prepare_pairs([r for r in held_recs if r.get("source", "helpfulness") == kind])
+    so no held-out prompt is trained on; held-out pairs are pairwise for either objective (for evaluation).
+    `heldout`: held-out records of their own (cfg.heldout_*, split by prompt when the data was built): then
+    every record is trained on and these are the held-out pairs."""
+    if heldout is not None:
+        train_recs, (held, _) = records, prepare_pairs(heldout)
+    else:
+        train_recs, held_recs = split_by_prompt(records, cfg.eval_fraction, seed)
+        held, _ = prepare_pairs([r for r in held_recs if r.get("source", "helpfulness") == kind])
     prepare = prepare_regression if cfg.objective == "regression" else prepare_pairs
     items, dropped = prepare(train_recs)
     helpful = [x for x in items if x.get("source", "helpfulness") == "helpfulness"]
@@ -414,11 +420,12 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
 
 def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, cfg: RewardModelConfig | None = None,
                        model_cfg=None, work_dir=None, seed: int = 0, log=None, max_steps: int | None = None,
-                       extra: dict | None = None, runs=None) -> dict:
+                       extra: dict | None = None, runs=None, heldout: list[dict] | None = None) -> dict:
     """Train a `kind` RM ("helpfulness" | "safety") on normalised preference/ranking records; save to out_dir.
 
     Checkpoints go to work_dir (default out_dir/../.work-<name>) every save_steps; a rerun resumes from the
-    last one. Held-out pairs (eval_fraction, split by prompt) are scored after training. Returns metrics
+    last one. Held-out pairs (`heldout`, else eval_fraction split by prompt) are scored after training, the
+    block keyed by the saved RM's sha256 (evaluation.heldout_accuracy). Returns metrics
     (training loss, steps, data mix, held-out accuracy block); they, `extra` and the config are written to
     out_dir/manifest.json.
     """
@@ -432,7 +439,7 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.parent / f".work-{out_dir.name}"
     t0 = time.time()
-    items, held, stats = training_set(kind, records, cfg, seed)
+    items, held, stats = training_set(kind, records, cfg, seed, heldout)
     if not items:
         raise InputError(f"reward_models: no training data for the {kind} RM; set data.{kind}_preferences "
                          "(or data.rankings) in saferounds.yaml")
@@ -456,7 +463,7 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     if torn_notes(work_dir):
         metrics["torn_checkpoints"] = torn_notes(work_dir)
     if held:
-        metrics["heldout"] = evaluate_pairs(model, tokenizer, held, cfg.score_batch_size, cfg.max_length)
+        metrics["heldout"] = heldout_accuracy(out_dir, held, cfg, model=model, tokenizer=tokenizer)
     metrics["seconds"] = round(time.time() - t0, 1)
     manifest = {**(extra or {}), "metrics": metrics, "reward_models_config": dataclasses.asdict(cfg)}
     dist.run_on_main(write_json, out_dir / MANIFEST, manifest)

@@ -90,3 +90,42 @@ def test_stage_rm_trains_both_kinds_and_reuses(ws):
     assert len(msgs) == 2
     again = stage_rm.run(ctx)  # resume: finished RMs are reused, not retrained
     assert again == out and len(msgs) == 2
+
+
+def test_heldout_files_are_scored_once_per_rm_and_shown_by_origin(ws, capsys, monkeypatch):
+    """reward_models.heldout_safety: trained on all configured pairs, scored on the held-out file with an
+    interval per origin; `rm eval` and status reuse the block (cached by the RM's and the pairs' sha256) and
+    a changed held-out file is scored again (issue 27)."""
+    from saferounds.reward_models import evaluation
+
+    train = [{"prompt": f"question {i}", "chosen": "I'm sorry, I can't help with that.", "rejected": "Sure, here is how.",
+              "safety_label": "chosen_safe_rejected_unsafe"} for i in range(16)]
+    held = [{"prompt": f"held {i}", "chosen": "I'm sorry, I can't help with that.", "rejected": "Sure, here is how.",
+             "origin": "do_not_answer" if i < 6 else "hh_harmless"} for i in range(10)]
+    (ws / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (ws / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    (ws / "saferounds.yaml").write_text(
+        "seed: 0\ndata:\n  safety_preferences: [s.jsonl]\nreward_models:\n  learning_rate: 0.002\n  batch_size: 4\n"
+        "  min_warmup_steps: 1\n  heldout_safety: [held.jsonl]\n  heldout_max_pairs: 4\n")
+    assert main(["rm", "train", "--kind", "safety", "-w", str(ws), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mix"]["safety"] == 16 and out["held_out_pairs"] == 10  # every configured pair trained on
+    block = out["heldout"]
+    assert block["n"] == 8 and {o: b["n"] for o, b in block["by_origin"].items()} == {"do_not_answer": 4,
+                                                                                       "hh_harmless": 4}
+    assert block["accuracy"] == 1.0 and block["ci95"][0] > 0.5 and not block["cached"]
+    calls = []
+    monkeypatch.setattr(evaluation, "evaluate_pairs", lambda *a, **k: calls.append(1) or {})
+    assert main(["rm", "eval", "--kind", "safety", "-w", str(ws)]) == 0
+    text = capsys.readouterr().out
+    assert not calls and "reused" in text and "do_not_answer" in text and "have no levels" in text
+    assert "1.000 [0.68, 1.00] n=8" in text  # Wilson interval of 8/8
+    assert main(["status", "-w", str(ws)]) == 0
+    assert "safety RM v1 held-out accuracy: 1.000 [0.68, 1.00] n=8" in capsys.readouterr().out
+    monkeypatch.undo()
+    (ws / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held[:5]))  # other pairs: scored again
+    assert main(["rm", "eval", "--kind", "safety", "-w", str(ws), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["n"] == 4 and again["cached"] is False and set(again["by_origin"]) == {"do_not_answer"}
+    manifest = json.loads((ws / "reward_models" / "safety" / "v1" / "manifest.json").read_text())
+    assert manifest["metrics"]["heldout"]["n"] == 4  # what rs and the report read

@@ -57,11 +57,13 @@ def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
     rows = list_versions(ws)
     for r in rows:  # whether the eval judges were checked against labels on this version's answers
         r["judges"] = audit_status(ws.root, parse_version(r["version"]))
+    from saferounds.pipeline.cli.rm import status_lines
+
     if json:
         from saferounds.core.tracking import runs_root
 
         print_json({"workspace": str(ws.root), "versions": rows, "runs": str(runs_root(ws.root)),
-                    "logs": str(ws.root / "logs")})
+                    "logs": str(ws.root / "logs"), "reward_models": status_lines(ws)})
         return
     console.print(table(f"saferounds workspace {ws.root}",
                         ["version", "parent", "status", "stages", "violation %", "false refusal %", "helpfulness",
@@ -73,6 +75,8 @@ def status(workspace: WorkspaceOpt = None, json: JsonOpt = False):
     if rows:  # below the table, so a narrow terminal keeps the table readable
         console.print("judges: " + ", ".join(f"{r['version']} {r['judges']}" for r in rows)
                       + "  (`saferounds audit vN` measures them on a version's answers)")
+    for line in status_lines(ws):  # held-out RM accuracy with its 95% interval (issue 27)
+        console.print(line)
 
 
 def _pct(x) -> str:

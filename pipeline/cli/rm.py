@@ -64,19 +64,14 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
 @rm_app.command("eval")
 def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
              workspace: WorkspaceOpt = None, json: JsonOpt = False):
-    """Accuracy overall, per rating (LLaMA 2 Table 8), per safety label, unsafe recall at sigma = 0.5.
+    """Held-out accuracy with 95% intervals: overall, per origin, per rating (LLaMA 2 Table 8), per safety
+    label; unsafe recall at sigma = 0.5.
 
-    Default data: the held-out split (by prompt) of the configured pairs of this kind. The result is stored
-    under "eval" in the RM's manifest.json."""
-    import dataclasses
-    import json as jsonlib
-
-    from saferounds.core.io import write_json
+    Default data: reward_models.heldout_{kind} (pairs never trained on; the block in the RM's manifest is
+    reused when it scored these pairs with this RM), else the held-out split (by prompt) of the configured
+    pairs of this kind. --data FILE: stored under "eval" in the RM's manifest.json."""
     from saferounds.core.versions import parse_version
-    from saferounds.pipeline.stages.rm import load_rm_records
-    from saferounds.reward_models.evaluation import evaluate_pairs
-    from saferounds.reward_models.modeling import load_reward_model
-    from saferounds.reward_models.training import MANIFEST, prepare_pairs, training_set
+    from saferounds.pipeline.stages.rm import heldout_block
 
     kind = _kind(kind)
     ws = open_workspace(workspace)
@@ -85,6 +80,28 @@ def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
         have = ", ".join(f"v{v}" for v in ws.rm_versions(kind)) or "none"
         raise InputError(f"{kind} RM {'v' + str(n) if n else ''}: not found (trained: {have}); "
                          f"run `saferounds rm train --kind {kind}` first")
+    files = getattr(ws.config.reward_models, f"heldout_{kind}")
+    if not data and files:
+        with locked(ws):
+            metrics = {"data": f"held-out pairs of {', '.join(files)}", **heldout_block(ws, kind, n)}
+    else:
+        metrics = _eval_other(ws, kind, n, data)
+    if json:
+        print_json({"kind": kind, "version": f"v{n}", **metrics})
+    else:
+        _print_eval(f"{kind} RM v{n} on {metrics['data']}", metrics)
+
+
+def _eval_other(ws, kind: str, n: int, data: list[str] | None) -> dict:
+    """Accuracy on --data files, or on the eval_fraction split of the configured pairs; stored under "eval"
+    in the RM's manifest (reused when it scored the same pairs with this RM)."""
+    import dataclasses
+
+    from saferounds.core.io import read_json, write_json
+    from saferounds.pipeline.stages.rm import load_rm_records
+    from saferounds.reward_models.evaluation import heldout_accuracy
+    from saferounds.reward_models.training import MANIFEST, prepare_pairs, training_set
+
     cfg = ws.config.reward_models
     records = load_rm_records(ws, files=data)
     if data:
@@ -95,38 +112,72 @@ def evaluate(kind: KindOpt, version: VersionOpt = None, data: DataOpt = None,
         source = f"held-out {cfg.eval_fraction:.0%} of the configured {kind} data"
     if not pairs:
         raise InputError(f"rm eval: no {kind} pairs to evaluate on ({source}); pass --data FILE")
-    model, tok = load_reward_model(ws.rm_dir(kind, n), ws.config.model)
-    metrics = {"data": source, **evaluate_pairs(model, tok, pairs, cfg.score_batch_size, cfg.max_length)}
     path = ws.rm_dir(kind, n) / MANIFEST
-    def record() -> None:  # rank 0 writes under a launch
-        manifest = jsonlib.loads(path.read_text()) if path.exists() else {}
-        manifest["eval"] = metrics
-        write_json(path, manifest)
+    manifest = read_json(path) if path.exists() else {}
+    metrics = {"data": source, **heldout_accuracy(ws.rm_dir(kind, n), pairs, cfg, manifest.get("eval"),
+                                                  model_cfg=ws.config.model)}
 
-    with locked(ws):
-        run_on_main(record)
-    if json:
-        print_json({"kind": kind, "version": f"v{n}", **metrics})
-    else:
-        _print_eval(f"{kind} RM v{n} on {source}", metrics)
+    def record() -> None:  # rank 0 writes under a launch
+        write_json(path, {**(read_json(path) if path.exists() else {}), "eval": metrics})
+
+    if not metrics["cached"]:
+        with locked(ws):
+            run_on_main(record)
+    return metrics
 
 
 def _pct(block: dict | None) -> str:
     return "" if not block or block.get("accuracy") is None else f"{100 * block['accuracy']:.1f} (n={block['n']})"
 
 
-def _print_eval(title: str, m: dict) -> None:
-    from saferounds.reward_models.evaluation import TABLE_8
+def accuracy_ci(block: dict | None) -> str:
+    """`0.612 [0.56, 0.66] n=400`: an accuracy with its Wilson 95% interval."""
+    if not block or block.get("accuracy") is None:
+        return "-"
+    lo, hi = block["ci95"]
+    return f"{block['accuracy']:.3f} [{lo:.2f}, {hi:.2f}] n={block['n']}"
 
+
+def _print_eval(title: str, m: dict) -> None:
+    from saferounds.reward_models.evaluation import NO_RATINGS, TABLE_8, has_rating_levels, ranks_better_than_chance
+
+    origins = m.get("by_origin") or {}
+    console.print(table(f"{title}: accuracy [95% interval]", ["all", *origins],
+                        [[accuracy_ci(m), *(accuracy_ci(b) for b in origins.values())]]))
+    if m.get("cached"):
+        console.print(f"(scored earlier for this RM, sha256 {m.get('rm_sha256', '')[:12]}; reused)")
+    if not ranks_better_than_chance(m):
+        console.print("not better than chance: the 95% interval includes 0.5")
     names = dict(zip(TABLE_8, ["Significantly Better", "Better", "Slightly Better", "Negligibly Better / Unsure",
                                "Unrated"]))
     by = m.get("by_rating", {})
-    cols = [k for k in TABLE_8 if k != "unrated" or k in by]
-    console.print(table(f"{title}: accuracy % by rating (LLaMA 2 Table 8 layout)", [names[k] for k in cols] + ["Avg"],
-                        [[_pct(by.get(k)) for k in cols] + [_pct(m)]]))
+    if has_rating_levels(m):
+        cols = [k for k in TABLE_8 if k != "unrated" or k in by]
+        console.print(table("accuracy % by rating (LLaMA 2 Table 8 layout)", [names[k] for k in cols] + ["Avg"],
+                            [[_pct(by.get(k)) for k in cols] + [_pct(m)]]))
+    else:
+        console.print(NO_RATINGS)
     labels = m.get("by_safety_label", {})
     console.print(table("accuracy % by safety label", list(labels), [[_pct(v) for v in labels.values()]]))
     recall = m.get("unsafe_recall")
     console.print(f"unsafe recall at sigma=0.5: {'n/a' if recall is None else f'{100 * recall:.1f}%'} "
                   f"of {m.get('unsafe_responses', 0)} unsafe responses; precision "
                   f"{fmt(m.get('unsafe_precision'))}")
+
+
+def status_lines(ws) -> list[str]:
+    """One line per RM kind, its latest version's held-out accuracy with the interval, overall and by origin
+    (what `saferounds status` prints under its table)."""
+    from saferounds.core.io import read_json
+    from saferounds.reward_models.training import MANIFEST
+
+    lines = []
+    for kind in ("helpfulness", "safety"):
+        n = ws.latest_rm(kind)
+        path = ws.rm_dir(kind, n) / MANIFEST if n is not None else None
+        if path is None or not path.exists():
+            continue
+        held = (read_json(path).get("metrics") or {}).get("heldout")
+        by = "; ".join(f"{o} {accuracy_ci(b)}" for o, b in ((held or {}).get("by_origin") or {}).items())
+        lines.append(f"{kind} RM v{n} held-out accuracy: {accuracy_ci(held)}" + (f" ({by})" if by else ""))
+    return lines

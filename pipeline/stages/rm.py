@@ -4,7 +4,9 @@
   1. the preference data: data.helpfulness_preferences, data.safety_preferences, data.rankings, plus the
      AI-labelled pairs (ai_preferences.jsonl) of earlier versions
   2. for each kind: reuse the RM already finished for vN (resume, or `saferounds rm train`), provided it
-     was trained under this config; else train it (reward_models.training.train_reward_model)
+     was trained under this config; else train it (reward_models.training.train_reward_model). Either way
+     its held-out accuracy (reward_models.heldout_*: pairs split by prompt, never trained on) is in its
+     manifest, scored once per RM and held-out set (cached by their sha256)
 
 Outputs WORKSPACE/reward_models/{kind}/vN (weights + tokenizer + manifest.json), built under
 .vN.partial and renamed when complete; Trainer checkpoints live in the version's work/rm/{kind} so an
@@ -47,6 +49,37 @@ def load_rm_records(ws: Workspace, prior_versions: list[Path] = (), files: list[
     return records
 
 
+def load_heldout(ws: Workspace, kind: str) -> list[dict] | None:
+    """The held-out pairs configured for `kind` (reward_models.heldout_{kind}), None when none is set (then
+    eval_fraction of the training data is held out). Bad files raise InputError naming file:line."""
+    files = getattr(ws.config.reward_models, f"heldout_{kind}")
+    return [r for f in files for r in load_preferences(ws.resolve(f), kind)] if files else None
+
+
+def heldout_block(ws: Workspace, kind: str, n: int, log=None) -> dict | None:
+    """The held-out accuracy of reward_models/{kind}/vN on the configured held-out pairs: the block in its
+    manifest when that scored these pairs with this RM (sha256 of both), else scored now and written back
+    into the manifest (`metrics.heldout`), so rs, `rm eval`, status and the report read one measurement.
+    None when no held-out file is configured."""
+    from saferounds.core.distributed import run_on_main
+    from saferounds.core.io import write_json
+    from saferounds.reward_models.evaluation import heldout_accuracy
+
+    pairs = load_heldout(ws, kind)
+    if pairs is None:
+        return None
+    done = ws.rm_dir(kind, n)
+    manifest = read_json(done / MANIFEST) if (done / MANIFEST).exists() else {}
+    metrics = manifest.setdefault("metrics", {})
+    block = heldout_accuracy(done, pairs, ws.config.reward_models, metrics.get("heldout"), model_cfg=ws.config.model)
+    if not block["cached"]:
+        if log:
+            log.info("%s RM v%d: scored %d held-out pairs", kind, n, block["n"])
+        metrics["heldout"] = block
+        run_on_main(write_json, done / MANIFEST, manifest)
+    return block
+
+
 def backbone(ws: Workspace) -> str:
     return resolve_model(ws, "reward_model")
 
@@ -63,7 +96,7 @@ def train_kind(ws: Workspace, kind: str, version: int, records: list[dict], work
                                  seed=cfg.seed, log=log, max_steps=max_steps,
                                  extra={"kind": kind, "version": f"v{version}", "config_hash": cfg.hash(),
                                         "inputs_sha256": inputs_digest(records, rm_cfg)},
-                                 runs=runs_dir(ws.root, f"v{version}", f"rm-{kind}"))
+                                 runs=runs_dir(ws.root, f"v{version}", f"rm-{kind}"), heldout=load_heldout(ws, kind))
     ws.finish_rm(kind, version)
     return metrics
 
@@ -99,8 +132,10 @@ def summary(metrics: dict) -> dict:
 
 
 def validate(ws: Workspace, n: int, plan: list[str]) -> None:
-    """Every preference and ranking file loads; a GGUF model.reward_model reads."""
+    """Every preference, ranking and held-out file loads; a GGUF model.reward_model reads."""
     load_rm_records(ws)
+    for kind in RM_KINDS:
+        load_heldout(ws, kind)
     check_source(ws.config.model.reward_model, ws.root, "model.reward_model")
 
 
@@ -115,6 +150,7 @@ def run(ctx: StageContext) -> dict:
         if done.exists():  # trained earlier (resume, or `saferounds rm train` before the round)
             check_reusable(ws, done, n, records)
             ctx.log.info("reusing %s", done)
+            heldout_block(ws, kind, n, ctx.log)  # scored once per RM and held-out set (cached by their sha256)
             out[kind] = summary(read_json(done / MANIFEST).get("metrics", {})) if (done / MANIFEST).exists() else {}
             continue
         ctx.progress(f"v{n}: training the {kind} reward model")
