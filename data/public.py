@@ -252,6 +252,25 @@ def _rs_prompts(src: _Sources, caps: dict, clean) -> tuple[list[dict], list[dict
     return prompts, demos
 
 
+def rm_training_pool(data_root: str | Path, seed: int = 0) -> dict[str, list[dict]]:
+    """Every pair of the RM buckets' `train` prompts, per origin (multi-turn ones too), in hash order, eval
+    prompts left out: what bench/rm_*.py trains on (the preset's rm_*.jsonl are its short single-turn part)."""
+    src = _Sources(data_root, seed)
+    _, eval_keys = _eval_suites(src, SIZES["mini"])
+
+    def train(pairs, source, in_rm):
+        kept = [p for p in pairs if in_rm(_first_turn(p)) and src.rm_split(source, _first_turn(p)) == "train"
+                and normalise(_first_turn(p)) not in eval_keys]
+        return _origin(_hash_order(kept, source, lambda p: p["id"], seed), source)
+
+    dna_train = [r for r in src.dna if src.dna_bucket[str(r["id"])] == "train"
+                 and src.rm_split("do_not_answer", r["question"]) == "train"]
+    return {"hh_helpful": train(src.helpful + src.helpful_more, "hh_helpful", lambda t: src.help_bucket[t] == "rm"),
+            "hh_harmless": train(src.harmless, "hh_harmless", lambda t: src.harm_bucket[t] == "rm"),
+            "do_not_answer": train(do_not_answer_pairs(dna_train, max_per_question=DNA_HELDOUT_PAIRINGS),
+                                   "do_not_answer", lambda t: normalise(t) not in eval_keys)}
+
+
 def _write_files(out: Path, files: dict[str, list[dict]], record: dict, what: str) -> None:
     """The run's JSONL files, then SOURCES.json; InputError naming the first file that would be empty."""
     for name, rows in files.items():

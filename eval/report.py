@@ -64,9 +64,10 @@ metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1],
                                "harmful_content"|"false_refusal": {"raw": RATE, "rate", "ci95", "method"}}}
   selection                    the rs stage's selection_audit.json (sampling/selection_audit.py), when the
                                version was built by rs
-  rm_accuracy                  {"helpfulness"|"safety": {rating|"avg": RATE}}  (only when the round trained RMs;
-                               ratings: significantly_better, better, slightly_better,
-                               negligibly_better_or_unsure; held-out pairs of the RM's own source)
+  rm_accuracy                  {"helpfulness"|"safety": {rating|"origin:NAME"|"avg": RATE}}  (only when the round
+                               trained RMs; ratings: significantly_better, better, slightly_better,
+                               negligibly_better_or_unsure; origins: hh_helpful, hh_harmless, do_not_answer;
+                               held-out pairs of the RM's own source)
 
   RATE = {"rate": float, "n": int, "count": int, "ci95": [lo, hi]}   (Wilson score interval)
   WIN  = {"rate": float, "wins": int, "ties": int, "losses": int, "n": int}   ties count half

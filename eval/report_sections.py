@@ -105,14 +105,14 @@ RATING_COLUMNS = TABLE_8[:4]  # LLaMA 2 Table 8, without the "unrated" bin
 
 
 def rm_accuracy_rows(m: dict) -> tuple[list[str], list[list[str]]]:
-    """Held-out RM accuracy per rating level, as LLaMA 2 Table 8 lays it out (one row per RM)."""
-    rows = []
-    for kind, by_rating in (m.get("rm_accuracy") or {}).items():
-        cells = [f"{100 * by_rating[c]['rate']:.1f}% (n={by_rating[c]['n']})" if c in by_rating else "–"
-                 for c in RATING_COLUMNS]
-        total = by_rating.get("avg")
-        rows.append([kind, *cells, f"{100 * total['rate']:.1f}% (n={total['n']})" if total else "–"])
-    return ["reward model", *(c.replace("_", " ") for c in RATING_COLUMNS), "avg"], rows
+    """Held-out RM accuracy with 95% intervals, one row per RM: by origin of the pairs, by rating level as LLaMA 2
+    Table 8 lays it out (only where some pair has a level: HH-RLHF and Do-Not-Answer have none), and avg."""
+    acc = m.get("rm_accuracy") or {}
+    ratings = [c for c in RATING_COLUMNS if any(c in t for t in acc.values())]
+    origins = sorted({k for t in acc.values() for k in t if k.startswith("origin:")})
+    rows = [[kind, *(pct(t.get(c)) for c in origins + ratings), pct(t.get("avg"))] for kind, t in acc.items()]
+    return ["reward model", *(o.split(":", 1)[1] for o in origins), *(c.replace("_", " ") for c in ratings),
+            "avg"], rows
 
 
 def table(head, rows) -> Table:
@@ -255,7 +255,7 @@ def metric_sections(m: dict, examples: dict, trend: list[dict], plots: dict[str,
                                         [[k, v["n"], pct(v["violation"]), pct(v["false_refusal"])]
                                          for k, v in m["suites"].items()]),)))
     if m.get("rm_accuracy"):
-        out.append(Section("Reward-model accuracy on held-out pairs, by rating (LLaMA 2 Table 8)",
+        out.append(Section("Reward-model accuracy on held-out pairs, by origin and by rating (LLaMA 2 Table 8)",
                            (table(*rm_accuracy_rows(m)),)))
     if trend:
         out.append(Section("Trend over versions", (table(*trend_rows(trend)),)))

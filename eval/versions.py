@@ -249,7 +249,8 @@ def rm_scores(rm_path: Path | None, model_cfg, pairs: list[tuple[list, str]], ba
 
 
 def rm_accuracy(rm_paths: dict[str, Path], version: int) -> dict | None:
-    """Held-out accuracy per rating of the RMs trained in this version (from their manifests; Table 8)."""
+    """Held-out accuracy per rating (Table 8) and per origin of the RMs trained in this version (from their
+    manifests: the block the rm stage scored once per RM)."""
     out = {}
     for kind, path in rm_paths.items():
         manifest = Path(path) / "manifest.json"
@@ -257,6 +258,8 @@ def rm_accuracy(rm_paths: dict[str, Path], version: int) -> dict | None:
             continue  # the round reused an earlier version's RM: its accuracy is in that report
         held = json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {}).get("heldout") or {}
         table = {r: rate_with_ci(round(v["accuracy"] * v["n"]), v["n"]) for r, v in held.get("by_rating", {}).items()}
+        table |= {f"origin:{o}": rate_with_ci(round(v["accuracy"] * v["n"]), v["n"])
+                  for o, v in (held.get("by_origin") or {}).items()}  # HH helpful, HH harmless, Do-Not-Answer
         if held.get("n"):
             table["avg"] = rate_with_ci(round(held["accuracy"] * held["n"]), held["n"])
         if table:

@@ -36,15 +36,20 @@ def _prompts(d: Path, names) -> set[str]:
 
 
 def test_held_out_pairs_never_share_a_prompt_with_training_or_gold_pairs(full):
+    from saferounds.core.records import normalise_prompt
+
     d, _ = full
     trained, held = _prompts(d, TRAINED), _prompts(d, HELD_OUT)
     gold, gold_held = _prompts(d, GOLD[:1]), _prompts(d, GOLD[1:])
     assert trained and held and gold and gold_held
     assert not trained & held and not trained & gold and not trained & gold_held
     assert not held & gold and not held & gold_held and not gold & gold_held
-    # nor any eval suite's prompt
-    from saferounds.core.records import normalise_prompt
+    # what the benches train on (every pair of the train prompts, multi-turn too) is disjoint the same way
+    from saferounds.data.public import rm_training_pool
 
+    pool = {normalise_prompt(p["prompt"][0]["content"]) for ps in rm_training_pool(SHARED_DATA).values() for p in ps}
+    assert trained <= pool and not pool & (held | gold | gold_held)
+    # nor any eval suite's prompt
     suites = {normalise_prompt(r["question"]) for r in _rows(d, "eval_do_not_answer.jsonl")}
     suites |= {normalise_prompt(r["prompt"]) for r in _rows(d, "eval_helpful.jsonl") + _rows(d, "eval_xstest.jsonl")}
     assert not suites & (trained | held | gold | gold_held)

