@@ -10,6 +10,11 @@ peak RSS is its own. trl goes in its own environment, never the project's:
     /work/benchenv-ppo/bin/python bench/ppo_vs_trl.py            # both sides with that interpreter
     /work/benchenv-ppo/bin/python bench/ppo_vs_trl.py --profile  # + cProfile top functions per side
 
+`--lora N` (issue 30): LoRA against LoRA, the smollm2 preset's layout (`model.lora`: r 16, alpha 32, dropout 0,
+every Linear of the top N of the policy's layers); ours gets the adapter through peft with pi_0 = the adapter
+disabled, TRL gets the same LoraConfig as `peft_config` (and then also uses the adapter-disabled policy as its
+reference). Both value models are what each side uses by default (ours: the value head; TRL: a full critic).
+
 Sides: `ours-critic` (separate critic = TRL's layout, the like-for-like row), `ours-head` (our
 default: value head on the policy; old log-probs and values from the sampling pass, ppo.rollout_logprobs:
 auto), `ours-head-forward` (the same with a second forward for them, as TRL does), `trl`. The first PPO step is warm-up and not timed.
@@ -108,13 +113,24 @@ def smollm2_checkpoint() -> Path:
     return ensure_converted("smollm2-135m", ROOT / ".bench-models")[0]
 
 
-def load_models(paths):
+def lora_config(model, layers: int):
+    """The smollm2 preset's model.lora on the top `layers` layers, as a peft LoraConfig (both sides get this one)."""
+    from peft import LoraConfig
+
+    from saferounds.reward_models.modeling import linear_module_names
+
+    n = model.config.num_hidden_layers
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=linear_module_names(model), layers_to_transform=list(range(n - layers, n)))
+
+
+def load_models(paths, lora: int = 0):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(paths["policy"])
     tok.padding_side = "left"
     policy = AutoModelForCausalLM.from_pretrained(paths["policy"])
-    ref = AutoModelForCausalLM.from_pretrained(paths["policy"])
+    ref = None if lora else AutoModelForCausalLM.from_pretrained(paths["policy"])  # LoRA: the disabled adapter
     rm = AutoModelForSequenceClassification.from_pretrained(paths["reward_model"], num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(paths["reward_model"], num_labels=1)
     return tok, policy, ref, rm, value
@@ -125,8 +141,15 @@ def run_ours(a, paths, side: str) -> list[float]:
     from saferounds.pipeline.training.ppo import train_ppo
     from saferounds.reward_models.scoring import score
 
-    _, value_model, *rest = side.split("-")  # ours-head, ours-critic, ours-head-forward
-    tok, policy, ref, rm, value = load_models(paths)
+    _, value_model, *rest = side.split("-")  # ours-head, ours-critic, ours-head-forward, ours-head-nosplit
+    if "nosplit" in rest:  # the LoRA layout as before issue 30: every mini-batch runs all layers again
+        from saferounds.pipeline.training import ppo_model
+        ppo_model.frozen_depth = lambda policy: 0
+        rest.remove("nosplit")
+    tok, policy, ref, rm, value = load_models(paths, a.lora)
+    if a.lora:
+        from peft import get_peft_model
+        policy = get_peft_model(policy, lora_config(policy, a.lora))
     rm.eval().requires_grad_(False)
     data = prompts(a.prompts)
 
@@ -149,7 +172,7 @@ def run_trl(a, paths) -> list[float]:
     from transformers import TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    tok, policy, ref, rm, value = load_models(paths)
+    tok, policy, ref, rm, value = load_models(paths, a.lora)
 
     def enc(p):
         return tok(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False),
@@ -174,7 +197,8 @@ def run_trl(a, paths) -> list[float]:
             stamps.append(now())
 
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
-                         train_dataset=train, value_model=value, eval_dataset=evals, callbacks=[Stamp()])
+                         train_dataset=train, value_model=value, eval_dataset=evals, callbacks=[Stamp()],
+                         peft_config=lora_config(policy, a.lora) if a.lora else None)
     trainer.train()
     return stamps
 
@@ -218,7 +242,7 @@ def worker(a) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", choices=["ours-critic", "ours-head", "ours-head-forward", "trl"])
+    p.add_argument("--worker", choices=["ours-critic", "ours-head", "ours-head-forward", "ours-head-nosplit", "trl"])
     p.add_argument("--sides", default="ours-critic,ours-head,trl")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=32)
@@ -238,6 +262,9 @@ def main() -> None:
     p.add_argument("--policy", choices=["tiny", "smollm2"], default="tiny",
                    help="smollm2: SmolLM2-135M-Instruct as the policy, its copy with a scalar head as reward and "
                         "value model (--scenario and --rm do not apply)")
+    p.add_argument("--lora", type=int, default=0,
+                   help="LoRA (r 16, alpha 32, every Linear) on the top N layers on both sides; 0: full weights")
+    p.add_argument("--json", help="also write the per-side results and the load averages here")
     p.add_argument("--repeats", type=int, default=2, help="runs per side, interleaved (shared machines)")
     p.add_argument("--python", default=sys.executable, help="interpreter for every side (needs trl for 'trl')")
     a = p.parse_args()
@@ -257,11 +284,13 @@ def main() -> None:
     passthrough = [f"--policy={a.policy}", f"--scenario={a.scenario}", f"--rm={a.rm}", f"--steps={a.steps}", f"--batch={a.batch}",
                    f"--mini-batch={a.mini_batch}",
                    f"--epochs={a.epochs}", f"--response-length={a.response_length}", f"--prompts={a.prompts}",
-                   f"--lr={a.lr}", f"--beta={a.beta}"] + (["--profile"] if a.profile else [])
+                   f"--lr={a.lr}", f"--beta={a.beta}", f"--lora={a.lora}"] + (["--profile"] if a.profile else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     results: dict[str, dict] = {}
+    loads = [("start", os.getloadavg())]
     for _ in range(a.repeats):
         for side in a.sides.split(","):
+            loads.append((side, os.getloadavg()))
             proc = subprocess.run([a.python, __file__, f"--worker={side}", *passthrough], env=env,
                                   capture_output=True, text=True)
             if proc.returncode != 0:
@@ -273,7 +302,8 @@ def main() -> None:
                 agg[k] += r[k] if isinstance(r[k], list) else [r[k]]
             for k, v in r.get("phases", {}).items():
                 agg.setdefault("phases", {}).setdefault(k, []).extend(v)
-    (WORK / f"results-{a.policy}-{a.scenario}-{a.rm}.json").write_text(json.dumps(results, indent=2))
+    loads.append(("end", os.getloadavg()))
+    (WORK / f"results-{a.policy}-{a.scenario}-{a.rm}-lora{a.lora}.json").write_text(json.dumps(results, indent=2))
 
     def median(xs):
         xs = sorted(xs)
@@ -291,11 +321,19 @@ def main() -> None:
               f"{mean_len:>8.1f}")
         if r.get("phases"):
             print("  wall s per phase (median): " + ", ".join(f"{k} {median(v):.2f}" for k, v in r["phases"].items()))
+    summary = {}
     if "trl" in results:
         for side in results:
             if side != "trl":
+                summary[side] = {"speed_vs_trl_cpu": cpu["trl"] / cpu[side], "peak_rss_vs_trl": peak[side] / peak["trl"]}
                 print(f"{side}: {cpu['trl'] / cpu[side]:.2f}x TRL's speed (CPU time per step), "
                       f"{peak[side] / peak['trl']:.2f}x its peak RSS")
+    print("load averages (1, 5, 15 min) before each side: " + "; ".join(f"{k} {v[0]:.1f}/{v[1]:.1f}/{v[2]:.1f}"
+                                                                         for k, v in loads))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "load_average": loads, "summary": summary,
+                                            "median_cpu_s_per_step": cpu, "peak_rss_mb": peak, "sides": results},
+                                           indent=2))
 
 if __name__ == "__main__":
     main()

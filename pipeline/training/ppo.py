@@ -6,10 +6,12 @@ One iteration of `train_ppo` (CleanRL's shape, for language models), one functio
   step 2. estimate_advantages: R~_c = the score whitened with running statistics; per-token rewards
           -beta * (log pi_theta - log pi_0), plus R~_c on the last token (LLaMA 2 Eq. 4, R = R~_c - beta * KL);
   step 3. GAE(gamma, lambda) advantages and returns, advantages whitened              -> Advantages
-          (ppo.kl_stop ends the run here once the mean KL passes it)
+          (ppo.max_kl ends the run here, with a message, once the mean KL passes it)
   step 4. ppo_update: `ppo_epochs` passes over the batch in shuffled mini-batches, one AdamW step per
           mini-batch on the clipped surrogate + vf_coef * clipped value loss          -> PPOStats
-  step 5. step_metrics: every number averaged over processes, logged; a checkpoint every ppo.save_every.
+  step 5. step_metrics: every number averaged over processes, logged (KL, the gated reward, response length
+          and the refusal rate of the rollouts by eval.refusal's patterns among them); a checkpoint every
+          ppo.save_every.
 The equations are pure functions in ppo_math; sampling is ppo_sampling, the network ppo_model, and what
 goes to disk (checkpoints, the step log, the trained policy) ppo_checkpoint.
 
@@ -45,11 +47,12 @@ from saferounds.core.finite import check_scores, check_value, total_norm
 from saferounds.core.maths import masked_mean, whiten
 from saferounds.core.progress import NullProgress
 from saferounds.core.progress import current as current_progress
+from saferounds.eval.refusal import is_refusal
 from saferounds.pipeline.training.config import PPOConfig
 from saferounds.pipeline.training.ppo_checkpoint import StepLog, load_checkpoint, save_checkpoint
 from saferounds.pipeline.training.ppo_math import entropy_of, gae, kl_penalised_rewards, logprobs_of, policy_loss, value_loss
-from saferounds.pipeline.training.ppo_model import (PolicyAndValue, disable_dropout, forward_response, is_peft,
-                                                    reference_logprobs, trim)
+from saferounds.pipeline.training.ppo_model import (PolicyAndValue, cat_frozen, disable_dropout, forward_response,
+                                                    is_peft, reference_pass, trim)
 from saferounds.pipeline.training.ppo_sampling import (encode_prompts, generate, generate_scored, left_pad,
                                                        rollout_from_sampling)
 from saferounds.reward_models.gating import RunningWhitener
@@ -72,6 +75,7 @@ class Rollout(NamedTuple):
     values: torch.Tensor         # (B, T) V(s_t) when sampled
     scores: torch.Tensor         # (B,) raw gated score logit(R_c), not whitened
     used_safety: torch.Tensor    # (B,) bool: the gate took the safety branch
+    frozen: Optional[torch.Tensor] = None  # (B, Q + T, H) the frozen lower layers' output (ppo_model), or None
 
 
 class Advantages(NamedTuple):
@@ -159,6 +163,10 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
     accelerator = accelerator or make_accelerator(log_path.parent / "tensorboard" if log_path else None)
     world, rank = accelerator.num_processes, accelerator.process_index
     check_inputs(cfg, prompts, critic, world)
+    if cfg.kl_stop is not None:
+        logger.warning("ppo.kl_stop is deprecated: it is read as ppo.max_kl; rename it in saferounds.yaml")
+    refused: list[bool] = []  # the refusal patterns' verdicts on this step's rollouts, in batch order
+    score_fn = _noting_refusals(score_fn, refused)
     run = setup_models(policy, ref_policy, critic, cfg, accelerator, whiten_scores)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = RolloutSettings(pad_id, tokenizer.eos_token_id, accelerator.device,
@@ -181,6 +189,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
 
     for step in range(start, cfg.steps):
         clock = StepClock()
+        refused.clear()
         idx = batch_indices(len(prompts), cfg.batch_size, step, cfg.seed)[rank::world]
         # step 1: rollout
         batch = collect_rollout(run, settings, tokenizer, [encoded[i] for i in idx], [prompts[i] for i in idx],
@@ -188,16 +197,17 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         # steps 2-3: whitened score, KL-penalised rewards (Eq. 4), whitened GAE advantages
         adv = estimate_advantages(batch, run.whitener, cfg, accelerator)
         mean_kl = accelerator.reduce(adv.kl.sum(1).mean(), reduction="mean").item()
-        if cfg.kl_stop is not None and mean_kl > cfg.kl_stop:
-            logger.info("ppo: stopping early at step %d: KL %.4g passed ppo.kl_stop %.4g",
-                        step, mean_kl, cfg.kl_stop)
-            summary.update(stopped_early=True, kl_at_stop=mean_kl)
+        if cfg.kl_limit is not None and mean_kl > cfg.kl_limit:
+            summary.update(stopped_early=True, kl_at_stop=mean_kl, stop_message=kl_stop_message(step, mean_kl, cfg))
+            logger.warning(summary["stop_message"])
+            if progress:
+                progress(summary["stop_message"])
             break
         clock.lap("rollout_s")
         # step 4: PPO epochs over shuffled mini-batches, one optimiser step each
         stats = ppo_update(run, batch, adv, cfg, accelerator, step)
         # step 5: log (everything averaged over processes), check, checkpoint
-        metrics = step_metrics(step, batch, adv, stats, cfg, accelerator, clock)
+        metrics = step_metrics(step, batch, adv, stats, cfg, accelerator, clock, refused)
         log_step(metrics)
         if progress:
             progress(f"ppo step {step + 1}/{cfg.steps}: score {metrics['score']:.3f} KL {metrics['kl']:.3f}")
@@ -212,7 +222,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         accelerator.end_training()
     last = summary.get("last") or {}
     bar.done((f"score {last['score']:.3f}, KL {last['kl']:.3f}" if last else f"{summary['steps_done']} steps")
-             + (" (stopped early: KL passed ppo.kl_stop)" if summary["stopped_early"] else ""))
+             + (" (stopped early: KL passed ppo.max_kl)" if summary["stopped_early"] else ""))
     return run.unwrapped.policy, summary
 
 
@@ -285,7 +295,7 @@ def _rollout_chunk(run: PPOSetup, settings: RolloutSettings, tokenizer, q_ids, q
             logits, values = forward_response(run.unwrapped, q_ids, q_mask, r_ids, r_mask, cfg.temperature)
             logp = logprobs_of(logits, r_ids)
             del logits
-        ref_logp = reference_logprobs(run.ref_policy, run.unwrapped, q_ids, q_mask, r_ids, r_mask, cfg.temperature)
+        ref_logp, frozen = reference_pass(run.ref_policy, run.unwrapped, q_ids, q_mask, r_ids, r_mask, cfg.temperature)
     texts = tokenizer.batch_decode(r_ids.masked_fill(r_mask == 0, pad_id).tolist(), skip_special_tokens=True)
     with clock.timing("score_s"):
         score, used_safety = score_fn(records, texts)
@@ -294,7 +304,7 @@ def _rollout_chunk(run: PPOSetup, settings: RolloutSettings, tokenizer, q_ids, q
     if used_safety is None:
         used_safety = torch.zeros(len(texts), dtype=torch.bool)
     return Rollout(q_ids, q_mask, r_ids, r_mask, logp, ref_logp, values, scores=score.to(settings.device),
-                   used_safety=used_safety.to(settings.device))
+                   used_safety=used_safety.to(settings.device), frozen=frozen)
 
 
 def estimate_advantages(batch: Rollout, whitener: RunningWhitener | None, cfg: PPOConfig,
@@ -336,9 +346,11 @@ def _minibatch_step(run: PPOSetup, batch: Rollout, adv: Advantages, mb_inds: tor
     """One AdamW step on the clipped surrogate (Schulman et al. 2017 Eq. 7) + vf_coef * the clipped value loss."""
     mb_q_ids, mb_q_mask, mb_r_ids, mb_r_mask = trim(batch.query_ids[mb_inds], batch.query_mask[mb_inds],
                                                     batch.response_ids[mb_inds], batch.response_mask[mb_inds])
-    width = mb_r_ids.shape[1]
+    width, q_full = mb_r_ids.shape[1], batch.query_ids.shape[1]
     mb_mask = mb_r_mask.float()
-    logits, new_values = forward_response(run.model, mb_q_ids, mb_q_mask, mb_r_ids, mb_r_mask, cfg.temperature)
+    frozen = None if batch.frozen is None else batch.frozen[mb_inds, q_full - mb_q_ids.shape[1]: q_full + width]
+    logits, new_values = forward_response(run.model, mb_q_ids, mb_q_mask, mb_r_ids, mb_r_mask, cfg.temperature,
+                                          frozen=frozen)
     new_logp = logprobs_of(logits, mb_r_ids)
     pg, pg_stats = policy_loss(new_logp, batch.logprobs[mb_inds, :width], adv.advantages[mb_inds, :width],
                                mb_mask, cfg.clip_ratio)
@@ -359,13 +371,39 @@ def _minibatch_step(run: PPOSetup, batch: Rollout, adv: Advantages, mb_inds: tor
     return PPOStats(policy_loss=pg.detach(), value_loss=vl.detach(), entropy=entropy, **pg_stats, **vf_stats)
 
 
+def kl_stop_message(step: int, mean_kl: float, cfg: PPOConfig) -> str:
+    """What PPO says when it stops early on ppo.max_kl (LLaMA 2 Eq. 4's penalty did not hold the policy)."""
+    return (f"ppo: stopped early before step {step + 1} of {cfg.steps}: the rollouts' mean KL to the reference, "
+            f"{mean_kl:.4g} nats per response, passed ppo.max_kl {cfg.kl_limit:.4g}; the policy after step {step} "
+            "is kept")
+
+
+def _noting_refusals(score_fn: ScoreFn, refused: list[bool]) -> ScoreFn:
+    """score_fn that also notes, per response, whether the refusal patterns (eval.refusal) flag it."""
+    def scored(records, texts):
+        refused.extend(is_refusal(t) for t in texts)
+        return score_fn(records, texts)
+    return scored
+
+
+def _share_of(flags: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean of `flags` over the rows where `where` is 1 (0 when there are none)."""
+    return (flags * where).sum() / where.sum().clamp(min=1)
+
+
 def step_metrics(step: int, batch: Rollout, adv: Advantages, stats: PPOStats, cfg: PPOConfig, accelerator,
-                 clock: StepClock) -> dict:
-    """Step 5's log line: losses, KL, scores, branch shares and response length, each averaged over
-    processes; the learning rate; seconds spent."""
+                 clock: StepClock, refused: list[bool] | None = None) -> dict:
+    """Step 5's log line, each number averaged over processes: losses; `kl` (nats per response: the sum over
+    its tokens of log pi_theta - log pi_0); `score`, the gated reward logit(R_c) before whitening; branch
+    shares; `response_length` (tokens); `refusal_rate`, the share of this step's rollouts the refusal
+    patterns flag (`refused`, in batch order), and `refusal_rate_safety` / `refusal_rate_helpful` by the gate's
+    branch (0 for an empty branch); the learning rate; seconds spent."""
     kl = adv.kl.sum(1)
     used_safety = batch.used_safety.float()
-    local = {**stats._asdict(), "kl": kl.mean(), "score": batch.scores.mean(),
+    flags = torch.tensor([bool(x) for x in refused], dtype=torch.float32, device=used_safety.device) \
+        if refused and len(refused) == len(used_safety) else torch.zeros_like(used_safety)
+    local = {**stats._asdict(), "kl": kl.mean(), "score": batch.scores.mean(), "refusal_rate": flags.mean(),
+             "refusal_rate_safety": _share_of(flags, used_safety), "refusal_rate_helpful": _share_of(flags, 1 - used_safety),
              "score_whitened": adv.score_whitened.mean(), "non_score_reward": (-cfg.beta * kl).mean(),
              "share_safety_branch": used_safety.mean(), "share_helpfulness_branch": 1 - used_safety.mean(),
              "response_length": batch.response_mask.float().sum(1).mean()}
@@ -396,7 +434,9 @@ def cat_rollouts(chunks: list[Rollout], pad_id: int) -> Rollout:
                    response_mask=right_pad_cat("response_mask", 0), logprobs=right_pad_cat("logprobs", 0.0),
                    ref_logprobs=right_pad_cat("ref_logprobs", 0.0), values=right_pad_cat("values", 0.0),
                    scores=torch.cat([c.scores for c in chunks]),
-                   used_safety=torch.cat([c.used_safety for c in chunks]))
+                   used_safety=torch.cat([c.used_safety for c in chunks]),
+                   frozen=cat_frozen([c.frozen for c in chunks], [c.query_ids.shape[1] for c in chunks],
+                                     query_ids.shape[1], width))
 
 
 def _global_mean_var(x, mask, accelerator):
