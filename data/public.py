@@ -44,7 +44,7 @@ from saferounds.core.io import read_rows, sha256_file, write_json, write_jsonl
 from saferounds.core.records import normalise_prompt as normalise
 from saferounds.data.dna import do_not_answer_demonstrations, do_not_answer_pairs, dna_rows
 from saferounds.data.hh import hh_pairs
-from saferounds.data.sources import source_paths
+from saferounds.data.sources import provenance, source_paths
 
 # bucket -> fraction of the source's prompts (in this order along [0, 1))
 SPLITS = {"hh_helpful": {"rm": 0.5, "rs": 0.3, "eval": 0.2},
@@ -168,7 +168,8 @@ def build(data_root: str | Path, out_dir: str | Path, size: str = "full", seed: 
               "rule": "bucket = sha256(seed|source|normalised first user turn) against the split fractions; "
                       "the RM bucket split again by sha256(seed|source#rm|...) into trained / held-out / gold; "
                       "items taken in hash order up to the caps; training items equal to any eval prompt dropped",
-              "sources": {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in src.paths.items()},
+              "sources": {k: {"path": str(p), "sha256": sha256_file(p), **provenance(data_root, k)}
+                          for k, p in src.paths.items()},  # provenance: hub id, revision, commit (data.hub)
               "counts": {k: len(v) for k, v in files.items()}, **rm_counts, "dropped": dropped}
     _write_files(out, files, record, f"{data_root}: the {size} split")
     return record

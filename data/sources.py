@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saferounds.core.errors import InputError
-from saferounds.core.io import read_rows
+from saferounds.core.io import read_json, read_rows
 
 SOURCE_FILES = {"hh_helpful": "hh-rlhf/helpful-base/test.jsonl.gz",
                 "hh_helpful_online": "hh-rlhf/helpful-online/test.jsonl.gz",
@@ -40,6 +40,16 @@ def source_paths(data_root: str | Path) -> dict[str, Path]:
         raise InputError(f"{data_root}: public data missing: {', '.join(missing)} (expected the layout of "
                          "../shared/data: hh-rlhf/, do-not-answer/, xstest/)")
     return paths
+
+
+def provenance(data_root: str | Path, key: str) -> dict:
+    """Where a file of `data_root` came from when data.hub wrote it (its SOURCES.json): the hub dataset id,
+    split, data files, revision and commit; {} for a directory laid out by hand (../shared/data)."""
+    record = Path(data_root) / "SOURCES.json"
+    if not record.is_file():
+        return {}
+    entry = read_json(record).get(key) or {}
+    return {k: entry[k] for k in ("dataset", "split", "data_files", "revision", "commit") if k in entry}
 
 
 def rows_with(path, columns) -> list[tuple[int, dict]]:

@@ -35,7 +35,8 @@ def init(directory: Annotated[Path, typer.Argument(help="Workspace directory to 
                                                   "template to edit).")] = "tiny",
          force: Annotated[bool, typer.Option(help="Overwrite an existing saferounds.yaml.")] = False,
          data_root: Annotated[Optional[Path], typer.Option(help="smollm2: directory with hh-rlhf/, do-not-answer/ "
-                                                                "and xstest/ (e.g. ../shared/data).")] = None,
+                                                                "and xstest/ (e.g. ../shared/data); without it the "
+                                                                "public sets are downloaded from the hub once.")] = None,
          size: Annotated[Optional[str], typer.Option(help="smollm2: full, quarter or mini data caps.")] = None):
     """Create a workspace with a validated saferounds.yaml."""
     from saferounds.pipeline.presets import init_workspace

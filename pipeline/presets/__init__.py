@@ -53,9 +53,9 @@ def init_workspace(directory: str | Path, preset: str = "tiny", force: bool = Fa
     if preset == "smollm2":
         from saferounds.data.public import build
 
-        if data_root is None:
-            raise InputError("--data-root: the smollm2 preset builds its data from the public data sets; pass the "
-                             "directory that holds hh-rlhf/, do-not-answer/ and xstest/ (e.g. ../shared/data)")
+        from saferounds.data.hub import public_data_root
+
+        data_root = public_data_root(data_root)  # no --data-root: the public sets from the hub (data.hub)
         build(data_root, directory / "data", size=data_size or "full", seed=int(yaml.safe_load(text).get("seed", 0)))
     atomic_write_text(path, text)
     return path
