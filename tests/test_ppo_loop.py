@@ -120,12 +120,53 @@ def test_batch_order_depends_only_on_seed_and_step():
     assert first != [batch_indices(10, 4, s, seed=4) for s in range(5)]
 
 
-def test_kl_stop_ends_the_run_early(tiny):
+def test_max_kl_ends_the_run_early_with_a_message(tiny):
     _, tok, load = tiny
-    _, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=6, learning_rate=5e-3,
-                                                                     kl_stop=1e-3))
+    seen = []
+    _, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=6, learning_rate=5e-3, max_kl=1e-3),
+                           progress=seen.append)
     assert summary["stopped_early"] and 1 <= summary["steps_done"] < 6
     assert summary["kl_at_stop"] > 1e-3
+    assert f"before step {summary['steps_done'] + 1} of 6" in summary["stop_message"]
+    assert "passed ppo.max_kl 0.001" in summary["stop_message"] and summary["stop_message"] in seen
+
+
+def test_kl_stop_is_a_deprecated_alias_of_max_kl(tiny, caplog):
+    from saferounds.pipeline.config import parse_config
+
+    assert PPOConfig(kl_stop=2.0).kl_limit == 2.0 and PPOConfig(max_kl=1.5).kl_limit == 1.5
+    assert PPOConfig(max_kl=1.5, kl_stop=1.5).kl_limit == 1.5
+    with pytest.raises(InputError, match="kl_stop: 3.0 is the deprecated name of max_kl"):
+        parse_config({"ppo": {"max_kl": 2.0, "kl_stop": 3.0}})
+    _, tok, load = tiny
+    with caplog.at_level("WARNING"):
+        _, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=6, learning_rate=5e-3, kl_stop=1e-3))
+    assert summary["stopped_early"] and summary["steps_done"] < 6
+    assert "ppo.kl_stop is deprecated" in caplog.text
+
+
+def test_each_step_logs_the_refusal_rate_of_its_rollouts(tiny, tmp_path, monkeypatch):
+    """The step log's refusal_rate is the share of that step's rollouts the refusal verdict flags (here a
+    stand-in verdict, so the expected share is computed from the very texts the reward saw), per branch too."""
+    from saferounds.pipeline.training import ppo
+
+    monkeypatch.setattr(ppo, "is_refusal", lambda text: len(text) % 2 == 0)
+    calls = []
+
+    def recording(prompts, texts):
+        score, used_safety = gated_score(prompts, texts)  # the gate's branch per response
+        calls.append([(bool(s), len(t) % 2 == 0) for s, t in zip(used_safety, texts)])
+        return score, used_safety
+    _, tok, load = tiny
+    train_ppo(load(), tok, TRAIN, recording, small_cfg(steps=3), log_path=tmp_path / "log.jsonl")
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(log) == len(calls) == 3  # one rollout chunk per step (rollout_batch_size == batch_size)
+    for row, step in zip(log, calls):
+        assert row["refusal_rate"] == pytest.approx(sum(r for _, r in step) / len(step))
+        safety = [r for s, r in step if s]
+        assert row["refusal_rate_safety"] == pytest.approx(sum(safety) / len(safety) if safety else 0.0)
+        assert {"kl", "score", "response_length"} <= set(row)
+    assert 0 < sum(row["refusal_rate"] for row in log) < 3  # the stand-in flags some rollouts, not all
 
 
 def test_lora_reference_is_the_disabled_adapter(tiny, monkeypatch):

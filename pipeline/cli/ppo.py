@@ -74,7 +74,7 @@ def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] |
         print_json({"out": str(out), "policy": str(out / "ppo_policy"), **metrics})
         return
     console.print(f"PPO {metrics['ppo_steps']} steps from {start} -> {out / 'ppo_policy'}"
-                  + (" (stopped early: KL passed ppo.kl_stop)" if metrics["ppo_stopped_early"] else ""))
+                  + (" (stopped early: KL passed ppo.max_kl)" if metrics["ppo_stopped_early"] else ""))
     console.print(f"last step: score {fmt(metrics.get('ppo_score'))}, KL {fmt(metrics.get('ppo_kl'))}, "
                   f"response length {fmt(metrics.get('ppo_response_length'), 1)}; log {out / 'ppo_log.jsonl'}")
 

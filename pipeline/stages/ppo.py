@@ -76,7 +76,9 @@ def run(ctx: StageContext) -> dict:
     save_policy(policy, tokenizer, out / POLICY_DIRS["ppo"], accelerator)
     last = summary.get("last", {})
     return {"ppo_start": str(start), "ppo_reference": str(ref_path), "ppo_steps": summary["steps_done"],
+            "ppo_reference_version": reference_version(ctx, ref_path), "ppo_max_kl": cfg.kl_limit,
             "ppo_stopped_early": summary["stopped_early"],
+            **({"ppo_stop_message": summary["stop_message"]} if summary.get("stop_message") else {}),
             **{f"ppo_{k}": last[k] for k in ("score", "kl", "entropy", "response_length",
                                              "share_safety_branch") if k in last}}
 
@@ -90,6 +92,13 @@ def tensorboard_dir(ctx: StageContext) -> Path:
 
 def reference_path(ctx: StageContext, start: Path) -> Path:
     return Path(ctx.workspace.policy_path(0)) if ctx.config.ppo.reference == "v0" else start
+
+
+def reference_version(ctx: StageContext, ref: Path) -> str | None:
+    """"vM" when the KL anchor pi_0 is a finished version's policy (e.g. v2 for the smollm2 preset's v3), else
+    None (this round's own rs_policy/)."""
+    ws = ctx.workspace
+    return next((f"v{m}" for m in ws.finished_versions() if _same(ws.policy_path(m), ref)), None)
 
 
 def _same(a, b) -> bool:

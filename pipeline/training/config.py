@@ -89,9 +89,22 @@ class PPOConfig:
     (bf16 or quantised policies, whose cached and full passes differ by more)."""
     reference: Literal["v0", "start"] = "start"
     """The KL anchor pi_0: the round's starting checkpoint, or v0."""
+    max_kl: Optional[float] = field(default=None, metadata={"min": 0.0})
+    """Stop early, with a message naming the step and the KL, when the rollouts' mean KL to the reference
+    (nats per response, summed over its tokens) passes this; the last policy before it is kept. null: never."""
     kl_stop: Optional[float] = field(default=None, metadata={"min": 0.0})
-    """Stop early when the mean KL passes this."""
+    """Deprecated alias of max_kl (read as max_kl, with a warning); set max_kl instead."""
     save_every: int = field(default=20, metadata={"min": 1})
     """Checkpoint every N iterations (an interrupted run resumes from the last)."""
     seed: int = 0
     """Seed of prompt order and sampling."""
+
+    def __post_init__(self):
+        if self.kl_stop is not None and self.max_kl is not None and self.kl_stop != self.max_kl:
+            raise ValueError(f"kl_stop: {self.kl_stop} is the deprecated name of max_kl ({self.max_kl}); "
+                             "set max_kl only")
+
+    @property
+    def kl_limit(self) -> Optional[float]:
+        """The early-stop KL in force: max_kl, else the deprecated kl_stop."""
+        return self.max_kl if self.max_kl is not None else self.kl_stop
