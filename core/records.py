@@ -28,6 +28,8 @@ RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_bett
 SAFETY_LABELS = ("chosen_safe_rejected_unsafe", "both_safe", "both_unsafe", "chosen_unsafe_rejected_safe")
 # The two reward models; a preference pair's `source` names the one it trains.
 RM_KINDS = ("helpfulness", "safety")
+# reward_models/gold_helpfulness/vN: the gold helpfulness RM (reward_models.gold), never in a round's rm_paths
+GOLD_RM_KIND = "gold_helpfulness"
 
 Message = TypedDict("Message", {"role": str, "content": str})
 

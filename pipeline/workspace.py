@@ -29,7 +29,7 @@ from pathlib import Path
 from saferounds.core import distributed as dist
 from saferounds.core.errors import InputError, not_writable
 from saferounds.core.io import read_json, sha256_file, write_json
-from saferounds.core.records import RM_KINDS
+from saferounds.core.records import GOLD_RM_KIND, RM_KINDS
 from saferounds.core.versions import dir_version, partial_dir_version
 from saferounds.pipeline.config import CONFIG_NAME, Config, load_config
 
@@ -333,7 +333,7 @@ class Workspace:
         models (finished, partial and their work dirs) and its reports (and cached answers of vN in other
         reports), so a rebuilt vN never reuses any of them."""
         out = [self.version_dir(n), self.partial_dir(n)]
-        for kind in RM_KINDS:
+        for kind in (*RM_KINDS, GOLD_RM_KIND):
             out += [self.rm_dir(kind, n), self.rm_partial_dir(kind, n), self.rm_dir(kind, n).parent / f".v{n}.work"]
         out.append(self.root / "reports" / f"v{n}")
         out += sorted([*self.root.glob(f"reports/*/generations/v{n}"),

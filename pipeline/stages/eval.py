@@ -73,7 +73,34 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     return dist.run_on_main(evaluate_policies, root, version, policies, out_dir, config=config, rm_paths=rm_paths,
                             suites=suites, load_policy=load, max_of_k=_max_of_k(samples), progress=progress,
                             distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None,
-                            selection=_selection_audit(samples))
+                            selection=_selection_audit(samples), gold=_gold_hook(ws, version))
+
+
+def _gold_hook(ws, version: int) -> Callable[[dict], dict | None] | None:
+    """The proxy-vs-gold block maker (eval.gold): the newest gold helpfulness RM up to vN scores every
+    version's answers to the held-out helpful prompts (role `helpful`); None without a gold RM."""
+    from saferounds.pipeline.stages.rm import gold_rm_path, gold_scores
+
+    path = gold_rm_path(ws, version)
+    if path is None:
+        return None
+
+    def hook(records: dict) -> dict | None:
+        from saferounds.eval.gold import proxy_vs_gold
+
+        helpful = {v: [r for r in recs if r["role"] == "helpful"] for v, recs in records.items()}
+        flat = [r for recs in helpful.values() for r in recs]
+        if not flat:
+            return None
+        _, scores = gold_scores(ws, version, [r["messages"] for r in flat], [r["response"] for r in flat])
+        gold, at = {}, 0
+        for v, recs in helpful.items():
+            gold[v], at = scores[at: at + len(recs)], at + len(recs)
+        manifest = path / "manifest.json"
+        held = (read_json(manifest).get("metrics") or {}).get("heldout") if manifest.exists() else None
+        heldout = {k: held.get(k) for k in ("accuracy", "ci95", "n")} if held else None
+        return proxy_vs_gold(helpful, gold, rm=str(path), heldout=heldout)
+    return hook
 
 
 def _selection_audit(samples: Path | None) -> dict | None:

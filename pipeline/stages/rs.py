@@ -173,8 +173,10 @@ def _audit_selection(ctx: StageContext, candidates: list[dict], selected: list[d
     judges = load_judges(ctx.workspace.root, ctx.config.eval.refusal_judge)
     rows = [c for c in candidates if c.get("response") is not None]
     verdicts = judges.judge([prompt_text(c["messages"]) for c in rows], [c["response"] for c in rows])
-    judged = [{**{k: c.get(k) for k in ("prompt_id", "sample_index", "is_safety", "gated_score")},
-               "refusal": v["refusal"], "harmful": v["harmful"] if c.get("is_safety") else None}
+    gold = _gold_after_selection(ctx, rows, selected)
+    judged = [{**{k: c.get(k) for k in ("prompt_id", "sample_index", "origin_version", "is_safety", "gated_score")},
+               "refusal": v["refusal"], "harmful": v["harmful"] if c.get("is_safety") else None,
+               "gold_score": gold.get(sample_key(c))}
               for c, v in zip(rows, verdicts)]
     audit = selection_audit(judged, selected)
     note = rm_chance_note(ctx.rm_paths) if by_rms else None
@@ -182,6 +184,34 @@ def _audit_selection(ctx: StageContext, candidates: list[dict], selected: list[d
         ctx.log.info("rs v%d: %s", ctx.version, line)
         ctx.progress(f"v{ctx.version} rs: {line}")
     return {**audit, "judges": judges.describe(), "notes": judges.notes, "rm_chance": note}
+
+
+def selection_digest(selected: list[dict]) -> str:
+    """sha256 of which samples best-of-K chose ((origin_version, prompt_id, sample_index), sorted)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(sample_key(s) for s in selected)).encode()).hexdigest()
+
+
+def _gold_after_selection(ctx: StageContext, rows: list[dict], selected: list[dict]) -> dict:
+    """The gold helpfulness RM's scores of the helpful-prompt candidates, {sample_key: score}, computed only
+    now that best-of-K has chosen (the digest of its choice is stored with them) and kept apart from
+    samples.jsonl and selected.jsonl in selection_gold.json, naming every sample it scored."""
+    from saferounds.pipeline.stages.rm import gold_scores
+
+    helpful = [c for c in rows if not c.get("is_safety")]
+    digest = selection_digest(selected)  # fixed before the gold RM is loaded
+    got = gold_scores(ctx.workspace, ctx.version, [c["messages"] for c in helpful], [c["response"] for c in helpful])
+    if got is None:
+        return {}
+    path, scores = got
+    scored = [{"origin_version": int(c["origin_version"]), "prompt_id": c["prompt_id"],
+               "sample_index": int(c["sample_index"]), "gold_score": x} for c, x in zip(helpful, scores)]
+    write_json(Path(ctx.dir) / "selection_gold.json", {
+        "gold_rm": str(path), "scored_after_selection": digest, "scored": scored,
+        "note": "the gold helpfulness RM scored these candidates after best-of-K chose; selection never read them"})
+    return {(s["origin_version"], s["prompt_id"], s["sample_index"]): s["gold_score"] for s in scored}
 
 
 def _prompts(ctx: StageContext) -> list[dict]:
