@@ -18,7 +18,7 @@ from saferounds.eval.render import Section, to_html, to_markdown
 from saferounds.eval.report_distill import DistillRow, distill_sections
 from saferounds.eval.report_gauge import audit_section, selection_section, verdicts_section
 from saferounds.eval.report_plots import make_plots
-from saferounds.eval.report_sections import examples_table, metric_sections
+from saferounds.eval.report_sections import examples_table, gold_section, metric_sections, ppo_section
 
 METRICS_SCHEMA_DOC = """\
 metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1], null when n = 0)
@@ -64,6 +64,13 @@ metrics.json  (schema "saferounds.eval/1"; every *rate* is a fraction in [0, 1],
                                "harmful_content"|"false_refusal": {"raw": RATE, "rate", "ci95", "method"}}}
   selection                    the rs stage's selection_audit.json (sampling/selection_audit.py), when the
                                version was built by rs
+  gold                         the gold helpfulness RM (reward_models.gold; never used for selection or PPO) on
+                               the held-out helpful prompts (eval/gold.py): {"gold_rm", "baseline": "v0",
+                               "heldout": {accuracy, ci95, n}|null, "ranks_better_than_chance", "versions":
+                               {vM: {"n", "proxy_mean", "gold_mean", "gold_win_rate_vs_v0": WIN + "ci95"}}}
+                               (only when a gold RM exists)
+  ppo                          {"steps": [{"step", "kl", "score", "response_length", "refusal_rate", ...}],
+                               "planned_steps", "max_kl", "beta", "stopped_early"}  (only for a PPO version)
   rm_accuracy                  {"helpfulness"|"safety": {rating|"origin:NAME"|"avg": RATE}}  (only when the round
                                trained RMs; ratings: significantly_better, better, slightly_better,
                                negligibly_better_or_unsure; origins: hh_helpful, hh_harmless, do_not_answer;
@@ -121,10 +128,12 @@ def report_sections(metrics: dict, records: list[dict], compared: dict[str, list
     """Every section of the version's report, in order: the metrics, v0 side by side, the distillation."""
     v = metrics["version"]
     examples = examples_table(records, compared, examples_per_suite, version=v)
-    plots = make_plots(trend, _score_sets([(v, records), *compared.items()]), metrics.get("max_of_k"))
+    plots = make_plots(trend, _score_sets([(v, records), *compared.items()]), metrics.get("max_of_k"),
+                       metrics.get("ppo"))
     pairs = side_by_side.pick(records, compared["v0"]) if "v0" in compared else []
     metric = metric_sections(metrics, examples, trend, plots, cut)
-    gauge = verdicts_section(metrics) + audit_section(metrics) + selection_section(metrics)
+    gauge = (verdicts_section(metrics) + audit_section(metrics) + selection_section(metrics) + gold_section(metrics)
+             + ppo_section(metrics))
     return (metric[:3] + gauge + metric[3:] + side_by_side.section(pairs, "v0", v, cut)
             + (distill_sections(distill, cut) if distill else []))
 

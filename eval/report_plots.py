@@ -102,9 +102,28 @@ def _max_of_k_plot(plt, max_of_k: list[dict]) -> str:
     return _png(fig)
 
 
-def make_plots(trend: list[dict], score_sets: dict[str, dict[str, list[float]]], max_of_k: list | None) -> dict:
+def _ppo_plot(plt, ppo: dict) -> str:
+    """PPO per step: KL to the reference (with ppo.max_kl), the gated score, response length, refusal rate."""
+    steps = ppo["steps"]
+    xs = [r["step"] for r in steps]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
+    panels = (("kl", "KL (nats / response)"), ("score", "gated score logit(R_c)"),
+              ("response_length", "response tokens"), ("refusal_rate", "refusal rate of rollouts"))
+    for ax, (key, title) in zip(axes, panels):
+        ax.plot(xs, [r.get(key) if r.get(key) is not None else float("nan") for r in steps], marker="o", markersize=3)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("PPO step", fontsize=8)
+    if ppo.get("max_kl") is not None:
+        axes[0].axhline(ppo["max_kl"], color="red", linestyle="--", linewidth=1, label="ppo.max_kl")
+        axes[0].legend(fontsize=7)
+    axes[3].set_ylim(0, 1)
+    return _png(fig)
+
+
+def make_plots(trend: list[dict], score_sets: dict[str, dict[str, list[float]]], max_of_k: list | None,
+               ppo: dict | None = None) -> dict:
     """title -> base64 PNG. trend: metrics dicts of all versions (oldest first); score_sets:
-    version -> {"helpfulness": [...], "safety": [...]} raw RM scores."""
+    version -> {"helpfulness": [...], "safety": [...]} raw RM scores; ppo: metrics.json's `ppo` (step log)."""
     plt = _pyplot()
     plots = {}
     if trend:
@@ -117,6 +136,8 @@ def make_plots(trend: list[dict], score_sets: dict[str, dict[str, list[float]]],
         plots["Score distributions per version"] = _score_plot(plt, score_sets)
     if max_of_k:
         plots["Max-of-K curve"] = _max_of_k_plot(plt, max_of_k)
+    if ppo and ppo.get("steps"):
+        plots["PPO per step"] = _ppo_plot(plt, ppo)
     return plots
 
 

@@ -260,3 +260,53 @@ def metric_sections(m: dict, examples: dict, trend: list[dict], plots: dict[str,
     if trend:
         out.append(Section("Trend over versions", (table(*trend_rows(trend)),)))
     return out + plots_section(plots) + examples_sections(examples, n_chars)
+
+
+# --- proxy vs gold, PPO -------------------------------------------------------------------------
+
+def gold_section(m: dict) -> list[Section]:
+    """"Proxy vs gold helpfulness" (Gao et al. 2022): per version the helpfulness RM the rounds optimised and
+    the gold RM they never saw, on the held-out helpful prompts, with the gold win rate against v0."""
+    g = m.get("gold")
+    if not g:
+        return []
+    base = g["baseline"]
+    rows = []
+    for v, x in g["versions"].items():
+        win = x.get(f"gold_win_rate_vs_{base}")
+        rows.append([v, x["n"], num(x["proxy_mean"]), num(x["gold_mean"]),
+                     "–" if win is None else f"{100 * win['rate']:.1f}% [{100 * win['ci95'][0]:.1f}, "
+                                             f"{100 * win['ci95'][1]:.1f}] ({win['wins']}/{win['ties']}/{win['losses']})"])
+    held = g.get("heldout")
+    acc = ("its held-out accuracy is not measured" if not held or held.get("accuracy") is None else
+           f"its held-out accuracy is {100 * held['accuracy']:.1f}% [{100 * held['ci95'][0]:.1f}, "
+           f"{100 * held['ci95'][1]:.1f}] on {held['n']} pairs")
+    blocks = [Paragraph((f"Mean raw scores of the helpfulness RM the rounds optimised (proxy) and of the gold "
+                         f"helpfulness RM, trained on pairs of other prompts and never used for selection or PPO "
+                         f"({acc}), on the held-out helpful prompts. Over-optimisation shows where the proxy "
+                         f"rises and the gold does not. Gold win rate vs {base}: ties count half; 95% Wilson "
+                         "interval; wins/ties/losses.",)),
+              table(["version", "answers", "proxy mean", "gold mean", f"gold win rate vs {base}"], rows)]
+    if not g.get("ranks_better_than_chance"):
+        blocks.append(Note("Gold RM at chance", "its held-out interval does not exclude 50%, so its scores and win "
+                                                "rates say nothing about helpfulness yet"))
+    return [Section("Proxy vs gold helpfulness", tuple(blocks))]
+
+
+def ppo_section(m: dict) -> list[Section]:
+    """"PPO": how the run went, step by step (KL, gated score, response length, refusal rate of the rollouts)."""
+    p = m.get("ppo")
+    if not p or not p.get("steps"):
+        return []
+    last = p["steps"][-1]
+    stop = (f"stopped early after step {last['step']} of {p['planned_steps']}: the mean KL passed ppo.max_kl "
+            f"{p['max_kl']}" if p["stopped_early"] else f"ran all {p['planned_steps']} steps")
+    rows = [[r["step"], num(r["kl"]), num(r["score"]), "–" if r["response_length"] is None else
+             f"{r['response_length']:.1f}", pct(r["refusal_rate"]), pct(r.get("refusal_rate_safety")),
+             pct(r.get("refusal_rate_helpful"))] for r in p["steps"]]
+    return [Section("PPO, step by step", (
+        Paragraph((f"PPO on the gated score with the KL penalty β={p['beta']} (LLaMA 2 Eq. 4); it {stop}. KL: nats per "
+                   "response to the reference policy; gated score: logit(R_c) before whitening; refusals: the "
+                   "refusal patterns on the rollouts (per gate branch). The plots show the same numbers.",)),
+        table(["step", "KL", "gated score", "response tokens", "refusals", "safety branch", "helpful branch"], rows)))]
+

@@ -33,10 +33,10 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
                       rm_paths: dict[str, Path], suites: list[Suite], load_policy: Callable[[Path], tuple],
                       max_of_k: list | None = None, progress: Progress = lambda m: None,
                       distill: list[dict] | None = None, selection: dict | None = None,
-                      gold: Callable[[dict], dict | None] | None = None) -> dict:
+                      blocks: Callable[[dict], dict] | None = None) -> dict:
     """Evaluate policies["vN"] (version N) and the compared versions' policies on the same prompts;
     write metrics.json, report.md, report.html and records.json into out_dir; return metrics.json's dict.
-    `config` is the whole config (sections eval, model, judge); `gold(records by version)`: metrics' eval.gold block."""
+    `config` is the whole config (sections eval, model, judge); `blocks(records by version)`: more metrics blocks."""
     cfg = config.eval
     name = f"v{version}"
     # 1. answers of every version, from the cache or generated
@@ -93,7 +93,7 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     metrics = summarise(name, records[name], compared=compared, judges=judges,
                         suites={s.name: {"path": s.path} for s in suites}, judge_win_rate=judge_win,
                         max_of_k=max_of_k, rm_accuracy=rm_accuracy(rm_paths, version))
-    _complete(metrics, root, version, records[name], compared, judges, selection, gold and gold(records))
+    _complete(metrics, root, version, records[name], compared, judges, selection, blocks and blocks(records))
 
     # 5. the trend over versions, and the report
     trend = load_trend(root, exclude=name)
@@ -112,18 +112,18 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
 
 
 def _complete(metrics: dict, root: Path, version: int, records: list[dict], compared: dict[str, list[dict]],
-              judges: dict, selection: dict | None, gold: dict | None = None) -> None:
+              judges: dict, selection: dict | None, blocks: dict | None = None) -> None:
     """What metrics.json adds to the version's own summary: the compared versions' safety and helpfulness by
     the same judges, the audit of the judges on this version's answers (`saferounds audit vN --labels`), and
-    the rs stage's selection audit; the proxy-vs-gold block (eval.gold) when a gold helpfulness RM scored."""
+    the rs stage's selection audit; the caller's `blocks` (the gold RM's proxy-vs-gold block, eval.gold; the
+    PPO step log)."""
     metrics["compared"] = {v: {k: summarise(v, recs, judges=judges)[k] for k in ("safety", "helpfulness")}
                            for v, recs in compared.items()}
     labels = load_labels(root, version)
     metrics["audit"] = audit_summary(records, labels) if labels else None
     if selection:
         metrics["selection"] = selection
-    if gold:
-        metrics["gold"] = gold
+    metrics.update({k: v for k, v in (blocks or {}).items() if v is not None})
 
 
 def headline_summary(metrics: dict, version: bool = True) -> str:

@@ -48,17 +48,33 @@ def run(ctx: StageContext) -> dict:
     samples = ctx.dir / "samples.jsonl"
     metrics = evaluate_version(ws, ctx.version, policy, ctx.dir / "eval", rm_paths=dict(ctx.rm_paths),
                                compare=compare, samples=samples if samples.exists() else None,
-                               progress=ctx.progress, distill=ctx.dir / "distill.jsonl")
-    return {k: v for k, v in metrics.items() if k not in ("suites", "max_of_k")}
+                               progress=ctx.progress, distill=ctx.dir / "distill.jsonl",
+                               ppo=ppo_block(ctx.dir / "ppo_log.jsonl", ctx.config.ppo))
+    return {k: v for k, v in metrics.items() if k not in ("suites", "max_of_k", "ppo")}
+
+
+# the step log's numbers the report plots (pipeline.training.ppo.step_metrics)
+PPO_PLOTTED = ("kl", "score", "score_whitened", "response_length", "refusal_rate", "refusal_rate_safety",
+               "refusal_rate_helpful", "share_safety_branch")
+
+
+def ppo_block(log: Path, ppo_cfg) -> dict | None:
+    """metrics.json's `ppo`: per step KL, gated score, response length and the rollouts' refusal rate (from
+    the stage's ppo_log.jsonl), ppo.max_kl and whether the run stopped short of ppo.steps; None without PPO."""
+    if not Path(log).exists():
+        return None
+    steps = [{"step": r["step"], **{k: r.get(k) for k in PPO_PLOTTED}} for r in read_jsonl(Path(log))]
+    return {"steps": steps, "planned_steps": ppo_cfg.steps, "max_kl": ppo_cfg.kl_limit, "beta": ppo_cfg.beta,
+            "stopped_early": bool(steps) and steps[-1]["step"] < ppo_cfg.steps}
 
 
 def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths: dict[str, Path],
                      compare: dict[str, Path] | None = None, suites: list[Suite] | None = None,
                      samples: Path | None = None, progress: Callable[[str], None] = lambda m: None,
-                     distill: Path | None = None) -> dict:
+                     distill: Path | None = None, ppo: dict | None = None) -> dict:
     """Evaluate ``policy`` as version vN (and the ``compare`` versions' policies on the same prompts);
     write the report into out_dir (with a context-distillation section when ``distill``, the version's
-    distill.jsonl, exists); return metrics.json's dict."""
+    distill.jsonl, exists; a PPO section when ``ppo``, eval.ppo_block's); return metrics.json's dict."""
     config, root = ws.config, Path(ws.root)
     if suites is None:
         suites = load_suites(suite_specs(config, root), base=root, prompt_column=config.eval.prompt_column,
@@ -73,7 +89,13 @@ def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths:
     return dist.run_on_main(evaluate_policies, root, version, policies, out_dir, config=config, rm_paths=rm_paths,
                             suites=suites, load_policy=load, max_of_k=_max_of_k(samples), progress=progress,
                             distill=read_jsonl(Path(distill)) if distill and Path(distill).exists() else None,
-                            selection=_selection_audit(samples), gold=_gold_hook(ws, version))
+                            selection=_selection_audit(samples), blocks=_blocks(ws, version, ppo))
+
+
+def _blocks(ws, version: int, ppo: dict | None) -> Callable[[dict], dict]:
+    """What metrics.json adds beside the version's own numbers: the gold RM's block and the PPO step log."""
+    gold = _gold_hook(ws, version)
+    return lambda records: {"gold": gold(records) if gold else None, "ppo": ppo}
 
 
 def _gold_hook(ws, version: int) -> Callable[[dict], dict | None] | None:
