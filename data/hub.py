@@ -9,7 +9,7 @@ code on the same rows either way. SOURCES.json in the cache records, per file: t
 and data files taken, the revision asked for, the commit it resolved to, the row count and the file's
 sha256; data/public.py copies it into the workspace's data/SOURCES.json.
 
-What is downloaded (the test splits only; about 6.8 MB in all):
+What is downloaded (the test splits only; about 6.4 MB in all):
   Anthropic/hh-rlhf       helpful-base, helpful-online, helpful-rejection-sampled, harmless-base:
                           test.jsonl.gz each (8552 pairs, 4.0 MB)
   LibrAI/do-not-answer    split train (939 questions, 6 models' answers with human labels; 1.7 MB parquet)

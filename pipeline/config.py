@@ -24,6 +24,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from saferounds.core.errors import InputError
+from saferounds.core.tracking import TRACKERS
 from saferounds.eval.config import EvalConfig
 from saferounds.pipeline.stage_policies import ALWAYS_MAKE_A_POLICY
 from saferounds.pipeline.training.config import PPOConfig, TrainConfig
@@ -77,6 +78,16 @@ class RoundsConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """YAML section `tracking`: where every training stage's curves go, one run per version and stage (`vN/sft`,
+    `v1/rm-helpfulness`, `v1/rs`, `v4/ppo`)."""
+    report_to: list[Literal[tuple(TRACKERS)]] = field(default_factory=lambda: ["tensorboard"])
+    """Trackers: tensorboard (WORKSPACE/runs/vN/<stage>), mlflow ($MLFLOW_TRACKING_URI, else WORKSPACE/runs/mlruns;
+    `pip install -e '.[trackers]'`), wandb, comet_ml, clearml, dvclive, trackio, swanlab; [] for none. The
+    Trainer's report_to (pretrain, SFT, RMs, the rs fine-tune) and accelerate's trackers (PPO)."""
+
+
+@dataclass
 class Config:
     """The whole of saferounds.yaml."""
     seed: int = 0
@@ -105,6 +116,8 @@ class Config:
     """The LLM judge (AI feedback)."""
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     """The plan of versions."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Training curves (TensorBoard, MLflow, W&B, ...)."""
 
     def stages_for(self, version: int) -> list[str]:
         """The planned stages of version N (the last matching plan entry wins)."""
@@ -120,7 +133,9 @@ class Config:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """What the results depend on: everything but where the curves go (tracking)."""
+        blob = json.dumps({k: v for k, v in self.to_dict().items() if k != "tracking"}, sort_keys=True,
+                          default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
 

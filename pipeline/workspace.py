@@ -30,6 +30,7 @@ from saferounds.core import distributed as dist
 from saferounds.core.errors import InputError, not_writable
 from saferounds.core.io import read_json, sha256_file, write_json
 from saferounds.core.records import GOLD_RM_KIND, RM_KINDS
+from saferounds.core.tracking import tracking
 from saferounds.core.versions import dir_version, partial_dir_version
 from saferounds.pipeline.config import CONFIG_NAME, Config, load_config
 
@@ -284,7 +285,8 @@ class Workspace:
         self.set_stage(n, name, status="running", started=now(), error=None)
         record = StageRecord()
         try:
-            yield record
+            with tracking(self.config.tracking.report_to, self.root):  # the stage's curves: run vN/<stage>
+                yield record
         except BaseException as e:
             self.record_failure(n, name, e)
             raise

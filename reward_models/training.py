@@ -21,7 +21,7 @@ from saferounds.core import distributed as dist
 from saferounds.core.errors import InputError
 from saferounds.core.io import write_json
 from saferounds.core.progress import current, trainer_callback
-from saferounds.core.tracking import point_tensorboard, report_to
+from saferounds.core.tracking import point_tensorboard, trainer_kwargs
 from saferounds.reward_models.config import RewardModelConfig
 from saferounds.reward_models.evaluation import heldout_accuracy
 from saferounds.reward_models.losses import SAFETY_TARGETS, centering_loss, pair_margin, ranking_loss, regression_loss, safety_loss
@@ -397,7 +397,7 @@ def make_trainer(kind: str, items: list[dict], model, tokenizer, cfg: RewardMode
         warmup_steps=warm, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        length_column_name="length", remove_unused_columns=False, report_to=report_to(runs), seed=seed,
+        length_column_name="length", remove_unused_columns=False, **trainer_kwargs(runs), seed=seed,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True, save_only_model=False,  # progress: core.progress; the loss dicts: the log
         **dist.trainer_kwargs(cfg.batch_size, "reward_models.batch_size"),

@@ -13,7 +13,7 @@ import yaml
 from saferounds.core.errors import InputError
 from saferounds.pipeline.config import CONFIG_NAME, Config, load_config, parse_config, version_in_spec
 
-TOP_LEVEL = "data, distill, eval, gate, judge, model, ppo, pretrain, rejection_sampling, reward_models, rounds, seed, sft"
+TOP_LEVEL = "data, distill, eval, gate, judge, model, ppo, pretrain, rejection_sampling, reward_models, rounds, seed, sft, tracking"
 
 
 def error_of(data) -> str:

@@ -47,6 +47,7 @@ from saferounds.core.finite import check_scores, check_value, total_norm
 from saferounds.core.maths import masked_mean, whiten
 from saferounds.core.progress import NullProgress
 from saferounds.core.progress import current as current_progress
+from saferounds.core.tracking import accelerate_init_kwargs, trackers
 from saferounds.eval.refusal import is_refusal
 from saferounds.pipeline.training.config import PPOConfig
 from saferounds.pipeline.training.ppo_checkpoint import StepLog, load_checkpoint, save_checkpoint
@@ -179,7 +180,8 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
     if start:
         logger.info("ppo: resuming from step %d (%s)", start, work_dir)
     if accelerator.trackers == [] and log_path is not None and accelerator.log_with:
-        accelerator.init_trackers("ppo", config={k: v for k, v in asdict(cfg).items() if v is not None})
+        accelerator.init_trackers("ppo", config={k: v for k, v in asdict(cfg).items() if v is not None},
+                                  init_kwargs=accelerate_init_kwargs(Path(accelerator.project_dir) / "ppo"))
     log_step = StepLog(log_path, accelerator, logger, start)
     bar = current_progress() if accelerator.is_main_process else NullProgress()
     bar.stage("ppo", total=cfg.steps, unit="steps")
@@ -448,14 +450,14 @@ def _global_mean_var(x, mask, accelerator):
 
 
 def make_accelerator(project_dir: Path | None):
-    """An Accelerator with TensorBoard tracking when tensorboard is installed."""
+    """An Accelerator with the stage's trackers (tracking.report_to, core.tracking) under `project_dir`."""
     import os
 
     from accelerate import Accelerator
-    from accelerate.utils import is_tensorboard_available
 
     # Several processes without CUDA (torchrun / `accelerate launch --multi_gpu` on CPUs): gloo DDP.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if project_dir is not None and is_tensorboard_available():
-        return Accelerator(cpu=cpu, log_with="tensorboard", project_dir=str(project_dir))
+    log_with = trackers() if project_dir is not None else []
+    if log_with:
+        return Accelerator(cpu=cpu, log_with=log_with, project_dir=str(project_dir))
     return Accelerator(cpu=cpu)

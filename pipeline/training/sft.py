@@ -18,7 +18,7 @@ from saferounds.core import distributed as dist
 from saferounds.core.accelerator import save_pretrained_atomic
 from saferounds.core.errors import InputError
 from saferounds.core.progress import current, log_callback, trainer_callback
-from saferounds.core.tracking import point_tensorboard, report_to
+from saferounds.core.tracking import point_tensorboard, trainer_kwargs
 from saferounds.pipeline.models import load_policy
 
 IGNORE_INDEX = -100
@@ -88,7 +88,7 @@ def _training_args(train_cfg, work_dir: Path, seed: int, n_examples: int, runs: 
         warmup_steps=max(1, round(train_cfg.warmup_ratio * steps_per_epoch * train_cfg.epochs)),
         weight_decay=train_cfg.weight_decay, logging_steps=train_cfg.logging_steps,
         save_strategy="steps", save_steps=train_cfg.save_steps, save_total_limit=1,
-        seed=seed, data_seed=seed, report_to=report_to(runs) or "none", bf16=use_bf16, remove_unused_columns=False,
+        seed=seed, data_seed=seed, **trainer_kwargs(runs), bf16=use_bf16, remove_unused_columns=False,
         train_sampling_strategy="group_by_length", length_column_name="length",
         disable_tqdm=True, dataloader_num_workers=0,  # progress: core.progress; the loss dicts: the log
         dataloader_pin_memory=torch.cuda.is_available(),
