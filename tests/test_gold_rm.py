@@ -169,3 +169,23 @@ def test_eval_scores_every_versions_helpful_answers_with_the_gold_rm(gold_ws):
     assert win["wins"] == (direct[2] > direct[0]) + (direct[3] > direct[1]) and win["n"] == 2
     assert block["heldout"]["n"] == 4 and block["gold_rm"] == str(ws.rm_dir(GOLD_RM_KIND, 1))
     assert _gold_hook(ws, 0) is None  # no gold RM up to v0
+
+
+def test_selection_audit_gold_by_hand_with_pooled_samples_kept_apart():
+    """Two helpful prompts; p1 has v1's and v2's sample 0 side by side (a pooled round): only the chosen one
+    (v2's) counts as selected. Gold means over all candidates and over the chosen, and the share of prompts whose
+    chosen sample beats its prompt's mean gold score."""
+    from saferounds.sampling.selection_audit import selection_audit
+
+    def s(pid, k, origin, gold, refusal=False):
+        return {"prompt_id": pid, "sample_index": k, "origin_version": origin, "is_safety": False,
+                "gated_score": 0.0, "refusal": refusal, "harmful": None, "gold_score": gold}
+    samples = [s("p1", 0, 1, 3.0), s("p1", 0, 2, 1.0, refusal=True), s("p1", 1, 2, 2.0),
+               s("p2", 0, 2, 0.0), s("p2", 1, 2, 4.0)]
+    selected = [{"prompt_id": "p1", "sample_index": 0, "origin_version": 2},
+                {"prompt_id": "p2", "sample_index": 1, "origin_version": 2}]
+    h = selection_audit(samples, selected)["helpful"]
+    assert h["selected"]["samples"] == 2 and h["selected"]["refusal"]["count"] == 1  # v2's p1 sample, not v1's
+    assert h["all"]["gold_score_mean"] == pytest.approx(2.0) and h["selected"]["gold_score_mean"] == pytest.approx(2.5)
+    above = h["gold_above_prompt_mean"]  # p1: 1.0 < mean 2.0; p2: 4.0 > mean 2.0
+    assert (above["count"], above["n"]) == (1, 2)
