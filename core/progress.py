@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 import time
 from typing import Callable, Iterator, Protocol, TextIO, runtime_checkable
 
@@ -111,8 +112,22 @@ def counter(name: str, unit: str, summary: Callable[[int], str] | None = None,
     return report
 
 
+SIGNIFICANT = 4  # digits a person reads: "loss 0.6512", not "loss 0.6512109756469726"
+_LONG_NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d{%d,}(?:[eE][-+]?\d+)?(?![\w.])" % SIGNIFICANT)
+
+
+def format_number(x: float) -> str:
+    return f"{x:.{SIGNIFICANT}g}"
+
+
+def round_numbers(text: str) -> str:
+    """Every decimal number in `text` with more than SIGNIFICANT digits after the point, rounded to SIGNIFICANT
+    significant digits (a message formatted elsewhere, e.g. a Trainer loss, reads like ours)."""
+    return _LONG_NUMBER.sub(lambda m: format_number(float(m.group())), text)
+
+
 def format_metrics(metrics: dict) -> str:
-    return "  ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    return "  ".join(f"{k} {format_number(v)}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 def format_seconds(seconds: float) -> str:
@@ -121,15 +136,16 @@ def format_seconds(seconds: float) -> str:
 
 
 class PlainProgress:
-    """Plain lines on a stream: one when a stage opens, one at each quarter of its total, its summary.
-    No carriage returns, no colours, no cursor movement: what CI logs and pipes want."""
+    """Plain lines on a stream: one when a stage opens, one at each quarter of its total (with the time left at
+    the rate so far), its summary. Each event once, numbers to SIGNIFICANT digits. No carriage returns, no
+    colours, no cursor movement: what CI logs and pipes want."""
 
     def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic):
         self.stream, self.clock = stream, clock
         self._open: dict | None = None
 
     def _line(self, text: str) -> None:
-        self.stream.write(text + "\n")
+        self.stream.write(round_numbers(text) + "\n")
         self.stream.flush()
 
     def stage(self, name: str, total: int | None = None, unit: str = "steps") -> None:
@@ -150,7 +166,10 @@ class PlainProgress:
             if 0 < quarter < 4 and quarter > s["quarter"]:
                 s["quarter"] = quarter
                 extra = format_metrics(s["metrics"])
-                self._line(f"{s['name']}: {s['done']}/{s['total']} {s['unit']}" + (f"  {extra}" if extra else ""))
+                spent = self.clock() - s["started"]
+                left = f"  ~{format_seconds(spent / s['done'] * (s['total'] - s['done']))} left" if spent >= 1 else ""
+                self._line(f"{s['name']}: {s['done']}/{s['total']} {s['unit']}" + (f"  {extra}" if extra else "")
+                           + left)
 
     def done(self, summary: str = "") -> None:
         s, self._open = self._open, None

@@ -34,7 +34,7 @@ def test_plain_progress_prints_start_quarters_and_summary_without_control_charac
     lines = out.getvalue().splitlines()
     assert lines[0] == "v1 rm helpfulness: started (8 steps)"
     assert lines[1:4] == ["v1 rm helpfulness: 2/8 steps  loss 0.5", "v1 rm helpfulness: 4/8 steps  loss 0.25",
-                          "v1 rm helpfulness: 6/8 steps  loss 0.167"]
+                          "v1 rm helpfulness: 6/8 steps  loss 0.1667"]
     assert lines[4] == "v1 rm helpfulness  acc 0.71 (held-out)  42 s"
     assert len(lines) == 5 and not CONTROL.search(out.getvalue())
 

@@ -9,7 +9,7 @@ import typer
 
 from saferounds.core.errors import InputError
 from saferounds.pipeline.cli.common import JsonOpt, console, print_json, table
-from saferounds.pipeline.cli.live import VerboseOpt, live, log_message
+from saferounds.pipeline.cli.live import VerboseOpt, live, log_message, step_lines
 
 
 def _pct(x) -> str:
@@ -47,8 +47,8 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
         with live(workspace / "logs" / "saferounds.log", verbose) as view:
             view.note(f"saferounds demo --model smollm2 ({size or 'full'}) in {workspace}: details in "
                       f"{workspace}/versions/vN/logs/stage.log (-v shows them live)")
-            result = run_real_demo(workspace, size or "full", public_data_root(data_root), print_line=view.note,
-                                   until=last)
+            result = run_real_demo(workspace, size or "full", public_data_root(data_root),
+                                   print_line=step_lines(view), until=last)
     elif model == "tiny":
         from saferounds.pipeline.demo import run_demo
 

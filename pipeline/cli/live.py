@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Iterator, TextIO
+from typing import Annotated, Callable, Iterator, TextIO
 
 import typer
 from rich.console import Console
@@ -24,7 +25,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBars, 
                            TimeRemainingColumn)
 
 from saferounds.core.logs import capture, current_log, log_to
-from saferounds.core.progress import PlainProgress, Progress, format_metrics, format_seconds, full_name, reporting
+from saferounds.core.progress import (PlainProgress, Progress, format_metrics, format_seconds, full_name, reporting,
+                                      round_numbers)
 
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose",
                                           help="Show the full log live (Trainer logs, load reports, warnings) "
@@ -74,13 +76,35 @@ class RichProgress:
                            highlight=False)
 
     def note(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(round_numbers(message), markup=False, highlight=False)
 
 
 def log_message(message: str) -> None:
     """The library's `progress=` messages ("v1 rs: sampling 8/40 prompts"): detail for the log; the
     live view shows the same progress as bars."""
     logging.getLogger("saferounds").info(message)
+
+
+# A run's own progress messages that repeat what its stages already report to the view (core.progress):
+# counts ("v1 rs: sampling 16/152 prompts", "helpfulness RM step 5/40 (loss ...)", "eval: v1 xstest 8/450"), and
+# a round's or eval's per-stage messages ("v1 rs: scoring 640 samples", "eval: scoring 96 answers ...").
+_STAGE_DETAIL = re.compile(r"^(?:\[[^\]]*\] )?(?:v[1-9]\d*\b|eval:|ppo step|\w+ RM step|.*\b\d+/\d+\b)")
+_STEP_BOUNDARY = re.compile(r"^(?:\[[^\]]*\] )?[^:]+: (?:started|done in \S+)")
+
+
+def step_lines(view: Progress) -> Callable[[str], None]:
+    """A `print_line` for a run that reports its steps in lines of its own (`demo --model smollm2`: elapsed
+    time, run ETA) while its stages report to `view`: each event is shown once. A step's start and end
+    lines, and lines no stage reports (judges' results), go to the view; a message that repeats a stage's
+    event (a count, a stage's own detail) goes to the log."""
+
+    def print_line(message: str) -> None:
+        if _STAGE_DETAIL.match(message) and not _STEP_BOUNDARY.match(message):
+            log_message(message)
+        else:
+            view.note(message)
+
+    return print_line
 
 
 def plain_wanted(stream: TextIO, verbose: bool = False) -> bool:
