@@ -136,6 +136,12 @@ class RewardModelConfig:
     """Tokens per prompt + response; longer samples keep their end (the response)."""
     group_by_length: bool = True
     """Batch samples of similar length together (less padding)."""
+    train_head_only: bool = False
+    """Keep the backbone frozen and train only the scalar head: what the head reads (a decoder's final hidden
+    state at the last token, BERT's pooled output) is computed once per text and cached across epochs and
+    across the two RMs, so `epochs` passes cost one forward pass per text; model.lora is not applied to the RM.
+    Eq. 2 (and the safety term) as for a whole RM; the saved RM is an ordinary sequence classifier. Use a
+    head-sized learning_rate (e.g. 1e-3) and several epochs."""
     share_prompt: bool = True
     """Pairwise training feeds each pair as one row: the prompt once, then the chosen and the rejected
     response, the rejected one masked from the chosen one (a block-causal attention mask, positions

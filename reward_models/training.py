@@ -304,6 +304,90 @@ def shared_prompt_is_exact(model, tokenizer, cols: dict[str, list], n: int = 4, 
     return bool(torch.allclose(got, ref[:, 0].float(), atol=tol, rtol=tol))
 
 
+# ---------------------------------------------------------------------------------------------
+# Head-only RMs (reward_models.train_head_only): the backbone frozen, what the scalar head reads computed once
+# per text (cached across epochs and across the two RMs of a process), the head trained on it by Eq. 2.
+
+_HEAD_INPUTS: dict[tuple, dict[str, torch.Tensor]] = {}  # (backbone, max_length) -> {text: head input}
+
+
+def scalar_head(model) -> torch.nn.Module:
+    """The one-output head of a sequence classifier: `score` (decoders) or `classifier` (BERT-like)."""
+    head = score_head(model)
+    return head if head is not None else getattr(model, "classifier")
+
+
+@torch.inference_mode()
+def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size: int, key=None) -> torch.Tensor:
+    """[len(texts), hidden]: what the RM's scalar head reads for each formatted text, by one frozen forward pass
+    per text (longest first, in batches): BERT's pooled [CLS] output; a decoder's final hidden state at its
+    last non-pad token (the position transformers reads the score at). `key`: cache them under it."""
+    cache = _HEAD_INPUTS.setdefault(key, {}) if key is not None else {}
+    todo = sorted({t for t in texts if t not in cache}, key=len, reverse=True)
+    seen: dict[str, torch.Tensor] = {}
+    hook = scalar_head(model).register_forward_hook(lambda m, args, out: seen.__setitem__("x", args[0]))
+    pad = tokenizer.pad_token_id
+    model.eval()
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            batch = tokenizer.pad(encode(tokenizer, chunk, max_length), return_tensors="pt")
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            x = seen["x"]
+            if x.dim() == 3:  # (B, T, H): transformers scores the rightmost token that is not padding
+                width = batch["input_ids"].shape[1]
+                last = (torch.arange(width) * (batch["input_ids"] != pad)).argmax(-1)
+                x = x[torch.arange(x.shape[0]), last]
+            cache.update(zip(chunk, x.float().clone()))
+    finally:
+        hook.remove()
+    return torch.stack([cache[t] for t in texts]) if texts else torch.zeros(0)
+
+
+def train_head(model, tokenizer, items: list[dict], cfg: RewardModelConfig, kind: str, seed: int = 0,
+               key=None) -> dict:
+    """Train only the scalar head on cached head inputs: Eq. 2 with the pair's margin (+ the safety term for
+    the safety RM), `epochs` passes in shuffled batches of batch_size, AdamW, LLaMA 2's cosine schedule."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    fmt = lambda side: [format_sample(tokenizer, p["prompt"], p[side]) for p in items]  # noqa: E731
+    f_c = head_inputs(model, tokenizer, fmt("chosen"), cfg.max_length, cfg.score_batch_size, key)
+    f_r = head_inputs(model, tokenizer, fmt("rejected"), cfg.max_length, cfg.score_batch_size, key)
+    margin = torch.tensor([pair_margin(p, cfg.margin) for p in items], dtype=torch.float32)
+    targets = [safety_targets(p) for p in items]
+    has = torch.tensor([t is not None for t in targets])
+    safe = torch.tensor([[t[0], t[1]] if t else [0.0, 0.0] for t in targets], dtype=torch.float32)
+    weight = cfg.safety_term_weight if kind == "safety" else cfg.helpfulness_safety_term_weight
+    head = scalar_head(model).float()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    total, warm = warmup_steps(len(items), cfg)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warm, total, min_lr_rate=cfg.min_lr_ratio)
+    gen, losses, step = torch.Generator().manual_seed(seed), [], 0
+    while step < total:
+        for b in torch.randperm(len(items), generator=gen).split(cfg.batch_size):
+            scores = head(torch.cat([f_c[b], f_r[b]]))[:, 0]  # (2B,)
+            chosen, rejected = scores[:len(b)], scores[len(b):]
+            loss = ranking_loss(chosen, rejected, margin[b])  # LLaMA 2 Eq. 2
+            if weight > 0:
+                loss = loss + weight * safety_loss(scores, safe[b].T.reshape(-1), has[b].repeat(2))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if step >= total:
+                break
+    model.eval()
+    return {"steps": step, "warmup_steps": warm, "planned_steps": total, "train_loss": round(sum(losses) / len(losses), 6),
+            "texts_encoded": len(set(fmt("chosen") + fmt("rejected")))}
+
+
 def _trainer_class():
     from transformers import Trainer
 
@@ -432,8 +516,6 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     from transformers import set_seed
 
     from saferounds.core.checkpoints import torn_notes
-    from saferounds.core.checkpoints import train as train_resumable
-    from saferounds.core.finite import check_value, check_weights, finite_callback
 
     cfg = cfg or RewardModelConfig()
     out_dir = Path(out_dir)
@@ -445,21 +527,10 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
                          "(or data.rankings) in saferounds.yaml")
     _say_new_head(kind, backbone, model_cfg)
     set_seed(seed)  # a backbone without a scalar head gets a fresh one: its init must be seeded too
-    model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
-    trainer, total, warm = make_trainer(kind, items, model, tokenizer, cfg, work_dir, seed, max_steps, log, runs)
-    stage = f"{kind} RM training"
-    trainer.add_callback(finite_callback(stage))
-    dataset = trainer.train_dataset
-    result, last = train_resumable(trainer, work_dir, log)  # a torn checkpoint-N is set aside, not resumed from
-    model = trainer.model
-    check_value(result.training_loss, stage, trainer.state.global_step, "the training loss")
-    check_weights(model, stage, trainer.state.global_step)
-    # a LoRA RM saves adapter + head; load_reward_model reloads it. Rank 0 writes (a sharded engine gathers first)
-    dist.save_trained(trainer, lambda: save_reward_model(model, tokenizer, out_dir), out_dir, tokenizer)
-    metrics = {"kind": kind, "backbone": str(backbone), "objective": cfg.objective, "train_items": len(dataset),
-               "steps": trainer.state.global_step, "warmup_steps": warm, "planned_steps": total,
-               "train_loss": round(float(result.training_loss), 6), **stats,
-               "resumed_from": str(last) if last else None}
+    fit = _fit_head if cfg.train_head_only else _fit_trainer
+    model, tokenizer, fitted = fit(kind, items, backbone, out_dir, cfg, model_cfg, work_dir=work_dir, seed=seed,
+                                   log=log, max_steps=max_steps, runs=runs)
+    metrics = {"kind": kind, "backbone": str(backbone), "objective": cfg.objective, **fitted, **stats}
     if torn_notes(work_dir):
         metrics["torn_checkpoints"] = torn_notes(work_dir)
     if held:
@@ -470,6 +541,45 @@ def train_reward_model(kind: str, records: list[dict], backbone: str, out_dir, c
     acc = (metrics.get("heldout") or {}).get("accuracy")
     current().done(f"acc {acc:.2f} (held-out)" if acc is not None else f"train loss {metrics['train_loss']:.3f}")
     return metrics
+
+
+def _fit_trainer(kind: str, items: list[dict], backbone, out_dir: Path, cfg: RewardModelConfig, model_cfg, work_dir,
+                 seed: int, log, max_steps, runs) -> tuple:
+    """The RM trained by transformers.Trainer (every weight, or model.lora's adapters) and saved to out_dir:
+    (model, tokenizer, metrics of the fit)."""
+    from saferounds.core.checkpoints import train as train_resumable
+    from saferounds.core.finite import check_value, check_weights, finite_callback
+
+    model, tokenizer = load_reward_model(backbone, model_cfg, for_training=True)
+    trainer, total, warm = make_trainer(kind, items, model, tokenizer, cfg, work_dir, seed, max_steps, log, runs)
+    stage = f"{kind} RM training"
+    trainer.add_callback(finite_callback(stage))
+    result, last = train_resumable(trainer, work_dir, log)  # a torn checkpoint-N is set aside, not resumed from
+    model = trainer.model
+    check_value(result.training_loss, stage, trainer.state.global_step, "the training loss")
+    check_weights(model, stage, trainer.state.global_step)
+    # a LoRA RM saves adapter + head; load_reward_model reloads it. Rank 0 writes (a sharded engine gathers first)
+    dist.save_trained(trainer, lambda: save_reward_model(model, tokenizer, out_dir), out_dir, tokenizer)
+    return model, tokenizer, {"train_items": len(trainer.train_dataset), "steps": trainer.state.global_step,
+                              "warmup_steps": warm, "planned_steps": total,
+                              "train_loss": round(float(result.training_loss), 6),
+                              "resumed_from": str(last) if last else None}
+
+
+def _fit_head(kind: str, items: list[dict], backbone, out_dir: Path, cfg: RewardModelConfig, model_cfg, seed: int = 0,
+              **_) -> tuple:
+    """reward_models.train_head_only: the backbone frozen (model.lora not applied), the head trained on cached
+    head inputs (train_head), the whole RM saved to out_dir as an ordinary sequence classifier."""
+    from saferounds.core.finite import check_value, check_weights
+
+    if cfg.objective != "pairwise":
+        raise InputError("reward_models.train_head_only: trains on pairs; set reward_models.objective: pairwise")
+    model, tokenizer = load_reward_model(backbone, model_cfg)
+    fitted = train_head(model, tokenizer, items, cfg, kind, seed, key=(str(backbone), cfg.max_length))
+    check_value(fitted["train_loss"], f"{kind} RM head training", fitted["steps"], "the training loss")
+    check_weights(model, f"{kind} RM head training", fitted["steps"])
+    dist.run_on_main(save_reward_model, model, tokenizer, out_dir)
+    return model, tokenizer, {"train_items": len(items), **fitted, "train_head_only": True}
 
 
 def _say_new_head(kind: str, backbone, model_cfg) -> None:

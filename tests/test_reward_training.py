@@ -282,3 +282,35 @@ def test_make_trainer_shares_prompts_only_where_exact(tiny, tmp_path):
                                                     pad_token_id=tok.pad_token_id))
     trainer, _, _ = make_trainer("helpfulness", _varied_pairs(), bert, tok, cfg, tmp_path / "c")
     assert isinstance(trainer.data_collator, PairCollator)
+
+
+def test_head_only_rm_trains_on_cached_head_inputs_and_scores_as_saved(tiny, tmp_path):
+    """reward_models.train_head_only: the backbone is frozen, each text is encoded once (cached across epochs and
+    across RMs), the head learns to rank, and the saved RM scores exactly head(cached input) when reloaded."""
+    import torch
+
+    from saferounds.reward_models import training
+    from saferounds.reward_models.modeling import load_reward_model
+    from saferounds.reward_models.scoring import score
+
+    pairs = [_pair(i, chosen=f"Yes, here is a careful and complete answer to question {i}.") for i in range(24)]
+    cfg = RewardModelConfig(train_head_only=True, learning_rate=5e-2, epochs=30, batch_size=8, eval_fraction=0.0,
+                            min_warmup_steps=0, max_length=32)
+    training._HEAD_INPUTS.clear()
+    before = load_reward_model(tiny)[0].state_dict()
+    m = training.train_reward_model("helpfulness", pairs, tiny, tmp_path / "rm", cfg, heldout=pairs[:8])
+    assert m["train_head_only"] and m["steps"] == 30 * 3 and m["texts_encoded"] == 48
+    assert m["heldout"]["accuracy"] == 1.0 and m["train_loss"] < 0.69  # the head alone ranks these
+    model, tok = load_reward_model(tmp_path / "rm")
+    after = model.state_dict()
+    head = {k for k in after if not torch.equal(after[k], before[k])}
+    assert head and all(k.startswith(("score", "classifier")) for k in head)  # nothing below the head moved
+    cache = next(iter(training._HEAD_INPUTS.values()))
+    assert len(cache) == 48  # one forward pass per text, however many epochs
+    texts = [training.format_sample(tok, p["prompt"], p["chosen"]) for p in pairs[:4]]
+    expected = training.scalar_head(model)(torch.stack([cache[t] for t in texts]))[:, 0]
+    got = score(model, tok, [p["prompt"] for p in pairs[:4]], [p["chosen"] for p in pairs[:4]], max_length=32)
+    assert torch.allclose(torch.tensor(got), expected, atol=1e-4)
+    # a second RM on the same backbone encodes only its new texts
+    training.train_reward_model("helpfulness", pairs + [_pair(99)], tiny, tmp_path / "rm2", cfg)
+    assert len(cache) == 50
