@@ -62,7 +62,7 @@ def _mk(p: Path) -> Path:
 def cache(roots, tmp_path_factory):
     from saferounds.data.hub import download_public_data
 
-    return download_public_data(tmp_path_factory.mktemp("cache"), mirror=roots[1])
+    return download_public_data(tmp_path_factory.mktemp("home") / "data" / "hub", mirror=roots[1])
 
 
 def test_hub_rows_give_the_same_split_as_the_data_root(roots, cache, tmp_path):
@@ -116,3 +116,21 @@ def test_an_unreachable_dataset_is_exit_2_naming_it_and_the_offline_way(tmp_path
                              sets={"xstest": HubSet("Paul/XSTest", "train", "xstest_prompts.csv")})
     assert "Paul/XSTest" in str(e.value) and "--data-root" in str(e.value)
     assert not (tmp_path / "c" / "xstest").exists()
+
+
+def test_init_smollm2_without_data_root_reads_the_hub_sets(roots, cache, cli_main, tmp_path, monkeypatch):
+    """The CLI path: no --data-root -> data.hub (here SAFEROUNDS_HUB_MIRROR stands in for the hub; the sets
+    are in $SAFEROUNDS_HOME's cache already, as after a first run)."""
+    from saferounds.core.io import read_json
+
+    monkeypatch.setenv("SAFEROUNDS_HOME", str(cache.parents[1]))
+    monkeypatch.setenv("SAFEROUNDS_HUB_MIRROR", str(roots[1]))
+    assert cli_main(["init", str(tmp_path / "ws"), "--preset", "smollm2", "--size", "mini"]) == 0
+    sources = read_json(tmp_path / "ws" / "data" / "SOURCES.json")["sources"]
+    assert sources["do_not_answer"]["dataset"] == "LibrAI/do-not-answer"
+    assert sources["hh_helpful"]["path"].startswith(str(cache))
+    # a set that cannot be had: exit 2 naming it, and no workspace written
+    monkeypatch.setenv("SAFEROUNDS_HOME", str(tmp_path / "home2"))
+    monkeypatch.setenv("SAFEROUNDS_HUB_MIRROR", str(tmp_path / "empty"))
+    assert cli_main(["init", str(tmp_path / "ws2"), "--preset", "smollm2", "--size", "mini"]) == 2
+    assert not (tmp_path / "ws2" / "saferounds.yaml").exists()
