@@ -6,6 +6,7 @@ RNG is seeded per batch (``seed + batch index``), so a run is reproducible for t
 batch size and cache state. A cache row is {"id", "key", "response", "settings"}; ``key`` hashes the
 prompt messages and the generation settings, so a changed prompt or setting is regenerated and an
 unchanged one never is. Appends are flushed and fsynced per batch, so an interrupted run resumes.
+Beside these per-workspace files, a model's answers can come from the per-machine cache (eval.answer_cache).
 """
 from __future__ import annotations
 
@@ -91,13 +92,18 @@ def _missing(rows: Sequence[dict], settings: dict, caches: list) -> tuple[list[s
 
 def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: dict, cache_file: str | Path,
                     extra_caches: Iterable[str | Path] = (), batch_size: int = 8,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[list[str], int]:
+                    progress: Callable[[int, int], None] | None = None,
+                    machine=None) -> tuple[list[str], int]:
     """Responses for suite rows, generating only those missing from the caches.
 
     load() -> (model, tokenizer) is called only when something is missing. New answers are appended
-    to ``cache_file``. Returns (responses in row order, number newly generated)."""
+    to ``cache_file``. ``machine``: the model's entry in the per-machine cache (eval.answer_cache.SuiteAnswers):
+    its answers count as cached (and are copied into ``cache_file``), and it gets every answer this call
+    returns. Returns (responses in row order, number newly generated)."""
     cache_file = Path(cache_file)
     keys, cached, missing = _missing(rows, settings, [*extra_caches, cache_file])
+    if machine is not None:
+        _from_machine(machine.read(), rows, keys, cached, missing, settings, cache_file)
     if missing:
         model, tokenizer = load()
         done = [len(rows) - len(missing)]
@@ -115,7 +121,22 @@ def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: d
 
         generate(model, tokenizer, [rows[i]["messages"] for i in missing], batch_size=batch_size,
                  on_batch=save, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
+    if machine is not None:
+        machine.add({k: cached[k] for k in keys})
     return [cached[k] for k in keys], len(missing)
+
+
+def _from_machine(known: dict[str, str], rows: Sequence[dict], keys: list[str], cached: dict, missing: list[int],
+                  settings: dict, cache_file: Path) -> None:
+    """Take the per-machine cache's answers for the missing rows: into ``cached``, out of ``missing`` (in place),
+    and appended to ``cache_file`` so the workspace's own cache holds every answer it used."""
+    hits = [i for i in missing if keys[i] in known]
+    if not hits:
+        return
+    cached.update({keys[i]: known[keys[i]] for i in hits})
+    append_jsonl(cache_file, [{"id": rows[i]["id"], "key": keys[i], "response": known[keys[i]], "settings": settings}
+                              for i in hits])
+    missing[:] = [i for i in missing if keys[i] not in known]
 
 
 def _shard_file(cache_file: Path, rank: int) -> Path:

