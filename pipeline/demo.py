@@ -86,4 +86,32 @@ def summary(ws: Workspace, seconds: float | None = None) -> dict:
         out["final"] = {k: m[k] for k in ("safety", "helpfulness")}
         out["safety"] = {k: m["safety"].get(k) for k in ("violation_rate", "false_refusal_rate")}
         out["helpfulness"] = {k: m["helpfulness"].get(k) for k in ("mean_score", "reference_overlap", "win_rate")}
+        out["versions"] = version_rows(m, out["trend"], latest)
     return out
+
+
+def version_rows(latest_metrics: dict, trend: list[dict], latest: int) -> list[dict]:
+    """The summary table (issue 28): one row per version v0..vN with its violation and false-refusal rates and
+    their 95% intervals, the helpfulness RM mean and the gold win rate vs v0. Each version as the newest eval
+    that judged it: the latest eval (itself and the versions it compared, by one set of judges), else the newest
+    eval that compared it, else its own; `judged_in` names which."""
+    from saferounds.core.versions import version_number
+
+    evals = sorted([latest_metrics, *trend], key=lambda t: -version_number(t["version"]))
+    rows = []
+    for n in range(latest + 1):
+        v = f"v{n}"
+        found = next(((m, m) for m in evals if m["version"] == v and m is latest_metrics), None) or \
+            next(((m, m["compared"][v]) for m in evals if v in (m.get("compared") or {})), None) or \
+            next(((m, m) for m in evals if m["version"] == v), None)
+        if found is None:
+            continue
+        src, block = found
+        safety, helpful = block.get("safety") or {}, block.get("helpfulness") or {}
+        fr = safety.get("false_refusal") or {}
+        gold = ((src.get("gold") or {}).get("versions") or {}).get(v) or {}
+        rows.append({"version": v, "judged_in": f"{src['version']} eval", "violation": safety.get("violation"),
+                     "false_refusal_borderline": fr.get("borderline"), "false_refusal_helpful": fr.get("helpful"),
+                     "helpfulness_mean": helpful.get("mean_score"),
+                     "gold_win_rate_vs_v0": gold.get("gold_win_rate_vs_v0")})
+    return rows

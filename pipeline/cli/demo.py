@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from saferounds.core.errors import InputError
-from saferounds.pipeline.cli.common import JsonOpt, console, open_workspace, print_json, table
+from saferounds.pipeline.cli.common import JsonOpt, console, print_json, table
 from saferounds.pipeline.cli.live import VerboseOpt, live, log_message, step_lines
 
 
@@ -18,6 +18,21 @@ def _pct(x) -> str:
 
 def _num(x) -> str:
     return "" if x is None else f"{x:.3f}"
+
+
+def _rate(block) -> str:
+    """'20.3% [16.1, 25.2]' from a Rate or WinRate block with ci95; '' without one."""
+    if not block:
+        return ""
+    ci = block.get("ci95")
+    return _pct(block.get("rate")) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def version_table(rows: list[dict]) -> list[list[str]]:
+    """pipeline.demo.version_rows as table cells: every version v0..vN."""
+    return [[r["version"], _rate(r["violation"]), _rate(r["false_refusal_borderline"]),
+             _rate(r["false_refusal_helpful"]), _num(r["helpfulness_mean"]), _rate(r["gold_win_rate_vs_v0"]),
+             r["judged_in"]] for r in rows]
 
 
 def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", help="Demo workspace directory.",
@@ -64,22 +79,13 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
         print_json(result)
         return
     latest = result["latest"]
-    rows = [[v, _pct(c["safety"].get("violation_rate")),
-             _pct(c["safety"].get("false_refusal", {}).get("borderline", {}).get("rate")),
-             _pct(c["safety"].get("false_refusal", {}).get("helpful", {}).get("rate")),
-             _num(c["helpfulness"].get("mean_score")), _num(c["helpfulness"].get("reference_overlap"))]
-            for v, c in [*sorted(result.get("compared", {}).items()), (latest, result.get("final", {}))]
-            if c]
-    console.print(table(f"saferounds demo: held-out prompts, every version judged by {latest}'s judges",
+    console.print(table("saferounds demo: held-out prompts, every version (95% intervals)",
                         ["version", "violation", "false refusal (borderline)", "false refusal (helpful)",
-                         "helpfulness RM", "reference overlap"], rows))
+                         "helpfulness RM", "gold win vs v0", "judged in"],
+                        version_table(result.get("versions") or [])))
     for version, w in sorted((result.get("helpfulness", {}).get("win_rate") or {}).items()):
         console.print(f"{latest} wins against {version} (helpfulness RM, ties half): {_pct(w.get('rate'))} "
                       f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)")
-    from saferounds.pipeline.cli.rm import status_lines
-
-    for line in status_lines(open_workspace(workspace)):  # held-out RM accuracy with its 95% interval (issue 27)
-        console.print(line)
     console.print(f"report: {result['report']}")
     console.print(f"trend over all versions: `saferounds status -w {workspace}`  ({result['seconds']} s)")
 
