@@ -442,12 +442,16 @@ def _offline_unless_reachable():
 
 
 def _read_hub(spec: str) -> list[tuple[int, dict]]:
+    """hub:OWNER/NAME[/DATA_DIR][:SPLIT], e.g. hub:Anthropic/hh-rlhf/harmless-base:test (a folder of the repository)."""
     name, _, split = spec[len("hub:"):].partition(":")
+    owner, _, rest = name.partition("/")
+    repo, _, data_dir = rest.partition("/")
     try:
         import datasets
 
         with _offline_unless_reachable():
-            ds = datasets.load_dataset(name, split=split or "train")
+            ds = datasets.load_dataset(f"{owner}/{repo}" if repo else owner, data_dir=data_dir or None,
+                                       split=split or "train")
     except Exception as e:
         raise InputError(
             f"{spec}: cannot load the hub dataset '{name}' ({type(e).__name__}: {str(e)[:200]}). "

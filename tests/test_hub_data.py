@@ -134,3 +134,25 @@ def test_init_smollm2_without_data_root_reads_the_hub_sets(roots, cache, cli_mai
     monkeypatch.setenv("SAFEROUNDS_HUB_MIRROR", str(tmp_path / "empty"))
     assert cli_main(["init", str(tmp_path / "ws2"), "--preset", "smollm2", "--size", "mini"]) == 2
     assert not (tmp_path / "ws2" / "saferounds.yaml").exists()
+
+
+def test_data_convert_reads_a_folder_of_a_hub_repository(cli_main, tmp_path, monkeypatch):
+    """hub:OWNER/NAME/DATA_DIR:SPLIT -> datasets.load_dataset(OWNER/NAME, data_dir=DATA_DIR, split=SPLIT)."""
+    import contextlib
+    import json
+
+    import datasets
+
+    import saferounds.core.io as io_mod
+
+    with gzip.open(SHARED_DATA / "hh-rlhf/harmless-base/test.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(next(f)) for _ in range(20)]
+    asked = []
+    monkeypatch.setattr(io_mod, "_offline_unless_reachable", contextlib.nullcontext)  # no network probe
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, **kw: asked.append((name, kw)) or rows)
+    out = tmp_path / "pairs.jsonl"
+    assert cli_main(["data", "convert", "hub:Anthropic/hh-rlhf/harmless-base:test", "--to", "preferences",
+                     "-o", str(out)]) == 0
+    assert asked and set(map(str, asked)) == {str(("Anthropic/hh-rlhf", {"data_dir": "harmless-base", "split": "test"}))}
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 0 < len(pairs) <= 20 and all(p["chosen"] != p["rejected"] for p in pairs)
