@@ -79,17 +79,49 @@ def test_smollm2_mini_plan_end_to_end(tmp_path):
     # and the demonstrations v1 did not already select (v0 is their origin)
     assert pooled["candidates"] == pooled["samples"] + rs["selected"] + (2 - rs["selected_demonstrations"])
     assert set(pooled["selected_by_origin"]) <= {"v0", "v1", "v2"}
+    assert {"v1", "v2"} <= set(pooled["selected_by_origin"])  # best-of-K over both rounds' samples chose from each
     assert sum(pooled["selected_by_origin"].values()) == pooled["selected"] == rs["selected"]
     v3 = ws.manifest(3)
     assert v3["plan"] == ["ppo", "eval"]
     ppo = v3["metrics"]["ppo"]
-    assert ppo["ppo_steps"] == 2 and ppo["ppo_kl"] is not None
+    assert ppo["ppo_steps"] == 2 and ppo["ppo_kl"] is not None and ppo["ppo_max_kl"] == 2.0
+    assert ppo["ppo_reference_version"] == "v2"
     assert ppo["ppo_reference"].endswith("v2/policy") and ppo["ppo_start"].endswith("v2/policy")
     steps = [json.loads(x) for x in (ws.version_dir(3) / "ppo_log.jsonl").read_text().splitlines()]
-    assert len(steps) == 2 and all("kl" in s and "score" in s and "response_length" in s for s in steps)
+    assert len(steps) == 2 and all({"kl", "score", "response_length", "refusal_rate"} <= set(s) for s in steps)
+    v3_eval = json.loads((ws.version_dir(3) / "eval" / "metrics.json").read_text())
+    assert [s["kl"] for s in v3_eval["ppo"]["steps"]] == [s["kl"] for s in steps]
+    assert "## PPO, step by step" in (ws.version_dir(3) / "eval" / "report.md").read_text()
+    _gold_never_scored_before_selection(ws)
     assert (ws.version_dir(3) / "policy" / "adapter_config.json").is_file() or \
         (ws.version_dir(3) / "policy" / "model.safetensors").is_file()
 
     # resume: everything is finished, so a second run does no work and changes nothing
     again = run_real_demo(tmp_path / "ws", "mini", SHARED_DATA, print_line=lambda m: None)
     assert again["stage_seconds"] == result["stage_seconds"]
+
+
+def _gold_never_scored_before_selection(ws) -> None:
+    """The gold helpfulness RM (reward_models.gold) is no round's RM; in each rs round it scored only after
+    best-of-K had chosen (its scores name the digest of that choice and live apart from what selection read);
+    every version's eval shows proxy vs gold on the held-out helpful prompts."""
+    from saferounds.core.records import GOLD_RM_KIND
+    from saferounds.pipeline.stages.rs import selection_digest
+
+    gold_rm = ws.rm_dir(GOLD_RM_KIND, 1)
+    assert (gold_rm / "manifest.json").is_file() and ws.manifest(1)["metrics"]["rm"][GOLD_RM_KIND]["heldout_n"] >= 1
+    assert all(GOLD_RM_KIND not in str(p) for p in ws.rm_paths().values())
+    for n in (1, 2):
+        d = ws.version_dir(n)
+        selected = [json.loads(x) for x in (d / "selected.jsonl").read_text().splitlines()]
+        samples = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
+        gold = json.loads((d / "selection_gold.json").read_text())
+        assert gold["gold_rm"] == str(gold_rm) and gold["scored_after_selection"] == selection_digest(selected)
+        assert gold["scored"] and not any("gold" in k for row in samples + selected for k in row)
+        audit = ws.manifest(n)["metrics"]["rs"]["selection_audit"]["helpful"]
+        assert audit["all"]["gold_score_mean"] is not None and audit["selected"]["gold_score_mean"] is not None
+    for n in (1, 2, 3):
+        block = json.loads((ws.version_dir(n) / "eval" / "metrics.json").read_text())["gold"]
+        assert block["gold_rm"] == str(gold_rm) and "gold_win_rate_vs_v0" in block["versions"][f"v{n}"]
+        assert block["versions"]["v0"]["n"] == block["versions"][f"v{n}"]["n"] >= 1
+
