@@ -41,6 +41,7 @@ def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] |
          verbose: bool) -> None:
     from saferounds.core.versions import parse_version
     from saferounds.pipeline.config import CONFIG_NAME, load_config
+    from saferounds.core.tracking import tracking
     from saferounds.pipeline.stages import StageContext
     from saferounds.pipeline.stages.ppo import run
 
@@ -68,7 +69,7 @@ def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] |
     ctx = StageContext(workspace=ws, config=cfg, version=(latest or 0) + 1, dir=out, parent_policy=start,
                        rm_paths=rm_paths, prior_versions=[], log=logging.getLogger("saferounds.ppo"),
                        progress=log_message)
-    with live(out / "logs" / "stage.log", verbose):
+    with live(out / "logs" / "stage.log", verbose), tracking(cfg.tracking.report_to, ws.root):
         metrics = run(ctx)
     if json:
         print_json({"out": str(out), "policy": str(out / "ppo_policy"), **metrics})

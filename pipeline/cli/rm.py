@@ -37,6 +37,7 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
           max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (smoke runs).")] = None,
           workspace: WorkspaceOpt = None, json: JsonOpt = False, verbose: VerboseOpt = False):
     """Train a reward model into reward_models/{kind}/vN (default N: the next round's version)."""
+    from saferounds.core.tracking import tracking
     from saferounds.core.versions import parse_version
     from saferounds.pipeline.stages.rm import load_rm_records, train_kind
 
@@ -49,7 +50,8 @@ def train(kind: KindOpt, objective: Annotated[Optional[str], typer.Option(
         raise InputError(f"{ws.rm_dir(kind, n)}: already trained; pass --version for another, or remove it")
     records = load_rm_records(ws, files=data)  # validates before anything is written
     work = ws.rm_partial_dir(kind, n).with_name(f".v{n}.work")  # checkpoints: a rerun resumes from them
-    with locked(ws), live(ws.root / "logs" / "saferounds.log", verbose):
+    with locked(ws), live(ws.root / "logs" / "saferounds.log", verbose), \
+            tracking(ws.config.tracking.report_to, ws.root):
         metrics = train_kind(ws, kind, n, records, work, logging.getLogger("saferounds.rm"), objective, max_steps)
     run_on_main(shutil.rmtree, work, ignore_errors=True)
     if json:
