@@ -6,6 +6,12 @@ same length-sorted batches, same K, temperature, top-p, max_new_tokens, torch th
   ours-fp32  sampling.generate.generate_samples on the fp32 model (the sampler's own changes only: one
              prefill per prompt for its K samples, the top-k-first nucleus, the one-hot pick)
   ours-int8  generate_samples on the model prepared by `model.generation_quantize: int8`
+  ours-eval  (--greedy) eval.generate.generate, the eval stage's greedy path, on the same batches
+  llamacpp   llama.cpp compiled here (bench/llamacpp_ref.py, run with --llamacpp-python), same prompt tokens,
+             batches, K, new tokens and greedy/sampling settings, in its own process (its own CPU clock)
+  llamacpp-node  the earlier prebuilt node-llama-cpp reference (bench/llamacpp_node.mjs)
+--greedy: every side decodes greedily (the eval stage's setting; K must be 1); `plain` is then
+`model.generate(do_sample=False)` and the sides' tokens are compared (the share identical to plain's).
 Sides other than ours-fp32 that use the seeded sampler get the same seeds, so the share of their samples
 that are the same token sequences as ours-fp32's is reported too.
 Tokens/s counts generated tokens up to and including EOS, per second of the process's CPU time (one
@@ -53,10 +59,11 @@ def plain_side(model, tok, prompts, batches, a, eos_ids) -> list[dict]:
     for batch in batches:
         enc = tok([format_prompt(tok, prompts[i]["messages"]) for i in batch], return_tensors="pt", padding=True,
                   add_special_tokens=False)
+        sampling = dict(do_sample=False, temperature=None, top_p=None) if a.greedy else \
+            dict(do_sample=True, temperature=a.temperature, top_p=a.top_p)
         with torch.inference_mode():
-            gen = model.generate(**enc, do_sample=True, temperature=a.temperature, top_p=a.top_p, top_k=None,
-                                 num_return_sequences=a.k, max_new_tokens=a.max_new_tokens,
-                                 eos_token_id=eos_ids, pad_token_id=tok.pad_token_id)
+            gen = model.generate(**enc, **sampling, top_k=None, num_return_sequences=a.k,
+                                 max_new_tokens=a.max_new_tokens, eos_token_id=eos_ids, pad_token_id=tok.pad_token_id)
         for row, tokens in enumerate(gen[:, enc["input_ids"].shape[1]:].tolist()):
             end = next((t for t, x in enumerate(tokens) if x in eos_ids), None)
             body = tokens if end is None else tokens[:end]
@@ -98,6 +105,39 @@ def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0)
     return diffs[int(0.025 * n)], diffs[int(0.975 * n)]
 
 
+def eval_side(model, tok, prompts, batches, a, eos_ids) -> list[dict]:
+    """The eval stage's greedy path (eval.generate.generate) on the same batches; tokens re-counted from the ids."""
+    from saferounds.eval.generate import generate
+
+    out = []
+    for batch in batches:
+        texts = generate(model, tok, [prompts[i]["messages"] for i in batch], max_new_tokens=a.max_new_tokens,
+                         batch_size=len(batch))
+        for i, t in zip(batch, texts):
+            n = min(len(tok(t, add_special_tokens=False)["input_ids"]) + 1, a.max_new_tokens)
+            out.append({"prompt_id": prompts[i]["id"], "messages": prompts[i]["messages"], "response": t,
+                        "num_tokens": n, "finish_reason": "eos" if n < a.max_new_tokens else "length"})
+    return out
+
+
+def llamacpp_py_side(tok, prompts, batches, a) -> dict:
+    """bench/llamacpp_ref.py in the llama.cpp venv: the same prompt tokens in the same batches."""
+    import subprocess
+    import tempfile
+
+    from saferounds.sampling.generate import format_prompt
+
+    groups = [[tok(format_prompt(tok, prompts[i]["messages"]), add_special_tokens=False)["input_ids"] for i in b]
+              for b in batches]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"groups": groups, "k": a.k, "max_new_tokens": a.max_new_tokens, "greedy": a.greedy,
+                   "temperature": a.temperature, "top_p": a.top_p, "threads": a.threads}, f)
+    out = subprocess.run([str(a.llamacpp_python), str(ROOT / "bench" / "llamacpp_ref.py"), f.name], check=True,
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(a.threads)))
+    os.unlink(f.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def llamacpp_side(tok, prompts, a) -> dict:
     """bench/llamacpp_node.mjs on the same prompts (same chat template text), K, max_new_tokens, temperature,
     top-p and threads, with as many sequences decoded together as our batches have rows."""
@@ -131,6 +171,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sides", default="plain,ours-fp32,ours-int8")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--greedy", action="store_true", help="greedy decoding on every side (eval's setting, K = 1)")
+    ap.add_argument("--llamacpp-python", type=Path, default=Path("/tmp/llamacpp-venv/bin/python"),
+                    help="the interpreter with llama-cpp-python, for the `llamacpp` side (bench/llamacpp_ref.py)")
     ap.add_argument("--node-modules", type=Path, default=Path("/work/.bench-node-llamacpp/node_modules"),
                     help="node-llama-cpp's install, for the `llamacpp` side (bench/llamacpp_node.mjs)")
     a = ap.parse_args()
@@ -159,8 +202,9 @@ def main() -> None:
     for r in range(a.rounds):
         for side in (sides if r % 2 == 0 else sides[::-1]):
             load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
-            if side == "llamacpp":  # llama.cpp on the GGUF itself, in its own process: its own CPU clock
-                got = llamacpp_side(tok, prompts, a)
+            if side.startswith("llamacpp"):  # llama.cpp on the GGUF itself, in its own process: its own CPU clock
+                got = llamacpp_side(tok, prompts, a) if side == "llamacpp-node" else \
+                    llamacpp_py_side(tok, prompts, batches, a)
                 runs[side].append({"round": r, "seconds": got["wall_s"], "cpu_seconds": got["cpu_s"],
                                    "tokens": got["generated_tokens"], "tok_s": got["tok_per_wall_s"],
                                    "tok_per_cpu_s": got["tok_per_cpu_s"], "load1": round(load0, 2)})
@@ -169,6 +213,8 @@ def main() -> None:
             if side == "plain":
                 torch.manual_seed(r)
                 out = plain_side(fp32, tok, prompts, batches, a, eos_ids)
+            elif side == "ours-eval":
+                out = eval_side(fp32, tok, prompts, batches, a, eos_ids)
             else:
                 out = generate_samples(prepared[side], tok, prompts, k=a.k,
                                        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
@@ -184,7 +230,7 @@ def main() -> None:
     tps = {s: statistics.median(x["tok_per_cpu_s"] for x in runs[s]) for s in sides}
     wall = {s: statistics.median(x["tok_s"] for x in runs[s]) for s in sides}
     quality = {}
-    for side in [s for s in sides if s != "llamacpp"]:  # llama.cpp samples its own Q4_1 weights: a speed limit only
+    for side in [s for s in sides if not s.startswith("llamacpp")]:  # llama.cpp samples its own Q4_1 weights: a speed limit only
         lp = mean_logprobs(fp32, tok, samples[side])
         quality[side] = {"mean_logprob": round(statistics.fmean(lp), 4), "std": round(statistics.stdev(lp), 4),
                          "eos_share": round(sum(x["finish_reason"] == "eos" for x in samples[side]) / len(lp), 3),
@@ -196,6 +242,11 @@ def main() -> None:
         quality[side]["diff_vs_" + base + "_ci95"] = [round(lo, 4), round(hi, 4)]
     for q in quality.values():
         q.pop("_lp")
+    if a.greedy and "plain" in samples:  # greedy: the same tokens as plain generate?
+        ref = {x["prompt_id"]: x["response"].strip() for x in samples["plain"]}
+        for side in [s for s in quality if s != "plain"]:
+            same = [ref.get(x["prompt_id"]) == x["response"].strip() for x in samples[side]]
+            quality[side]["identical_to_plain"] = round(sum(same) / len(same), 3)
     if "ours-fp32" in samples:  # same seeds, same sampler: a quality-keeping model draws the same tokens
         ref = {(x["prompt_id"], x["sample_index"]): x["response"] for x in samples["ours-fp32"]}
         for side in [s for s in quality if s.startswith("ours-") and s != "ours-fp32"]:
