@@ -115,6 +115,16 @@ def rm_accuracy_rows(m: dict) -> tuple[list[str], list[list[str]]]:
             "avg"], rows
 
 
+def rm_accuracy_section(m: dict) -> Section:
+    """The RM table, and a line saying so when no held-out pair has a rating level (Table 8 needs them)."""
+    head, rows = rm_accuracy_rows(m)
+    levels = () if any(c.replace("_", " ") in head for c in RATING_COLUMNS) else (Paragraph((
+        "No held-out pair has a rating level (HH-RLHF and Do-Not-Answer have none), so Table 8's columns "
+        "are left out.",)),)
+    return Section("Reward-model accuracy on held-out pairs, by origin and by rating (LLaMA 2 Table 8)",
+                   (table(head, rows), *levels))
+
+
 def table(head, rows) -> Table:
     return Table(tuple(head), tuple(tuple(r) for r in rows))
 
@@ -255,8 +265,7 @@ def metric_sections(m: dict, examples: dict, trend: list[dict], plots: dict[str,
                                         [[k, v["n"], pct(v["violation"]), pct(v["false_refusal"])]
                                          for k, v in m["suites"].items()]),)))
     if m.get("rm_accuracy"):
-        out.append(Section("Reward-model accuracy on held-out pairs, by origin and by rating (LLaMA 2 Table 8)",
-                           (table(*rm_accuracy_rows(m)),)))
+        out.append(rm_accuracy_section(m))
     if trend:
         out.append(Section("Trend over versions", (table(*trend_rows(trend)),)))
     return out + plots_section(plots) + examples_sections(examples, n_chars)

@@ -33,3 +33,16 @@ def test_report_rm_table_shows_intervals_by_origin_and_no_empty_rating_columns(t
     head, rows = rm_accuracy_rows({"rm_accuracy": acc})
     assert head == ["reward model", "do_not_answer", "hh_harmless", "hh_helpful", "better", "avg"]
     assert rows[1] == ["helpfulness", "–", "–", *["90.0% [59.6, 98.2] (n=10)"] * 3]
+
+
+def test_report_says_when_no_pair_has_a_rating_level():
+    from saferounds.core.maths import rate_with_ci
+    from saferounds.eval.render import to_markdown
+    from saferounds.eval.report_sections import rm_accuracy_section
+
+    unrated = {"rm_accuracy": {"safety": {"origin:hh_harmless": rate_with_ci(240, 400), "avg": rate_with_ci(240, 400)}}}
+    md = to_markdown([rm_accuracy_section(unrated)])
+    assert "60.0% [55.1, 64.7] (n=400)" in md and "have none" in md
+    rated = {"rm_accuracy": {"helpfulness": {"better": rate_with_ci(9, 10), "avg": rate_with_ci(9, 10)}}}
+    md = to_markdown([rm_accuracy_section(rated)])
+    assert "| reward model | better | avg |" in md and "have none" not in md
