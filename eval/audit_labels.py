@@ -3,11 +3,13 @@ corrected rates are computed from them wherever they are shown (`saferounds audi
 
     reports/vN/audit/sample.jsonl   the answers drawn for labelling (eval.audit.audit_sample), label fields empty
     reports/vN/audit/labels.jsonl   one label per answer id: refusal, harmful (booleans), off_topic, note
+                                    (+ annotator, ts when labelled on `audit vN --serve`'s page, eval.audit_server)
 
 Labels come from a file (CSV, JSONL or JSON rows with `id`, `refusal`, `harmful`; the rules are
 shared/LABELLING.md) made by people or by an LLM judge elsewhere. A label file with any bad row is refused
 whole, naming file, line and field; nothing is written then. A second import replaces the labels of the ids
-it names and keeps the others.
+it names and keeps the others; it holds the lock the page's server appends under (reports/vN/audit/.lock), so
+no label saved on the page meanwhile is lost.
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from typing import Mapping, Sequence
 from saferounds.core.errors import InputError, RowErrors, rows_by_id
 from saferounds.core.io import read_rows, write_jsonl
 from saferounds.eval.audit import QUESTIONS, audit_accuracy, audit_sample, corrected_rates
+from saferounds.reward_models.feedback.annotate_server import JudgementStore
 
 TRUE, FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
+LABELS_FILE, LOCK_FILE = "labels.jsonl", ".lock"  # in audit_dir
 
 
 def audit_dir(root: Path, version: int) -> Path:
@@ -70,16 +74,22 @@ def write_sample(root: Path, version: int, records: Sequence[Mapping], n: int, s
     return path
 
 
+def label_store(root: Path, version: int) -> JudgementStore:
+    """The version's labels.jsonl as an append-only store under the audit directory's lock (the page's server)."""
+    return JudgementStore(audit_dir(root, version), {"labels": LABELS_FILE}, LOCK_FILE)
+
+
 def load_labels(root: Path, version: int) -> dict[str, dict]:
-    path = audit_dir(root, version) / "labels.jsonl"
+    path = audit_dir(root, version) / LABELS_FILE
     return {} if not path.exists() else {r["id"]: r for _, r in read_rows(path)}
 
 
 def import_labels(root: Path, version: int, records: Sequence[Mapping], path: Path) -> dict:
     """Merge a label file into the version's labels; returns the judges against all of them (`summarise`)."""
     new = read_labels(Path(path), {r["id"] for r in records})
-    labels = {**load_labels(root, version), **new}
-    write_jsonl(audit_dir(root, version) / "labels.jsonl", [labels[k] for k in sorted(labels)])
+    with label_store(root, version).locked():  # the page's server appends under this lock
+        labels = {**load_labels(root, version), **new}
+        write_jsonl(audit_dir(root, version) / LABELS_FILE, [labels[k] for k in sorted(labels)])
     return summarise(records, labels)
 
 

@@ -3,6 +3,8 @@
     saferounds audit v1               draw the sample to label (reports/v1/audit/sample.jsonl)
     saferounds audit v1 --labels F    import labels (CSV/JSONL: id, refusal, harmful), then print each judge's
                                       agreement, sensitivity and specificity and the corrected rates
+    saferounds audit v1 --serve       label the sample on a local page (eval.audit_server; the sample is drawn
+                                      first if there is none), each label appended to reports/v1/audit/labels.jsonl
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import typer
 
 from saferounds.core.errors import InputError
 from saferounds.core.io import read_json
-from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, locked, open_workspace, print_json, table
+from saferounds.pipeline.cli.common import (
+    JsonOpt, WorkspaceOpt, console, err_console, locked, open_workspace, print_json, table)
 
 
 def register(app: typer.Typer) -> None:
@@ -53,18 +56,34 @@ def audit(version: Annotated[str, typer.Argument(help="The version whose eval an
           labels: Annotated[Optional[Path], typer.Option(
               "--labels", help="Labels to import: CSV/JSONL/JSON rows with id, refusal, harmful (true/false).")] = None,
           seed: Annotated[int, typer.Option(help="Seed of the stratified draw.")] = 0,
+          serve: Annotated[bool, typer.Option(
+              "--serve", help="Label the sample on a local page (one answer at a time: refused? harmful?); "
+                              "draws it first if reports/vN/audit/sample.jsonl is missing.")] = False,
+          host: Annotated[str, typer.Option(help="With --serve: the address to bind; keep 127.0.0.1 unless you "
+                                                 "mean others to reach it.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="With --serve: the port (0: any free one).")] = 8766,
+          annotator: Annotated[Optional[str], typer.Option(help="With --serve: who is labelling.")] = None,
+          allow_host: Annotated[Optional[list[str]], typer.Option(
+              "--allow-host", help="With --serve: another name the page may be reached by; repeatable.")] = None,
           workspace: WorkspaceOpt = None, json: JsonOpt = False):
-    """Measure the eval judges on this version's answers: draw a sample to label, or import labels and print
-    the judges' accuracy and the corrected violation and false-refusal rates."""
+    """Measure the eval judges on this version's answers: draw a sample to label, label it on a local page
+    (--serve), or import labels and print the judges' accuracy and the corrected violation and false-refusal
+    rates."""
     from saferounds.core.versions import parse_version
     from saferounds.eval import audit_labels
 
     if n <= 0:
         raise InputError(f"--n: must be a positive number of answers, got {n}")
+    if serve and labels is not None:
+        raise InputError("--serve and --labels: choose one (label on the page, or import a file)")
+    if serve and not 0 <= port <= 65535:
+        raise InputError(f"--port {port}: expected 0-65535 (0: any free one)")
     ws = open_workspace(workspace)
     v = parse_version(version)
     ws.policy_path(v)  # InputError naming the finished versions
     records = _eval_records(ws, v)
+    if serve:
+        return _serve(ws, v, records, n, seed, host, port, annotator, tuple(allow_host or ()))
     with locked(ws):
         if labels is None:
             path = audit_labels.write_sample(ws.root, v, records, n, seed)
@@ -78,3 +97,33 @@ def audit(version: Annotated[str, typer.Argument(help="The version whose eval an
         console.print(f"{out['answers']} answers to label: {out['sample']}\n{out['next']}")
     else:
         _print(out)
+
+
+def _serve(ws, v: int, records: list[dict], n: int, seed: int, host: str, port: int, annotator, allow_hosts) -> None:
+    """`audit vN --serve`: the sample (drawn if missing), then the page until Ctrl+C."""
+    import getpass
+
+    from rich.markup import escape
+
+    from saferounds.eval import audit_labels
+    from saferounds.eval.audit_server import SAMPLE_FILE, make_audit_server
+
+    sample = audit_labels.audit_dir(ws.root, v) / SAMPLE_FILE
+    if not sample.exists():
+        with locked(ws):
+            audit_labels.write_sample(ws.root, v, records, n, seed)
+    server = make_audit_server(ws.root, v, annotator or getpass.getuser() or "annotator", host=host, port=port,
+                               allow_hosts=allow_hosts)
+    print(server.url, flush=True)  # first line of stdout: scripts read it
+    if server.warning():
+        err_console.print(f"[yellow]warning:[/] {escape(server.warning())}", soft_wrap=True)
+    state = server.session.state(server.session.annotator)
+    err_console.print(f"auditing v{v}: {state['labelled']} of {state['total']} answers of {sample} labelled\n"
+                      f"labels go to {sample.with_name(audit_labels.LABELS_FILE)} the moment they are saved; "
+                      "Ctrl+C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

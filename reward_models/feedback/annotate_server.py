@@ -49,6 +49,7 @@ SKIPPED_FILE = "annotations/skipped.jsonl"
 LOCK_FILE = "annotations/.lock"
 LEVELS = RATINGS[:4]  # LLaMA 2's four levels, strongest first ("negligibly_better" also means unsure)
 PAGE = Path(__file__).with_name("annotate_page.html")
+AUDIT_PAGE = Path(__file__).with_name("audit_page.html")  # `audit vN --serve` (eval.audit_server); in the wheel
 MAX_BODY = 1 << 20
 _LENGTH_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits only (int() also takes "١٢", "+1", " 1_0")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -108,22 +109,26 @@ def _group_key(row: dict) -> str:
 
 
 class JudgementStore:
-    """The two append-only files, shared by every server process on the workspace.
+    """Append-only JSONL files (by default annotate's two), shared by every server process on the workspace.
 
-    Each process keeps what it has read of both files (rows + byte offset) and reads what others
-    appended whenever it takes the lock."""
+    Each process keeps what it has read of each file (rows + byte offset) and reads what others appended
+    whenever it takes the lock; a file replaced whole (another inode, or shorter than what was read) is
+    read again from the start."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, files: dict[str, str] | None = None, lock: str = LOCK_FILE):
         self.root = Path(root)
-        self.files = {"rankings": self.root / RANKINGS_FILE, "skipped": self.root / SKIPPED_FILE}
+        files = files or {"rankings": RANKINGS_FILE, "skipped": SKIPPED_FILE}
+        self.files = {kind: self.root / rel for kind, rel in files.items()}
+        self.lock_path = self.root / lock
         self.rows: dict[str, list[dict]] = {k: [] for k in self.files}
         self._offset = {k: 0 for k in self.files}
+        self._inode: dict[str, int | None] = {k: None for k in self.files}
         self._mutex = threading.Lock()
 
     @contextlib.contextmanager
     def locked(self):
         """Threads of this process and other processes, one at a time; the files read up to date."""
-        lock = self.root / LOCK_FILE
+        lock = self.lock_path
         lock.parent.mkdir(parents=True, exist_ok=True)
         with self._mutex:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -140,6 +145,9 @@ class JudgementStore:
         if not path.exists():
             return
         with open(path, "r+b") as f:
+            st = os.fstat(f.fileno())
+            if st.st_ino != self._inode[kind] or st.st_size < self._offset[kind]:  # new or replaced whole
+                self._inode[kind], self._offset[kind], self.rows[kind] = st.st_ino, 0, []
             f.seek(self._offset[kind])
             data = f.read()
             end = data.rfind(b"\n") + 1
@@ -173,6 +181,7 @@ class JudgementStore:
                 os.close(dfd)
         self.rows[kind].append(row)
         self._offset[kind] += len(blob)
+        self._inode[kind] = os.stat(path).st_ino
 
 
 class AnnotationSession:
@@ -192,6 +201,23 @@ class AnnotationSession:
                 if r.get("version") == self.version and r.get("annotator") == annotator:
                     done[str(r.get("id"))] = "ranked" if kind == "rankings" else r.get("action", "skipped")
         return done
+
+    def get(self, path: str, query: dict, annotator: str):
+        """The JSON answer to GET `path`, or None (404)."""
+        if path == "/api/state":
+            return self.state(annotator)
+        if path == "/api/item":
+            index = (query.get("index") or [None])[0]
+            if index is None:
+                index = self.state(annotator)["next"]
+                if index is None:
+                    return {"done": True}
+            return self.item(int(index), annotator)
+        return None
+
+    def post_action(self, path: str):
+        """What POST `path` calls with the request's JSON body, or None (404, the body unread)."""
+        return {"/api/judgement": self.judge, "/api/skip": self.skip}.get(path)
 
     def state(self, annotator: str) -> dict:
         annotator = check_name(annotator)
@@ -292,8 +318,10 @@ class AnnotateServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # the listen backlog: socketserver's 5 reset simultaneous POSTs of a team
 
-    def __init__(self, session: AnnotationSession, host: str, port: int, token: str | None = None,
-                 allow_hosts: tuple[str, ...] = ()):
+    def __init__(self, session, host: str, port: int, token: str | None = None,
+                 allow_hosts: tuple[str, ...] = (), page: Path = PAGE):
+        """`session`: an AnnotationSession, or any object with `annotator`, `get(path, query, annotator)`
+        and `post_action(path)` (eval.audit_server's audit mode)."""
         self.session = session
         self.token = token or secrets.token_urlsafe(24)
         super().__init__((host, port), _Handler)
@@ -303,7 +331,7 @@ class AnnotateServer(ThreadingHTTPServer):
         self.allowed_hosts = {f"{n}:{self.port}" for n in self.host_names}
         if self.port == 80:  # browsers leave the default port out of Host
             self.allowed_hosts |= self.host_names
-        self.page = PAGE.read_text(encoding="utf-8")
+        self.page = Path(page).read_text(encoding="utf-8")
 
     @property
     def url(self) -> str:
@@ -409,17 +437,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if method == "GET" and url.path in ("/", "/index.html"):
                 return self._page()
-            if method == "GET" and url.path == "/api/state":
-                return self._json(200, session.state(annotator))
-            if method == "GET" and url.path == "/api/item":
-                index = (query.get("index") or [None])[0]
-                if index is None:
-                    index = session.state(annotator)["next"]
-                    if index is None:
-                        return self._json(200, {"done": True})
-                return self._json(200, session.item(int(index), annotator))
-            if method == "POST" and url.path in ("/api/judgement", "/api/skip"):
-                act = session.judge if url.path == "/api/judgement" else session.skip
+            if method == "GET" and (answer := session.get(url.path, query, annotator)) is not None:
+                return self._json(200, answer)
+            if method == "POST" and (act := session.post_action(url.path)) is not None:
                 return self._json(200, act(self._body()))
             return self._json(404, {"error": f"no {method} {url.path}"})
         except HTTPRefused as e:
@@ -498,8 +518,14 @@ def make_server(root: Path, version: int, samples: Path, annotator: str, host: s
         session = AnnotationSession(Path(root), version, samples, annotator)
     except ValueError as e:
         raise InputError(f"--annotator: {e}") from None
+    return bind(session, host, port, token, allow_hosts)
+
+
+def bind(session, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+         allow_hosts: tuple[str, ...] = (), page: Path = PAGE) -> AnnotateServer:
+    """An AnnotateServer for `session` on host:port; a port taken or out of range is an InputError."""
     try:
-        return AnnotateServer(session, host, port, token, tuple(allow_hosts))
+        return AnnotateServer(session, host, port, token, tuple(allow_hosts), page)
     except OverflowError:  # a port outside 0-65535
         raise InputError(f"--port {port}: expected 0-65535 (0: any free one)") from None
     except OSError as e:  # port taken, address not on this machine
