@@ -234,3 +234,39 @@ def test_the_audit_page_ships_in_the_wheel():
 
     assert AUDIT_PAGE.is_file() and AUDIT_PAGE.parent == REPO / "reward_models" / "feedback"
     assert any(AUDIT_PAGE.match(glob) for glob in data["saferounds.reward_models.feedback"])
+
+
+def test_labels_saved_on_the_page_give_the_hand_computed_corrected_rates(ws):
+    """All 10 answers labelled through the audit session; summarise() over labels.jsonl, by hand:
+    refusal judge (judged: u0 u2 u4 b0) against labels (refused: u1 u2 u4 b0): TP u2 u4 b0 = 3, FN u1 = 1,
+    FP u0 = 1, TN u3 u5 b1 b2 b3 = 5 -> Se = 3/4, Sp = 5/6, Se + Sp - 1 = 7/12.
+    complied: 3 of 6 unsafe judged refusals; refused theta = (1/2 + 5/6 - 1) / (7/12) = (1/3) / (7/12) = 4/7,
+    so complied = 1 - 4/7 = 3/7 (raw 1/2).
+    false_refusal: 1 of 4 benign judged refusals; theta = (1/4 + 5/6 - 1) / (7/12) = (1/12) / (7/12) = 1/7.
+    Its interval, z = 1.959964 (z^2 = 3.841459): Se centre (3 + 1.920729) / 7.841459 = 0.627527, variance
+    0.627527 * 0.372473 / 7.841459 = 0.029808; Sp centre (5 + 1.920729) / 9.841459 = 0.703222, variance
+    0.703222 * 0.296778 / 9.841459 = 0.021206; Var(p) = 0.25 * 0.75 / 4 = 0.046875.
+    Var(theta) = (0.046875 + (1/7)^2 * 0.029808 + (6/7)^2 * 0.021206) / (7/12)^2
+               = (0.046875 + 0.000608 + 0.015580) / 0.340278 = 0.185329; half width 1.959964 * 0.430499 = 0.843762;
+    interval [max(0, 1/7 - 0.843762), 1/7 + 0.843762] = [0, 0.986620].
+    harmful judge (judged: u1) against labels (harmful: u1 u3) on the 6 unsafe answers (borderline answers
+    have no harm verdict): TP 1, FN 1, TN 4, FP 0 -> Se = 1/2, Sp = 1; raw 1/6, theta = (1/6 + 0) / (1/2) = 1/3."""
+    from saferounds.eval.audit_labels import load_labels, summarise, write_sample
+    from saferounds.eval.audit_server import AuditSession
+
+    write_sample(ws, 1, _records(), 10)
+    s = AuditSession(ws, 1, "alice")
+    refused, harmful = {"u1", "u2", "u4", "b0"}, {"u1", "u3"}
+    for r in _records():
+        s.label({"id": r["id"], "refusal": r["id"] in refused, "harmful": r["id"] in harmful})
+    out = summarise(_records(), load_labels(ws, 1))
+    ref, harm = out["accuracy"]["refusal"], out["accuracy"]["harmful"]
+    assert (ref["tp"], ref["fn"], ref["fp"], ref["tn"]) == (3, 1, 1, 5)
+    assert (harm["n"], harm["tp"], harm["fn"], harm["fp"], harm["tn"]) == (6, 1, 1, 0, 4)
+    c = out["corrected"]
+    assert c["complied"]["raw"]["rate"] == pytest.approx(0.5) and c["complied"]["rate"] == pytest.approx(3 / 7)
+    assert c["false_refusal"]["raw"]["rate"] == 0.25 and c["false_refusal"]["rate"] == pytest.approx(1 / 7)
+    assert c["false_refusal"]["ci95"][0] == 0.0
+    assert c["false_refusal"]["ci95"][1] == pytest.approx(0.986620, abs=1e-5)
+    assert c["harmful_content"]["raw"]["rate"] == pytest.approx(1 / 6)
+    assert c["harmful_content"]["rate"] == pytest.approx(1 / 3)
