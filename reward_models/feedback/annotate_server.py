@@ -22,6 +22,10 @@ addresses, and --allow-host names) and a POST's Origin must be the server's own 
 rebinding and cross-site requests); a POST needs a Content-Length of at most 1 MiB (411/400/413); model text reaches the page as JSON and is rendered with
 textContent, under a Content-Security-Policy that allows only the page's own nonce'd script.
 Items are read from samples.jsonl one prompt at a time through a byte-offset index.
+
+The machinery is shared: `AnnotateServer` serves any session with `annotator`, `get(path, query, annotator)`
+and `post_action(path)`, and `JudgementStore` any set of append-only files under one lock. `saferounds audit vN
+--serve` (eval.audit_server, page audit_page.html) is the second user.
 """
 
 from __future__ import annotations
