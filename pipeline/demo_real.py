@@ -106,12 +106,17 @@ class _TrainerLogs(logging.Handler):
 
     def __init__(self, say: Callable[[str], None]):
         super().__init__(logging.INFO)
-        self.say = say
+        self.say, self.busy = say, False
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if " RM step " in msg:
-            self.say(msg.split(": {")[0] + (f" (loss {m.group(1)})" if (m := re.search(r"'loss': ([0-9.]+)", msg)) else ""))
+        if " RM step " in msg and not self.busy:  # busy: its own line, logged back by the CLI's print_line
+            self.busy = True
+            try:
+                self.say(msg.split(": {")[0] + (f" (loss {m.group(1)})" if (m := re.search(r"'loss': ([0-9.]+)", msg))
+                                                else ""))
+            finally:
+                self.busy = False
 
 
 JUDGED_SIZES = ("full", "quarter")  # sizes whose run trains the learned judges (mini: CI, minutes matter)
@@ -140,10 +145,21 @@ def train_workspace_judges(ws: Workspace, data_root: str | Path | None, say: Cal
             for k, p in saved.items()}
 
 
+def plan_model(model: str, size: str = "full"):
+    """`demo --model ID|PATH|GGUF`: the model resolved, checked (a chat template, a causal LM) and the preset
+    scaled to it (pipeline.demo_model.DemoPlan); InputError (exit 2) before anything is written."""
+    from saferounds.pipeline import demo_model
+
+    if size not in SIZES:
+        raise InputError(f"--size: expected one of {', '.join(SIZES)}, got {size!r}")
+    return demo_model.plan(model, size, SIZES[size], ESTIMATES[size])
+
+
 def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Path | None = None,
-                  print_line: Callable[[str], None] = print, until: int | None = None) -> dict:
+                  print_line: Callable[[str], None] = print, until: int | None = None, model=None) -> dict:
     """Build or resume the smollm2 demo workspace, run v0 and the planned rounds (up to v``until`` when given;
-    a later call without it goes on from there); return the headline."""
+    a later call without it goes on from there); return the headline. ``model``: plan_model's DemoPlan (or its
+    ID|PATH|GGUF): the smollm2 plan on that chat model, its sizes scaled to it, the estimate shown first."""
     from saferounds.pipeline.demo import summary
     from saferounds.pipeline.v0 import run_given
 
@@ -156,12 +172,22 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
     directory = Path(directory)
     started = time.time()
     ws = Workspace(directory)
+    overrides, estimates = SIZES[size], ESTIMATES[size]
+    plan = plan_model(model, size) if isinstance(model, str) else model
+    if plan is not None:
+        overrides, estimates = plan.overrides, plan.estimates
     if not ws.exists():
-        print_line(f"writing the smollm2 preset ({size}) and its data from {data_root} to {directory}")
-        init_workspace(directory, "smollm2", data_size=size, overrides=SIZES[size], data_root=data_root)
+        print_line(f"writing the smollm2 preset ({size}{', for ' + plan.model if plan else ''}) and its data from "
+                   f"{data_root} to {directory}")
+        init_workspace(directory, "smollm2", data_size=size, overrides=overrides, data_root=data_root)
         ws = Workspace(directory)
     judged = size in JUDGED_SIZES
-    progress = Progress(print_line, planned_steps(ws, judged, until), ESTIMATES[size])
+    steps = planned_steps(ws, judged, until)
+    if plan is not None:
+        from saferounds.pipeline.demo_model import estimate_line
+
+        print_line(estimate_line(plan, steps, _clock))
+    progress = Progress(print_line, steps, estimates)
     handler = _TrainerLogs(progress.say)
     log = logging.getLogger("saferounds")
     log.addHandler(handler)
@@ -171,7 +197,7 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
         with ws.lock():
             if 0 not in ws.finished_versions():
                 progress.begin("v0")
-                progress.say("v0: converting the GGUF (once) and taking the model as given")
+                progress.say("v0: the model as given (a GGUF converted once)")
                 run_given(ws)  # the preset's model.v0: given
                 progress.end("v0")
             else:

@@ -12,6 +12,7 @@ generation settings, so the SmolLM2 GGUF's answers here and a demo workspace's v
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -103,10 +104,10 @@ def loader(cfg, reports: set[Path]) -> Callable[[Path], tuple]:
 
 
 def default_models_dir() -> Path:
-    """Where an outside .gguf is converted once: beside the answer cache (~/.cache/saferounds/models)."""
-    from saferounds.eval.answer_cache import cache_root
-
-    return (cache_root() or Path.home() / ".cache" / "saferounds" / "answers").parent / "models"
+    """Where an outside .gguf is converted once per machine: $SAFEROUNDS_HOME/models, else
+    ~/.cache/saferounds/models."""
+    home = os.environ.get("SAFEROUNDS_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "saferounds") / "models"
 
 
 @dataclass

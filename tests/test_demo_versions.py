@@ -27,6 +27,8 @@ def test_every_version_from_the_newest_eval_that_judged_it():
     assert cells[3][:2] == ["v3", f"20.0% [{100 * lo:.1f}, {100 * hi:.1f}]"]
     assert cells[3][5] == "55.0% [40.0, 70.0]" and cells[0][5] == ""
     assert cells[1][3] == "0.0% [0.0, 43.4]"  # 0 of 5 helpful prompts refused: Wilson upper bound 43.4%
+    rows[1]["false_refusal_helpful"] = rate_with_ci(0, 0)
+    assert version_table(rows)[1][3] == "n/a"  # no prompt of that role: no rate, not "0.0% [0.0, 100.0]"
 
 
 def test_a_version_no_eval_judged_is_left_out():

