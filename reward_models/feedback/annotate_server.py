@@ -420,7 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
             return f"Host {host!r} is not this server"
         token = self.headers.get("X-Annotate-Token") or (query.get("token") or [""])[0]
         if not hmac.compare_digest(token.encode(), self.server.token.encode()):
-            return "missing or wrong token (use the URL printed by `saferounds annotate serve`)"
+            return "missing or wrong token (use the URL the server printed when it started)"
         origin = self.headers.get("Origin")
         if origin is not None and origin != f"http://{host}":
             return f"Origin {origin!r} is not this server"
