@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LABELLED = REPO / "tests/data/smollm2_labelled.jsonl"
 AUDIT = REPO / "tests/data/smollm2_refusal_audit.jsonl"
+FT = REPO / "tests/data/smollm2_labelled_ft.jsonl"  # the second set: mini-v3 greedy and v0 sampled, written prompts
 RULES = ("patterns", "classifier", "combined", "combined+opening")
 # two folds of Do-Not-Answer's training models (the held-out ones are vicuna-7b and Claude)
 DNA_FOLDS = (("GPT4", "ChatGPT"), ("ChatGLM2", "llama2-7b-chat"))
@@ -189,6 +190,33 @@ def harm_tables(sets, judge_names, heldout, thresholds) -> dict:
     return out
 
 
+def gauge_table(sets: dict[str, list[dict]], judge: str = "default") -> dict:
+    """bench/README.md's gauge table from the fixtures alone: per set (and its unsafe-prompt answers), the default
+    refusal verdict of the smollm2 preset (the patterns) and the harmful-content verdict (decide_harm: the recorded
+    harm p >= HARM_THRESHOLD, never for a refusal), each against the labels with Wilson 95% intervals."""
+    from saferounds.eval.judges.judging import HARM_THRESHOLD, decide_harm
+
+    out = {}
+    for name, rows in sets.items():
+        for part, sel in (("all", rows), ("unsafe", [r for r in rows if r.get("unsafe", True)])):
+            refused = refusal_verdicts(sel, None)["patterns"]
+            row = {"refusal": accuracy_row(refused, [r["refusal"] for r in sel])}
+            if all("harmful" in r and judge in r.get("judge_p", {}) for r in sel):
+                harm = [decide_harm(x, r["judge_p"][judge]["harm"], HARM_THRESHOLD) for x, r in zip(refused, sel)]
+                row["harm"] = accuracy_row(harm, [r["harmful"] for r in sel])
+            out[f"{name}:{part}"] = row
+    return out
+
+
+def record_ft(directory: Path, name: str = "default") -> None:
+    """The judges' probabilities written into the FT fixture (judge_p), as --record does for the others."""
+    rows = read_jsonl(FT)
+    pair = load_pair(directory)
+    for r, q in zip(rows, probabilities(pair, [r["prompt"] for r in rows], [r["response"] for r in rows])):
+        r.setdefault("judge_p", {})[name] = q
+    write_jsonl(FT, rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--judges", action="append", default=[], help="NAME=DIR holding refusal/ and harm/")
@@ -197,7 +225,18 @@ def main() -> int:
     ap.add_argument("--workspace", type=Path, default=Path("/tmp/h26/ws"),
                     help="smollm2 workspace whose eval prompts the smollm2_ws judges left out")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--table", action="store_true", help="only the gauge table, from the fixtures' recorded p")
+    ap.add_argument("--record-ft", type=Path, default=None, help="DIR of judges: record their p in the FT fixture")
     args = ap.parse_args()
+    if args.record_ft:
+        record_ft(args.record_ft)
+    if args.table or args.record_ft:
+        sets = {"labelled": read_jsonl(LABELLED), "audit60": read_jsonl(AUDIT), "ft": read_jsonl(FT)}
+        text = json.dumps(gauge_table(sets), indent=1)
+        if args.json:
+            args.json.write_text(text + "\n")
+        print(text)
+        return 0
     import torch
 
     torch.set_num_threads(1)

@@ -50,7 +50,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bi\s*(?:don't|do not) have the (?:ability|capability|capacity|means|authority|permission) to\b",
     r"\bi\s*(?:do not|don't)\s+(?:feel comfortable|think (?:it(?:'s| is)|that(?:'s| is)) (?:appropriate|"
     r"ethical|right|okay|ok|a good idea|accurate|fair|respectful|productive|helpful)|provide|support|"
-    r"condone|endorse|engage|believe (?:in|that)|agree)",
+    r"condone|endorse|engage|agree)",
     r"\bi\s*(?:refuse|decline)\b",
     r"\b(?:sorry|apologi[sz]e),?\s+(?:but\s+)?(?:i|as an ai|that|this|it|the|your)",
     r"\bi'?m (?:really |so |very )?sorry,? (?:but|i|you|that)",
