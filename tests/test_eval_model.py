@@ -209,3 +209,25 @@ def test_workspace_v0_eval_reuses_the_machine_cache(tiny, tmp_path, cache, monke
     assert len(counting.prompts) == 3
     assert [r["response"] for r in first] == [r["response"] for r in second]
     assert list(cache.glob("*/*.json"))
+
+
+def test_unreachable_hub_id_exits_2_naming_it(tmp_path, cache, monkeypatch, capsys):
+    """A hub id goes through huggingface_hub.snapshot_download (weights, config, tokenizer files only); when that
+    fails (offline, unknown, gated) the error names the id and the way out. The download is replaced here: tests
+    never touch the network."""
+    import huggingface_hub
+
+    asked = []
+
+    def offline(repo_id, allow_patterns=None, **kw):
+        asked.append((repo_id, allow_patterns))
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(json.dumps(SUITE[0]) + "\n")
+    rc, got = _eval_model(["Someone/Chat-1B", "--suite", str(suite), "--out", str(tmp_path / "out")], capsys)
+    assert rc == 2 and "Someone/Chat-1B" in got.err and "local directory" in got.err
+    assert asked[0][0] == "Someone/Chat-1B" and "*.safetensors" in asked[0][1]
+    assert not any(p.endswith((".bin", ".pt")) for p in asked[0][1])
+    assert not (tmp_path / "out").exists()
