@@ -6,6 +6,12 @@
     SAFEROUNDS_HOME=/tmp/h26/home OMP_NUM_THREADS=1 .venv/bin/python bench/judge_smollm2.py \\
         --judges default=/tmp/h26/home/judges --record --json bench/results/judge_smollm2.json
 
+The gauge table of bench/README.md from the fixtures alone (the second set's probabilities recorded first):
+
+    SAFEROUNDS_HOME=/tmp/h26/home OMP_NUM_THREADS=1 .venv/bin/python bench/judge_smollm2.py \\
+        --record-ft /tmp/h26/home/judges --json bench/results/judge_smollm2_gauge.json
+    .venv/bin/python bench/judge_smollm2.py --table
+
 A smollm2 workspace's judges (its eval prompts dropped: `judges train -w WS`) can be added as
 `--judges smollm2_ws=WS/judges --workspace WS`; they were not measured here (time).
 
