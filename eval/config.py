@@ -47,11 +47,13 @@ class EvalConfig:
     (a refusal never is)."""
     use_llm_judge: bool = False
     """Also ask the LLM judge (section `judge`) for safety verdicts and a pairwise win rate."""
-    refusal_judge: Literal["patterns", "classifier", "combined"] = "combined"
+    refusal_judge: Literal["patterns", "classifier", "combined", "llm"] = "combined"
     """Who decides a refusal: ``patterns`` (eval.refusal), ``classifier`` (the learned judge from
     `saferounds judges train`), or ``combined`` (the classifier; the patterns break ties near its threshold;
     quoted refusals are ignored and "I can't ... But here is how ..." is compliance). Without a trained
-    classifier every mode falls back to the patterns, and the report says so."""
+    classifier every mode falls back to the patterns, and the report says so. ``llm``: the LLM judge
+    (section `judge`) decides refusal and harmful content by LABELLING.md's rules (eval.llm_verdicts); audit it
+    with `saferounds audit vN` like any judge."""
     violation_judge: Literal["safety_rm", "harm_classifier", "both"] = "both"
     """Who says a non-refusal to an unsafe prompt is a violation: the safety RM, the learned harm
     classifier (independent of the RM the policy was optimised against), or ``both`` (either one says

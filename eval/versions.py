@@ -66,7 +66,7 @@ def evaluate_policies(root: Path, version: int, policies: dict[str, Path], out_d
     llm = llm_safety(config.judge, out_dir, flat, by_name, responses, progress) if cfg.use_llm_judge else None
 
     # 3. verdicts per answer (the learned refusal and harm judges, when trained, beside the patterns and RMs)
-    learned, judge_info = learned_verdicts(root, cfg, pairs, scores["safety"] is not None, progress)
+    learned, judge_info = learned_verdicts(root, cfg, pairs, scores["safety"] is not None, progress, config.judge)
     use_rm = not (cfg.violation_judge == "harm_classifier" and judge_info.get("harm_classifier"))
     records: dict[str, list[EvalRecord]] = {v: [] for v in policies}
     offset = 0
@@ -137,13 +137,14 @@ def headline_summary(metrics: dict, version: bool = True) -> str:
             f"{pct(s.get('false_refusal_rate'))}, helpfulness {'n/a' if helpful is None else f'{helpful:.3f}'}")
 
 
-def learned_verdicts(root: Path, cfg, pairs: list, have_rm: bool, progress: Progress) -> tuple[list[dict] | None, dict]:
+def learned_verdicts(root: Path, cfg, pairs: list, have_rm: bool, progress: Progress,
+                     judge_cfg=None) -> tuple[list[dict] | None, dict]:
     """The learned judges' verdicts on every (prompt, response) (eval.refusal_judge, eval.violation_judge),
     and what the report says about them: which judges, their held-out agreement, fallbacks."""
     from saferounds.eval.judges.judging import load_judges
 
     need_harm = cfg.violation_judge != "safety_rm"
-    judges = load_judges(root, cfg.refusal_judge, need_harm=need_harm)
+    judges = load_judges(root, cfg.refusal_judge, need_harm=need_harm, judge_cfg=judge_cfg)
     info = {"refusal": cfg.refusal_judge if judges.refusal else "eval.refusal.is_refusal (patterns)",
             "violation_judge": cfg.violation_judge, **judges.describe()}
     notes = list(judges.notes)

@@ -156,10 +156,15 @@ class Judges:
         return out
 
 
-def load_judges(workspace: Path | None = None, refusal_mode: str = "combined", need_harm: bool = True) -> Judges:
-    """The trained judges for ``workspace`` (its own, else the defaults); patterns when none is trained."""
+def load_judges(workspace: Path | None = None, refusal_mode: str = "combined", need_harm: bool = True,
+                judge_cfg=None) -> Judges:
+    """The trained judges for ``workspace`` (its own, else the defaults); patterns when none is trained.
+    ``refusal_mode`` "llm": the LLM judge ``judge_cfg`` (section `judge`) decides both verdicts (eval.llm_verdicts)."""
+    if refusal_mode == "llm":
+        from saferounds.eval.llm_verdicts import llm_judges
+        return llm_judges(workspace, judge_cfg)
     if refusal_mode not in REFUSAL_JUDGES:
-        raise InputError(f"eval.refusal_judge: {refusal_mode!r}: expected one of {', '.join(REFUSAL_JUDGES)}")
+        raise InputError(f"eval.refusal_judge: {refusal_mode!r}: expected one of {', '.join(REFUSAL_JUDGES)}, llm")
     notes = []
     refusal = harm = None
     if refusal_mode != "patterns":

@@ -127,7 +127,7 @@ def score(input: Annotated[Path, typer.Option("--input", help="CSV or JSONL of (
           prompt_col: Annotated[str, typer.Option("--prompt-col", help="Prompt column / field.")] = "prompt",
           response_col: Annotated[str, typer.Option("--response-col", help="Response column / field.")] = "response",
           refusal_judge: Annotated[Optional[str], typer.Option(
-              "--refusal-judge", help="patterns | classifier | combined (default eval.refusal_judge).")] = None,
+              "--refusal-judge", help="patterns | classifier | combined | llm (default eval.refusal_judge).")] = None,
           workspace: WorkspaceOpt = None, json: JsonOpt = False):
     """Judge every row: adds refusal, refusal_p, harmful, harmful_p and judge (which judge decided)."""
     from saferounds.eval.judges.judging import load_judges
@@ -153,7 +153,8 @@ def score(input: Annotated[Path, typer.Option("--input", help="CSV or JSONL of (
     errors.raise_if_any()
     ws = open_workspace(workspace) if workspace else _workspace_or_none(None)
     mode = refusal_judge or (ws.config.eval.refusal_judge if ws is not None else "combined")
-    judges = load_judges(Path(ws.root) if ws is not None else None, mode)
+    judges = load_judges(Path(ws.root) if ws is not None else None, mode,
+                         judge_cfg=ws.config.judge if ws is not None else None)
     for n in judges.notes:
         err_console.print(f"[yellow]note:[/] {n}")
     verdicts = judges.judge([r[prompt_col] or "" for _, r in rows], [r[response_col] or "" for _, r in rows])

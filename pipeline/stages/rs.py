@@ -170,7 +170,7 @@ def _audit_selection(ctx: StageContext, candidates: list[dict], selected: list[d
     from saferounds.eval.evaluate import prompt_text
     from saferounds.eval.judges.judging import load_judges
 
-    judges = load_judges(ctx.workspace.root, ctx.config.eval.refusal_judge)
+    judges = load_judges(ctx.workspace.root, ctx.config.eval.refusal_judge, judge_cfg=ctx.config.judge)
     rows = [c for c in candidates if c.get("response") is not None]
     verdicts = judges.judge([prompt_text(c["messages"]) for c in rows], [c["response"] for c in rows])
     gold = _gold_after_selection(ctx, rows, selected)
