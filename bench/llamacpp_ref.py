@@ -45,6 +45,7 @@ def open_model(path: str, rows: int, width: int, threads: int, prefill: int):
     cp.n_ctx = max(512, rows * width)
     cp.n_batch = cp.n_ubatch = max(512, prefill)
     cp.n_seq_max = rows
+    cp.kv_unified = True  # one KV buffer: a prompt token can belong to all K sequences (shared prefill)
     cp.n_threads = cp.n_threads_batch = threads
     ctx = L.llama_init_from_model(model, cp)
     return model, ctx
