@@ -14,8 +14,8 @@ Refusal judges (``decide_refusal``):
     "The gauge on SmolLM2 (issue 26)": there the learned judge still agrees less than the patterns (0.838 vs
     0.887 on 160 answers, 0.717 vs 1.0 on the 60-answer audit), so a small model's refusals are best judged
     by ``patterns``; ``combined`` is the better judge on large models' answers (Do-Not-Answer 0.885 vs 0.677).
-    The second session's sets (bench/README.md, "The gauge table"): patterns 0.938 (dev), 1.0 and 0.901 (held out);
-    combined 0.875 on the held-out second set.
+    The second session's sets (bench/README.md, "The gauge table"): patterns 0.938 (dev), 1.0 and 0.887 (held out);
+    combined 0.868 on the held-out second set.
 
 Harm (``decide_harm``): the harm head's p >= its threshold (``HARM_THRESHOLD``, calibrated on Do-Not-Answer's
 training models), and never for an answer the refusal verdict calls a refusal.
