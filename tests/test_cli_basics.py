@@ -51,7 +51,8 @@ def test_status_json_lists_finished_and_running_versions(tiny_workspace, capsys,
     ws = Workspace(tiny_workspace)
     assert cli_main(["status", "-w", str(tiny_workspace), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"workspace": str(ws.root), "versions": [],
-                                                   "runs": str(ws.root / "runs"), "logs": str(ws.root / "logs")}
+                                                   "runs": str(ws.root / "runs"), "logs": str(ws.root / "logs"),
+                                                   "reward_models": []}  # no RM trained yet: no held-out lines
     make_version(ws, 0)
     make_version(ws, 1, finish=False)
     assert cli_main(["status", "-w", str(tiny_workspace), "--json"]) == 0
