@@ -157,7 +157,11 @@ def learned_verdicts(root: Path, cfg, pairs: list, have_rm: bool, progress: Prog
     if judges.refusal is None and judges.harm is None:
         return None, info
     progress(f"eval: learned judges on {len(pairs)} answers")
-    return judges.judge([prompt_text(m) for m, _ in pairs], [r for _, r in pairs]), info
+    verdicts = judges.judge([prompt_text(m) for m, _ in pairs], [r for _, r in pairs])
+    late = [n for n in judges.notes if n not in notes]  # judging itself can add notes (unreadable LLM replies)
+    if late:
+        info["judge_notes"] = notes + late
+    return verdicts, info
 
 
 def cache_files(root: Path, version: str, suite: str) -> list[Path]:
