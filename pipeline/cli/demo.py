@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from saferounds.core.errors import InputError
-from saferounds.pipeline.cli.common import JsonOpt, console, print_json, table
+from saferounds.pipeline.cli.common import JsonOpt, console, open_workspace, print_json, table
 from saferounds.pipeline.cli.live import VerboseOpt, live, log_message, step_lines
 
 
@@ -90,6 +90,10 @@ def demo(workspace: Annotated[Optional[Path], typer.Option("-w", "--workspace", 
     for version, w in sorted((result.get("helpfulness", {}).get("win_rate") or {}).items()):
         console.print(f"{latest} wins against {version} (helpfulness RM, ties half): {_pct(w.get('rate'))} "
                       f"({w['wins']} wins, {w['ties']} ties, {w['losses']} losses)")
+    from saferounds.pipeline.cli.rm import status_lines
+
+    for line in status_lines(open_workspace(workspace)):  # held-out RM accuracy with its 95% interval (issue 27)
+        console.print(line)
     console.print(f"report: {result['report']}")
     console.print(f"trend over all versions: `saferounds status -w {workspace}`  ({result['seconds']} s)")
 
