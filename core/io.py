@@ -413,24 +413,25 @@ def _read_parquet(path: Path) -> list[tuple[int, dict]]:
     return list(enumerate(table.to_pylist(), start=1))
 
 
-def _hub_reachable(host: str = "huggingface.co") -> bool:
+def hub_reachable(host: str = "huggingface.co") -> bool:
+    """Whether a TCP connection to the hub opens within 5 s (DNS alone says nothing behind a firewall)."""
     import socket
 
     try:
-        socket.getaddrinfo(host, 443)
+        socket.create_connection((host, 443), timeout=5).close()
         return True
     except OSError:
         return False
 
 
 @contextlib.contextmanager
-def _offline_unless_reachable():
-    """With no route to the hub, read the local cache only: the hub client would otherwise retry for
-    half a minute before failing."""
+def offline_unless_reachable(local: bool = False):
+    """With no route to the hub (or `local`: reading a local mirror), `datasets` reads local files only:
+    the hub client would otherwise retry for half a minute before failing."""
     import datasets
     import huggingface_hub.constants as hub
 
-    if hub.HF_HUB_OFFLINE or _hub_reachable():
+    if not local and (hub.HF_HUB_OFFLINE or hub_reachable()):
         yield
         return
     saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
@@ -449,7 +450,7 @@ def _read_hub(spec: str) -> list[tuple[int, dict]]:
     try:
         import datasets
 
-        with _offline_unless_reachable():
+        with offline_unless_reachable():
             ds = datasets.load_dataset(f"{owner}/{repo}" if repo else owner, data_dir=data_dir or None,
                                        split=split or "train")
     except Exception as e:

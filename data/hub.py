@@ -22,7 +22,6 @@ SAFEROUNDS_HUB_MIRROR=DIR holding DIR/<owner>/<name>/...), never at the network.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import io
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from saferounds.core.errors import InputError
-from saferounds.core.io import read_json, sha256_file, write_json
+from saferounds.core.io import offline_unless_reachable, read_json, sha256_file, write_json
 from saferounds.data.sources import SOURCE_FILES, xstest_completions_path
 
 
@@ -116,7 +115,7 @@ def load_hub_rows(hs: HubSet, mirror: str | Path | None = None,
     try:
         import datasets
 
-        with _offline_unless_reachable(local=bool(mirror)):
+        with offline_unless_reachable(local=bool(mirror)):
             builder = datasets.load_dataset_builder(path, data_files=hs.data_files, revision=hs.revision,
                                                     cache_dir=str(cache_dir) if cache_dir else None)
             builder.download_and_prepare()
@@ -128,33 +127,6 @@ def load_hub_rows(hs: HubSet, mirror: str | Path | None = None,
             f"{str(e)[:200]}). Offline, pass --data-root DIR holding hh-rlhf/, do-not-answer/ and xstest/ "
             "(the layout of ../shared/data; see README, 'Public data').") from None
     return [dict(r) for r in ds], None if mirror else getattr(builder, "hash", None)
-
-
-@contextlib.contextmanager
-def _offline_unless_reachable(local: bool):
-    """No route to the hub (or a local mirror): read local files only, instead of half a minute of retries."""
-    import datasets
-    import huggingface_hub.constants as hub
-
-    if not local and (hub.HF_HUB_OFFLINE or _reachable()):
-        yield
-        return
-    saved = hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
-
-
-def _reachable(host: str = "huggingface.co") -> bool:
-    import socket
-
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _write_rows(path: Path, key: str, rows: list[dict]) -> None:

@@ -148,7 +148,7 @@ def test_data_convert_reads_a_folder_of_a_hub_repository(cli_main, tmp_path, mon
     with gzip.open(SHARED_DATA / "hh-rlhf/harmless-base/test.jsonl.gz", "rt", encoding="utf-8") as f:
         rows = [json.loads(next(f)) for _ in range(20)]
     asked = []
-    monkeypatch.setattr(io_mod, "_offline_unless_reachable", contextlib.nullcontext)  # no network probe
+    monkeypatch.setattr(io_mod, "offline_unless_reachable", contextlib.nullcontext)  # no network probe
     monkeypatch.setattr(datasets, "load_dataset", lambda name, **kw: asked.append((name, kw)) or rows)
     out = tmp_path / "pairs.jsonl"
     assert cli_main(["data", "convert", "hub:Anthropic/hh-rlhf/harmless-base:test", "--to", "preferences",
