@@ -20,7 +20,8 @@ from pathlib import Path
 from saferounds.core.errors import InputError, not_writable
 from saferounds.core.io import read_rows
 from saferounds.eval.audit_labels import audit_dir, label_store
-from saferounds.reward_models.feedback.annotate_server import AUDIT_PAGE, AnnotateServer, Conflict, bind, check_name
+from saferounds.reward_models.feedback.annotate_server import (AUDIT_PAGE, AnnotateServer, Conflict, bind, check_name,
+                                                             page_get)
 
 SAMPLE_FILE = "sample.jsonl"
 
@@ -63,7 +64,8 @@ class AuditSession:
         return {"version": self.version, "total": len(self.items), "annotator": annotator, "next": nxt,
                 "labelled": len(done), "annotators": dict(sorted(per.items()))}
 
-    def item(self, index: int) -> dict:
+    def item(self, index: int, annotator: str | None = None) -> dict:
+        """The answer at `index` and its label, if any (labels are per answer, not per annotator)."""
         if not 0 <= index < len(self.items):
             raise ValueError(f"index: expected 0..{len(self.items) - 1}, got {index}")
         row = self.items[index]
@@ -73,19 +75,7 @@ class AuditSession:
                 "response": row["response"], "label": label}
 
     def get(self, path: str, query: dict, annotator: str):
-        if path == "/api/state":
-            return self.state(annotator)
-        if path == "/api/item":
-            index = (query.get("index") or [None])[0]
-            if index is None:
-                index = self.state(annotator)["next"]
-                if index is None:
-                    return {"done": True}
-            try:
-                return self.item(int(index))
-            except ValueError:
-                raise ValueError(f"index: expected 0..{len(self.items) - 1}, got {index!r}") from None
-        return None
+        return page_get(self, path, query, annotator)
 
     def post_action(self, path: str):
         return {"/api/label": self.label}.get(path)

@@ -188,6 +188,25 @@ class JudgementStore:
         self._inode[kind] = os.stat(path).st_ino
 
 
+def page_get(session, path: str, query: dict, annotator: str):
+    """The GET routes every labelling page shares (ranking and audit): /api/state, and /api/item — the item
+    at ?index=, or the annotator's next unlabelled one ({"done": true} when none is left); None is 404."""
+    if path == "/api/state":
+        return session.state(annotator)
+    if path != "/api/item":
+        return None
+    index = (query.get("index") or [None])[0]
+    if index is None:
+        index = session.state(annotator)["next"]
+        if index is None:
+            return {"done": True}
+    try:
+        index = int(index)
+    except ValueError:
+        raise ValueError(f"index: expected 0..{len(session.items) - 1}, got {index!r}") from None
+    return session.item(index, annotator)
+
+
 class AnnotationSession:
     """One version's items and the judgements on them; the HTTP layer only calls these methods."""
 
@@ -208,16 +227,7 @@ class AnnotationSession:
 
     def get(self, path: str, query: dict, annotator: str):
         """The JSON answer to GET `path`, or None (404)."""
-        if path == "/api/state":
-            return self.state(annotator)
-        if path == "/api/item":
-            index = (query.get("index") or [None])[0]
-            if index is None:
-                index = self.state(annotator)["next"]
-                if index is None:
-                    return {"done": True}
-            return self.item(int(index), annotator)
-        return None
+        return page_get(self, path, query, annotator)
 
     def post_action(self, path: str):
         """What POST `path` calls with the request's JSON body, or None (404, the body unread)."""
