@@ -16,7 +16,7 @@ import typer
 from saferounds.core.errors import InputError
 from saferounds.core.io import read_json
 from saferounds.pipeline.cli.common import (
-    JsonOpt, WorkspaceOpt, console, err_console, locked, open_workspace, print_json, table)
+    JsonOpt, WorkspaceOpt, console, locked, open_workspace, print_json, serve_page, table)
 
 
 def register(app: typer.Typer) -> None:
@@ -103,8 +103,6 @@ def _serve(ws, v: int, records: list[dict], n: int, seed: int, host: str, port: 
     """`audit vN --serve`: the sample (drawn if missing), then the page until Ctrl+C."""
     import getpass
 
-    from rich.markup import escape
-
     from saferounds.eval import audit_labels
     from saferounds.eval.audit_server import SAMPLE_FILE, make_audit_server
 
@@ -114,16 +112,7 @@ def _serve(ws, v: int, records: list[dict], n: int, seed: int, host: str, port: 
             audit_labels.write_sample(ws.root, v, records, n, seed)
     server = make_audit_server(ws.root, v, annotator or getpass.getuser() or "annotator", host=host, port=port,
                                allow_hosts=allow_hosts)
-    print(server.url, flush=True)  # first line of stdout: scripts read it
-    if server.warning():
-        err_console.print(f"[yellow]warning:[/] {escape(server.warning())}", soft_wrap=True)
     state = server.session.state(server.session.annotator)
-    err_console.print(f"auditing v{v}: {state['labelled']} of {state['total']} answers of {sample} labelled\n"
-                      f"labels go to {sample.with_name(audit_labels.LABELS_FILE)} the moment they are saved; "
-                      "Ctrl+C stops")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    serve_page(server, f"auditing v{v}: {state['labelled']} of {state['total']} answers of {sample} labelled\n"
+                       f"labels go to {sample.with_name(audit_labels.LABELS_FILE)} the moment they are saved; "
+                       "Ctrl+C stops")

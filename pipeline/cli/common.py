@@ -86,3 +86,21 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return "" if value is None else str(value)
+
+
+def serve_page(server, *notes: str) -> None:
+    """A labelling page's server (annotate serve, audit --serve): its URL as the first line of stdout (scripts
+    read it), its warning and `notes` (rich markup) on stderr, then requests until Ctrl+C."""
+    from rich.markup import escape
+
+    print(server.url, flush=True)
+    if server.warning():
+        err_console.print(f"[yellow]warning:[/] {escape(server.warning())}", soft_wrap=True)
+    for note in notes:
+        err_console.print(note, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -10,7 +10,8 @@ import typer
 
 from saferounds.core.errors import InputError
 from saferounds.core.io import output_file, write_jsonl
-from saferounds.pipeline.cli.common import JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json, table
+from saferounds.pipeline.cli.common import (JsonOpt, WorkspaceOpt, console, err_console, fmt, open_workspace, print_json,
+                                            serve_page, table)
 
 annotate_app = typer.Typer(no_args_is_help=True, help="The human loop: rank K samples per prompt on a local page "
                                                       "(serve) or in a file (export/import); agreement (stats).")
@@ -245,20 +246,11 @@ def annotate_serve(
                          allow_hosts=tuple(allow_host or ()))
     listed = ws.exists() and any(ws.resolve(f) == ws.root / RANKINGS_FILE
                                  for f in load_config(ws.root / CONFIG_NAME).data.rankings)
-    print(server.url, flush=True)  # first line of stdout: scripts read it
-    if server.warning():
-        err_console.print(f"[yellow]warning:[/] {escape(server.warning())}", soft_wrap=True)
-    err_console.print(f"ranking v{n}: {len(server.session.items)} prompts from {samples}\n"
-                      f"judgements go to {ws.root / RANKINGS_FILE} the moment they are made; Ctrl+C stops")
-    if not listed:
-        err_console.print("[yellow]note:[/] for the rm stage to train on them, add to saferounds.yaml:  "
-                          + escape(f"data: {{rankings: [{RANKINGS_FILE}]}}"), soft_wrap=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    note = ("" if listed else "[yellow]note:[/] for the rm stage to train on them, add to saferounds.yaml:  "
+            + escape(f"data: {{rankings: [{RANKINGS_FILE}]}}"))
+    serve_page(server, f"ranking v{n}: {len(server.session.items)} prompts from {samples}\n"
+                       f"judgements go to {ws.root / RANKINGS_FILE} the moment they are made; Ctrl+C stops",
+               *([note] if note else []))
 
 
 @annotate_app.command("stats")
