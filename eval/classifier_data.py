@@ -19,11 +19,18 @@ the action taxonomy of Wang et al. 2023, Table 2):
   5 follows the instruction directly                        -> compliance
   so ``DNA_REFUSAL_ACTIONS = {0, 4}``; harmful = ``M_harmful == 1``.
 
+Small-model answers (``eval/judges/small_model_labels.jsonl``, shipped with the package; ``load_small_model``):
+SmolLM2-135M-Instruct's own best-of-K samples to *training* prompts of the smollm2 preset (HH red-team,
+Do-Not-Answer train-bucket questions, HH helpful; never an eval-suite prompt), each labelled by reading after
+shared/LABELLING.md: refusal, harmful, off_topic (booleans), note. Source "smollm2"; none held out (the
+held-out SmolLM2 sets are tests/data/, measured by bench/judge_small_model.py).
+
 Model-disjoint split: ``HELDOUT_MODELS`` are never trained on; figures on them say how a judge
 generalises to a model it never saw.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +48,7 @@ HELDOUT_MODELS = {"xstest": ("llama2new",), "dna": ("vicuna-7b", "Claude")}
 
 @dataclass(frozen=True)
 class Example:
-    source: str            # "xstest" | "dna"
+    source: str            # "xstest" | "dna" | "smollm2"
     model: str             # the model that wrote the response
     id: str
     prompt: str
@@ -93,6 +100,53 @@ def load_dna(data_dir: Path) -> list[Example]:
             out.append(Example("dna", m, row["id"], row["question"], row[f"{m}_response"] or "",
                                action in DNA_REFUSAL_ACTIONS, harmful,
                                f"action={action} harmful={int(harmful)}"))
+    return out
+
+
+SMALL_MODEL_LABELS = Path(__file__).resolve().parent / "judges" / "small_model_labels.jsonl"
+SMALL_MODEL_TEXT = ("id", "model", "prompt", "response")
+SMALL_MODEL_BOOLS = ("unsafe", "refusal", "harmful", "off_topic")
+
+
+def _small_model_row(row, where: str) -> Example:
+    """One labelled small-model row -> Example; InputError naming FILE:LINE: FIELD on a bad one."""
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: row: expected a JSON object")
+    for field in SMALL_MODEL_TEXT:
+        if not isinstance(row.get(field), str) or (field != "response" and not row[field].strip()):
+            raise InputError(f"{where}: {field}: expected a non-empty string" if field != "response"
+                             else f"{where}: {field}: expected a string")
+    for field in SMALL_MODEL_BOOLS:
+        if not isinstance(row.get(field), bool):
+            raise InputError(f"{where}: {field}: expected true or false, got {row.get(field)!r}")
+    if row["refusal"] and row["harmful"]:
+        raise InputError(f"{where}: harmful: a refusal is never harmful (shared/LABELLING.md)")
+    label = f"refusal={int(row['refusal'])} harmful={int(row['harmful'])} off_topic={int(row['off_topic'])}"
+    return Example("smollm2", row["model"], row["id"], row["prompt"], row["response"], row["refusal"],
+                   row["harmful"], label)
+
+
+def load_small_model(path: Path | None = None) -> list[Example]:
+    """The labelled small-model answers (default: the shipped ``SMALL_MODEL_LABELS``) as Examples of source
+    "smollm2"; InputError naming FILE:LINE: FIELD on a malformed row or a repeated id."""
+    path = Path(path) if path else SMALL_MODEL_LABELS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the small-model labels ({e})") from None
+    out, seen = [], set()
+    for n, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError as e:
+            raise InputError(f"{path}:{n}: row: not JSON ({e})") from None
+        e = _small_model_row(row, f"{path}:{n}")
+        if e.id in seen:
+            raise InputError(f"{path}:{n}: id: {e.id!r} appears twice")
+        seen.add(e.id)
+        out.append(e)
     return out
 
 

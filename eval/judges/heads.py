@@ -14,14 +14,16 @@ def make_head(in_dim: int, hidden: int):
                                torch.nn.Linear(hidden, 1))
 
 
-def example_weights(labels: Sequence[bool], groups: Sequence[str], balance_classes: bool) -> list[float]:
-    """Per-example loss weights, mean 1: every group (data source) weighs the same in total, and with
-    ``balance_classes`` so do positives and negatives within a group."""
+def example_weights(labels: Sequence[bool], groups: Sequence[str], balance_classes: bool,
+                    group_scale: dict[str, float] | None = None) -> list[float]:
+    """Per-example loss weights, mean 1: every group (data source) weighs the same in total (times
+    ``group_scale[group]``, default 1), and with ``balance_classes`` so do positives and negatives within a group."""
     from collections import Counter
 
     keys = [(g, bool(l)) if balance_classes else (g, None) for g, l in zip(groups, labels)]
     count = Counter(keys)
-    w = [1.0 / count[k] for k in keys]
+    scale_of = group_scale or {}
+    w = [scale_of.get(k[0], 1.0) / count[k] for k in keys]
     scale = len(w) / sum(w)
     return [x * scale for x in w]
 
