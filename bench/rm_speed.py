@@ -8,6 +8,17 @@ the end of step `--skip` and the last step (start-up excluded). Runs alternate o
 the median of each is reported. TRL lives only in the bench venv:
 
     /work/benchenv-rm/bin/python bench/rm_speed.py --backbone tiny --steps 30
+
+LoRA (--lora-layers N): ours builds the adapter in `load_reward_model` (the pipeline's path); TRL gets the
+plain backbone and the same `peft.LoraConfig` as `peft_config` (TRL's own path), and the run stops unless both
+sides end up with the same trainable parameter names and sizes.
+
+--score: held-out scoring throughput (pairs per CPU-second of forward-only scoring, no training): ours is
+`reward_models.evaluation.evaluate_pairs` (what the rm stage runs for held-out accuracy: chosen and rejected
+texts sorted by length, one pass, `reward_models.scoring.score`), TRL's is `RewardTrainer.predict` on the same
+token ids (ours' `encode` of each text, pre-tokenized so TRL's max-length filter drops nothing). Both scorers
+run, alternating which goes first, on the TRL side's trained weights, and their per-text scores and accuracies
+are compared there; ours also scores on its own side's weights (that is its held-out accuracy).
 """
 from __future__ import annotations
 
@@ -56,13 +67,36 @@ def steps_per_s(timer, skip: int, steps: int) -> tuple[float, float]:
             (steps - skip) / (timer.cpu[steps] - timer.cpu[skip]))
 
 
-def _model_cfg(a):
+def _model_cfg(a, lora: bool = True):
     from saferounds.reward_models.config import ModelConfig
 
     cfg = ModelConfig()
-    if a.lora_layers >= 0:
+    if a.lora_layers >= 0 and lora:
         cfg.lora.enabled, cfg.lora.layers, cfg.lora.r, cfg.lora.alpha = True, a.lora_layers, 16, 32
+        cfg.lora.dropout = a.lora_dropout
     return cfg
+
+
+def trainable(model) -> dict[str, int]:
+    """Trainable parameters by name (peft's wrapper prefixes dropped), with their sizes."""
+    return {n.removeprefix("base_model.model."): p.numel() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def lora_reference(backbone, a):
+    """(the LoraConfig `load_reward_model` builds for ours, its trainable parameters): what TRL must get too."""
+    import copy
+
+    from saferounds.reward_models.modeling import load_reward_model
+
+    model, _ = load_reward_model(backbone, _model_cfg(a), for_training=True)
+    return copy.deepcopy(model.peft_config["default"]), trainable(model)
+
+
+def _timed(fn):
+    """(fn(), wall s, CPU s of this process)."""
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
 
 
 def run_ours(backbone, pairs, a, work, share_prompt: bool = True) -> float:
@@ -80,7 +114,13 @@ def run_ours(backbone, pairs, a, work, share_prompt: bool = True) -> float:
     timer = _timer(a.skip)
     trainer.add_callback(timer)
     trainer.train()
-    return steps_per_s(timer, a.skip, a.steps), held_out_accuracy(trainer.model, tok, a)
+    rate = steps_per_s(timer, a.skip, a.steps)
+    if a.score:
+        (acc, _), wall, cpu = _timed(lambda: ours_scores(trainer.model, tok, a))
+        a.scoring.append({"weights": "ours", "scorer": "ours", "accuracy": acc, "wall_s": wall, "cpu_s": cpu,
+                          "load1": os.getloadavg()[0]})
+        return rate, acc
+    return rate, held_out_accuracy(trainer.model, tok, a)
 
 
 def held_out_accuracy(model, tok, a) -> float | None:
@@ -93,6 +133,52 @@ def held_out_accuracy(model, tok, a) -> float | None:
     return evaluate_pairs(model, tok, a.held_pairs, batch_size=8, max_length=a.max_length)["accuracy"]
 
 
+def ours_scores(model, tok, a) -> tuple[float, list[float]]:
+    """(accuracy, scores of chosen then rejected texts) by the rm stage's held-out path: `evaluate_pairs`'s body
+    (every text through `scoring.score`, sorted by length, --score-batch-size texts per forward, then
+    `pair_metrics`), spelled out here to keep the per-text scores."""
+    from saferounds.reward_models.evaluation import pair_metrics
+    from saferounds.reward_models.scoring import score
+
+    model.eval()
+    prompts = [p["prompt"] for p in a.held_pairs]
+    scores = score(model, tok, prompts + prompts, [p["chosen"] for p in a.held_pairs] +
+                   [p["rejected"] for p in a.held_pairs], a.score_batch_size, a.max_length)
+    n = len(a.held_pairs)
+    return pair_metrics(scores[:n], scores[n:], a.held_pairs)["accuracy"], scores
+
+
+def held_out_ids(tok, a) -> dict[str, list]:
+    """Token ids of the held-out texts exactly as ours' scorer encodes them (each text on its own, left-truncated)."""
+    from saferounds.reward_models.scoring import encode, format_sample
+
+    ids = {k: encode(tok, [format_sample(tok, p["prompt"], p[k]) for p in a.held_pairs], a.max_length)["input_ids"]
+           for k in ("chosen", "rejected")}
+    return {"chosen_ids": ids["chosen"], "rejected_ids": ids["rejected"]}
+
+
+def trl_scores(trainer, tok, a) -> tuple[float, list[float]]:
+    """(accuracy, scores of chosen then rejected texts) by `RewardTrainer.predict` on the held-out pairs
+    (per_device_eval_batch_size pairs = twice that many rows; TRL logs no accuracy here: without labels the
+    Trainer's prediction_step calls the model, not compute_loss)."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict(held_out_ids(tok, a))
+    out = trainer.predict(ds)
+    logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+    flat = [float(x) for x in logits.reshape(-1)]
+    n, b = len(a.held_pairs), trainer.args.per_device_eval_batch_size
+    chosen, rejected, k = [], [], 0
+    for start in range(0, n, b):  # each batch is its pairs' chosen rows, then their rejected rows
+        m = min(b, n - start)
+        chosen += flat[k:k + m]
+        rejected += flat[k + m:k + 2 * m]
+        k += 2 * m
+    assert k == len(flat), (k, len(flat))
+    acc = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / n  # ties: half, as ours
+    return acc, chosen + rejected
+
+
 def run_trl(backbone, pairs, a, work) -> float:
     import datasets
     from trl import RewardConfig, RewardTrainer
@@ -102,7 +188,8 @@ def run_trl(backbone, pairs, a, work) -> float:
     from saferounds.reward_models.training import pair_features, warmup_steps
 
     torch.manual_seed(a.seed)
-    model, tok = load_reward_model(backbone, _model_cfg(a), for_training=True)
+    peft = a.lora_layers >= 0  # TRL's own LoRA path: the plain backbone plus ours' LoraConfig as peft_config
+    model, tok = load_reward_model(backbone, _model_cfg(a, lora=not peft), for_training=True)
     cols = pair_features(tok, pairs, "none", a.max_length)  # identical token ids to ours
     ds = datasets.Dataset.from_dict({"chosen_ids": cols["chosen_input_ids"], "rejected_ids": cols["rejected_input_ids"]})
     _, warm = warmup_steps(len(pairs), RewardModelConfig(batch_size=a.batch_size))
@@ -111,12 +198,37 @@ def run_trl(backbone, pairs, a, work) -> float:
                         lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=warm, weight_decay=0.0,
                         max_length=a.max_length, disable_dropout=False, save_steps=10_000, logging_steps=10_000,
                         report_to=[], seed=a.seed, dataloader_num_workers=0, disable_tqdm=True,
-                        bf16=torch.cuda.is_available(), gradient_checkpointing=a.trl_gradient_checkpointing)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+                        bf16=torch.cuda.is_available(), gradient_checkpointing=a.trl_gradient_checkpointing,
+                        per_device_eval_batch_size=a.score_batch_size // 2)
+    import copy
+
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                            peft_config=copy.deepcopy(a.lora_config) if peft else None)
+    if peft:
+        got = trainable(trainer.model)
+        if got != a.lora_trainable:
+            sys.exit(f"TRL's peft model trains other parameters than ours: only TRL {sorted(set(got) - set(a.lora_trainable))[:8]}, "
+                     f"only ours {sorted(set(a.lora_trainable) - set(got))[:8]}")
     timer = _timer(a.skip)
     trainer.add_callback(timer)
     trainer.train()
-    return steps_per_s(timer, a.skip, a.steps), held_out_accuracy(trainer.model, tok, a)
+    rate = steps_per_s(timer, a.skip, a.steps)
+    if not a.score:
+        return rate, held_out_accuracy(trainer.model, tok, a)
+    # both scorers on these weights, alternating which goes first
+    runs = {"ours": lambda: ours_scores(trainer.model, tok, a), "trl": lambda: trl_scores(trainer, tok, a)}
+    order = ["ours", "trl"] if len(a.scoring) % 4 < 2 else ["trl", "ours"]
+    got = {}
+    for scorer in order:
+        res, wall, cpu = _timed(runs[scorer])
+        got[scorer] = res
+        a.scoring.append({"weights": "trl", "scorer": scorer, "accuracy": res[0], "wall_s": wall, "cpu_s": cpu,
+                          "load1": os.getloadavg()[0]})
+    diff = max(abs(x - y) for x, y in zip(got["ours"][1], got["trl"][1]))
+    a.scoring[-1]["max_abs_score_diff"] = a.scoring[-2]["max_abs_score_diff"] = diff
+    print(f"scorers on TRL's weights: accuracy ours {got['ours'][0]:.4f} trl {got['trl'][0]:.4f}, "
+          f"max |score difference| {diff:.2e}", flush=True)
+    return rate, got["ours"][0]
 
 
 def main() -> None:
@@ -140,11 +252,22 @@ def main() -> None:
     ap.add_argument("--lora-layers", type=int, default=-1,
                     help="-1: train every weight (full fine-tune); N >= 0: LoRA r=16 on the top N blocks "
                          "(0 = every block), the same model on both sides")
+    ap.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (the smollm2 preset's: 0)")
+    ap.add_argument("--score", action="store_true",
+                    help="also time held-out scoring (needs --held-out): ours' evaluate_pairs vs TRL's predict")
+    ap.add_argument("--score-batch-size", type=int, default=16,
+                    help="texts per scoring forward on both sides (TRL: half as many pairs per eval batch)")
     ap.add_argument("--sides", default="ours,trl",
                     help="ours (shared-prompt rows when exact), ours-rows (chosen and rejected as separate rows), trl")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     a.steps = a.steps or -(-a.pairs // a.batch_size)
+    if a.score and (not a.held_out or a.held_out % (a.score_batch_size // 2)):
+        # accelerate's gather_for_metrics cuts a short last batch to its first rows: the chosen ones only
+        ap.error("--score needs --held-out N, a multiple of --score-batch-size / 2 (TRL's pairs per eval batch)")
+    a.scoring = []
+    load_start = os.getloadavg()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
     import trl
@@ -163,6 +286,7 @@ def main() -> None:
         from saferounds.pipeline.gguf import ensure_converted
 
         backbone = str(ensure_converted("smollm2-135m", ROOT / ".bench-models")[0])
+    a.lora_config, a.lora_trainable = lora_reference(backbone, a) if a.lora_layers >= 0 else (None, None)
     sides = a.sides.split(",")
     rates, acc, cpu, loads = {s: [] for s in sides}, {s: [] for s in sides}, {s: [] for s in sides}, []
     runners = {"ours": run_ours, "trl": run_trl,
@@ -183,7 +307,25 @@ def main() -> None:
            "ours_steps_per_cpu_s": [round(x, 4) for x in cpu["ours"]],
            "trl_steps_per_cpu_s": [round(x, 4) for x in cpu["trl"]], "ratio_per_cpu_s": round(oc / tc, 3),
            "steps_per_cpu_s": {s: [round(x, 4) for x in v] for s, v in cpu.items()},
-           "ratio_per_cpu_s_vs_trl": {s: round(statistics.median(v) / tc, 3) for s, v in cpu.items()}}
+           "ratio_per_cpu_s_vs_trl": {s: round(statistics.median(v) / tc, 3) for s, v in cpu.items()},
+           "load_avg_start_end": [list(load_start), list(os.getloadavg())]}
+    if a.lora_layers >= 0:
+        out["lora"] = {"r": a.lora_config.r, "alpha": a.lora_config.lora_alpha, "dropout": a.lora_config.lora_dropout,
+                       "target_modules": sorted(a.lora_config.target_modules),
+                       "layers_to_transform": a.lora_config.layers_to_transform,
+                       "trainable_params": sum(a.lora_trainable.values()), "same_on_both_sides": True}
+    if a.score:
+        def rate(rows):
+            return [round(len(a.held_pairs) / r["cpu_s"], 4) for r in rows]
+        on_trl = {s: [r for r in a.scoring if r["weights"] == "trl" and r["scorer"] == s] for s in ("ours", "trl")}
+        out["scoring"] = {"pairs": len(a.held_pairs), "texts_per_forward": a.score_batch_size, "runs": a.scoring,
+                          "pairs_per_cpu_s_on_trl_weights": {s: rate(v) for s, v in on_trl.items()},
+                          "pairs_per_cpu_s_ours_on_ours_weights": rate([r for r in a.scoring if r["weights"] == "ours"])}
+        if on_trl["trl"]:
+            o_, t_ = (statistics.median(rate(on_trl[s])) for s in ("ours", "trl"))
+            out["scoring"]["ratio_per_cpu_s_on_trl_weights"] = round(o_ / t_, 3)
+            print(f"scoring {len(a.held_pairs)} held-out pairs, pairs per CPU-s: ours {rate(on_trl['ours'])} "
+                  f"trl {rate(on_trl['trl'])}: {o_ / t_:.2f}x", flush=True)
     print(json.dumps({**out, "backbone": a.backbone, "trl": trl.__version__, "batch_size": a.batch_size,
                       "max_length": a.max_length, "steps": a.steps, "group_by_length": a.group_by_length,
                       "trl_gradient_checkpointing": a.trl_gradient_checkpointing,
