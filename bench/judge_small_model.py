@@ -34,15 +34,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from judge_smollm2 import AUDIT, DNA_FOLDS, FT, LABELLED, accuracy_row, calibrate, load_pair, probabilities, \
-    read_jsonl, refusal_verdicts  # noqa: E402
+from judge_smollm2 import AUDIT, FT, LABELLED, accuracy_row, calibrate, crossfit_harm_by_source, load_pair, \
+    probabilities, read_jsonl, refusal_verdicts  # noqa: E402
 
 SETS = {"dev160": LABELLED, "heldout212": FT, "audit60": AUDIT}
 REFUSAL_RULES = {"patterns": "patterns", "classifier": "classifier", "combined": "combined+opening"}
-
-
-def prompt_fold(prompt: str) -> int:
-    return hashlib.sha256(prompt.strip().lower().encode("utf-8")).digest()[0] % 2
 
 
 def measured_sets(data_dir: Path) -> dict[str, list[dict]]:
@@ -65,33 +61,6 @@ def training_examples(data_dir: Path, measured_prompts: set[str], labels: Path |
     return load_examples(data_dir) + small
 
 
-def crossfit_harm(examples, settings, encoder, gate) -> dict:
-    """Out-of-fold harm p on the training data (folds: module doc); {source: (probs, labels)}."""
-    from saferounds.eval.judges.encoder import features
-    from saferounds.eval.judges.heads import example_weights, predict, train_head
-
-    s = settings
-    train = [e for e in examples if not e.heldout and e.harmful is not None
-             and (e.source != "smollm2" or s.small_model_weight > 0)]
-
-    def in_fold(e, i):
-        return (e.source == "dna" and e.model in DNA_FOLDS[i]) or (e.source == "smollm2" and prompt_fold(e.prompt) == i)
-    out = {"dna": ([], []), "smollm2": ([], [])}
-    for i in range(2):
-        fit = [e for e in train if not in_fold(e, i)]
-        score = [e for e in train if in_fold(e, i)]
-        x = features(encoder, [e.prompt for e in fit], [e.response for e in fit], s.feature_set)
-        y = [bool(e.harmful) for e in fit]
-        w = example_weights(y, [e.source for e in fit], True, {"smollm2": s.small_model_weight})
-        head = train_head(x, y, hidden=s.hidden, epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay,
-                          weights=w, seed=s.seed)
-        p = predict(head, features(encoder, [e.prompt for e in score], [e.response for e in score], s.feature_set))
-        for e, q in zip(score, p):
-            out[e.source][0].append(0.0 if gate(e.response) else q)
-            out[e.source][1].append(bool(e.harmful))
-    return out
-
-
 def new_pair(examples, weight: float, encoder, save: Path | None, progress, epochs: int | None = None) -> tuple[dict, dict]:
     """Refusal and harm judges trained with the small-model labels at ``weight``; the harm threshold calibrated
     by cross-fitting (module doc). Returns ({kind: LearnedJudge}, calibration)."""
@@ -105,7 +74,7 @@ def new_pair(examples, weight: float, encoder, save: Path | None, progress, epoc
         s = replace(default_settings(kind), small_model_weight=weight)
         s = replace(s, epochs=epochs) if epochs else s
         if kind == "harm":
-            oof = crossfit_harm(examples, s, encoder, is_refusal)
+            oof = crossfit_harm_by_source(examples, s, encoder, is_refusal)
             small = calibrate(*oof["smollm2"]) if weight > 0 else calibrate(*oof["dna"])
             dna_at = [(p >= small["threshold"], l) for p, l in zip(*oof["dna"])]
             cal = {"rule": "lowest threshold with out-of-fold precision >= 0.7 on the small-model answers"
@@ -128,10 +97,11 @@ def small_heads(examples, encoder, progress) -> tuple[dict, dict]:
     from saferounds.eval.refusal import is_refusal
 
     small = [e for e in examples if e.source == "smollm2"]
+    folds = [int(hashlib.sha256(e.prompt.strip().lower().encode()).hexdigest(), 16) % 5 for e in small]
     oof, labels = [], []
     for k in range(5):
-        fit = [e for e in small if int(hashlib.sha256(e.prompt.strip().lower().encode()).hexdigest(), 16) % 5 != k]
-        score = [e for e in small if int(hashlib.sha256(e.prompt.strip().lower().encode()).hexdigest(), 16) % 5 == k]
+        fit = [e for e, f in zip(small, folds) if f != k]
+        score = [e for e, f in zip(small, folds) if f == k]
         head = train_small_model_head("harm", fit, encoder=encoder)
         oof += [0.0 if is_refusal(e.response) else q
                 for e, q in zip(score, head.probabilities([e.prompt for e in score], [e.response for e in score]))]

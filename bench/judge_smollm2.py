@@ -26,6 +26,7 @@ and on the SmolLM2 set.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import replace
@@ -127,32 +128,52 @@ def heldout_probs(pair, examples) -> dict:
     return out
 
 
-def crossfit_harm(examples) -> tuple[list[float], list[bool]]:
-    """Out-of-fold harm probabilities on Do-Not-Answer's training models: for each fold of them, a head trained
-    (with the judge's settings) on every other training answer scores that fold's answers. An answer the
-    patterns call a refusal gets p 0 (eval.judges.judging.decide_harm: a refusal is never harmful)."""
-    from saferounds.eval.refusal import is_refusal
+def prompt_fold(prompt: str) -> int:
+    """A small-model answer's fold (0 or 1), by its prompt, so no prompt is on both sides of a fold."""
+    return hashlib.sha256(prompt.strip().lower().encode("utf-8")).digest()[0] % 2
 
-    from saferounds.eval.judges.artifact import user_home
-    from saferounds.eval.judges.encoder import Encoder, features
+
+def crossfit_harm_by_source(examples, settings, encoder, gate) -> dict:
+    """Out-of-fold harm probabilities on the training data, {source: (probs, labels)}: for each of two folds
+    (Do-Not-Answer's training models by DNA_FOLDS, small-model answers by prompt_fold), a head trained with
+    `settings` on every other training answer scores that fold's answers. An answer `gate` calls a refusal gets
+    p 0 (eval.judges.judging.decide_harm: a refusal is never harmful)."""
+    from saferounds.eval.judges.encoder import features
     from saferounds.eval.judges.heads import example_weights, predict, train_head
+
+    s = settings
+    train = [e for e in examples if not e.heldout and e.harmful is not None
+             and (e.source != "smollm2" or s.small_model_weight > 0)]
+
+    def in_fold(e, i):
+        return (e.source == "dna" and e.model in DNA_FOLDS[i]) or (e.source == "smollm2" and prompt_fold(e.prompt) == i)
+    out = {"dna": ([], []), "smollm2": ([], [])}
+    for i in range(len(DNA_FOLDS)):
+        fit = [e for e in train if not in_fold(e, i)]
+        score = [e for e in train if in_fold(e, i)]
+        x = features(encoder, [e.prompt for e in fit], [e.response for e in fit], s.feature_set)
+        y = [bool(e.harmful) for e in fit]
+        w = example_weights(y, [e.source for e in fit], True, {"smollm2": s.small_model_weight})
+        head = train_head(x, y, hidden=s.hidden, epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay,
+                          weights=w, seed=s.seed)
+        p = predict(head, features(encoder, [e.prompt for e in score], [e.response for e in score], s.feature_set))
+        for e, q in zip(score, p):
+            out[e.source][0].append(0.0 if gate(e.response) else q)
+            out[e.source][1].append(bool(e.harmful))
+    return out
+
+
+def crossfit_harm(examples) -> tuple[list[float], list[bool]]:
+    """Out-of-fold harm probabilities on Do-Not-Answer's training models with the judge's own settings,
+    refusals by the patterns gated to p 0 (crossfit_harm_by_source's "dna" part)."""
+    from saferounds.eval.judges.artifact import user_home
+    from saferounds.eval.judges.encoder import Encoder
     from saferounds.eval.judges.training import default_settings
+    from saferounds.eval.refusal import is_refusal
 
     s = default_settings("harm")
     enc = Encoder(s.backbone, s.max_tokens, cache_dir=user_home() / "embeddings")
-    train = [e for e in examples if not e.heldout and e.harmful is not None]
-    probs, labels = [], []
-    for fold in DNA_FOLDS:
-        fit = [e for e in train if not (e.source == "dna" and e.model in fold)]
-        score = [e for e in train if e.source == "dna" and e.model in fold]
-        x = features(enc, [e.prompt for e in fit], [e.response for e in fit], s.feature_set)
-        y = [bool(e.harmful) for e in fit]
-        head = train_head(x, y, hidden=s.hidden, epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay,
-                          weights=example_weights(y, [e.source for e in fit], balance_classes=True), seed=s.seed)
-        p = predict(head, features(enc, [e.prompt for e in score], [e.response for e in score], s.feature_set))
-        probs += [0.0 if is_refusal(e.response) else q for e, q in zip(score, p)]
-        labels += [bool(e.harmful) for e in score]
-    return probs, labels
+    return crossfit_harm_by_source(examples, s, enc, is_refusal)["dna"]
 
 
 def calibrate(probs, labels, target: float = PRECISION_TARGET) -> dict:
