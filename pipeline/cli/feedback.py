@@ -246,11 +246,12 @@ def annotate_serve(
                          allow_hosts=tuple(allow_host or ()))
     listed = ws.exists() and any(ws.resolve(f) == ws.root / RANKINGS_FILE
                                  for f in load_config(ws.root / CONFIG_NAME).data.rankings)
-    note = ("" if listed else "[yellow]note:[/] for the rm stage to train on them, add to saferounds.yaml:  "
-            + escape(f"data: {{rankings: [{RANKINGS_FILE}]}}"))
-    serve_page(server, f"ranking v{n}: {len(server.session.items)} prompts from {samples}\n"
-                       f"judgements go to {ws.root / RANKINGS_FILE} the moment they are made; Ctrl+C stops",
-               *([note] if note else []))
+    notes = [f"ranking v{n}: {len(server.session.items)} prompts from {samples}\n"
+             f"judgements go to {ws.root / RANKINGS_FILE} the moment they are made; Ctrl+C stops"]
+    if not listed:
+        notes.append("[yellow]note:[/] for the rm stage to train on them, add to saferounds.yaml:  "
+                     + escape(f"data: {{rankings: [{RANKINGS_FILE}]}}"))
+    serve_page(server, *notes)
 
 
 @annotate_app.command("stats")
