@@ -296,9 +296,9 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            agg = results.setdefault(side, {"step_s": [], "step_cpu_s": [], "peak_rss_mb": [], "rss_start_mb": [],
-                                            "response_length": []})
-            for k in agg:
+            series = ("step_s", "step_cpu_s", "peak_rss_mb", "rss_start_mb", "response_length")
+            agg = results.setdefault(side, {k: [] for k in series})
+            for k in series:  # not agg's keys: a second repeat finds "phases" there too
                 agg[k] += r[k] if isinstance(r[k], list) else [r[k]]
             for k, v in r.get("phases", {}).items():
                 agg.setdefault("phases", {}).setdefault(k, []).extend(v)
