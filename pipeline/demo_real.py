@@ -34,7 +34,7 @@ SIZES: dict[str, dict] = {
     "full": {},
     "quarter": {},
     "mini": {**_SHORT,
-             "model": {"policy": "smollm2-135m", "reward_model": "v0", "v0": "given", "dtype": "float32",
+             "model": {"policy": "smollm2-135m", "v0": "given", "dtype": "float32",
                        "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0,
                                 "target_modules": ["q_proj", "v_proj"], "layers": 2}},
              "rejection_sampling": {"k": 2, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "batch_size": 8,

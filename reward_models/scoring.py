@@ -170,6 +170,28 @@ def _trunk_forward(first, second, depth: int, batch) -> tuple:
     return out_a, out_b
 
 
+def shared_encoder(a, b) -> bool:
+    """Whether two (model, tokenizer) RMs are mean-pooled heads (reward_models.pooled) on one frozen encoder:
+    same tokenizer, equal encoder weights. Then a batch runs the encoder once and both heads read its mean."""
+    from saferounds.reward_models.pooled import MeanPooledForSequenceClassification
+
+    (ma, ta), (mb, tb) = a, b
+    if not (isinstance(ma, MeanPooledForSequenceClassification) and isinstance(mb, MeanPooledForSequenceClassification)
+            and _same_tokens(ta, tb)):
+        return False
+    pa, pb = dict(ma.encoder.named_parameters()), dict(mb.encoder.named_parameters())
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def _heads_forward(first, second, batch) -> tuple:
+    """Logits of two mean-pooled RMs on one encoder pass (shared_encoder)."""
+    from saferounds.reward_models.pooled import mean_pool
+
+    mask = batch["attention_mask"]
+    pooled = mean_pool(first.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state, mask)
+    return first.score(pooled), second.score(pooled)
+
+
 @torch.inference_mode()
 def score_both(rms: Sequence[tuple], prompts: Sequence[Sequence[dict]], responses: Sequence[str], batch_size: int = 16,
                max_length: int = 512, depth: int | None = None) -> list[list[float]]:
@@ -178,6 +200,10 @@ def score_both(rms: Sequence[tuple], prompts: Sequence[Sequence[dict]], response
     the pair when the caller already knows it (frozen RMs scored again and again, as in PPO)."""
     a, b = rms
     depth = shared_trunk_depth(a, b) if depth is None else depth
+    if depth == 0 and shared_encoder(a, b):
+        (ma, tok), (mb, _) = a, b
+        return _score_batches([ma, mb], tok, prompts, responses, lambda batch: _heads_forward(ma, mb, batch),
+                              batch_size, max_length, None, "score_both")
     if depth == 0:
         return [score(m, t, prompts, responses, batch_size=batch_size, max_length=max_length) for m, t in rms]
     (ma, tok), (mb, _) = a, b

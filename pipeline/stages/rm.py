@@ -132,7 +132,8 @@ def summary(metrics: dict) -> dict:
     return {"train_items": metrics.get("train_items"), "steps": metrics.get("steps"),
             "train_loss": metrics.get("train_loss"), "heldout_accuracy": held.get("accuracy"),
             "heldout_n": held.get("n"), "heldout_ci95": held.get("ci95"), "heldout_by_origin": held.get("by_origin"),
-            "unsafe_recall": held.get("unsafe_recall"), "mix": metrics.get("mix")}
+            "unsafe_recall": held.get("unsafe_recall"), "mix": metrics.get("mix"),
+            **{k: metrics[k] for k in ("train_head_only", "head_fit", "head_l2", "seconds") if k in metrics}}
 
 
 def _first_turns(records: list[dict]) -> set[str]:
