@@ -87,6 +87,13 @@ def corrected_rate(hits: int, n: int, accuracy: JudgeAccuracy, z: float = Z95) -
     theta = rogan_gladen(raw["rate"], se, sp)
     method = (f"Rogan-Gladen with Se={se:.3f} (n={accuracy['tp'] + accuracy['fn']}), "
               f"Sp={sp:.3f} (n={accuracy['tn'] + accuracy['fp']}); delta-method 95% interval")
+    positives, negatives = accuracy["tp"] + accuracy["fn"], accuracy["tn"] + accuracy["fp"]
+    if not positives or not negatives:
+        which = "positive" if not positives else "negative"
+        return {"raw": raw, "rate": None, "ci95": None,
+                "method": method + f": not defined, no labelled answer is {which}, so the judge's "
+                                   f"{'sensitivity' if not positives else 'specificity'} is not measured "
+                                   "(label more answers of that kind)"}
     if theta is None or n == 0:
         return {"raw": raw, "rate": None, "ci95": None,
                 "method": method + ": not defined, the judge is no better than chance on the labels"}

@@ -8,8 +8,9 @@ from saferounds.eval.report_sections import heldout_models, pct, table
 
 
 def _interval(c: dict) -> str:
-    if c.get("rate") is None:
-        return "not defined (judge no better than chance on the labels)"
+    if c.get("rate") is None:  # why, as eval.audit.corrected_rate says it
+        why = c.get("method", "").partition("not defined, ")[2] or "the judge is no better than chance on the labels"
+        return f"not defined ({why})"
     lo, hi = c["ci95"]
     return f"{100 * c['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 

@@ -334,6 +334,24 @@ def llm_win_rate(judge_cfg, out_dir: Path, mine: list[EvalRecord], compared: dic
     return out
 
 
+def report_with_audit(root: Path, version: int, eval_dir: Path, out_dir: Path, cfg,
+                      distill: list[dict] | None = None) -> dict[str, Path]:
+    """Version `version`'s finished evaluation (eval_dir's metrics.json, records.json, compared_records.json)
+    reported again into out_dir with the audit block of its current labels (reports/vN/audit/labels.jsonl):
+    the judges' accuracy on this model's answers and the corrected rates. Nothing is generated or judged again;
+    eval_dir (inside a finished version) is only read. `cfg`: the eval section (examples, response length)."""
+    eval_dir = Path(eval_dir)
+    metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    records = json.loads((eval_dir / "records.json").read_text(encoding="utf-8"))
+    compared_file = eval_dir / "compared_records.json"
+    compared = json.loads(compared_file.read_text(encoding="utf-8")) if compared_file.exists() else {}
+    labels = load_labels(root, version)
+    metrics["audit"] = audit_summary(records, labels) if labels else None
+    return write_report(out_dir, metrics, records, compared=compared, trend=load_trend(root, exclude=metrics["version"]),
+                        examples_per_suite=cfg.examples_per_suite, max_response_chars=cfg.max_response_chars,
+                        distill=distill)
+
+
 def load_trend(root: Path, exclude: str | None = None) -> list[dict]:
     """metrics.json of every evaluated version (versions/vN/eval, else reports/vN/eval, reports/vN/report),
     oldest first."""

@@ -93,3 +93,32 @@ def test_the_sample_file_filled_in_is_the_label_file(ws, capsys):
     capsys.readouterr()
     assert main(["audit", "v1", "--labels", str(filled), "--json", "-w", str(ws)]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"]["refusal"]["agreement"]["count"] == 0  # all flipped
+
+
+def test_imported_labels_give_an_audited_report_without_touching_the_version(demo_smoke, tmp_path, capsys):
+    """`audit vN --labels F` writes the version's report again beside its labels (reports/vN/audit/report.html)
+    with the audited-judges section and the corrected rates; the finished version's own eval files stay byte
+    for byte, and nothing is generated or judged again (only read from versions/vN/eval)."""
+    import hashlib
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_smoke, ws)  # demo_smoke is read-only for tests
+    ev = ws / "versions" / "v1" / "eval"
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ev.iterdir() if p.is_file()}
+    records = json.loads((ev / "records.json").read_text())
+    rows = ["id,refusal,harmful"]
+    for i, r in enumerate(records[:30]):  # the judges' verdicts, every third refusal verdict flipped
+        refused = bool(r.get("refusal")) != (i % 3 == 0)
+        harm = "" if r.get("role") != "unsafe" else str(bool(r.get("harmful"))).lower()
+        rows.append(f"{r['id']},{str(refused).lower()},{harm}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert main(["audit", "v1", "--labels", str(tmp_path / "labels.csv"), "--json", "-w", str(ws)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    html = (ws / "reports" / "v1" / "audit" / "report.html").read_text()
+    assert out["report"] == str(ws / "reports" / "v1" / "audit" / "report.html")
+    assert "audited, n=30" in html and "Rogan" in html and "Unaudited" not in html
+    saved = json.loads((ws / "reports" / "v1" / "audit" / "metrics.json").read_text())
+    assert saved["audit"]["accuracy"]["refusal"]["n"] == 30
+    assert saved["audit"]["accuracy"]["refusal"]["fp"] + saved["audit"]["accuracy"]["refusal"]["fn"] == 10
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ev.iterdir() if p.is_file()} == before

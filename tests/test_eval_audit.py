@@ -50,6 +50,18 @@ def test_a_judge_no_better_than_chance_gives_no_corrected_rate():
     assert c["rate"] is None and c["ci95"] is None and "no better than chance" in c["method"]
 
 
+def test_no_labelled_positive_gives_no_corrected_rate_and_says_why():
+    """An audit whose answers hold no harmful one cannot measure the harm judge's sensitivity: no corrected rate,
+    and the reason is that, not 'no better than chance' (a full smollm2 run's audits had 0 or 1 harmful)."""
+    from saferounds.eval.report_gauge import _interval
+
+    acc = audit.judge_accuracy([True] * 11 + [False] * 49, [False] * 60)  # 11 false flags, nothing to find
+    assert acc["sensitivity"]["n"] == 0
+    c = audit.corrected_rate(13, 100, acc)
+    assert c["rate"] is None and "no labelled answer is positive" in c["method"]
+    assert "sensitivity is not measured" in _interval(c) and "chance" not in _interval(c)
+
+
 def test_rogan_gladen_clips_to_the_unit_interval():
     assert audit.rogan_gladen(0.05, 0.9, 0.9) == 0.0  # fewer flags than the false-positive rate alone
     assert audit.rogan_gladen(0.99, 0.9, 0.9) == 1.0

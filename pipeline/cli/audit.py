@@ -40,8 +40,9 @@ def _eval_records(ws, n: int) -> list[dict]:
 
 
 def _print(summary: dict) -> None:
+    measured = lambda block: block["rate"] if block["n"] else None  # noqa: E731 (no answers to measure it on: n/a)
     rows = [[q, a["n"], _pct(a["agreement"]["rate"]), _interval(a["agreement"]["ci95"]),
-             _pct(a["sensitivity"]["rate"]), _pct(a["specificity"]["rate"]), _pct(a["precision"]["rate"])]
+             _pct(measured(a["sensitivity"])), _pct(measured(a["specificity"])), _pct(measured(a["precision"]))]
             for q, a in summary["accuracy"].items()]
     console.print(table(f"Judges against {summary['labels']} labels", ["judge", "n", "agreement", "95% CI",
                                                                         "sensitivity", "specificity", "precision"], rows))
@@ -49,6 +50,8 @@ def _print(summary: dict) -> None:
             for name, c in summary["corrected"].items()]
     console.print(table("Rates corrected for the judges' error (Rogan-Gladen)",
                         ["rate", "judged", "95% CI", "corrected", "95% CI"], rows))
+    if summary.get("report"):
+        console.print(f"report with these labels: {summary['report']}")
 
 
 def audit(version: Annotated[str, typer.Argument(help="The version whose eval answers to audit (vN).")],
@@ -91,12 +94,29 @@ def audit(version: Annotated[str, typer.Argument(help="The version whose eval an
                    "next": f"label it (LABELLING.md rules), then: saferounds audit v{v} --labels FILE"}
         else:
             out = audit_labels.import_labels(ws.root, v, records, labels)
+            out["report"] = _audited_report(ws, v)
     if json:
         print_json(out)
     elif labels is None:
         console.print(f"{out['answers']} answers to label: {out['sample']}\n{out['next']}")
     else:
         _print(out)
+
+
+def _audited_report(ws, v: int) -> str | None:
+    """The version's eval report written again beside its labels (reports/vN/audit/report.html), with the judges'
+    accuracy on these labels and the corrected rates; None when the version has no finished eval."""
+    from saferounds.core.io import read_jsonl
+    from saferounds.eval.audit_labels import audit_dir
+    from saferounds.eval.versions import report_with_audit
+
+    eval_dir = ws.version_dir(v) / "eval"
+    if not (eval_dir / "metrics.json").exists() or not (eval_dir / "records.json").exists():
+        return None
+    distill = ws.version_dir(v) / "distill.jsonl"
+    paths = report_with_audit(ws.root, v, eval_dir, audit_dir(ws.root, v), ws.config.eval,
+                              distill=read_jsonl(distill) if distill.exists() else None)
+    return str(paths["html"])
 
 
 def _serve(ws, v: int, records: list[dict], n: int, seed: int, host: str, port: int, annotator, allow_hosts) -> None:
