@@ -136,6 +136,8 @@ def ours_score(model, tok, held, a) -> tuple[float, float, list]:
 
 
 def trl_score(model, tok, held, a, work) -> tuple[float, float, list]:
+    from bench.rm_speed import split_predictions
+
     ds = trl_features(tok, held, a.max_length)
     trainers = [trl_trainer(m.eval(), tok, ds, 1, a, work / f"pred{i}") for i, m in enumerate((model, second_head(model)))]
 
@@ -143,13 +145,8 @@ def trl_score(model, tok, held, a, work) -> tuple[float, float, list]:
         out = []
         for t in trainers:
             pred = t.predict(ds).predictions
-            flat = [float(x) for x in (pred[0] if isinstance(pred, tuple) else pred).reshape(-1)]
-            chosen, rejected, k, b = [], [], 0, t.args.per_device_eval_batch_size
-            for start in range(0, len(held), b):  # a batch: its pairs' chosen rows, then their rejected rows
-                m = min(b, len(held) - start)
-                chosen += flat[k:k + m]
-                rejected += flat[k + m:k + 2 * m]
-                k += 2 * m
+            chosen, rejected = split_predictions(pred[0] if isinstance(pred, tuple) else pred, len(held),
+                                                 t.args.per_device_eval_batch_size)
             out.append(chosen + rejected)
         return out
 

@@ -166,17 +166,24 @@ def trl_scores(trainer, tok, a) -> tuple[float, list[float]]:
     ds = datasets.Dataset.from_dict(held_out_ids(tok, a))
     out = trainer.predict(ds)
     logits = out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions
+    n = len(a.held_pairs)
+    chosen, rejected = split_predictions(logits, n, trainer.args.per_device_eval_batch_size)
+    acc = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / n  # ties: half, as ours
+    return acc, chosen + rejected
+
+
+def split_predictions(logits, n: int, batch: int) -> tuple[list[float], list[float]]:
+    """(chosen scores, rejected scores) of n pairs from RewardTrainer.predict's flat logits: each batch of `batch`
+    pairs is its pairs' chosen rows, then their rejected rows."""
     flat = [float(x) for x in logits.reshape(-1)]
-    n, b = len(a.held_pairs), trainer.args.per_device_eval_batch_size
     chosen, rejected, k = [], [], 0
-    for start in range(0, n, b):  # each batch is its pairs' chosen rows, then their rejected rows
-        m = min(b, n - start)
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
         chosen += flat[k:k + m]
         rejected += flat[k + m:k + 2 * m]
         k += 2 * m
     assert k == len(flat), (k, len(flat))
-    acc = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)) / n  # ties: half, as ours
-    return acc, chosen + rejected
+    return chosen, rejected
 
 
 def run_trl(backbone, pairs, a, work) -> float:
