@@ -64,7 +64,7 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     from saferounds.reward_models.pooled import MeanPooledForSequenceClassification, is_mean_pooled  # registers it
 
     adapter = (Path(path_or_id) / "adapter_config.json").exists()
-    mean = model_cfg.reward_model_pooling == "mean"
+    mean = getattr(model_cfg, "reward_model_pooling", "head") == "mean"  # a duck-typed config may predate the key
     try:
         if adapter and mean:  # peft would rebuild the base as the encoder's own classifier: build ours first
             import json
