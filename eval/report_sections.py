@@ -308,8 +308,14 @@ def ppo_section(m: dict) -> list[Section]:
     if not p or not p.get("steps"):
         return []
     last = p["steps"][-1]
-    stop = (f"stopped early after step {last['step']} of {p['planned_steps']}: the mean KL passed ppo.max_kl "
-            f"{p['max_kl']}" if p["stopped_early"] else f"ran all {p['planned_steps']} steps")
+    if not p["stopped_early"]:
+        stop = f"ran all {p['planned_steps']} steps"
+    elif p.get("stop_reason") == "refusal":
+        stop = (f"stopped early after step {last['step']} of {p['planned_steps']}: the rollouts the helpfulness RM "
+                f"scored were refused more often than ppo.max_refusal_rate {pct(p.get('max_refusal_rate'))}")
+    else:
+        stop = (f"stopped early after step {last['step']} of {p['planned_steps']}: the mean KL passed ppo.max_kl "
+                f"{p['max_kl']}")
     rows = [[r["step"], num(r["kl"]), num(r["score"]), "–" if r["response_length"] is None else
              f"{r['response_length']:.1f}", pct(r["refusal_rate"]), pct(r.get("refusal_rate_safety")),
              pct(r.get("refusal_rate_helpful"))] for r in p["steps"]]

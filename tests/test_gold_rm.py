@@ -54,6 +54,10 @@ def test_the_report_shows_proxy_vs_gold_and_ppo_steps():
     md = to_markdown(ppo_section({"ppo": ppo}))
     assert "stopped early after step 2 of 4: the mean KL passed ppo.max_kl 2.0" in md
     assert "| 2 | 2.500 | 0.100 | 6.5 | 50.0% |" in md
+    refused = {**ppo, "max_refusal_rate": 0.4, "stop_reason": "refusal"}
+    md = to_markdown(ppo_section({"ppo": refused}))
+    assert "stopped early after step 2 of 4: the rollouts the helpfulness RM scored were refused more often than " \
+           "ppo.max_refusal_rate 40.0%" in md and "ppo.max_kl" not in md
     assert gold_section({}) == [] and ppo_section({"ppo": None}) == []
 
 

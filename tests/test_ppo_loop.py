@@ -131,6 +131,40 @@ def test_max_kl_ends_the_run_early_with_a_message(tiny):
     assert "passed ppo.max_kl 0.001" in summary["stop_message"] and summary["stop_message"] in seen
 
 
+def test_pooled_refusal_rate_counts_the_last_steps_and_waits_for_enough_rollouts():
+    from saferounds.pipeline.training.ppo import pooled_refusal_rate
+
+    window = [(0, 4), (3, 5), (6, 6)]
+    assert pooled_refusal_rate(window, 2) == (9 / 11, 9, 11)  # the first step is outside the window
+    assert pooled_refusal_rate(window, 3) == (9 / 15, 9, 15)
+    assert pooled_refusal_rate(window[:1], 3) is None  # 4 rollouts: too few to judge
+    assert pooled_refusal_rate([(2, 8)], 1, min_rollouts=8) == (0.25, 2, 8)
+
+
+def test_max_refusal_rate_stops_ppo_when_helpful_rollouts_turn_to_refusals(tiny, tmp_path, monkeypatch):
+    """A stand-in refusal verdict flags every rollout: with ppo.max_refusal_rate 0.5 PPO stops as soon as the
+    pooled helpful-branch rollouts reach 8 (8 prompts a step, a third tagged safety: step 2), before that step's
+    update, says why, writes ppo_stop.json and keeps the policy of the step before. Without the limit, the same
+    verdict stops nothing."""
+    from saferounds.pipeline.training import ppo
+
+    monkeypatch.setattr(ppo, "is_refusal", lambda text: True)
+    _, tok, load = tiny
+    seen = []
+    _, summary = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=4, max_refusal_rate=0.5),
+                           progress=seen.append, log_path=tmp_path / "log.jsonl")
+    assert summary["stopped_early"] and summary["stop_reason"] == "refusal" and summary["refusal_at_stop"] == 1.0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert summary["steps_done"] == len(log) == 1  # step 1 alone holds fewer than 8 helpful-branch rollouts
+    assert 0 < 8 * log[0]["share_helpfulness_branch"] < 8
+    assert "past ppo.max_refusal_rate 50%" in summary["stop_message"] and summary["stop_message"] in seen
+    assert "before step 2 of 4" in summary["stop_message"]
+    stop = json.loads((tmp_path / "ppo_stop.json").read_text())
+    assert stop["stop_reason"] == "refusal" and stop["before_step"] == 2
+    _, free = train_ppo(load(), tok, TRAIN, gated_score, small_cfg(steps=2))
+    assert not free["stopped_early"] and free["steps_done"] == 2
+
+
 def test_kl_stop_is_a_deprecated_alias_of_max_kl(tiny, caplog):
     from saferounds.pipeline.config import parse_config
 

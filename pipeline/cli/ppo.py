@@ -44,6 +44,7 @@ def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] |
     from saferounds.core.tracking import tracking
     from saferounds.pipeline.stages import StageContext
     from saferounds.pipeline.stages.ppo import run
+    from saferounds.pipeline.training.ppo import STOP_REASONS
 
     overrides = list(set_ or []) + ([f"ppo.steps={steps}"] if steps is not None else [])
     cfg = load_config(ws.root / CONFIG_NAME, overrides)
@@ -75,7 +76,7 @@ def _ppo(ws, out: Path, policy: str | None, steps: int | None, set_: list[str] |
         print_json({"out": str(out), "policy": str(out / "ppo_policy"), **metrics})
         return
     console.print(f"PPO {metrics['ppo_steps']} steps from {start} -> {out / 'ppo_policy'}"
-                  + (" (stopped early: KL passed ppo.max_kl)" if metrics["ppo_stopped_early"] else ""))
+                  + (f" ({STOP_REASONS[metrics.get('ppo_stop_reason', 'kl')]})" if metrics["ppo_stopped_early"] else ""))
     console.print(f"last step: score {fmt(metrics.get('ppo_score'))}, KL {fmt(metrics.get('ppo_kl'))}, "
                   f"response length {fmt(metrics.get('ppo_response_length'), 1)}; log {out / 'ppo_log.jsonl'}")
 

@@ -60,12 +60,19 @@ PPO_PLOTTED = ("kl", "score", "score_whitened", "response_length", "refusal_rate
 
 def ppo_block(log: Path, ppo_cfg) -> dict | None:
     """metrics.json's `ppo`: per step KL, gated score, response length and the rollouts' refusal rate (from
-    the stage's ppo_log.jsonl), ppo.max_kl and whether the run stopped short of ppo.steps; None without PPO."""
+    the stage's ppo_log.jsonl), ppo.max_kl, ppo.max_refusal_rate, whether the run stopped short of ppo.steps and
+    why (ppo_stop.json); None without PPO."""
     if not Path(log).exists():
         return None
     steps = [{"step": r["step"], **{k: r.get(k) for k in PPO_PLOTTED}} for r in read_jsonl(Path(log))]
+    from saferounds.pipeline.training.ppo import STOP_FILE
+
+    stop_file = Path(log).parent / STOP_FILE
+    stop = read_json(stop_file) if stop_file.exists() else {}
     return {"steps": steps, "planned_steps": ppo_cfg.steps, "max_kl": ppo_cfg.kl_limit, "beta": ppo_cfg.beta,
-            "stopped_early": bool(steps) and steps[-1]["step"] < ppo_cfg.steps}
+            "max_refusal_rate": ppo_cfg.max_refusal_rate,
+            "stopped_early": bool(steps) and steps[-1]["step"] < ppo_cfg.steps,
+            "stop_reason": stop.get("stop_reason"), "stop_message": stop.get("stop_message")}
 
 
 def evaluate_version(ws, version: int, policy: Path, out_dir: Path, *, rm_paths: dict[str, Path],

@@ -77,7 +77,8 @@ def run(ctx: StageContext) -> dict:
     last = summary.get("last", {})
     return {"ppo_start": str(start), "ppo_reference": str(ref_path), "ppo_steps": summary["steps_done"],
             "ppo_reference_version": reference_version(ctx, ref_path), "ppo_max_kl": cfg.kl_limit,
-            "ppo_stopped_early": summary["stopped_early"],
+            "ppo_max_refusal_rate": cfg.max_refusal_rate, "ppo_stopped_early": summary["stopped_early"],
+            **({"ppo_stop_reason": summary["stop_reason"]} if summary.get("stop_reason") else {}),
             **({"ppo_stop_message": summary["stop_message"]} if summary.get("stop_message") else {}),
             **{f"ppo_{k}": last[k] for k in ("score", "kl", "entropy", "response_length",
                                              "share_safety_branch") if k in last}}

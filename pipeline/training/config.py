@@ -92,6 +92,13 @@ class PPOConfig:
     max_kl: Optional[float] = field(default=None, metadata={"min": 0.0})
     """Stop early, with a message naming the step and the KL, when the rollouts' mean KL to the reference
     (nats per response, summed over its tokens) passes this; the last policy before it is kept. null: never."""
+    max_refusal_rate: Optional[float] = field(default=None, metadata={"min": 0.0, "max": 1.0})
+    """Stop early, with a message, when the refusal patterns flag more than this share of the rollouts the gate
+    scored with the helpfulness RM, pooled over the last `refusal_window` steps (at least 8 such rollouts): the
+    policy learning to refuse what it should answer, LLaMA 2's false-refusal failure (Sec. 4.2.3, Fig. 33)
+    that a safety reward can buy. The last policy before it is kept. null: never."""
+    refusal_window: int = field(default=3, metadata={"min": 1})
+    """Steps whose helpful-branch rollouts max_refusal_rate pools (one step holds few of them)."""
     kl_stop: Optional[float] = field(default=None, metadata={"min": 0.0})
     """Deprecated alias of max_kl (read as max_kl, with a warning); set max_kl instead."""
     save_every: int = field(default=20, metadata={"min": 1})

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -188,6 +190,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
     bar.advance(start)
     encoded = encode_prompts(tokenizer, prompts)
     summary: dict = {"steps_done": start, "stopped_early": False}
+    window: list[tuple[int, int]] = []  # (refused, rollouts) of the helpful branch per step, for max_refusal_rate
 
     for step in range(start, cfg.steps):
         clock = StepClock()
@@ -199,11 +202,21 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         # steps 2-3: whitened score, KL-penalised rewards (Eq. 4), whitened GAE advantages
         adv = estimate_advantages(batch, run.whitener, cfg, accelerator)
         mean_kl = accelerator.reduce(adv.kl.sum(1).mean(), reduction="mean").item()
+        window.append(helpful_refusals(refused, batch.used_safety, accelerator))
+        pooled = pooled_refusal_rate(window, cfg.refusal_window)
+        stop = None
         if cfg.kl_limit is not None and mean_kl > cfg.kl_limit:
-            summary.update(stopped_early=True, kl_at_stop=mean_kl, stop_message=kl_stop_message(step, mean_kl, cfg))
+            stop = dict(stop_reason="kl", kl_at_stop=mean_kl, stop_message=kl_stop_message(step, mean_kl, cfg))
+        elif cfg.max_refusal_rate is not None and pooled is not None and pooled[0] > cfg.max_refusal_rate:
+            stop = dict(stop_reason="refusal", refusal_at_stop=pooled[0],
+                        stop_message=refusal_stop_message(step, pooled, cfg))
+        if stop:
+            summary.update(stopped_early=True, **stop)
             logger.warning(summary["stop_message"])
             if progress:
                 progress(summary["stop_message"])
+            if log_path is not None and accelerator.is_main_process:
+                write_stop(log_path, step, stop)
             break
         clock.lap("rollout_s")
         # step 4: PPO epochs over shuffled mini-batches, one optimiser step each
@@ -224,7 +237,7 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         accelerator.end_training()
     last = summary.get("last") or {}
     bar.done((f"score {last['score']:.3f}, KL {last['kl']:.3f}" if last else f"{summary['steps_done']} steps")
-             + (" (stopped early: KL passed ppo.max_kl)" if summary["stopped_early"] else ""))
+             + (f" ({STOP_REASONS[summary['stop_reason']]})" if summary["stopped_early"] else ""))
     return run.unwrapped.policy, summary
 
 
@@ -378,6 +391,47 @@ def kl_stop_message(step: int, mean_kl: float, cfg: PPOConfig) -> str:
     return (f"ppo: stopped early before step {step + 1} of {cfg.steps}: the rollouts' mean KL to the reference, "
             f"{mean_kl:.4g} nats per response, passed ppo.max_kl {cfg.kl_limit:.4g}; the policy after step {step} "
             "is kept")
+
+
+STOP_REASONS = {"kl": "stopped early: KL passed ppo.max_kl",
+                "refusal": "stopped early: helpful-branch refusals passed ppo.max_refusal_rate"}
+STOP_FILE = "ppo_stop.json"  # beside the step log: why and before which step PPO stopped early
+
+
+def helpful_refusals(refused: list[bool], used_safety: torch.Tensor, accelerator) -> tuple[int, int]:
+    """(refused, rollouts) among this step's rollouts the gate scored with the helpfulness RM, summed over
+    processes; (0, 0) when the refusal verdicts do not line up with the batch."""
+    helpful = ~used_safety.bool()
+    if len(refused) != len(helpful):
+        return 0, 0
+    flags = torch.tensor([bool(x) for x in refused], dtype=torch.bool, device=helpful.device)
+    counts = torch.stack([(flags & helpful).sum(), helpful.sum()]).float()
+    counts = accelerator.reduce(counts, reduction="sum")
+    return int(counts[0].item()), int(counts[1].item())
+
+
+def pooled_refusal_rate(window: list[tuple[int, int]], steps: int, min_rollouts: int = 8
+                        ) -> tuple[float, int, int] | None:
+    """(rate, refused, rollouts) pooled over the last `steps` entries of `window`; None under `min_rollouts`."""
+    k = sum(r for r, _ in window[-steps:])
+    n = sum(t for _, t in window[-steps:])
+    return (k / n, k, n) if n >= min_rollouts else None
+
+
+def refusal_stop_message(step: int, pooled: tuple[float, int, int], cfg: PPOConfig) -> str:
+    """What PPO says when it stops early on ppo.max_refusal_rate (the policy learning to refuse helpful prompts)."""
+    rate, k, n = pooled
+    return (f"ppo: stopped early before step {step + 1} of {cfg.steps}: the refusal patterns flag {k} of the {n} "
+            f"helpful-branch rollouts of the last {min(cfg.refusal_window, step + 1)} step(s) ({rate:.0%}), past "
+            f"ppo.max_refusal_rate {cfg.max_refusal_rate:.0%}; the policy after step {step} is kept")
+
+
+def write_stop(log_path: Path, step: int, stop: dict) -> None:
+    """ppo_stop.json beside the step log (written whole, then renamed): the report says why PPO stopped."""
+    path = Path(log_path).parent / STOP_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"before_step": step + 1, **stop}, indent=1))
+    os.replace(tmp, path)
 
 
 def _noting_refusals(score_fn: ScoreFn, refused: list[bool]) -> ScoreFn:
