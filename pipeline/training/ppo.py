@@ -203,20 +203,10 @@ def train_ppo(policy, tokenizer, prompts: list[dict], score_fn: ScoreFn, cfg: PP
         adv = estimate_advantages(batch, run.whitener, cfg, accelerator)
         mean_kl = accelerator.reduce(adv.kl.sum(1).mean(), reduction="mean").item()
         window.append(helpful_refusals(refused, batch.used_safety, accelerator))
-        pooled = pooled_refusal_rate(window, cfg.refusal_window)
-        stop = None
-        if cfg.kl_limit is not None and mean_kl > cfg.kl_limit:
-            stop = dict(stop_reason="kl", kl_at_stop=mean_kl, stop_message=kl_stop_message(step, mean_kl, cfg))
-        elif cfg.max_refusal_rate is not None and pooled is not None and pooled[0] > cfg.max_refusal_rate:
-            stop = dict(stop_reason="refusal", refusal_at_stop=pooled[0],
-                        stop_message=refusal_stop_message(step, pooled, cfg))
+        stop = early_stop(step, mean_kl, window, cfg)
         if stop:
             summary.update(stopped_early=True, **stop)
-            logger.warning(summary["stop_message"])
-            if progress:
-                progress(summary["stop_message"])
-            if log_path is not None and accelerator.is_main_process:
-                write_stop(log_path, step, stop)
+            announce_stop(step, stop, logger, progress, log_path if accelerator.is_main_process else None)
             break
         clock.lap("rollout_s")
         # step 4: PPO epochs over shuffled mini-batches, one optimiser step each
@@ -396,6 +386,26 @@ def kl_stop_message(step: int, mean_kl: float, cfg: PPOConfig) -> str:
 STOP_REASONS = {"kl": "stopped early: KL passed ppo.max_kl",
                 "refusal": "stopped early: helpful-branch refusals passed ppo.max_refusal_rate"}
 STOP_FILE = "ppo_stop.json"  # beside the step log: why and before which step PPO stopped early
+
+
+def early_stop(step: int, mean_kl: float, window: list[tuple[int, int]], cfg: PPOConfig) -> dict | None:
+    """Why PPO stops before step `step`'s update (ppo.max_kl, then ppo.max_refusal_rate), or None."""
+    if cfg.kl_limit is not None and mean_kl > cfg.kl_limit:
+        return dict(stop_reason="kl", kl_at_stop=mean_kl, stop_message=kl_stop_message(step, mean_kl, cfg))
+    pooled = pooled_refusal_rate(window, cfg.refusal_window)
+    if cfg.max_refusal_rate is not None and pooled is not None and pooled[0] > cfg.max_refusal_rate:
+        return dict(stop_reason="refusal", refusal_at_stop=pooled[0],
+                    stop_message=refusal_stop_message(step, pooled, cfg))
+    return None
+
+
+def announce_stop(step: int, stop: dict, logger, progress, log_path: Path | None) -> None:
+    """The early stop's message to the log and the progress callback; ppo_stop.json beside the step log."""
+    logger.warning(stop["stop_message"])
+    if progress:
+        progress(stop["stop_message"])
+    if log_path is not None:
+        write_stop(log_path, step, stop)
 
 
 def helpful_refusals(refused: list[bool], used_safety: torch.Tensor, accelerator) -> tuple[int, int]:
