@@ -19,6 +19,7 @@ import struct
 import time
 from pathlib import Path
 
+from saferounds.core.distributed import run_on_main
 from saferounds.core.errors import as_disk_full, no_space
 
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -95,8 +96,13 @@ def train(trainer, work_dir: str | Path, log=None):
     A checkpoint save that runs out of space (torch's writer says only `[enforce fail at
     inline_container.cc] unexpected pos`) deletes the checkpoint it left half written, so the stage's
     failure still fits in the manifest and a rerun resumes from the checkpoint before, then raises
-    DiskFullError naming that checkpoint and the space left."""
-    last = last_complete_checkpoint(work_dir, log)
+    DiskFullError naming that checkpoint and the space left.
+
+    Under `accelerate launch` rank 0 alone looks for the checkpoint and sets torn ones aside, and every rank
+    waits for its answer: a rank that looked on its own could rename a checkpoint that rank 0 is still
+    writing (the ranks do not meet before the first optimizer step), or two ranks could both rename the
+    same torn one."""
+    last = run_on_main(last_complete_checkpoint, work_dir, log)
     if last and log is not None:
         log.info("resuming training from %s", last)
     try:

@@ -51,7 +51,19 @@ def save_checkpoint(work_dir: Path, step: int, model: PolicyAndValue, optimizer,
 
 def _readable_state(work_dir: Path, logger=None) -> tuple[Path, dict] | None:
     """(checkpoint dir, state) of the newest PPO checkpoint whose state.pt loads; a torn one (a kill or a
-    full disk in the middle of torch.save) is set aside as step_N.torn with a note, and an older one used."""
+    full disk in the middle of torch.save) is set aside as step_N.torn with a note, and an older one used.
+    Under a launch rank 0 alone decides (and renames) and every rank loads the one it chose: two ranks
+    renaming the same torn directory would race."""
+    from saferounds.core.distributed import run_on_main
+
+    chosen = run_on_main(_newest_readable, work_dir, logger)
+    if chosen is None:
+        return None
+    ckpt = Path(chosen)
+    return ckpt, torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+
+
+def _newest_readable(work_dir: Path, logger=None) -> str | None:
     from saferounds.core.checkpoints import set_aside
 
     latest = work_dir / "latest"
@@ -60,7 +72,8 @@ def _readable_state(work_dir: Path, logger=None) -> tuple[Path, dict] | None:
         if not ckpt.is_dir():
             continue
         try:
-            return ckpt, torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+            torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+            return str(ckpt)
         except (OSError, RuntimeError, EOFError, ValueError) as e:
             set_aside(ckpt, f"state.pt unreadable ({type(e).__name__})", logger)
     return None
