@@ -46,10 +46,14 @@ def read_cache(paths: Iterable[str | Path]) -> dict[str, str]:
 
 def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], *, max_new_tokens: int = 128,
              do_sample: bool = False, temperature: float = 0.7, top_p: float = 1.0, seed: int = 0,
-             batch_size: int = 8, batch_offset: int = 0,
+             batch_size: int = 8, batch_offset: int = 0, decoder: str = "shared-prefix",
              on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
-    """Responses to chat prompts (apply_chat_template with add_generation_prompt), in input order."""
+    """Responses to chat prompts (apply_chat_template with add_generation_prompt), in input order.
+    Greedy answers go through core.decoding (`decoder` "shared-prefix") unless the model does not support
+    it or `decoder` is "generate"; sampled ones through `model.generate`."""
     import torch
+
+    from saferounds.core.decoding import eos_token_ids, greedy_decode, supports_fast_greedy
 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -61,6 +65,12 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], *, max_new_tok
         idx = list(range(start, min(start + batch_size, len(prompts))))
         texts = [tokenizer.apply_chat_template(list(prompts[i]), add_generation_prompt=True, tokenize=False)
                  for i in idx]
+        if not do_sample and decoder == "shared-prefix" and supports_fast_greedy(model):
+            rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+            new_ids = greedy_decode(model, rows, max_new_tokens=max_new_tokens, pad_id=tokenizer.pad_token_id,
+                                    eos_ids=eos_token_ids(model, tokenizer))
+            _deliver(out, idx, tokenizer.batch_decode(new_ids, skip_special_tokens=True), on_batch)
+            continue
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                       pad_token_id=tokenizer.pad_token_id)
@@ -72,12 +82,16 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], *, max_new_tok
         with torch.inference_mode():
             gen = model.generate(**enc, **kwargs)
         new = gen[:, enc["input_ids"].shape[1]:]
-        texts_out = [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-        for i, t in zip(idx, texts_out):
-            out[i] = t
-        if on_batch:
-            on_batch(idx, texts_out)
+        _deliver(out, idx, tokenizer.batch_decode(new, skip_special_tokens=True), on_batch)
     return out
+
+
+def _deliver(out: list[str], idx: list[int], texts: list[str], on_batch) -> None:
+    texts = [t.strip() for t in texts]
+    for i, t in zip(idx, texts):
+        out[i] = t
+    if on_batch:
+        on_batch(idx, texts)
 
 
 def _missing(rows: Sequence[dict], settings: dict, caches: list) -> tuple[list[str], dict, list[int]]:
@@ -93,7 +107,7 @@ def _missing(rows: Sequence[dict], settings: dict, caches: list) -> tuple[list[s
 def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: dict, cache_file: str | Path,
                     extra_caches: Iterable[str | Path] = (), batch_size: int = 8,
                     progress: Callable[[int, int], None] | None = None,
-                    machine=None) -> tuple[list[str], int]:
+                    machine=None, decoder: str = "shared-prefix") -> tuple[list[str], int]:
     """Responses for suite rows, generating only those missing from the caches.
 
     load() -> (model, tokenizer) is called only when something is missing. New answers are appended
@@ -120,7 +134,7 @@ def cached_generate(load: Callable[[], tuple], rows: Sequence[dict], settings: d
                 progress(done[0], len(rows))
 
         generate(model, tokenizer, [rows[i]["messages"] for i in missing], batch_size=batch_size,
-                 on_batch=save, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
+                 on_batch=save, decoder=decoder, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
     if machine is not None:
         machine.add({k: cached[k] for k in keys})
     return [cached[k] for k in keys], len(missing)
@@ -153,7 +167,8 @@ def merge_cache_shards(cache_file: str | Path) -> int:
 
 def cached_generate_sharded(load: Callable[[], tuple], rows: Sequence[dict], settings: dict, cache_file: str | Path,
                             extra_caches: Iterable[str | Path] = (), batch_size: int = 8,
-                            progress: Callable[[int, int], None] | None = None) -> int:
+                            progress: Callable[[int, int], None] | None = None,
+                            decoder: str = "shared-prefix") -> int:
     """cached_generate across the ranks of a launch (core.distributed): the missing rows are batched
     exactly as one process batches them, batch b goes to rank b % world size (with the torch seed of
     batch b when sampling), each rank appends to its own file and rank 0 merges them into cache_file.
@@ -175,7 +190,7 @@ def cached_generate_sharded(load: Callable[[], tuple], rows: Sequence[dict], set
         model, tokenizer = load()
         for n_done, (b, batch) in enumerate(mine, 1):
             texts = generate(model, tokenizer, [rows[i]["messages"] for i in batch], batch_size=len(batch),
-                             batch_offset=b, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
+                             batch_offset=b, decoder=decoder, **{k: settings[k] for k in settings if k in GEN_SETTINGS})
             append_jsonl(own, [{"id": rows[i]["id"], "key": keys[i], "response": t, "settings": settings}
                                for i, t in zip(batch, texts)])
             if progress:

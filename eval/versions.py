@@ -208,7 +208,7 @@ def answers(root: Path, out_dir: Path, version: str, policy: Path, load_policy: 
             bar.advance(max(0, d - seen[0]))
             seen[0] = max(seen[0], d)
         resp, new = cached_generate(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
-                                    batch_size=cfg.batch_size, progress=report,
+                                    batch_size=cfg.batch_size, progress=report, decoder=getattr(cfg, "greedy_decoder", "shared-prefix"),
                                     machine=machine.suite(s, settings) if machine else None)
         out[s.name] = resp
         generated += new
@@ -238,7 +238,7 @@ def generate_answers(root: Path, out_dir: Path, policies: dict[str, Path], load_
         for s in suites:
             cache = out_dir / "generations" / version / f"{s.name}.jsonl"
             cached_generate_sharded(once, s.rows, settings, cache, extra_caches=cache_files(root, version, s.name),
-                                    batch_size=cfg.batch_size,
+                                    batch_size=cfg.batch_size, decoder=getattr(cfg, "greedy_decoder", "shared-prefix"),
                                     progress=lambda d, n, s=s, v=version: progress(f"eval: {v} {s.name} {d}/{n}"))
         loaded.clear()
         gc.collect()

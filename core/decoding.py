@@ -1,0 +1,129 @@
+"""Greedy decoding for a batch of chat prompts that share a prefix: the prefix once, finished rows dropped.
+
+`model.generate` (the plain path) prefills every row's whole prompt and keeps decoding rows that have
+already stopped until the last row stops. For an evaluation batch both are waste:
+
+- **the shared prefix once.** Every prompt of a chat model's suite starts with the same template text (for
+  SmolLM2 the default system prompt and the user header, 25 of ~41 tokens on XSTest), and left padding to
+  the longest prompt adds more. The prefix's keys and values are computed for one row and repeated for the
+  batch; each row's own suffix is prefilled after it, padded in the middle (`[prefix][pad..][suffix]`, the
+  pads masked out and the positions counted over real tokens only), so every row sees exactly the tokens
+  and positions it would see alone.
+- **finished rows dropped.** Once a row emits an end-of-sequence token its keys and values leave the cache
+  (`Cache.batch_select_indices`), so later steps run only the rows still going.
+
+The tokens are those of `model.generate(do_sample=False)` up to floating point: the matrix products run on
+differently shaped batches, so a row whose two best next tokens are within rounding of each other can go
+the other way (bench/fast_generate.py measures the share of identical answers). Any decoder-only Hugging
+Face model with a `Cache` (`past_key_values`) and `position_ids` qualifies; `supports_fast_greedy` says when a
+model does not, and callers then use `generate`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+MIN_SHARED_PREFIX = 4  # fewer shared tokens are not worth a separate forward pass
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end an answer: the model's generation config (what `generate` stops on), else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if not ids:
+        raise ValueError("greedy decoding: neither the model's generation config nor the tokenizer names an "
+                         "end-of-sequence token")
+    return ids
+
+
+def supports_fast_greedy(model) -> bool:
+    """Decoder-only models whose forward takes position_ids and a KV cache (every causal LM of transformers,
+    PEFT-wrapped or not); encoder-decoders and models without a cache take `generate`."""
+    config = getattr(model, "config", None)
+    return (config is not None and not getattr(config, "is_encoder_decoder", False)
+            and getattr(config, "use_cache", True) is not False)
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """The length of the longest common token prefix of `rows`, leaving every row at least one token of
+    its own (the suffix prefill must produce each row's first next-token logits)."""
+    if not rows:
+        return 0
+    first, n = rows[0], min(len(r) for r in rows) - 1
+    for i in range(max(n, 0)):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return max(n, 0)
+
+
+def suffix_batch(rows: Sequence[Sequence[int]], prefix: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids [B, S], mask [B, S]) of every row's tokens after the shared prefix, left-padded to the longest."""
+    width = max(len(r) - prefix for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        tail = list(r[prefix:])
+        ids[i, width - len(tail):] = torch.tensor(tail, dtype=torch.long)
+        mask[i, width - len(tail):] = 1
+    return ids, mask
+
+
+def _forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1, :], out["cache"] if "cache" in out else out.past_key_values
+
+
+def _prefill(model, rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, object, torch.Tensor,
+                                                                                 torch.Tensor]:
+    """(next-token logits [B, V], the cache, the attention mask [B, L], each row's last position [B])."""
+    prefix = shared_prefix_length(rows)
+    if prefix < MIN_SHARED_PREFIX:
+        prefix = 0
+    cache = None
+    if prefix:
+        head = torch.tensor([list(rows[0][:prefix])], dtype=torch.long, device=device)
+        _, cache = _forward(model, head, torch.ones_like(head), torch.arange(prefix, device=device)[None], None)
+        cache.batch_repeat_interleave(len(rows))
+    ids, suffix_mask = suffix_batch(rows, prefix, pad_id)
+    ids, suffix_mask = ids.to(device), suffix_mask.to(device)
+    mask = torch.cat([torch.ones((len(rows), prefix), dtype=torch.long, device=device), suffix_mask], dim=1)
+    positions = (prefix + suffix_mask.cumsum(-1) - 1).clamp(min=0)  # pads get 0..; they are masked out
+    logits, cache = _forward(model, ids, mask, positions, cache)
+    return logits, cache, mask, positions[:, -1]
+
+
+def greedy_decode(model, rows: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
+                  pad_id: int) -> list[list[int]]:
+    """Each row's greedy continuation of its prompt token ids, up to (not including) its first end-of-sequence
+    token or `max_new_tokens` tokens. Rows are independent: the result does not depend on the batch's other
+    rows beyond floating point."""
+    if not rows:
+        return []
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("greedy decoding: an empty prompt (no tokens)")
+    device = next(model.parameters()).device
+    out: list[list[int]] = [[] for _ in rows]
+    eos = torch.tensor(list(eos_ids), device=device)
+    alive = torch.arange(len(rows), device=device)  # original row of each cache row
+    with torch.inference_mode():
+        logits, cache, mask, last = _prefill(model, rows, pad_id, device)
+        for step in range(max_new_tokens):
+            nxt = logits.argmax(-1)
+            ended = torch.isin(nxt, eos)
+            for row, tok, end in zip(alive.tolist(), nxt.tolist(), ended.tolist()):
+                if not end:
+                    out[row].append(tok)
+            if step == max_new_tokens - 1 or bool(ended.all()):
+                break
+            if bool(ended.any()):  # the finished rows leave the batch and its cache
+                keep = (~ended).nonzero().flatten()
+                cache.batch_select_indices(keep)
+                alive, nxt, mask, last = alive[keep], nxt[keep], mask[keep], last[keep]
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+            last = last + 1
+            logits, cache = _forward(model, nxt[:, None], mask, last[:, None], cache)
+    return out
