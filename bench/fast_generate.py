@@ -6,7 +6,9 @@ same length-sorted batches, same K, temperature, top-p, max_new_tokens, torch th
   ours-fp32  sampling.generate.generate_samples on the fp32 model (the sampler's own changes only: one
              prefill per prompt for its K samples, the top-k-first nucleus, the one-hot pick)
   ours-int8  generate_samples on the model prepared by `model.generation_quantize: int8`
-  ours-eval  (--greedy) eval.generate.generate, the eval stage's greedy path, on the same batches
+  ours-eval  (--greedy) eval.generate.generate, the eval stage's greedy path (core.decoding: the shared prompt
+             prefix prefilled once, suffixes prefilled in length groups, finished rows dropped, a reserved KV
+             cache), on the same batches
   llamacpp   llama.cpp compiled here (bench/llamacpp_ref.py, run with --llamacpp-python), same prompt tokens,
              batches, K, new tokens and greedy/sampling settings, in its own process (its own CPU clock)
   llamacpp-node  the earlier prebuilt node-llama-cpp reference (bench/llamacpp_node.mjs)

@@ -120,3 +120,17 @@ def test_eval_generate_answers_the_same_with_either_decoder(tiny):
     sampled = generate(model, tok, chats, max_new_tokens=8, batch_size=4, do_sample=True, seed=3)
     assert sampled == generate(model, tok, chats, max_new_tokens=8, batch_size=4, do_sample=True, seed=3,
                                decoder="generate")  # sampling always goes through model.generate
+
+
+def test_suffixes_prefilled_in_groups_join_into_one_cache(tiny):
+    """Groups of 2 rows of similar length, each padded only to its own longest suffix, joined with the
+    suffixes right-aligned after the prefix: the same tokens, and the prefill runs on fewer padded tokens."""
+    model, tok = tiny
+    rows = prompt_rows(tok)
+    prefix, eos = shared_prefix_length(rows), eos_token_ids(model, tok)
+    ours, shapes = batch_sizes(model, lambda: greedy_decode(model, rows, max_new_tokens=10, eos_ids=eos,
+                                                            pad_id=tok.pad_token_id, prefill_group=2))
+    assert ours == plain_greedy(model, tok, rows, 10, eos)
+    suffixes = sorted(len(r) - prefix for r in rows)
+    assert shapes[1:4] == [(2, suffixes[1]), (2, suffixes[3]), (2, suffixes[5])]  # the three groups' prefills
+    assert sum(b * s for b, s in shapes[1:4]) < len(rows) * suffixes[-1]
