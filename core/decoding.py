@@ -139,33 +139,33 @@ def _prefill(model, rows: Sequence[Sequence[int]], pad_id: int, device, reserve:
     the order given. The shared prefix is computed once; the suffixes are prefilled in groups of `group` rows
     of similar length (less padding than one batch padded to the longest), and the groups' caches are joined
     into reserved buffers with room for `reserve` more tokens, each row's suffix right-aligned after the
-    prefix (the gap zero and masked out)."""
+    prefix (the gap zero and masked out). A model whose cache layers are not plain full-attention ones
+    (sliding windows, linear attention) gets one group in the given order and its own cache."""
     prefix = shared_prefix_length(rows)
     prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
     prefix_cache = None
     if prefix:
         head = torch.tensor([list(rows[0][:prefix])], dtype=torch.long, device=device)
         _, prefix_cache = _forward(model, head, torch.ones_like(head), torch.arange(prefix, device=device)[None], None)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i])) if len(rows) > group else list(range(len(rows)))
     groups = [order[i:i + group] for i in range(0, len(order), group)]
-    done = [(g, *_prefill_group(model, [rows[i] for i in g], prefix, prefix_cache, pad_id, device)) for g in groups]
-    width = max(len(r) for r in rows) - prefix
-    n, caches = len(rows), [c for _, _, c, _ in done]
-    mask = torch.zeros((n, prefix + width), dtype=torch.long, device=device)
-    mask[:, :prefix] = 1
-    logits = torch.empty((n, done[0][1].shape[-1]), dtype=done[0][1].dtype, device=device)
-    for g, lg, _, smask in done:
-        mask[g, prefix + width - smask.shape[1]:] = smask
-        logits[g] = lg
-    last = mask.sum(-1) - 1
-    if len(done) == 1 and not _plain_layers(caches[0]):
-        return logits, caches[0], mask, last
-    cache = caches[0]
+    first = _prefill_group(model, [rows[i] for i in groups[0]], prefix, prefix_cache, pad_id, device)
+    if not _plain_layers(first[1]):
+        if len(groups) > 1:
+            groups = [list(range(len(rows)))]
+            first = _prefill_group(model, rows, prefix, prefix_cache, pad_id, device)
+        logits, mask, last = _joined_inputs([(groups[0], *first)], len(rows), prefix, device)
+        return logits, first[1], mask, last
+    done = [(groups[0], *first)] + [(g, *_prefill_group(model, [rows[i] for i in g], prefix, prefix_cache, pad_id,
+                                                          device)) for g in groups[1:]]
+    logits, mask, last = _joined_inputs(done, len(rows), prefix, device)
+    width = mask.shape[1] - prefix
+    cache = first[1]
     for li, layer in enumerate(cache.layers):
         k0 = layer.keys
-        shape = (n, k0.shape[1], prefix + width + reserve, k0.shape[3])
+        shape = (len(rows), k0.shape[1], prefix + width + reserve, k0.shape[3])
         kbuf, vbuf = k0.new_zeros(shape), k0.new_zeros(shape)
-        for (g, _, c, smask), _ in zip(done, caches):
+        for g, _, c, smask in done:
             idx = torch.tensor(g, device=device)
             start = prefix + width - smask.shape[1]
             kbuf[idx, :, :prefix] = c.layers[li].keys[:, :, :prefix]
@@ -174,6 +174,19 @@ def _prefill(model, rows: Sequence[Sequence[int]], pad_id: int, device, reserve:
             vbuf[idx, :, start:prefix + width] = c.layers[li].values[:, :, prefix:]
         cache.layers[li] = _reserved_layer(kbuf, vbuf, prefix + width)
     return logits, cache, mask, last
+
+
+def _joined_inputs(done: list, n: int, prefix: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits [n, V], attention mask [n, prefix + widest suffix], last position [n]) of prefilled groups
+    (rows g, logits, cache, suffix mask), each group's suffixes right-aligned after the prefix."""
+    width = max(smask.shape[1] for *_, smask in done)
+    mask = torch.zeros((n, prefix + width), dtype=torch.long, device=device)
+    mask[:, :prefix] = 1
+    logits = torch.empty((n, done[0][1].shape[-1]), dtype=done[0][1].dtype, device=device)
+    for g, lg, _, smask in done:
+        mask[g, prefix + width - smask.shape[1]:] = smask
+        logits[g] = lg
+    return logits, mask, mask.sum(-1) - 1
 
 
 def greedy_decode(model, rows: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],

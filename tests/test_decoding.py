@@ -134,3 +134,20 @@ def test_suffixes_prefilled_in_groups_join_into_one_cache(tiny):
     suffixes = sorted(len(r) - prefix for r in rows)
     assert shapes[1:4] == [(2, suffixes[1]), (2, suffixes[3]), (2, suffixes[5])]  # the three groups' prefills
     assert sum(b * s for b, s in shapes[1:4]) < len(rows) * suffixes[-1]
+
+
+def test_a_cache_of_other_layer_kinds_is_prefilled_in_one_group_in_order(tiny, monkeypatch):
+    """Sliding-window or linear-attention cache layers are not joined into reserved buffers: the rows are
+    prefilled as one batch in the given order and keep the model's own cache."""
+    import saferounds.core.decoding as decoding
+
+    model, tok = tiny
+    rows = prompt_rows(tok)[::-1]
+    monkeypatch.setattr(decoding, "_plain_layers", lambda cache: False)
+    eos = eos_token_ids(model, tok)
+    ours, shapes = batch_sizes(model, lambda: greedy_decode(model, rows, max_new_tokens=6, eos_ids=eos,
+                                                            pad_id=tok.pad_token_id, prefill_group=2))
+    assert ours == plain_greedy(model, tok, rows, 6, eos)
+    prefix = shared_prefix_length(rows)
+    assert shapes[1] == (2, sorted(len(r) - prefix for r in rows)[1])  # the first group, then all rows at once
+    assert shapes[2] == (len(rows), max(map(len, rows)) - prefix)
