@@ -186,6 +186,8 @@ def _type_name(tp) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         item = _type_name(typing.get_args(tp)[0])
+        if item.startswith("one of "):
+            return f"a list, each {item}"
         return f"a list of {item[2:] + 's' if item.startswith('a ') else item}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"

@@ -45,9 +45,10 @@ SIZES: dict[str, dict] = {
              "eval": {"max_new_tokens": 8, "batch_size": 8, "examples_per_suite": 2}},
 }
 # Expected seconds per step on 2 cores, for the ETA: `full` from the session-9 loop (bench/README.md, "The whole
-# loop on SmolLM2 with the encoder-head RMs"; rm and rs measured with other jobs on the machine part of the time).
+# loop on SmolLM2 with the encoder-head RMs"; rm and rs measured with other jobs on the machine part of the time;
+# ppo from session 10's 16 steps).
 ESTIMATES: dict[str, dict[str, float]] = {
-    "full": {"v0": 80, "judges": 240, "rm": 880, "rs": 1500, "distill": 300, "ppo": 600, "eval": 1000},
+    "full": {"v0": 80, "judges": 240, "rm": 880, "rs": 1500, "distill": 300, "ppo": 900, "eval": 1000},
     "quarter": {"v0": 45, "judges": 240, "rm": 150, "rs": 280, "distill": 100, "ppo": 150, "eval": 320},
     "mini": {"v0": 30, "rm": 30, "rs": 30, "distill": 30, "ppo": 30, "eval": 30},
 }

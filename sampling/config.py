@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+DemonstrationsUse = Literal["pool", "finetune", "none"]
+"""How a round uses rejection_sampling.demonstrations."""
 
 @dataclass
 class RSFinetuneConfig:
@@ -55,10 +57,13 @@ class RejectionSamplingConfig:
     `completion`), e.g. Do-Not-Answer's harmless answers to its training-split questions. LLaMA 2 starts
     safety tuning from such demonstrations (Sec. 4.2.2); a policy that almost never refuses has few safe
     samples for best-of-K to find."""
-    demonstrations_use: Literal["pool", "finetune"] = "pool"
+    demonstrations_use: Union[DemonstrationsUse, list[DemonstrationsUse]] = "pool"
     """`pool`: each demonstration joins its prompt's K samples as one more candidate, scored by this
     round's RMs and gate like the others, so it is kept only when it beats the policy's own samples;
-    `finetune`: demonstrations are added to the fine-tune data as they are (safety SFT)."""
+    `finetune`: demonstrations are added to the fine-tune data as they are (safety SFT); `none`: not used.
+    A list gives one choice per round, the last repeating: `[finetune, none]` is safety SFT in round 1 only,
+    as LLaMA 2 runs its safety SFT once before the RLHF rounds (Sec. 4.2.2); a later round would otherwise
+    train on the same rows again, one more epoch of them per round."""
 
     def __post_init__(self):
         t = self.temperature
@@ -74,6 +79,8 @@ class RejectionSamplingConfig:
         for r in self.reward if isinstance(self.reward, list) else [self.reward]:
             if r not in ("rm", "judge"):
                 raise ValueError(f"reward: expected 'rm' or 'judge' (or a list of them per round), got {r!r}")
+        if isinstance(self.demonstrations_use, list) and not self.demonstrations_use:
+            raise ValueError("demonstrations_use: the per-round list is empty")
         if isinstance(self.reward, list) and not self.reward:
             raise ValueError("reward: the per-round list is empty")
         if self.top_p <= 0:
@@ -88,6 +95,15 @@ def temperature_for_round(cfg: RejectionSamplingConfig, version: int) -> float |
     if isinstance(t, list):
         return float(t[min(max(version, 1), len(t)) - 1])
     return float(t)
+
+
+def demonstrations_use_for_round(cfg: RejectionSamplingConfig, version: int) -> str:
+    """"pool", "finetune" or "none" for round vN: "none" without demonstrations; a list is indexed by round,
+    its last entry repeating."""
+    if not cfg.demonstrations:
+        return "none"
+    u = cfg.demonstrations_use
+    return u[min(max(version, 1), len(u)) - 1] if isinstance(u, list) else u
 
 
 def reward_for_round(cfg: RejectionSamplingConfig, version: int) -> str:

@@ -3,6 +3,7 @@ detection, the public-data adapters and split, and safe demonstrations as best-o
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -139,3 +140,38 @@ def test_demonstrations_join_best_of_k_as_candidates_and_win_only_on_score():
     assert picked["dna-1"].get("demonstration") is True  # the demonstration beat both samples
     assert picked["h-1"]["response"] == "s0"  # a better sample beats the demonstration
     assert len(finetune_examples(demos, prompts)) == 2
+
+
+def test_demonstrations_use_per_round_mixes_them_into_round_one_only(tmp_path):
+    """rejection_sampling.demonstrations_use as a per-round list ([finetune, none]: safety SFT in round 1 only,
+    the smollm2 preset's plan): v1 fine-tunes on its selected rows plus the demonstrations, v2 and v3 on their
+    selected rows alone; a bad entry is a config error naming the key."""
+    from types import SimpleNamespace
+
+    from saferounds.core.errors import InputError
+    from saferounds.pipeline.config import parse_config, parse_yaml
+    from saferounds.pipeline.presets import preset_text
+    from saferounds.pipeline.stages.rs import finetune_rows
+    from saferounds.sampling.config import demonstrations_use_for_round
+
+    (tmp_path / "demos.jsonl").write_text(
+        json.dumps({"prompt_id": "dna-1", "messages": [{"role": "user", "content": "q1"}],
+                    "completion": "I can't help with that."}) + "\n")
+    cfg = parse_config({"model": {"policy": "tiny"}, "rejection_sampling": {
+        "demonstrations": ["demos.jsonl"], "demonstrations_use": ["finetune", "none"]}})
+    prompts = [{"id": "dna-1", "messages": [{"role": "user", "content": "q1"}], "is_safety": True}]
+    selected = [{"messages": prompts[0]["messages"], "completion": "A sample."}]
+    ws = SimpleNamespace(resolve=lambda f: tmp_path / f)
+    rows = {v: finetune_rows(SimpleNamespace(config=cfg, version=v, workspace=ws), prompts, selected)
+            for v in (1, 2, 3)}
+    assert [r["completion"] for r in rows[1]] == ["A sample.", "I can't help with that."]
+    assert [r["completion"] for r in rows[2]] == [r["completion"] for r in rows[3]] == ["A sample."]
+    rs = cfg.rejection_sampling
+    assert [demonstrations_use_for_round(rs, v) for v in (1, 2, 5)] == ["finetune", "none", "none"]
+    assert demonstrations_use_for_round(parse_config({}).rejection_sampling, 1) == "none"  # no demonstrations
+    smollm2 = parse_config(parse_yaml(preset_text("smollm2")))
+    assert smollm2.rejection_sampling.demonstrations_use == ["finetune", "none"]
+    with pytest.raises(InputError, match=r"rejection_sampling.demonstrations_use: expected one of .pool., .finetune., .none..*twice"):
+        parse_config({"rejection_sampling": {"demonstrations_use": ["finetune", "twice"]}})
+    with pytest.raises(InputError, match="demonstrations_use"):
+        parse_config({"rejection_sampling": {"demonstrations_use": []}})

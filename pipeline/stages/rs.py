@@ -34,7 +34,7 @@ from saferounds.pipeline.stages.context import StageContext, validate_planned_rm
 from saferounds.pipeline.workspace import Workspace
 from saferounds.reward_models.evaluation import ranks_better_than_chance
 from saferounds.reward_models.modeling import load_reward_models, require_reward_models
-from saferounds.sampling.config import reward_for_round, temperature_for_round
+from saferounds.sampling.config import demonstrations_use_for_round, reward_for_round, temperature_for_round
 from saferounds.sampling.curves import max_of_k_curve
 from saferounds.sampling.demonstrations import demonstration_candidates, finetune_examples
 from saferounds.sampling.generate import round_seed
@@ -102,7 +102,7 @@ def _select(ctx: StageContext, scorer: RoundScorer, prompts: list[dict], current
     selected_path = out / "selected.jsonl"
     # step 3: score this round's samples with the kept samples of earlier versions, all together
     candidates = pool_candidates(current, kept_samples(ctx.prior_versions), cfg.pool)
-    if cfg.demonstrations and cfg.demonstrations_use == "pool":  # one more candidate per demonstration
+    if demonstrations_use_for_round(cfg, ctx.version) == "pool":  # one more candidate per demonstration
         seen = {sample_key(c) for c in candidates}
         candidates += [d for d in demonstration_candidates(_demonstrations(ctx), prompts)
                        if sample_key(d) not in seen]
@@ -123,7 +123,8 @@ def _select(ctx: StageContext, scorer: RoundScorer, prompts: list[dict], current
                          "so there is nothing to fine-tune on; lower or remove min_score")
     write_json(work / "summary.json", {
         "reward": scorer.reward, "temperature": temperature, "temperature_sweep": sweep, "k": cfg.k,
-        "pool": cfg.pool, "prompts": len(prompts), "samples": len(current),
+        "pool": cfg.pool, "demonstrations_use": demonstrations_use_for_round(cfg, version),
+        "prompts": len(prompts), "samples": len(current),
         "generated_tokens": sum(s["num_tokens"] for s in current),
         "candidates": len(candidates), "candidates_from_earlier": len(candidates) - len(current),
         "selected_demonstrations": sum(bool(x.get("demonstration")) for x in selected)})
@@ -227,6 +228,15 @@ def _prompts(ctx: StageContext) -> list[dict]:
     return prompts
 
 
+def finetune_rows(ctx: StageContext, prompts: list[dict], selected: list[dict]) -> list[dict]:
+    """What round vN fine-tunes on: the selected rows, and the demonstrations where this round's
+    rejection_sampling.demonstrations_use is `finetune` (safety SFT data mixed in, Sec. 4.2.2)."""
+    rows = [{"messages": s["messages"], "completion": s["completion"]} for s in selected]
+    if demonstrations_use_for_round(ctx.config.rejection_sampling, ctx.version) == "finetune":
+        rows += finetune_examples(_demonstrations(ctx), prompts)
+    return rows
+
+
 def _demonstrations(ctx: StageContext) -> list[dict]:
     """rejection_sampling.demonstrations: SFT-shaped rows (validated by load_sft) with their prompt_id."""
     out = []
@@ -280,12 +290,10 @@ def _finetune(ctx: StageContext, prompts: list[dict], selected: list[dict], poli
     ft_cfg = ctx.config.rejection_sampling.finetune
     train_cfg = dataclasses.replace(ctx.config.sft, epochs=ft_cfg.epochs, learning_rate=ft_cfg.learning_rate,
                                     batch_size=ft_cfg.batch_size)
-    ctx.progress(f"v{ctx.version} rs: fine-tuning on {len(selected)} selected samples")
-    examples = [{"messages": s["messages"], "completion": s["completion"]} for s in selected]
-    cfg = ctx.config.rejection_sampling
-    if cfg.demonstrations and cfg.demonstrations_use == "finetune":  # safety SFT data mixed in (Sec. 4.2.2)
-        examples += finetune_examples(_demonstrations(ctx), prompts)
-    ft = finetune(ctx.parent_policy, examples, train_cfg, ctx.config.model, policy_dir, work / "trainer",
+    rows = finetune_rows(ctx, prompts, selected)
+    extra = f" and {len(rows) - len(selected)} demonstrations" if len(rows) > len(selected) else ""
+    ctx.progress(f"v{ctx.version} rs: fine-tuning on {len(selected)} selected samples{extra}")
+    ft = finetune(ctx.parent_policy, rows, train_cfg, ctx.config.model, policy_dir, work / "trainer",
                   seed=ctx.config.seed, name="rs fine-tune",
                   runs=runs_dir(ctx.workspace.root, f"v{ctx.version}", "rs"))
     dist.run_on_main(write_json, ft_file, ft)
