@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from saferounds.core.io import read_jsonl
+from saferounds.data.load import load_prompts
 from saferounds.pipeline.stages import StageContext
 from saferounds.pipeline.workspace import Workspace
 from saferounds.sampling.config import TARGETED_PREPROMPTS, DistillConfig
@@ -317,22 +318,25 @@ def test_distill_runs_before_rs_and_rs_starts_from_the_distilled_policy(tiny, tm
     v1 = ws.version_dir(1)
     assert m["metrics"]["distill"]["selected"] == sum(r["kept"] for r in read_jsonl(v1 / "distill.jsonl")) > 0
     # rs sampled from and fine-tuned the distilled policy: its samples equal those of distill_policy
-    from saferounds.pipeline.models import load_policy
+    from saferounds.pipeline.models import load_policy, to_generation_dtype
     from saferounds.sampling.generate import generate_samples
     from saferounds.pipeline.stages.rs import round_seed
 
     cfg = ws.config.rejection_sampling
-    samples = read_jsonl(v1 / "samples.jsonl")
-    prompts = [{"id": s["prompt_id"], "messages": s["messages"]} for s in samples if s["sample_index"] == 0][:2]
+    stored = {(s["prompt_id"], s["sample_index"]): s["response"] for s in read_jsonl(v1 / "samples.jsonl")}
+    prompts = load_prompts(root / "prompts.jsonl")  # all of them, batched and cast as the stage did: a sample
+    # depends on its batch's padding and its dtype (bf16 on a CPU with AMX) in the last bits of the logits
 
     def answers(policy):
         model, tok = load_policy(policy, ws.config.model)
-        return [a["response"] for a in generate_samples(model, tok, prompts, k=cfg.k, temperature=1.0, top_p=cfg.top_p,
-                                                        max_new_tokens=cfg.max_new_tokens,
-                                                        seed=round_seed(ws.config.seed, 1))]
+        model = to_generation_dtype(model, ws.config.model)
+        return {(a["prompt_id"], a["sample_index"]): a["response"]
+                for a in generate_samples(model, tok, prompts, k=cfg.k, temperature=1.0, top_p=cfg.top_p,
+                                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                          seed=round_seed(ws.config.seed, 1))}
 
-    assert answers(v1 / "distill_policy") == [s["response"] for s in samples[:2 * cfg.k]]
-    assert answers(ws.policy_path(0)) != [s["response"] for s in samples[:2 * cfg.k]]  # not v0's samples
+    assert len(stored) == cfg.k * len(prompts) and answers(v1 / "distill_policy") == stored
+    assert answers(ws.policy_path(0)) != stored  # not v0's samples
 
 
 def test_kill_9_mid_stage_then_resume_records_each_prompt_once(tiny, tmp_path):
