@@ -9,6 +9,9 @@ same length-sorted batches, same K, temperature, top-p, max_new_tokens, torch th
   ours-eval  (--greedy) eval.generate.generate, the eval stage's greedy path (core.decoding: the shared prompt
              prefix prefilled once, suffixes prefilled in length groups, finished rows dropped, a reserved KV
              cache), on the same batches
+  ours-eval-bf16  (--greedy) the same on the model cast to bf16: what the eval stage runs where the CPU has native
+             bf16 units (AMX / AVX512-BF16; `model.generation_dtype: auto`); not the same tokens as fp32, so its
+             share identical to plain's is the price
   llamacpp   llama.cpp compiled here (bench/llamacpp_ref.py, run with --llamacpp-python), same prompt tokens,
              batches, K, new tokens and greedy/sampling settings, in its own process (its own CPU clock)
   llamacpp-node  the earlier prebuilt node-llama-cpp reference (bench/llamacpp_node.mjs)
@@ -161,6 +164,15 @@ def llamacpp_side(tok, prompts, a) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_model() -> str:
+    """The CPU's model name and whether it has native bf16 units (figures differ by machine)."""
+    from saferounds.sampling.precision import native_bf16
+
+    names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+             if ln.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    return f"{names[0] if names else 'unknown'}, {os.cpu_count()} CPUs, native bf16: {native_bf16()}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
@@ -193,6 +205,8 @@ def main() -> None:
     fp32 = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     sides = a.sides.split(",")
     prepared = {"ours-fp32": fp32}
+    if "ours-eval-bf16" in sides:
+        prepared["ours-eval-bf16"] = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16).eval()
     if "ours-int8" in sides:
         prepared["ours-int8"] = quantize_int8(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval())
     prompts = load_prompts(a.prompts)
@@ -215,8 +229,8 @@ def main() -> None:
             if side == "plain":
                 torch.manual_seed(r)
                 out = plain_side(fp32, tok, prompts, batches, a, eos_ids)
-            elif side == "ours-eval":
-                out = eval_side(fp32, tok, prompts, batches, a, eos_ids)
+            elif side in ("ours-eval", "ours-eval-bf16"):
+                out = eval_side(prepared.get(side, fp32), tok, prompts, batches, a, eos_ids)
             else:
                 out = generate_samples(prepared[side], tok, prompts, k=a.k,
                                        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
@@ -259,7 +273,8 @@ def main() -> None:
               "ratio_vs_plain": {s: round(tps[s] / tps[base], 2) for s in sides},
               "median_wall_tok_s": wall, "wall_ratio_vs_plain": {s: round(wall[s] / wall[base], 2) for s in sides},
               "quality": quality,
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": cpu_model(),
+              "torch": torch.__version__}
     print(json.dumps({k: result[k] for k in ("median_tok_s", "ratio_vs_plain", "wall_ratio_vs_plain", "quality")}, indent=1))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
