@@ -60,8 +60,9 @@ def load_pairs(data: Path, caps: dict[str, int], tmp: Path, held_cap: int = 0) -
     return {o: pool[o][:caps[o]] for o in ORIGINS}, {o: v[:held_cap or None] for o, v in held.items()}
 
 
-def text_features(backbone: str, texts: list[tuple], max_length: int, batch: int = 32) -> dict[str, "np.ndarray"]:
-    """{feature name: [len(texts), dim]} for (prompt messages, response) texts, longest first in batches."""
+def text_features(backbone: str, texts: list, max_length: int, batch: int = 32) -> dict[str, "np.ndarray"]:
+    """{feature name: [len(texts), dim]} for (prompt messages, response) texts, or plain strings (read as they
+    are), longest first in batches."""
     import numpy as np
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -75,7 +76,7 @@ def text_features(backbone: str, texts: list[tuple], max_length: int, batch: int
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-    strings = [format_sample(tok, p, r) for p, r in texts]
+    strings = [t if isinstance(t, str) else format_sample(tok, *t) for t in texts]
     ids = encode(tok, strings, max_length)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out: dict[str, list] = {}
@@ -123,7 +124,11 @@ def evaluate(head, diffs, pairs: list[dict]) -> dict:
     return {k: block[k] for k in ("n", "accuracy", "ci95", "by_origin")}
 
 
-def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: int) -> dict:
+def _last_user(prompt: list[dict]) -> str:
+    return [m["content"] for m in prompt if m["role"] == "user"][-1]
+
+
+def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: int, parts: bool = False) -> dict:
     import numpy as np
 
     pairs = [p for o in ORIGINS for p in train[o]] + [p for o in ORIGINS for p in held[o]]
@@ -144,6 +149,23 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
         r = [where[json.dumps([p["prompt"], p["rejected"]])] for p in ps]
         return feats[kind][c] - feats[kind][r]
 
+    if parts:  # the response alone and the last user turn alone, each one more (shorter) pass
+        strings = sorted({p[side] for p in pairs for side in ("chosen", "rejected")} |
+                         {_last_user(p["prompt"]) for p in pairs})
+        cpu1 = cpu_seconds()
+        alone = text_features(backbone, strings, max_length)["mean"]
+        at = {t: i for i, t in enumerate(strings)}
+        cost["parts_texts"], cost["parts_cpu_s"] = len(strings), round(cpu_seconds() - cpu1, 1)
+        print(name, "parts", cost["parts_texts"], cost["parts_cpu_s"], flush=True)
+        resp = np.stack([alone[at[json.loads(k)[1]]] for k in keys])
+        user = np.stack([alone[at[_last_user(json.loads(k)[0])]] for k in keys])
+        feats["resp"] = resp
+        feats["mean+resp"] = np.concatenate([feats["mean"], resp], 1)
+        feats["resp+uxr"] = np.concatenate([resp, user * resp], 1)
+        feats["mean+resp+uxr"] = np.concatenate([feats["mean"], resp, user * resp], 1)
+        for k in ("pooler", "last"):
+            feats.pop(k, None)
+
     results = {}
     for kind_feat in feats:
         for rm, origins in RM_ORIGINS.items():
@@ -154,10 +176,12 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
             cpu1 = cpu_seconds()
             groups = np.array([hash(json.dumps(p["prompt"][0])) % 1_000_003 for p in tr])
             head = fit_head(diff(kind_feat, tr), groups)
+            cv = float(max(head.scores_[1.0].mean(0)))  # the chosen C's mean accuracy over the 4 training folds
             results[f"{name}-{kind_feat}/{rm}"] = {
-                "train_pairs": len(tr), "C": float(head.C_[0]), "head_cpu_s": round(cpu_seconds() - cpu1, 1),
+                "train_pairs": len(tr), "C": float(head.C_[0]), "cv_accuracy": round(cv, 4),
+                "head_cpu_s": round(cpu_seconds() - cpu1, 1),
                 "held_out": evaluate(head, diff(kind_feat, ho), ho)}
-            print(f"{name}-{kind_feat}/{rm}", json.dumps(results[f"{name}-{kind_feat}/{rm}"]["held_out"]["by_origin"]),
+            print(f"{name}-{kind_feat}/{rm}", f"cv {cv:.3f}", json.dumps(results[f"{name}-{kind_feat}/{rm}"]["held_out"]["by_origin"]),
                   flush=True)
     return {"backbone": backbone, "max_length": max_length, **cost, "heads": results}
 
@@ -172,6 +196,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--held-cap", type=int, default=0, help="held-out pairs per origin (0 = all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parts", action="store_true",
+                    help="also features of the response alone and of the last user turn alone (resp, mean+resp, "
+                         "resp+uxr: the response and its elementwise product with the user turn)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -189,7 +216,7 @@ def main() -> None:
 
                 cache = Path(tempfile.gettempdir()) / "saferounds-bench" / "models"
                 backbone = str(ensure_converted(backbone, cache, key="model.reward_model")[0])
-            runs[b] = run_backbone(b, backbone, train, held, args.max_length)
+            runs[b] = run_backbone(b, backbone, train, held, args.max_length, parts=args.parts)
     record = {"command": " ".join(sys.argv), "threads": args.threads, "cpu_count": os.cpu_count(),
               "train": {o: len(v) for o, v in train.items()}, "held_out": {o: len(v) for o, v in held.items()},
               "runs": runs}
