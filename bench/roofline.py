@@ -47,14 +47,14 @@ def clocked(fn, repeat: int = 1) -> tuple[float, float]:
     return min(cpu), min(wall)
 
 
-def matmul_peak(threads: int, n: int = 2048, repeat: int = 5) -> dict:
+def matmul_peak(threads: int, n: int = 2048, repeat: int = 5, dtype: torch.dtype = torch.float32) -> dict:
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     cpu, wall = clocked(lambda: a @ b, repeat)
     flops = 2 * n ** 3
-    return {"threads": threads, "gflop_per_cpu_s": flops / cpu / 1e9, "gflop_per_wall_s": flops / wall / 1e9,
-            "load1": os.getloadavg()[0]}
+    return {"threads": threads, "dtype": str(dtype).removeprefix("torch."), "gflop_per_cpu_s": flops / cpu / 1e9,
+            "gflop_per_wall_s": flops / wall / 1e9, "load1": os.getloadavg()[0]}
 
 
 def shape_efficiency(rows: int = 64, repeat: int = 5) -> dict:
@@ -218,9 +218,14 @@ def main() -> None:
     result = {"load1_start": os.getloadavg(), "cpu": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
     # the limit, measured twice around the stages (the machine is shared): the better figure is the peak
     peaks = [matmul_peak(1), matmul_peak(2)]
+    # bf16 too: on a CPU with AMX / AVX512-BF16 the pipeline generates in bf16 (model.generation_dtype: auto), and
+    # that is a different limit from fp32's
+    result["bf16_matmul_peaks"] = [matmul_peak(1, dtype=torch.bfloat16), matmul_peak(2, dtype=torch.bfloat16)]
+    result["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                                if ln.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
     result["bandwidth"] = [bandwidth(1), bandwidth(2)]
     result["decode_shapes_gflop_per_cpu_s"] = {"rows_64": shape_efficiency(64), "rows_32": shape_efficiency(32)}
-    print(json.dumps({"peaks": peaks, "bandwidth": result["bandwidth"],
+    print(json.dumps({"peaks": peaks, "bf16_peaks": result["bf16_matmul_peaks"], "bandwidth": result["bandwidth"],
                       "decode_shapes": result["decode_shapes_gflop_per_cpu_s"]}, indent=1), flush=True)
     tok = load_tokenizer(ensure_converted("smollm2-135m", MODELS)[0])
     fns = stage_fns(tok)
@@ -229,6 +234,7 @@ def main() -> None:
         stages[name] = measure_stage(fns[name])
         print(name, json.dumps(stages[name]), flush=True)
     peaks += [matmul_peak(1), matmul_peak(2)]
+    peaks = [p for p in peaks if p["dtype"] == "float32"]
     peak1 = max(p["gflop_per_cpu_s"] for p in peaks if p["threads"] == 1)
     for s in stages.values():
         s["fraction_of_peak"] = s["gflop_per_cpu_s"] / peak1
