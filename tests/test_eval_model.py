@@ -88,6 +88,29 @@ def test_entry_round_trip_and_torn_entry_ignored(tmp_path):
     assert _entry(tmp_path, model_sha="n" * 64).read() == {}
 
 
+def test_auto_precision_is_keyed_by_what_it_resolves_to(tmp_path, monkeypatch):
+    """generation_dtype / generation_quantize `auto` mean bf16 or fp32 (int8 or not) by the CPU: a cache shared
+    by a machine with AMX and one without keeps their answers apart; explicit settings are keyed as written."""
+    from saferounds.core import precision
+    from saferounds.pipeline.config import parse_config
+
+    auto = parse_config({"model": {"generation_dtype": "auto", "generation_quantize": "auto"}}).model
+    fixed = parse_config({"model": {"generation_dtype": "float32"}}).model
+    names = {}
+    for native in (True, False):
+        monkeypatch.setattr(precision, "_cpu_bf16", lambda native=native: native)
+        monkeypatch.setattr(precision, "native_bf16", lambda *a, native=native, **k: native)
+        settings = answer_cache.model_settings(auto)
+        suite = Suite("a", str(tmp_path / "a.jsonl"), _rows())
+        (tmp_path / "a.jsonl").write_text("x\n")
+        names[native] = answer_cache.AnswerCache(tmp_path / "c", "m" * 64, settings).suite(suite, SETTINGS).path
+        assert answer_cache.model_settings(fixed)["generation_dtype"] == "float32"
+        if not torch.cuda.is_available():
+            assert settings["generation_dtype"] == ("auto:bfloat16" if native else "auto:float32")
+        assert settings["generation_quantize"] == f"auto:native_bf16={native}"
+    assert names[True] != names[False]
+
+
 def test_model_sha_is_the_weights_not_the_place(tiny, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny["policy"], copy)
