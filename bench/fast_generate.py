@@ -166,11 +166,9 @@ def llamacpp_side(tok, prompts, a) -> dict:
 
 def cpu_model() -> str:
     """The CPU's model name and whether it has native bf16 units (figures differ by machine)."""
-    from saferounds.sampling.precision import native_bf16
+    from saferounds.core.precision import cpu_model_name, native_bf16
 
-    names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-             if ln.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-    return f"{names[0] if names else 'unknown'}, {os.cpu_count()} CPUs, native bf16: {native_bf16()}"
+    return f"{cpu_model_name()}, {os.cpu_count()} CPUs, native bf16: {native_bf16()}"
 
 
 def main() -> None:

@@ -212,6 +212,7 @@ def main() -> None:
     ap.add_argument("--stages", default="rm_train,rm_score,rs_sample,rs_finetune,ppo_step,eval_gen")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    from saferounds.core.precision import cpu_model_name
     from saferounds.pipeline.gguf import ensure_converted
     from saferounds.pipeline.models import load_tokenizer
 
@@ -221,8 +222,7 @@ def main() -> None:
     # bf16 too: on a CPU with AMX / AVX512-BF16 the pipeline generates in bf16 (model.generation_dtype: auto), and
     # that is a different limit from fp32's
     result["bf16_matmul_peaks"] = [matmul_peak(1, dtype=torch.bfloat16), matmul_peak(2, dtype=torch.bfloat16)]
-    result["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                                if ln.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    result["cpu_model"] = cpu_model_name()
     result["bandwidth"] = [bandwidth(1), bandwidth(2)]
     result["decode_shapes_gflop_per_cpu_s"] = {"rows_64": shape_efficiency(64), "rows_32": shape_efficiency(32)}
     print(json.dumps({"peaks": peaks, "bf16_peaks": result["bf16_matmul_peaks"], "bandwidth": result["bandwidth"],
@@ -234,7 +234,6 @@ def main() -> None:
         stages[name] = measure_stage(fns[name])
         print(name, json.dumps(stages[name]), flush=True)
     peaks += [matmul_peak(1), matmul_peak(2)]
-    peaks = [p for p in peaks if p["dtype"] == "float32"]
     peak1 = max(p["gflop_per_cpu_s"] for p in peaks if p["threads"] == 1)
     for s in stages.values():
         s["fraction_of_peak"] = s["gflop_per_cpu_s"] / peak1

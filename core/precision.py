@@ -28,6 +28,17 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+def cpu_model_name(cpuinfo: str | None = None) -> str:
+    """The first CPU's model name in /proc/cpuinfo ("unknown" where there is none): benchmarks record it."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+                "unknown")
+
+
 def native_bf16(capability: str | None = None, flags: set[str] | None = None) -> bool:
     """True when the CPU computes bf16 natively: torch reports an AMX/AVX512-BF16 kernel level, or
     /proc/cpuinfo lists avx512_bf16 or amx_bf16."""

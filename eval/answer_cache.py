@@ -144,14 +144,14 @@ def model_settings(model_cfg) -> dict:
     """What of the model section changes a generated answer besides the weights (the numbers it computes in).
     `auto` settings are keyed by what they resolve to on this machine (bf16 where the CPU has AMX/AVX512-BF16,
     else fp32), so a cache shared by two kinds of machine never hands one's answers to the other."""
-    from saferounds.core.precision import generation_dtype, native_bf16
+    from saferounds.core.precision import _cpu_bf16, generation_dtype
 
     out = {k: str(getattr(model_cfg, k, None)) for k in ("dtype", "generation_dtype", "generation_quantize",
                                                          "load_in_4bit", "load_in_8bit")}
     if out["generation_dtype"] == "auto":
         out["generation_dtype"] = f"auto:{str(generation_dtype('auto')).removeprefix('torch.')}"
     if out["generation_quantize"] == "auto":
-        out["generation_quantize"] = f"auto:native_bf16={native_bf16()}"
+        out["generation_quantize"] = f"auto:native_bf16={_cpu_bf16()}"
     return out
 
 

@@ -139,10 +139,10 @@ def load_policy(path_or_id: str | Path, model_cfg, for_training: bool = False):
 
 
 def to_generation_dtype(model, model_cfg):
-    """Cast a model loaded for generation to model.generation_dtype (sampling.precision decides `auto`)."""
+    """Cast a model loaded for generation to model.generation_dtype (core.precision decides `auto`)."""
     import torch
 
-    from saferounds.sampling.precision import generation_dtype
+    from saferounds.core.precision import generation_dtype
 
     if getattr(model, "is_quantized", False) or torch.cuda.is_available():
         return model  # on a GPU model.dtype already chose; quantised weights stay as loaded

@@ -6,7 +6,7 @@ top-p < 1, by sorting the 49k-token vocabulary of every row. Two levers were mea
 
 - int8 dynamic quantisation of every nn.Linear (per-output-channel int8 weights, activations quantised
   per call; fbgemm/x86 kernels on AVX2): about 2x the fp32 matrix throughput where the CPU lacks native
-  bf16 (CPUs with avx512_bf16/AMX keep the bf16 path of sampling.precision under `auto`). It is opt-in
+  bf16 (CPUs with avx512_bf16/AMX keep the bf16 path of core.precision under `auto`). It is opt-in
   (`model.generation_quantize: int8`): on SmolLM2-135M it moves the next-token distribution by 2.2 nats
   of KL (per-tensor activation scales cannot hold its outlier activations; bench/int8_kl.py).
 - one prefill per prompt, not per sample (sampling.generate.shared_prompt_cache): the K samples of a prompt
@@ -48,7 +48,7 @@ def wants_int8(setting: str = "auto", native_bf16: bool | None = None, engine: s
     if setting == "int8":
         return True
     if native_bf16 is None:
-        from saferounds.sampling.precision import _cpu_bf16
+        from saferounds.core.precision import _cpu_bf16
 
         native_bf16 = _cpu_bf16()
     return not native_bf16

@@ -58,7 +58,7 @@ def _kernel_fetches(guard: bool) -> list[bool]:
 def test_bitsandbytes_asks_for_hub_kernels_only_offline():
     pytest.importorskip("kernels", reason="kernels (a transformers dependency) is not installed")
     pytest.importorskip("bitsandbytes")
-    from saferounds.sampling.precision import native_bf16
+    from saferounds.core.precision import native_bf16
 
     guarded = _kernel_fetches(guard=True)
     assert all(guarded), guarded  # every fetch bitsandbytes tried ran offline

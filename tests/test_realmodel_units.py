@@ -45,7 +45,7 @@ def test_cli_exits_2_with_the_pip_command_when_the_package_is_missing(monkeypatc
 def test_bf16_is_used_only_where_the_cpu_has_native_bf16():
     import torch
 
-    from saferounds.sampling.precision import cpu_flags, generation_dtype, native_bf16
+    from saferounds.core.precision import cpu_flags, generation_dtype, native_bf16
 
     assert cpu_flags("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n") == {"fpu", "avx2", "avx512f", "avx512_bf16"}
     assert native_bf16("AVX2", {"avx2", "fma"}) is False
