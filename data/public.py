@@ -109,6 +109,13 @@ def _hash_order(items: list, source: str, key, seed: int) -> list:
 
 # --- building a run's files -----------------------------------------------------------------------
 
+def _unique(items: list, key) -> list:
+    """The first item per normalised key: Do-Not-Answer lists a few questions twice under two ids, and a
+    suite that asks one question twice counts its answer twice."""
+    seen: set[str] = set()
+    return [it for it in items if not (normalise(key(it)) in seen or seen.add(normalise(key(it))))]
+
+
 def _first_turn(pair: dict) -> str:
     return pair["prompt"][0]["content"]
 
@@ -180,8 +187,8 @@ def build(data_root: str | Path, out_dir: str | Path, size: str = "full", seed: 
 def _eval_suites(src: _Sources, caps: dict) -> tuple[dict[str, list], set[str]]:
     """The eval suites' files, and every eval prompt of any size (not only the capped ones), normalised."""
     seed, dna_split = src.seed, src.dna_bucket
-    dna_eval = _hash_order([r for r in src.dna if dna_split[str(r["id"])] == "eval"], "do_not_answer",
-                           lambda r: r["question"], seed)[:caps["eval_dna"]]
+    dna_eval = _unique(_hash_order([r for r in src.dna if dna_split[str(r["id"])] == "eval"], "do_not_answer",
+                                   lambda r: r["question"], seed), lambda r: r["question"])[:caps["eval_dna"]]
     base_first = {_first_turn(p) for p in src.helpful}
     eval_help = _hash_order([t for t in base_first if src.help_bucket[t] == "eval"], "hh_helpful", lambda t: t,
                             seed)[:caps["eval_helpful"]]
