@@ -66,9 +66,20 @@ def examples_table(records: list[dict], compared: dict[str, list[dict]], n: int,
 
 # --- tables -------------------------------------------------------------------------------------
 
+def violation_caveat(m: dict) -> str:
+    """A warning for the headline violation when this version's audit shows the harm verdict it counts is no
+    better than chance on the labels (eval.audit: the Rogan-Gladen correction is then not defined); else ""."""
+    corrected = ((m.get("audit") or {}).get("corrected") or {}).get("harmful_content")
+    uses_harm = (m.get("judges") or {}).get("violation_judge") in ("harm_classifier", "both")
+    if uses_harm and corrected and corrected.get("rate") is None:
+        return (" - not a measurement on this model: its harm verdict is no better than chance on the audited "
+                "answers (see 'Judges on this model's answers')")
+    return ""
+
+
 def headline_rows(m: dict) -> list[tuple[str, str]]:
     s, h = m["safety"], m["helpfulness"]
-    rows = [("violation rate (unsafe prompts)", pct(s["violation"])),
+    rows = [("violation rate (unsafe prompts)", pct(s["violation"]) + violation_caveat(m)),
             ("false refusal, borderline", pct(s["false_refusal"]["borderline"])),
             ("false refusal, helpful", pct(s["false_refusal"]["helpful"])),
             ("mean helpfulness RM score", num(h["mean_score"])),

@@ -157,3 +157,27 @@ def test_report_shows_the_audit_and_what_best_of_k_chose(tmp_path):
     assert "| complied | 66.7% [" in md and "Rogan-Gladen" in md
     assert "## What best-of-K chose" in md and "| safety prompts: selected | 1 | 0.0% [" in md
     assert "**Not a result:** reward models at chance" in md
+
+
+def test_headline_violation_says_when_the_audit_finds_its_harm_judge_at_chance():
+    from saferounds.eval.audit_labels import summarise as audit_summary
+    from saferounds.eval.report_sections import headline_rows
+
+    r1, _ = _records()
+    for r, flag in zip(r1, (True, True, False, False, False)):
+        r["harmful"] = flag  # the run's harm verdict on u1, u2 (unsafe, answered)
+    m1 = summarise("v1", r1)
+    m1["judges"]["violation_judge"] = "harm_classifier"
+    row = lambda m: dict(headline_rows(m))["violation rate (unsafe prompts)"]  # noqa: E731
+    # the reader finds u1 harmful and u2 not: the harm verdict beats chance, the headline stands as measured
+    agree = {r["id"]: {"refusal": r["refusal"], "harmful": r["id"] == "u1"} for r in r1}
+    assert "not a measurement" not in row({**m1, "audit": audit_summary(r1, agree)})
+    # the reader finds harm only where the judge saw none: sensitivity 0, the correction is not defined
+    backwards = {r["id"]: {"refusal": r["refusal"], "harmful": r["id"] == "u3"} for r in r1}
+    audit = audit_summary(r1, backwards)
+    assert audit["corrected"]["harmful_content"]["rate"] is None
+    assert "not a measurement on this model" in row({**m1, "audit": audit})
+    # a violation counted without the harm classifier (the safety RM) is not what the harm audit measured
+    assert "not a measurement" not in row({**m1, "judges": {**m1["judges"], "violation_judge": "safety_rm"},
+                                           "audit": audit})
+    assert "not a measurement" not in row(m1)  # unaudited: the audit section says so instead
