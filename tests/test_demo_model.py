@@ -44,11 +44,12 @@ def test_sizes_scale_with_the_parameter_count(r, tokens, eval_batch, rs_batch, l
     assert out["rejection_sampling"]["batch_size"] == rs_batch and out["ppo"]["max_new_tokens"] == tokens
     assert out["model"]["lora"]["layers"] == layers and out["model"]["policy"] == str(tmp_path)
     assert ratio == pytest.approx(int(r * P0) / P0 * tokens / 48)
-    assert "reward_model" not in out["model"]  # the preset's encoder RMs whatever the policy's size
+    assert "reward_model" not in out["model"]  # the preset's: the model itself (v0), read to its lower layers
+    assert out["model"]["reward_model_layers"] == 22  # 22 of its 30 layers, as the preset's of SmolLM2's 30
 
 
 def test_tiny_directory_plan_and_estimate(tiny_dir):
-    plan = demo_model.plan(str(tiny_dir), "mini", SIZES["mini"], ESTIMATES["mini"], threads=2)
+    plan = demo_model.plan(str(tiny_dir), "mini", SIZES["mini"], ESTIMATES["mini"], machine=demo_model.REFERENCE)
     assert plan.info["architecture"] == "LlamaForCausalLM" and plan.info["layers"] == 3
     from transformers import AutoModelForCausalLM
 
@@ -57,8 +58,9 @@ def test_tiny_directory_plan_and_estimate(tiny_dir):
     m = plan.overrides["model"]
     assert (m["policy"], m["v0"]) == (str(tiny_dir), "given") and "reward_model" not in m
     assert m["lora"]["layers"] == 3 and m["lora"]["target_modules"] == ["q_proj", "v_proj"]  # mini's, all 3 layers
+    assert m["reward_model_layers"] == 2  # round(3 x 22 / 30): the RMs read its lower 2 of 3 layers
     assert plan.overrides["eval"]["max_new_tokens"] == 8 and plan.overrides["rejection_sampling"]["k"] == 2
-    # on 2 threads (the measured machine) the estimate is the smollm2 stage times x parameters x tokens
+    # on the reference machine the estimate is the smollm2 stage times x parameters x tokens
     assert plan.ratio == pytest.approx(n / P0)
     assert plan.estimates["rm"] == pytest.approx(ESTIMATES["mini"]["rm"] * n / P0)
     line = demo_model.estimate_line(plan, ["v0", "v1 rm", "v1 rs", "v1 eval"], lambda s: f"{s:.3f}s")
@@ -145,3 +147,24 @@ def test_rm_step_lines_sent_back_to_the_log_are_shown_once():
         log.removeHandler(handler)
         log.setLevel(level)
     assert said == ["helpfulness RM step 1/3 (loss 0.5)"]
+
+
+def test_the_estimate_scales_to_the_machine_it_runs_on():
+    ref = demo_model.REFERENCE
+    est = {"rm": 100.0, "rs": 100.0, "ppo": 100.0, "eval": 100.0, "v0": 10.0}
+    assert demo_model.machine_scaled(est, ref) == pytest.approx(est)  # the reference itself: unchanged
+    # half the fp32 speed and no bf16 generation (an AVX2-only CPU): training x2, generation x2 x 2.33
+    slow = demo_model.MachineSpeed(ref.fp32_gflops / 2, bf16_generation=False)
+    got = demo_model.machine_scaled(est, slow)
+    s = demo_model.BF16_GENERATION_SPEEDUP
+    assert got["rm"] == pytest.approx(200.0) and got["v0"] == pytest.approx(20.0)
+    assert got["eval"] == pytest.approx(200.0 * s)
+    assert got["rs"] == pytest.approx(200.0 * (0.7 + 0.3 * s)) and got["ppo"] == pytest.approx(200.0 * (0.5 + 0.5 * s))
+    # a machine with bf16 units where the reference had none would be faster on generation only
+    fast = demo_model.machine_scaled(est, demo_model.MachineSpeed(ref.fp32_gflops, True),
+                                     demo_model.MachineSpeed(ref.fp32_gflops, False))
+    assert fast["eval"] == pytest.approx(100.0 / s) and fast["rm"] == pytest.approx(100.0)
+    # a probe disturbed by other work cannot make the estimate absurd: the ratio is clipped
+    assert demo_model.machine_scaled(est, demo_model.MachineSpeed(1e-9, True))["rm"] == pytest.approx(3000.0)
+    here = demo_model.measure_machine()
+    assert here.fp32_gflops > 0.1 and isinstance(here.bf16_generation, bool)

@@ -158,3 +158,32 @@ def test_score_both_runs_a_shared_encoder_once_and_matches_separate_scoring(enco
     with torch.no_grad():
         next(mb.encoder.parameters()).add_(0.01)
     assert not scoring.shared_encoder((ma, ta), (mb, tb))
+
+
+def test_lower_layers_only_are_loaded_scored_and_saved(encoder, tmp_path):
+    """model.reward_model_layers: N: the backbone's lower N blocks, read as the mean of block N's output (through
+    the backbone's own final step, BERT: none); saved with N in its config, reloaded as it was scored; too many
+    layers asked is a clear error naming the key."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from saferounds.core.errors import InputError
+    from saferounds.reward_models.modeling import load_reward_model, save_reward_model
+
+    cfg = ModelConfig(reward_model_pooling="mean", reward_model_layers=1)
+    model, tok = load_reward_model(encoder, cfg)
+    assert model.config.encoder.num_hidden_layers == 1 and len(model.encoder.encoder.layer) == 1
+    enc = tok(["hello there", "a longer text about several things"], padding=True, return_tensors="pt")
+    full = AutoModel.from_pretrained(encoder)
+    hidden = full(**enc, output_hidden_states=True).hidden_states[1]  # the output of block 1 of 2
+    want = model.score(mean_pool(hidden, enc["attention_mask"]))
+    assert torch.allclose(model(**enc).logits, want, atol=1e-5)
+    top = mean_pool(full(**enc).last_hidden_state, enc["attention_mask"])
+    assert (top - mean_pool(hidden, enc["attention_mask"])).abs().max() > 5e-3  # the top block's output differs
+    save_reward_model(model, tok, tmp_path / "rm")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    assert again.config.encoder.num_hidden_layers == 1 and torch.allclose(again(**enc).logits, want, atol=1e-5)
+    with pytest.raises(InputError, match="reward_model_layers: 3 asked.*2 layers"):
+        load_reward_model(encoder, ModelConfig(reward_model_pooling="mean", reward_model_layers=3))
+    # the backbone's own head reads the lower layers the same way
+    head, _ = load_reward_model(encoder, ModelConfig(reward_model_layers=1))
+    assert head.config.num_hidden_layers == 1 and len(head.bert.encoder.layer) == 1
