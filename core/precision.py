@@ -69,3 +69,18 @@ def generation_dtype(setting: str = "auto", device: str | None = None) -> torch.
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if _cpu_bf16() else torch.float32
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 512, seconds: float = 0.25) -> float:
+    """This machine's matrix-product speed right now, in GFLOP per wall second at torch's current thread count:
+    n x n x n products repeated for about `seconds` after one warm-up. A short probe (what the demo's estimate
+    scales by), not a benchmark: bench/roofline.py measures the peak properly."""
+    import time
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    done, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds or done == 0:
+        torch.mm(a, b)
+        done += 1
+    return 2 * n ** 3 * done / max(elapsed, 1e-9) / 1e9

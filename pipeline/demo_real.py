@@ -44,12 +44,16 @@ SIZES: dict[str, dict] = {
                      "save_every": 1},
              "eval": {"max_new_tokens": 8, "batch_size": 8, "examples_per_suite": 2}},
 }
-# Expected seconds per step on 2 cores, for the ETA: `full` from the session-9 loop (bench/README.md, "The whole
-# loop on SmolLM2 with the encoder-head RMs"; rm and rs measured with other jobs on the machine part of the time;
-# ppo from session 10's 16 steps).
+# Expected seconds per step on the reference machine (demo_model.REFERENCE: 2 Xeon cores with AMX, 2 threads),
+# for the ETA; demo_model.machine_scaled scales them to the machine the run is on. `full`: the stage times of the
+# session 11 acceptance run (bench/README.md, "the whole plan from a fresh clone"; eval: the mean of v1-v3,
+# v1's includes v0's answers; ppo: 7 steps of 16, stopped on max_kl). distill was not run there: a fifth of rs, as
+# on the older machine. `quarter`: `full` times each stage's quarter/full ratio measured on the older machine.
+RS_FULL = 204
 ESTIMATES: dict[str, dict[str, float]] = {
-    "full": {"v0": 80, "judges": 240, "rm": 880, "rs": 1500, "distill": 300, "ppo": 900, "eval": 1000},
-    "quarter": {"v0": 45, "judges": 240, "rm": 150, "rs": 280, "distill": 100, "ppo": 150, "eval": 320},
+    "full": {"v0": 26, "judges": 94, "rm": 123, "rs": RS_FULL, "distill": RS_FULL // 5, "ppo": 132, "eval": 150},
+    "quarter": {"v0": 15, "judges": 94, "rm": 21, "rs": RS_FULL * 280 // 1500, "distill": RS_FULL // 15,
+                "ppo": 22, "eval": 48},
     "mini": {"v0": 30, "rm": 30, "rs": 30, "distill": 30, "ppo": 30, "eval": 30},
 }
 _COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
@@ -174,10 +178,13 @@ def run_real_demo(directory: str | Path, size: str = "full", data_root: str | Pa
     directory = Path(directory)
     started = time.time()
     ws = Workspace(directory)
-    overrides, estimates = SIZES[size], ESTIMATES[size]
     plan = plan_model(model, size) if isinstance(model, str) else model
     if plan is not None:
         overrides, estimates = plan.overrides, plan.estimates
+    else:
+        from saferounds.pipeline.demo_model import machine_scaled, measure_machine
+
+        overrides, estimates = SIZES[size], machine_scaled(ESTIMATES[size], measure_machine())
     if not ws.exists():
         print_line(f"writing the smollm2 preset ({size}{', for ' + plan.model if plan else ''}) and its data from "
                    f"{data_root} to {directory}")
