@@ -9,6 +9,10 @@ same length-sorted batches, same K, temperature, top-p, max_new_tokens, torch th
   ours-eval  (--greedy) eval.generate.generate, the eval stage's greedy path (core.decoding: the shared prompt
              prefix prefilled once, suffixes prefilled in length groups, finished rows dropped, a reserved KV
              cache), on the same batches
+  ours-eval-fullhead  (--greedy) ours-eval with core.decoding's screened LM head off (`screen_head=False`): the
+             full fp32 head every step, what ours-eval was before session 12; where the screen is off anyway
+             (no native bf16) the two sides are the same code. Runs of ours-eval record the screen's counters
+             (`screen`: steps, rows, candidates rescored, fallback steps by reason)
   ours-eval-bf16  (--greedy) the same on the model cast to bf16: what the eval stage runs where the CPU has native
              bf16 units (AMX / AVX512-BF16; `model.generation_dtype: auto`); not the same tokens as fp32, so its
              share identical to plain's is the price
@@ -110,18 +114,35 @@ def bootstrap_diff(a: list[float], b: list[float], n: int = 2000, seed: int = 0)
     return diffs[int(0.025 * n)], diffs[int(0.975 * n)]
 
 
-def eval_side(model, tok, prompts, batches, a, eos_ids) -> list[dict]:
-    """The eval stage's greedy path (eval.generate.generate) on the same batches; tokens re-counted from the ids."""
+def eval_side(model, tok, prompts, batches, a, eos_ids, screen_head: bool | None = None) -> list[dict]:
+    """The eval stage's greedy path (eval.generate.generate) on the same batches; tokens re-counted from the ids.
+    `screen_head` False: core.decoding.greedy_decode with its screened LM head off (eval.generate calls it with the
+    default, None: on where the CPU has native bf16)."""
+    import functools
+
+    import saferounds.core.decoding as decoding
     from saferounds.eval.generate import generate
 
+    original = decoding.greedy_decode
+    if screen_head is not None:  # eval.generate imports greedy_decode from core.decoding at each call
+        decoding.greedy_decode = functools.partial(original, screen_head=screen_head)
     out = []
-    for batch in batches:
-        texts = generate(model, tok, [prompts[i]["messages"] for i in batch], max_new_tokens=a.max_new_tokens,
-                         batch_size=len(batch))
-        for i, t in zip(batch, texts):
-            n = min(len(tok(t, add_special_tokens=False)["input_ids"]) + 1, a.max_new_tokens)
-            out.append({"prompt_id": prompts[i]["id"], "messages": prompts[i]["messages"], "response": t,
-                        "num_tokens": n, "finish_reason": "eos" if n < a.max_new_tokens else "length"})
+    try:
+        for batch in batches:
+            texts = generate(model, tok, [prompts[i]["messages"] for i in batch], max_new_tokens=a.max_new_tokens,
+                             batch_size=len(batch))
+            out += _eval_rows(tok, prompts, batch, texts, a)
+    finally:
+        decoding.greedy_decode = original
+    return out
+
+
+def _eval_rows(tok, prompts, batch, texts, a) -> list[dict]:
+    out = []
+    for i, t in zip(batch, texts):
+        n = min(len(tok(t, add_special_tokens=False)["input_ids"]) + 1, a.max_new_tokens)
+        out.append({"prompt_id": prompts[i]["id"], "messages": prompts[i]["messages"], "response": t,
+                    "num_tokens": n, "finish_reason": "eos" if n < a.max_new_tokens else "length"})
     return out
 
 
@@ -193,6 +214,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
+    from saferounds.core import screened_head as screen_stats
     from saferounds.pipeline.gguf import ensure_converted
     from saferounds.pipeline.models import load_tokenizer
     from saferounds.sampling.fast_generate import quantize_int8
@@ -227,8 +249,10 @@ def main() -> None:
             if side == "plain":
                 torch.manual_seed(r)
                 out = plain_side(fp32, tok, prompts, batches, a, eos_ids)
-            elif side in ("ours-eval", "ours-eval-bf16"):
-                out = eval_side(prepared.get(side, fp32), tok, prompts, batches, a, eos_ids)
+            elif side in ("ours-eval", "ours-eval-bf16", "ours-eval-fullhead"):
+                screen_stats.reset_stats()
+                out = eval_side(prepared.get(side, fp32), tok, prompts, batches, a, eos_ids,
+                                screen_head=False if side == "ours-eval-fullhead" else None)
             else:
                 out = generate_samples(prepared[side], tok, prompts, k=a.k,
                                        temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_new_tokens,
@@ -238,6 +262,8 @@ def main() -> None:
             runs[side].append({"round": r, "seconds": round(dt, 2), "cpu_seconds": round(cpu, 2), "tokens": n_tok,
                                "tok_s": round(n_tok / dt, 2), "tok_per_cpu_s": round(n_tok / cpu, 2),
                                "load1": round((load0 + os.getloadavg()[0]) / 2, 2)})
+            if side.startswith("ours-eval") and screen_stats.STATS["steps"]:
+                runs[side][-1]["screen"] = dict(screen_stats.STATS)
             print(side, runs[side][-1], flush=True)
             samples.setdefault(side, out)
     # on a shared machine the process's CPU time (one torch thread) is the fairer clock; wall time is kept too
