@@ -37,13 +37,14 @@ def test_smollm2_mini_plan_end_to_end(tmp_path):
     assert (ws.root / "models" / f"SmolLM2-135M-Instruct.Q4_1-{source['sha256'][:8]}" / "source.json").is_file()
     assert source["parameters"] > 100_000_000
 
-    # reward models: the preset's heads on the frozen, mean-pooled all-MiniLM-L6-v2, L2 chosen by cross-validation
+    # reward models: the preset's heads on the mean of v0's lower 22 layers, frozen, L2 chosen by cross-validation
     v1 = ws.manifest(1)
     for kind in ("helpfulness", "safety"):
         rm = v1["metrics"]["rm"][kind]
         assert rm["train_items"] >= 4 and rm["head_fit"] == "lbfgs-cv" and rm["train_head_only"]
         config = json.loads((ws.rm_dir(kind, 1) / "config.json").read_text())
-        assert config["model_type"] == "saferounds-mean-pooled" and config["encoder"]["model_type"] == "bert"
+        assert config["model_type"] == "saferounds-mean-pooled" and config["encoder"]["model_type"] == "llama"
+        assert config["encoder"]["num_hidden_layers"] == 22  # the chat model cut to its lower 22 of 30 layers
     # rs: K=2 samples per prompt plus the demonstrations as candidates; one selected per prompt
     rs = v1["metrics"]["rs"]
     assert rs["k"] == 2 and rs["samples"] == 2 * rs["prompts"] and rs["selected"] == rs["prompts"]
