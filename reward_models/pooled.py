@@ -73,7 +73,7 @@ class MeanPooledForSequenceClassification(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        logits = self.score(mean_pool(hidden, attention_mask))
+        logits = self.score(mean_pool(hidden, attention_mask).to(self.score.weight.dtype))  # a bf16 backbone, fp32 head
         return SequenceClassifierOutput(logits=logits)
 
     @classmethod

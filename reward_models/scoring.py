@@ -189,7 +189,8 @@ def _heads_forward(first, second, batch) -> tuple:
 
     mask = batch["attention_mask"]
     pooled = mean_pool(first.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state, mask)
-    return first.score(pooled), second.score(pooled)
+    return (first.score(pooled.to(first.score.weight.dtype)),  # a bf16 backbone may feed an fp32 head
+            second.score(pooled.to(second.score.weight.dtype)))
 
 
 @torch.inference_mode()

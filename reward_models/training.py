@@ -662,9 +662,10 @@ def _fit_head(kind: str, items: list[dict], backbone, out_dir: Path, cfg: Reward
         raise InputError("reward_models.train_head_only: trains on pairs; set reward_models.objective: pairwise")
     model, tokenizer = load_reward_model(backbone, model_cfg)
     pooling = getattr(model_cfg, "reward_model_pooling", "head")  # the same backbone read two ways: two caches
-    layers = getattr(model_cfg, "reward_model_layers", 0)
+    layers, dtype = getattr(model_cfg, "reward_model_layers", 0), getattr(model_cfg, "reward_model_dtype", "")
     fitted = train_head(model, tokenizer, items, cfg, kind, seed,
-                        key=(str(backbone), cfg.max_length, pooling) + ((layers,) if layers else ()))
+                        key=(str(backbone), cfg.max_length, pooling) + ((layers,) if layers else ())
+                        + ((str(next(model.parameters()).dtype),) if dtype else ()))
     check_value(fitted["train_loss"], f"{kind} RM head training", fitted["steps"], "the training loss")
     check_weights(model, f"{kind} RM head training", fitted["steps"])
     dist.run_on_main(save_reward_model, model, tokenizer, out_dir)

@@ -187,3 +187,36 @@ def test_lower_layers_only_are_loaded_scored_and_saved(encoder, tmp_path):
     # the backbone's own head reads the lower layers the same way
     head, _ = load_reward_model(encoder, ModelConfig(reward_model_layers=1))
     assert head.config.num_hidden_layers == 1 and len(head.bert.encoder.layer) == 1
+
+
+def test_native_dtype_reads_the_frozen_backbone_in_bf16_with_an_fp32_head(encoder, tmp_path, monkeypatch):
+    """model.reward_model_dtype: `native` loads a frozen RM backbone in bf16 where the hardware computes it (here:
+    forced on), its fp32 head reads the bf16 mean, training always loads model.dtype; elsewhere model.dtype."""
+    import saferounds.core.precision as precision
+    from saferounds.reward_models import training
+    from saferounds.reward_models.modeling import load_reward_model, model_cfg_dtype
+    from saferounds.reward_models.scoring import score, score_both
+
+    cfg = ModelConfig(reward_model_pooling="mean", reward_model_dtype="native")
+    monkeypatch.setattr(precision, "native_bf16", lambda *a, **k: False)
+    assert model_cfg_dtype(cfg) == torch.float32  # no native bf16: model.dtype
+    monkeypatch.setattr(precision, "native_bf16", lambda *a, **k: True)
+    assert model_cfg_dtype(cfg) == torch.bfloat16 and model_cfg_dtype(cfg, for_training=True) == torch.float32
+    assert model_cfg_dtype(ModelConfig(reward_model_dtype="float32")) == torch.float32
+    pairs = [_pair(i) for i in range(16)]
+    rcfg = RewardModelConfig(train_head_only=True, head_fit="lbfgs-cv", eval_fraction=0.0, max_length=32)
+    training._HEAD_INPUTS.clear()
+    paths = {}
+    for kind in ("helpfulness", "safety"):
+        ps = [{**p, "source": kind} for p in pairs]
+        m = training.train_reward_model(kind, ps, str(encoder), tmp_path / kind, rcfg, cfg, heldout=ps[:8])
+        assert m["heldout"]["accuracy"] == 1.0  # ranks as the fp32 backbone does on this easy set
+        paths[kind] = tmp_path / kind
+    assert all(str(torch.bfloat16) in key for key in training._HEAD_INPUTS)  # features cached per dtype
+    a, b = (load_reward_model(paths[k], cfg) for k in ("helpfulness", "safety"))
+    assert next(a[0].encoder.parameters()).dtype == torch.bfloat16
+    prompts, answers = [p["prompt"] for p in pairs[:4]], [p["chosen"] for p in pairs[:4]]
+    both = score_both([a, b], prompts, answers)
+    assert both[0] == pytest.approx(score(*a, prompts, answers), abs=1e-2)
+    fp32 = load_reward_model(paths["helpfulness"], ModelConfig(reward_model_pooling="mean"))
+    assert score(*a, prompts, answers) == pytest.approx(score(*fp32, prompts, answers), abs=5e-2)
