@@ -46,14 +46,14 @@ SIZES: dict[str, dict] = {
 }
 # Expected seconds per step on the reference machine (demo_model.REFERENCE: 2 Xeon cores with AMX, 2 threads),
 # for the ETA; demo_model.machine_scaled scales them to the machine the run is on. `full`: the stage times of the
-# session 12 acceptance run (bench/README.md, "Session 12: the whole plan with RMs from the chat model"; rm: 933 s
-# measured while a test shared the machine for part of it; eval: the mean of v1-v3, v1's includes v0's answers;
+# session 12 acceptance run (bench/README.md, "Session 12: the whole plan with RMs from the chat model"; rm: 226 s
+# with the backbone in bf16 (reward_model_dtype: native; 933 s in fp32); eval: the mean of v1-v3, v1's includes v0's answers;
 # ppo: 8 steps of 16, stopped on max_kl). distill was not run there: a fifth of rs, as on the older machine.
 # `quarter`: `full` times each stage's quarter/full ratio measured on the older machine.
 RS_FULL = 260
 ESTIMATES: dict[str, dict[str, float]] = {
-    "full": {"v0": 26, "judges": 94, "rm": 800, "rs": RS_FULL, "distill": RS_FULL // 5, "ppo": 140, "eval": 255},
-    "quarter": {"v0": 15, "judges": 94, "rm": 136, "rs": RS_FULL * 280 // 1500, "distill": RS_FULL // 15,
+    "full": {"v0": 26, "judges": 94, "rm": 230, "rs": RS_FULL, "distill": RS_FULL // 5, "ppo": 140, "eval": 255},
+    "quarter": {"v0": 15, "judges": 94, "rm": 40, "rs": RS_FULL * 280 // 1500, "distill": RS_FULL // 15,
                 "ppo": 23, "eval": 82},
     "mini": {"v0": 30, "rm": 30, "rs": 30, "distill": 30, "ppo": 30, "eval": 30},
 }
