@@ -81,6 +81,7 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     adapter = (Path(path_or_id) / "adapter_config.json").exists()
     mean = getattr(model_cfg, "reward_model_pooling", "head") == "mean"  # a duck-typed config may predate the key
     layers = getattr(model_cfg, "reward_model_layers", 0)
+    saved_pooled = not adapter and is_mean_pooled(path_or_id, trust)  # read its config once
     try:
         if adapter and mean:  # peft would rebuild the base as the encoder's own classifier: build ours first
             import json
@@ -95,9 +96,9 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
 
             model = AutoPeftModelForSequenceClassification.from_pretrained(path_or_id, is_trainable=for_training,
                                                                           **kwargs)
-        elif mean and not is_mean_pooled(path_or_id, trust):
+        elif mean and not saved_pooled:
             model = MeanPooledForSequenceClassification.from_encoder(path_or_id, kwargs["dtype"], trust, layers)
-        elif is_mean_pooled(path_or_id, trust):  # a saved RM: its config already records its layers
+        elif saved_pooled:  # a saved RM: its config already records its layers
             model = AutoModelForSequenceClassification.from_pretrained(path_or_id, **kwargs)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path_or_id, **kwargs,
