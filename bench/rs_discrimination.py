@@ -17,6 +17,7 @@ Refusals by the refusal patterns (eval.refusal; 97.5% agreement on 80 labelled a
 Wilson intervals. The figure of merit is the gap: refusal on unsafe-dev minus refusal on helpful-dev, at a
 helpful-dev refusal rate that must stay low. Greedy answers, the preset's eval settings (48 new tokens).
 The eval suites are not read: the variant chosen here is then checked by a whole run (bench/README.md).
+`--variants v1,v2,v3` measures a workspace's own versions on the same sets (does PPO widen the gap?).
 
     .venv/bin/python bench/rs_discrimination.py -w /tmp/s12/ws5 --variants v0,preset,nodemo \\
         --out bench/results/rs_discrimination.json
@@ -116,10 +117,10 @@ def run_variant(ws, name: str, dev: dict, tmp: Path) -> dict:
     from saferounds.pipeline.models import load_policy, to_generation_dtype
     from saferounds.pipeline.training.sft import finetune
 
-    what, ft_over, lora_over, recipe = VARIANTS[name]
+    what, ft_over, lora_over, recipe = VARIANTS.get(name) or (f"the workspace's {name} as the run left it", 0, 0, None)
     cfg = ws.config
     model_cfg = dataclasses.replace(cfg.model, lora=dataclasses.replace(cfg.model.lora, **(lora_over or {})))
-    t0, policy, ft = time.time(), ws.policy_path(0), None
+    t0, policy, ft = time.time(), ws.policy_path(int(name[1:]) if _version(name) else 0), None
     if recipe is not None:
         ft_cfg = cfg.rejection_sampling.finetune
         train_cfg = dataclasses.replace(cfg.sft, **{"epochs": ft_cfg.epochs, "learning_rate": ft_cfg.learning_rate,
@@ -143,10 +144,15 @@ def run_variant(ws, name: str, dev: dict, tmp: Path) -> dict:
             "answers": answers}
 
 
+def _version(name: str) -> bool:
+    return name[:1] == "v" and name[1:].isdigit()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-w", "--workspace", type=Path, required=True, help="a finished smollm2 `full` run (v1 there)")
-    ap.add_argument("--variants", default="v0,preset,nodemo")
+    ap.add_argument("--variants", default="v0,preset,nodemo",
+                    help="fine-tune variants (VARIANTS) and/or the workspace's own versions as they are (v1, v2, ...)")
     ap.add_argument("--n", type=int, default=96, help="prompts per development set")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rs_discrimination.json")
@@ -154,7 +160,7 @@ def main() -> None:
     from saferounds.pipeline.workspace import Workspace
 
     names = args.variants.split(",")
-    unknown = [v for v in names if v not in VARIANTS]
+    unknown = [v for v in names if v not in VARIANTS and not _version(v)]
     if unknown:
         sys.exit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     ws = Workspace(args.workspace)
