@@ -215,6 +215,9 @@ def test_native_dtype_reads_the_frozen_backbone_in_bf16_with_an_fp32_head(encode
     assert all(str(torch.bfloat16) in key for key in training._HEAD_INPUTS)  # features cached per dtype
     a, b = (load_reward_model(paths[k], cfg) for k in ("helpfulness", "safety"))
     assert next(a[0].encoder.parameters()).dtype == torch.bfloat16
+    assert a[0].score.weight.dtype == b[0].score.weight.dtype == torch.float32  # the fitted head is not rounded
+    fresh, _ = load_reward_model(str(encoder), cfg)  # a new RM on the encoder, as the head fit starts from
+    assert next(fresh.encoder.parameters()).dtype == torch.bfloat16 and fresh.score.weight.dtype == torch.float32
     prompts, answers = [p["prompt"] for p in pairs[:4]], [p["chosen"] for p in pairs[:4]]
     both = score_both([a, b], prompts, answers)
     assert both[0] == pytest.approx(score(*a, prompts, answers), abs=1e-2)
