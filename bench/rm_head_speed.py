@@ -20,6 +20,16 @@ is reported beside its cost: the ratio is only meaningful next to what each side
 
     OMP_NUM_THREADS=1 .bench-venv-trl116/bin/python bench/rm_head_speed.py --pairs 400 --held-out 200 \\
         --repeats 2 --json bench/results/rm_head_speed.json
+
+--backbone, --layers and --rm-dtype set the model both sides run (model.reward_model, reward_model_layers,
+reward_model_dtype; default the packaged MiniLM, all layers, model.dtype): every ModelConfig of the script gets
+them, so ours and TRL load the same MeanPooledForSequenceClassification, the same lower layers in the same dtype,
+the backbone frozen and the head fp32 on both. The smollm2 preset's RMs (v0's lower 22 of 30 layers, bf16 where
+the CPU computes it natively):
+
+    OMP_NUM_THREADS=1 nice -n 10 .bench-venv-trl116/bin/python bench/rm_head_speed.py \\
+        --backbone WORKSPACE/versions/v0/policy --layers 22 --rm-dtype native --pairs 400 --held-out 200 \\
+        --repeats 2 --trl-epochs 1,3 --json bench/results/rm_head_speed_smollm2.json
 """
 from __future__ import annotations
 
@@ -57,13 +67,28 @@ def load_pairs(n_train: int, n_held: int) -> tuple[list[dict], list[dict]]:
             load_preferences(tmp / "rm_helpfulness_heldout.jsonl")[:n_held])
 
 
-def fresh_model():
+def model_cfg(a):
+    """The ModelConfig of every model the script loads, ours and TRL's: --layers and --rm-dtype."""
     from saferounds.reward_models.config import ModelConfig
+
+    return ModelConfig(reward_model_pooling="mean", reward_model_layers=a.layers, reward_model_dtype=a.rm_dtype)
+
+
+def dtypes(model) -> dict:
+    """The backbone's and the head's dtype (both sides must match)."""
+    return {"backbone_dtype": str(next(model.encoder.parameters()).dtype).removeprefix("torch."),
+            "head_dtype": str(model.score.weight.dtype).removeprefix("torch.")}
+
+
+def fresh_model(a):
+    """TRL's model: what load_reward_model builds for ours, the backbone frozen and the head fp32 (as
+    train_head fits ours), so only the head trains."""
     from saferounds.reward_models.modeling import load_reward_model
 
     torch.manual_seed(0)
-    model, tok = load_reward_model(BACKBONE, ModelConfig(reward_model_pooling="mean"))
+    model, tok = load_reward_model(a.backbone, model_cfg(a))
     model.encoder.requires_grad_(False)
+    model.score.float()
     return model, tok
 
 
@@ -71,6 +96,7 @@ def second_head(model):
     """Another RM on the same frozen encoder (the preset's other RM): a copy with a different head."""
     other = type(model)(model.config)
     other.encoder = model.encoder
+    other.score.to(model.score.weight.dtype)  # the head in the first RM's dtype (fp32 on both sides)
     return other
 
 
@@ -82,17 +108,18 @@ def held_accuracy(model, tok, held, max_length) -> float:
 
 def ours_train(pairs, held, a, work) -> dict:
     from saferounds.reward_models import training
-    from saferounds.reward_models.config import ModelConfig, RewardModelConfig
+    from saferounds.reward_models.config import RewardModelConfig
 
     training._HEAD_INPUTS.clear()  # a cold cache: every text through the encoder, as in a fresh rm stage
     cfg = RewardModelConfig(train_head_only=True, head_fit="lbfgs-cv", max_length=a.max_length, eval_fraction=0.0,
                             score_batch_size=32)
-    m, wall, cpu = timed(lambda: training.train_reward_model("helpfulness", pairs, BACKBONE, work / "ours", cfg,
-                                                             ModelConfig(reward_model_pooling="mean")))
+    m, wall, cpu = timed(lambda: training.train_reward_model("helpfulness", pairs, a.backbone, work / "ours", cfg,
+                                                             model_cfg(a)))
     from saferounds.reward_models.modeling import load_reward_model
 
-    model, tok = load_reward_model(work / "ours", ModelConfig(reward_model_pooling="mean"))
-    return {"cpu_s": cpu, "wall_s": wall, "items": m["train_items"], "head_l2": m["head_l2"],
+    model, tok = load_reward_model(work / "ours", model_cfg(a))
+    model.score.float()  # the head as fitted; load_reward_model keeps it fp32 since session 13 (a no-op now)
+    return {"cpu_s": cpu, "wall_s": wall, "items": m["train_items"], "head_l2": m["head_l2"], **dtypes(model),
             "held_out_accuracy": held_accuracy(model, tok, held, a.max_length), "model": (model, tok)}
 
 
@@ -116,12 +143,13 @@ def trl_trainer(model, tok, train_ds, epochs, a, work):
 
 
 def trl_train(pairs, held, epochs, a, work) -> dict:
-    model, tok = fresh_model()
+    (model, tok), _, load_cpu = timed(lambda: fresh_model(a))  # not in TRL's train time; ours' includes its load
     ds = trl_features(tok, pairs, a.max_length)
     trainer = trl_trainer(model, tok, ds, epochs, a, work / f"trl{epochs}")
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     _, wall, cpu = timed(lambda: (trainer.train(), trainer.save_model(str(work / f"trl{epochs}" / "final"))))
     return {"cpu_s": cpu, "wall_s": wall, "items": len(pairs), "epochs": epochs, "trainable_params": n_train,
+            "load_cpu_s": load_cpu, **dtypes(trainer.model),
             "held_out_accuracy": held_accuracy(trainer.model, tok, held, a.max_length), "model": (trainer.model, tok)}
 
 
@@ -145,8 +173,12 @@ def trl_score(model, tok, held, a, work) -> tuple[float, float, list]:
         out = []
         for t in trainers:
             pred = t.predict(ds).predictions
-            chosen, rejected = split_predictions(pred[0] if isinstance(pred, tuple) else pred, len(held),
-                                                 t.args.per_device_eval_batch_size)
+            flat = (pred[0] if isinstance(pred, tuple) else pred).reshape(-1)
+            # a short last batch (--held-out not a multiple of it) is scored whole, but accelerate's
+            # gather_for_metrics returns only its chosen rows: de-interleave the full batches' pairs
+            b = t.args.per_device_eval_batch_size
+            full = len(held) - len(held) % b
+            chosen, rejected = split_predictions(flat[:2 * full], full, b)
             out.append(chosen + rejected)
         return out
 
@@ -161,8 +193,14 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--trl-epochs", default="1,3")
+    ap.add_argument("--backbone", default=BACKBONE, help="the RMs' backbone (model.reward_model): a path or id")
+    ap.add_argument("--layers", type=int, default=0, help="model.reward_model_layers (0 = all)")
+    ap.add_argument("--rm-dtype", default="", choices=["", "native", "float32", "bfloat16"],
+                    help="model.reward_model_dtype of the frozen backbone")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    if Path(a.backbone).exists():
+        a.backbone = str(Path(a.backbone).resolve())
     torch.set_num_threads(1)
     pairs, held = load_pairs(a.pairs, a.held_out)
     sides = ["ours"] + [f"trl-e{e}" for e in a.trl_epochs.split(",")]
@@ -193,11 +231,13 @@ def main() -> None:
                                                       summary[side]["train_pairs_per_cpu_s"], 3)
         summary[side]["ours_over_this_score"] = round(summary["ours"]["score_rm_texts_per_cpu_s"] /
                                                       summary[side]["score_rm_texts_per_cpu_s"], 3)
+    import transformers
     import trl
 
-    out = {"command": " ".join(sys.argv), "trl": trl.__version__, "backbone": BACKBONE, "pairs": len(pairs),
-           "held_out": len(held), "max_length": a.max_length, "threads": 1, "loads": loads, "runs": res,
-           "summary": summary}
+    out = {"command": " ".join(sys.argv), "trl": trl.__version__, "transformers": transformers.__version__,
+           "torch": torch.__version__, "backbone": a.backbone, "layers": a.layers, "rm_dtype": a.rm_dtype,
+           "pairs": len(pairs), "held_out": len(held), "max_length": a.max_length, "threads": 1, "loads": loads,
+           "runs": res, "summary": summary}
     print(json.dumps(summary, indent=1))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
