@@ -201,6 +201,23 @@ def shutdown(meet: bool) -> None:
         td.destroy_process_group()
 
 
+def exit_process(code: int) -> None:
+    """End the process with `code`. Under a launcher (after shutdown), a rank leaves by os._exit once its output
+    and logs are flushed: even with the group destroyed, a thread left by gloo or a Trainer can still abort the
+    interpreter's teardown ("terminate called without an active exception", SIGABRT) after the command
+    succeeded, which turned a finished 2-rank round into a failed launch now and then. Every file the pipeline
+    writes is closed (atomic writes) before this point; a single process exits normally."""
+    if not active():
+        sys.exit(code)
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code if isinstance(code, int) else 1)
+
+
 def shard(n: int) -> list[int]:
     """This rank's indices of n items dealt round-robin (item i goes to rank i % world size)."""
     return list(range(rank(), n, world_size())) if active() else list(range(n))

@@ -234,3 +234,22 @@ def test_kill_9_mid_sampling_then_rerun_keeps_every_sample_once(with_v0, tmp_pat
     generated = [{f: s[f] for f in fields} for s in samples]
     assert [{f: s[f] for f in fields} for s in read_rows(ref / "versions" / ".v1.partial" / "samples.jsonl")] \
         == generated
+
+
+@pytest.mark.parametrize("world", ["1", "2"])
+def test_a_rank_exits_with_its_code_and_its_output_flushed(world, tmp_path):
+    """core.distributed.exit_process: a rank of a launch leaves by os._exit (no interpreter teardown, where a
+    thread left by gloo could abort a finished command) with its code, after flushing what it printed and
+    logged; a single process exits normally (atexit handlers run)."""
+    log = tmp_path / "log.txt"
+    script = ("import atexit, logging, sys\n"
+              f"logging.basicConfig(filename={str(log)!r}, level=logging.INFO)\n"
+              "atexit.register(lambda: print('atexit ran'))\n"
+              "from saferounds.core.distributed import exit_process\n"
+              "sys.stdout.write('result'); logging.info('logged')\n"
+              "exit_process(3)\n")
+    r = subprocess.run([sys.executable, "-c", script], env={**env(), "WORLD_SIZE": world}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.startswith("result") and "logged" in log.read_text()
+    assert ("atexit ran" in r.stdout) == (world == "1")

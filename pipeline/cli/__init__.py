@@ -380,4 +380,6 @@ def _run_app(argv: list[str] | None, everyone: dict) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    from saferounds.core import distributed as dist
+
+    dist.exit_process(main())  # under a launcher: os._exit after the group is torn down (no teardown abort)
