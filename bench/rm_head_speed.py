@@ -87,8 +87,7 @@ def fresh_model(a):
 
     torch.manual_seed(0)
     model, tok = load_reward_model(a.backbone, model_cfg(a))
-    model.encoder.requires_grad_(False)
-    model.score.float()
+    model.encoder.requires_grad_(False)  # the head is fp32 in any dtype (pooled._keep_in_fp32_modules_strict)
     return model, tok
 
 
@@ -96,7 +95,6 @@ def second_head(model):
     """Another RM on the same frozen encoder (the preset's other RM): a copy with a different head."""
     other = type(model)(model.config)
     other.encoder = model.encoder
-    other.score.to(model.score.weight.dtype)  # the head in the first RM's dtype (fp32 on both sides)
     return other
 
 
@@ -118,7 +116,6 @@ def ours_train(pairs, held, a, work) -> dict:
     from saferounds.reward_models.modeling import load_reward_model
 
     model, tok = load_reward_model(work / "ours", model_cfg(a))
-    model.score.float()  # the head as fitted; load_reward_model keeps it fp32 since session 13 (a no-op now)
     return {"cpu_s": cpu, "wall_s": wall, "items": m["train_items"], "head_l2": m["head_l2"], **dtypes(model),
             "held_out_accuracy": held_accuracy(model, tok, held, a.max_length), "model": (model, tok)}
 

@@ -109,7 +109,7 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust)
     fix_pad_token(model, tokenizer)
     if not for_training:
-        return _fp32_head(model).eval(), tokenizer
+        return model.eval(), tokenizer
     if model_cfg.load_in_4bit or model_cfg.load_in_8bit:
         from peft import prepare_model_for_kbit_training
 
@@ -130,20 +130,6 @@ def load_reward_model(path_or_id: str | Path, model_cfg=None, for_training: bool
                                                  task_type="SEQ_CLS", target_modules=targets,
                                                  layers_to_transform=layers))
     return model, tokenizer
-
-
-def _fp32_head(model):
-    """A mean-pooled RM read in a reduced dtype (model.reward_model_dtype) keeps its scalar head in fp32: its
-    forward casts the pooled backbone output to the head's dtype, and a head fitted or saved in fp32 stays so
-    (from_pretrained and from_encoder would cast it with the backbone)."""
-    import torch
-
-    from saferounds.reward_models.pooled import MeanPooledForSequenceClassification
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if isinstance(base, MeanPooledForSequenceClassification) and base.score.weight.dtype != torch.float32:
-        base.score.float()
-    return model
 
 
 def linear_module_names(model, exclude: tuple[str, ...] = ("lm_head", "score", "classifier")) -> list[str]:

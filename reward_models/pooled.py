@@ -48,6 +48,9 @@ class MeanPooledForSequenceClassification(PreTrainedModel):
     """encoder -> mean over real tokens -> Linear(hidden, num_labels) named `score`."""
     config_class = MeanPooledConfig
     base_model_prefix = "encoder"
+    # the head stays fp32 whatever dtype the backbone loads in (model.reward_model_dtype): forward casts the
+    # pooled mean to it, and a head fitted in fp32 is saved and scored unrounded
+    _keep_in_fp32_modules_strict = ["score"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
@@ -84,9 +87,7 @@ class MeanPooledForSequenceClassification(PreTrainedModel):
                                             trust_remote_code=trust_remote_code, **lower_layers(path, layers))
         model = cls(MeanPooledConfig(encoder=encoder.config))
         model.config.name_or_path = model.name_or_path = str(path)  # a LoRA adapter records it as its base
-        model.encoder = encoder
-        if dtype is not None:
-            model.score.to(dtype)
+        model.encoder = encoder  # the head stays fp32 (_keep_in_fp32_modules_strict)
         return model
 
 
