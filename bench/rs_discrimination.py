@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT.parent))
+from saferounds.core.io import read_jsonl as _jsonl  # noqa: E402
 
 # name -> (what it changes, fine-tune overrides, lora overrides, row recipe)
 VARIANTS = {
@@ -48,10 +49,6 @@ VARIANTS = {
     "help-top2-lora-all": ("help-top2 and LoRA on all layers", {}, {"layers": 0}, "help-top2"),
     "demo-refusals": ("the demonstrations the patterns call refusals only", {}, {}, "demo-refusals"),
 }
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.open() if line.strip()]
 
 
 def _first_user(prompt) -> str | None:
