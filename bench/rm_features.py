@@ -23,6 +23,11 @@ Features (one forward pass per text, max_length tokens, left-truncated as the RM
                                activation" (norm ~25,000 against ~150-300 at layers 15-22): in the mean it weighs
                                as 1/length, so a chosen-minus-rejected difference reads it as length
                  last          the final layer's state at the last token (smollm2-last's feature)
+                 --combos a+b,... more features, each the concatenation of those named (e.g.
+                               L15-normed-mean+L22-normed-mean: one linear head reading several layers)
+                 --fractions f,... each head also fitted on the first fraction f of every origin's
+                               training pairs (a learning curve: would more pairs help?); --only a,b fits
+                               heads on those features only
                  --check-pairs n held-out pairs per origin are encoded again in float32: cosine of bf16 to fp32
                  features and of their chosen-minus-rejected differences, and each head's accuracy on both.
 Timing: CPU seconds of this process (all threads) for the features and for the heads, wall seconds, load.
@@ -162,12 +167,31 @@ def evaluate(head, diffs, pairs: list[dict]) -> dict:
     return {k: block[k] for k in ("n", "accuracy", "ci95", "by_origin")}
 
 
+def fit_one(rm: str, train: dict, held: dict, diff) -> tuple[dict, object]:
+    """The head of one RM on its training pairs (the safety RM with LLaMA 2's 90/10 helpful mix), its 4-fold CV
+    accuracy and its held-out accuracy; diff(pairs) -> chosen-minus-rejected features."""
+    import numpy as np
+
+    tr = [p for o in RM_ORIGINS[rm] for p in train[o]]
+    if rm == "safety":
+        tr += train["hh_helpful"][:len(tr) // 9]
+    ho = [p for o in RM_ORIGINS[rm] for p in held[o]]
+    cpu1 = cpu_seconds()
+    groups = np.array([int(hashlib.sha256(json.dumps(p["prompt"][0]).encode()).hexdigest()[:8], 16)
+                       for p in tr])  # stable across runs (Python's hash() is salted per process)
+    head = fit_head(diff(tr), groups)
+    cv = float(max(head.scores_[1.0].mean(0)))  # the chosen C's mean accuracy over the 4 training folds
+    return {"train_pairs": len(tr), "C": float(head.C_[0]), "cv_accuracy": round(cv, 4),
+            "head_cpu_s": round(cpu_seconds() - cpu1, 1), "held_out": evaluate(head, diff(ho), ho)}, head
+
+
 def _last_user(prompt: list[dict]) -> str:
     return [m["content"] for m in prompt if m["role"] == "user"][-1]
 
 
 def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: int, parts: bool = False,
-                 layers: tuple = (), dtype: str = "float32", check_pairs: int = 0) -> dict:
+                 layers: tuple = (), dtype: str = "float32", check_pairs: int = 0, combos: tuple = (),
+                 only: tuple = (), fractions: tuple = (1.0,)) -> dict:
     import numpy as np
 
     pairs = [p for o in ORIGINS for p in train[o]] + [p for o in ORIGINS for p in held[o]]
@@ -178,6 +202,8 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
     keys = list(texts)
     load0, wall0, cpu0 = os.getloadavg()[0], time.time(), cpu_seconds()
     feats = text_features(backbone, [texts[k] for k in keys], max_length, layers=layers, dtype=dtype)
+    for combo in combos:  # several features side by side, read by one linear head
+        feats[combo] = np.concatenate([feats[k] for k in combo.split("+")], 1)
     where = {k: i for i, k in enumerate(keys)}
     wall = time.time() - wall0
     cost = {"texts": len(keys), "dtype": dtype, "features_cpu_s": round(cpu_seconds() - cpu0, 1),
@@ -208,23 +234,16 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
             feats.pop(k, None)
 
     results, heads = {}, {}
-    for kind_feat in feats:
-        for rm, origins in RM_ORIGINS.items():
-            tr = [p for o in origins for p in train[o]]
-            if rm == "safety":  # LLaMA 2's 90/10 mix
-                tr += train["hh_helpful"][:len(tr) // 9]
-            ho = [p for o in origins for p in held[o]]
-            cpu1 = cpu_seconds()
-            groups = np.array([int(hashlib.sha256(json.dumps(p["prompt"][0]).encode()).hexdigest()[:8], 16)
-                               for p in tr])  # stable across runs (Python's hash() is salted per process)
-            head = heads[kind_feat, rm] = fit_head(diff(kind_feat, tr), groups)
-            cv = float(max(head.scores_[1.0].mean(0)))  # the chosen C's mean accuracy over the 4 training folds
-            results[f"{name}-{kind_feat}/{rm}"] = {
-                "train_pairs": len(tr), "C": float(head.C_[0]), "cv_accuracy": round(cv, 4),
-                "head_cpu_s": round(cpu_seconds() - cpu1, 1),
-                "held_out": evaluate(head, diff(kind_feat, ho), ho)}
-            print(f"{name}-{kind_feat}/{rm}", f"cv {cv:.3f}", json.dumps(results[f"{name}-{kind_feat}/{rm}"]["held_out"]["by_origin"]),
-                  flush=True)
+    for kind_feat in [k for k in feats if not only or k in only]:
+        for frac in fractions:
+            sub = {o: v[:round(len(v) * frac)] for o, v in train.items()}  # hash order: a random subset by prompt
+            for rm in RM_ORIGINS:
+                key = f"{name}-{kind_feat}/{rm}" + ("" if frac == 1 else f"@{frac:g}")
+                results[key], head = fit_one(rm, sub, held, lambda ps: diff(kind_feat, ps))
+                if frac == 1:
+                    heads[kind_feat, rm] = head
+                print(key, f"cv {results[key]['cv_accuracy']:.3f}", json.dumps(results[key]["held_out"]["by_origin"]),
+                      flush=True)
     record = {"backbone": backbone, "max_length": max_length, **cost, "heads": results}
     if check_pairs:
         record["bf16_check"] = precision_check(backbone, held, check_pairs, texts, where, feats, heads, max_length,
@@ -288,6 +307,10 @@ def main() -> None:
                     help="also features of the response alone and of the last user turn alone (resp, mean+resp, "
                          "resp+uxr: the response and its elementwise product with the user turn)")
     ap.add_argument("--layers", default="8,15,22,30", help="smollm2-layers: hidden-state layers to mean (0 = embeddings)")
+    ap.add_argument("--combos", default="", help="smollm2-layers: comma-separated a+b feature concatenations")
+    ap.add_argument("--only", default="", help="fit heads on these features only (comma-separated names)")
+    ap.add_argument("--fractions", default="1",
+                    help="learning curve: fit each head on these fractions of every origin's training pairs too")
     ap.add_argument("--check-pairs", type=int, default=10,
                     help="smollm2-layers: held-out pairs per origin encoded again in float32 to check bfloat16")
     ap.add_argument("--data", type=Path, default=DATA)
@@ -313,8 +336,11 @@ def main() -> None:
 
                 backbone = str(ensure_converted(backbone, ROOT / ".bench-models", key="model.reward_model")[0])
                 extra = {"layers": tuple(map(int, args.layers.split(","))), "dtype": "bfloat16",
-                         "check_pairs": args.check_pairs}
-            runs[b] = run_backbone(b, backbone, train, held, args.max_length, parts=args.parts, **extra)
+                         "check_pairs": args.check_pairs,
+                         "combos": tuple(c for c in args.combos.split(",") if c)}
+            runs[b] = run_backbone(b, backbone, train, held, args.max_length, parts=args.parts,
+                                   only=tuple(x for x in args.only.split(",") if x),
+                                   fractions=tuple(float(x) for x in args.fractions.split(",")), **extra)
     record = {"command": " ".join(sys.argv), "threads": args.threads, "cpu_count": os.cpu_count(),
               "train": {o: len(v) for o, v in train.items()}, "held_out": {o: len(v) for o, v in held.items()},
               "runs": runs}
