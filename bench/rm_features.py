@@ -25,9 +25,7 @@ Features (one forward pass per text, max_length tokens, left-truncated as the RM
                  last          the final layer's state at the last token (smollm2-last's feature)
                  --combos a+b,... more features, each the concatenation of those named (e.g.
                                L15-normed-mean+L22-normed-mean: one linear head reading several layers)
-                 --fractions f,... each head also fitted on the first fraction f of every origin's
-                               training pairs (a learning curve: would more pairs help?); --only a,b fits
-                               heads on those features only
+                 --only a,b    fit heads on those features only
                  --check-pairs n held-out pairs per origin are encoded again in float32: cosine of bf16 to fp32
                  features and of their chosen-minus-rejected differences, and each head's accuracy on both.
 Timing: CPU seconds of this process (all threads) for the features and for the heads, wall seconds, load.
@@ -185,20 +183,32 @@ def fit_one(rm: str, train: dict, held: dict, diff) -> tuple[dict, object]:
             "head_cpu_s": round(cpu_seconds() - cpu1, 1), "held_out": evaluate(head, diff(ho), ho)}, head
 
 
+def texts_of(pairs: list[dict]) -> dict[str, tuple]:
+    """{key: (prompt, response)} of every chosen and rejected text of the pairs, each once."""
+    out = {}
+    for p in pairs:
+        for side in ("chosen", "rejected"):
+            out.setdefault(json.dumps([p["prompt"], p[side]]), (p["prompt"], p[side]))
+    return out
+
+
+def pair_rows(where: dict[str, int], pairs: list[dict]) -> tuple[list[int], list[int]]:
+    """The rows (where: texts_of key -> row) of each pair's chosen and of its rejected text."""
+    return ([where[json.dumps([p["prompt"], p["chosen"]])] for p in pairs],
+            [where[json.dumps([p["prompt"], p["rejected"]])] for p in pairs])
+
+
 def _last_user(prompt: list[dict]) -> str:
     return [m["content"] for m in prompt if m["role"] == "user"][-1]
 
 
 def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: int, parts: bool = False,
                  layers: tuple = (), dtype: str = "float32", check_pairs: int = 0, combos: tuple = (),
-                 only: tuple = (), fractions: tuple = (1.0,)) -> dict:
+                 only: tuple = ()) -> dict:
     import numpy as np
 
     pairs = [p for o in ORIGINS for p in train[o]] + [p for o in ORIGINS for p in held[o]]
-    texts = {}
-    for p in pairs:
-        for side in ("chosen", "rejected"):
-            texts.setdefault(json.dumps([p["prompt"], p[side]]), (p["prompt"], p[side]))
+    texts = texts_of(pairs)
     keys = list(texts)
     load0, wall0, cpu0 = os.getloadavg()[0], time.time(), cpu_seconds()
     feats = text_features(backbone, [texts[k] for k in keys], max_length, layers=layers, dtype=dtype)
@@ -212,8 +222,7 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
     print(name, cost, flush=True)
 
     def diff(kind, ps):
-        c = [where[json.dumps([p["prompt"], p["chosen"]])] for p in ps]
-        r = [where[json.dumps([p["prompt"], p["rejected"]])] for p in ps]
+        c, r = pair_rows(where, ps)
         return feats[kind][c] - feats[kind][r]
 
     if parts:  # the response alone and the last user turn alone, each one more (shorter) pass
@@ -235,15 +244,11 @@ def run_backbone(name: str, backbone: str, train: dict, held: dict, max_length: 
 
     results, heads = {}, {}
     for kind_feat in [k for k in feats if not only or k in only]:
-        for frac in fractions:
-            sub = {o: v[:round(len(v) * frac)] for o, v in train.items()}  # hash order: a random subset by prompt
-            for rm in RM_ORIGINS:
-                key = f"{name}-{kind_feat}/{rm}" + ("" if frac == 1 else f"@{frac:g}")
-                results[key], head = fit_one(rm, sub, held, lambda ps: diff(kind_feat, ps))
-                if frac == 1:
-                    heads[kind_feat, rm] = head
-                print(key, f"cv {results[key]['cv_accuracy']:.3f}", json.dumps(results[key]["held_out"]["by_origin"]),
-                      flush=True)
+        for rm in RM_ORIGINS:
+            key = f"{name}-{kind_feat}/{rm}"
+            results[key], heads[kind_feat, rm] = fit_one(rm, train, held, lambda ps: diff(kind_feat, ps))
+            print(key, f"cv {results[key]['cv_accuracy']:.3f}", json.dumps(results[key]["held_out"]["by_origin"]),
+                  flush=True)
     record = {"backbone": backbone, "max_length": max_length, **cost, "heads": results}
     if check_pairs:
         record["bf16_check"] = precision_check(backbone, held, check_pairs, texts, where, feats, heads, max_length,
@@ -263,8 +268,7 @@ def precision_check(backbone: str, held: dict, n: int, texts: dict, where: dict,
     cpu0, wall0 = cpu_seconds(), time.time()
     f32 = text_features(backbone, [texts[k] for k in keys], max_length, layers=layers, dtype="float32")
     at = {k: i for i, k in enumerate(keys)}
-    c16 = [where[json.dumps([p["prompt"], p["chosen"]])] for p in ps]
-    r16 = [where[json.dumps([p["prompt"], p["rejected"]])] for p in ps]
+    c16, r16 = pair_rows(where, ps)
     c32 = [at[json.dumps([p["prompt"], p["chosen"]])] for p in ps]
     r32 = [at[json.dumps([p["prompt"], p["rejected"]])] for p in ps]
 
@@ -273,7 +277,7 @@ def precision_check(backbone: str, held: dict, n: int, texts: dict, where: dict,
 
     out = {"pairs": len(ps), "texts": len(keys), "fp32_cpu_s": round(cpu_seconds() - cpu0, 1),
            "fp32_wall_s": round(time.time() - wall0, 1), "features": {}}
-    for k in f32:
+    for k in [k for k in f32 if (k, "helpfulness") in heads]:  # the features heads were fitted on (--only)
         a = feats[k][[where[x] for x in keys]]
         d16, d32 = feats[k][c16] - feats[k][r16], f32[k][c32] - f32[k][r32]
         row = {"text_cos_min": round(float(cos(a, f32[k]).min()), 4),
@@ -309,8 +313,6 @@ def main() -> None:
     ap.add_argument("--layers", default="8,15,22,30", help="smollm2-layers: hidden-state layers to mean (0 = embeddings)")
     ap.add_argument("--combos", default="", help="smollm2-layers: comma-separated a+b feature concatenations")
     ap.add_argument("--only", default="", help="fit heads on these features only (comma-separated names)")
-    ap.add_argument("--fractions", default="1",
-                    help="learning curve: fit each head on these fractions of every origin's training pairs too")
     ap.add_argument("--check-pairs", type=int, default=10,
                     help="smollm2-layers: held-out pairs per origin encoded again in float32 to check bfloat16")
     ap.add_argument("--data", type=Path, default=DATA)
@@ -339,8 +341,7 @@ def main() -> None:
                          "check_pairs": args.check_pairs,
                          "combos": tuple(c for c in args.combos.split(",") if c)}
             runs[b] = run_backbone(b, backbone, train, held, args.max_length, parts=args.parts,
-                                   only=tuple(x for x in args.only.split(",") if x),
-                                   fractions=tuple(float(x) for x in args.fractions.split(",")), **extra)
+                                   only=tuple(x for x in args.only.split(",") if x), **extra)
     record = {"command": " ".join(sys.argv), "threads": args.threads, "cpu_count": os.cpu_count(),
               "train": {o: len(v) for o, v in train.items()}, "held_out": {o: len(v) for o, v in held.items()},
               "runs": runs}

@@ -27,21 +27,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rm_features import (DATA, ORIGINS, RM_ORIGINS, ROOT, cpu_seconds, evaluate, fit_head,  # noqa: E402
-                         load_pairs)
-
-
-def texts_of(pairs: list[dict]) -> dict[str, tuple]:
-    out = {}
-    for p in pairs:
-        for side in ("chosen", "rejected"):
-            out.setdefault(json.dumps([p["prompt"], p[side]]), (p["prompt"], p[side]))
-    return out
+                         load_pairs, pair_rows, texts_of)
 
 
 @torch.inference_mode()
@@ -94,14 +87,13 @@ def pooled_all(model, states, low: int, batch: int = 32) -> np.ndarray:
 
 
 def held_out(model, head, states, where, held, low) -> dict:
-    feats = pooled_all(model, states, low)
-    w = head.weight.detach().float().numpy()[0]
-
-    class Lin:  # evaluate() reads coef_
-        coef_ = w[None]
-    c = [where[json.dumps([p["prompt"], p["chosen"]])] for p in held]
-    r = [where[json.dumps([p["prompt"], p["rejected"]])] for p in held]
-    return evaluate(Lin, feats[c] - feats[r], held)
+    """Held-out accuracy of the RM as it is now; only the held-out texts go through the trained layers."""
+    c, r = pair_rows(where, held)
+    rows = sorted(set(c + r))
+    at = {row: i for i, row in enumerate(rows)}
+    feats = pooled_all(model, [states[row] for row in rows], low)
+    diffs = feats[[at[row] for row in c]] - feats[[at[row] for row in r]]
+    return evaluate(SimpleNamespace(coef_=head.weight.detach().float().numpy()), diffs, held)
 
 
 def train(args) -> dict:
@@ -129,11 +121,8 @@ def train(args) -> dict:
     states = lower_states(model, tok, [texts[k] for k in keys], low, args.max_length)
     cost = {"lower_cpu_s": round(cpu_seconds() - c0, 1), "lower_wall_s": round(time.time() - t0, 1)}
 
-    def pair_idx(ps):
-        return ([where[json.dumps([p["prompt"], p["chosen"]])] for p in ps],
-                [where[json.dumps([p["prompt"], p["rejected"]])] for p in ps])
     feats = pooled_all(model, states, low)  # the frozen model's pooled features: the linear probe's input
-    c, r = pair_idx(tr)
+    c, r = pair_rows(where, tr)
     groups = np.array([int(hashlib.sha256(json.dumps(p["prompt"][0]).encode()).hexdigest()[:8], 16) for p in tr])
     probe = fit_head(feats[c] - feats[r], groups)
     head = torch.nn.Linear(feats.shape[1], 1, bias=False)
