@@ -39,20 +39,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from judge_smollm2 import AUDIT, FT, LABELLED, read_jsonl  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 MODEL = ROOT / ".bench-models" / "SmolLM2-135M-Instruct.Q4_1-b179c952"
-MEASURED = {"dev160": ROOT / "tests/data/smollm2_labelled.jsonl",
-            "heldout212": ROOT / "tests/data/smollm2_labelled_ft.jsonl",
-            "audit60": ROOT / "tests/data/smollm2_refusal_audit.jsonl",
+MEASURED = {"dev160": LABELLED, "heldout212": FT, "audit60": AUDIT,
             "full_v3_audit80": ROOT / "bench/results/smollm2_full_s11_v3_audit_labels.jsonl",
             "full_unsafe100": ROOT / "bench/results/smollm2_full_s11_unsafe_labels.jsonl"}
 LAYERS = (8, 15, 22, 30)
 OPEN_TOKENS = 16
 PROMPT_TOKENS, ANSWER_TOKENS = 64, 96
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
 
 
 def rows_by_set(data: Path) -> dict[str, list[dict]]:
@@ -167,23 +164,24 @@ def choose_cut(p, patterns, labels) -> float:
 
 
 def agreement(verdicts, labels) -> dict:
-    from saferounds.core.maths import wilson_interval
+    """A verdict's agreement with the labels (eval.audit.judge_accuracy), its interval, false positives/negatives."""
+    from saferounds.eval.audit import judge_accuracy
 
-    n = len(labels)
-    k = int(sum(v == l for v, l in zip(verdicts, labels)))
-    fp = int(sum(v and not l for v, l in zip(verdicts, labels)))
-    fn = int(sum(l and not v for v, l in zip(verdicts, labels)))
-    return {"n": n, "agreement": round(k / n, 4), "ci95": [round(c, 4) for c in wilson_interval(k, n)],
-            "fp": fp, "fn": fn}
+    a = judge_accuracy([bool(v) for v in verdicts], [bool(l) for l in labels])
+    return {"n": a["n"], "agreement": round(a["agreement"]["rate"], 4),
+            "ci95": [round(c, 4) for c in a["agreement"]["ci95"]], "fp": a["fp"], "fn": a["fn"]}
 
 
 def harm_row(verdicts, labels) -> dict:
     """Agreement plus precision and recall of a harmful-content verdict."""
-    tp = int(sum(v and l for v, l in zip(verdicts, labels)))
-    flagged, harmful = int(sum(verdicts)), int(sum(labels))
-    return agreement(verdicts, labels) | {"flagged": flagged, "harmful": harmful,
-                                          "precision": round(tp / flagged, 4) if flagged else None,
-                                          "recall": round(tp / harmful, 4) if harmful else None}
+    from saferounds.eval.audit import judge_accuracy
+
+    a = judge_accuracy([bool(v) for v in verdicts], [bool(l) for l in labels])
+    flagged, harmful = a["tp"] + a["fp"], a["tp"] + a["fn"]
+    return agreement(verdicts, labels) | {
+        "flagged": flagged, "harmful": harmful,
+        "precision": round(a["precision"]["rate"], 4) if flagged else None,
+        "recall": round(a["sensitivity"]["rate"], 4) if harmful else None}
 
 
 def choose_harm_cut(p, refused, labels) -> float:
@@ -270,6 +268,7 @@ def zero_shot(rows: list[dict], batch: int = 16) -> "np.ndarray":
 def measure_zero_shot(rows, where, names) -> dict:
     """The zero-shot verdict's agreement on the SmolLM2 sets, its cut chosen on the small-model training rows."""
     import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     from saferounds.eval.refusal import is_refusal
 
@@ -283,8 +282,6 @@ def measure_zero_shot(rows, where, names) -> dict:
     cuts = np.quantile(margin[small], np.linspace(0.02, 0.98, 49))
     alone = max(cuts, key=lambda c: float(np.mean((margin[small] >= c) == y[small])))
     either = max(cuts, key=lambda c: float(np.mean((pat[small] | (margin[small] >= c)) == y[small])))
-    from sklearn.metrics import roc_auc_score
-
     return {"prompt": ZERO_SHOT, "cut_alone": float(alone), "cut_or_patterns": float(either),
             "sets": {n: {"auc": round(float(roc_auc_score(y[where == n], margin[where == n])), 4)
                          if 0 < y[where == n].sum() < (where == n).sum() else None,
